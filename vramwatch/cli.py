@@ -1,0 +1,190 @@
+"""argv -> command; maps errors to exit codes.
+
+Exit codes (stable, listed in vramwatch(8)):
+  0   success (check: the config is valid)
+  1   runtime failure (status could not sample)
+  2   usage error (bad command line)
+  78  configuration error (EX_CONFIG; the unit sets RestartPreventExitStatus=78)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from vramwatch import __version__
+from vramwatch.config import Config, ConfigError, budget_fit_warnings, default_path, load
+from vramwatch.events import FORMATS, TARGETS
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 78
+
+DESCRIPTION = """\
+Guard a shared NVIDIA GPU host: when free VRAM or available RAM stays under a
+floor, restart the tenant unit that is most over its budget, through systemd,
+and log why in the journal.
+"""
+
+EPILOG = """\
+commands:
+  run      the daemon, in the foreground (systemd Type=notify; SIGHUP reloads)
+  check    validate the config and compare budgets with the GPUs present
+  status   one look at GPUs, host RAM, tenants and who holds the memory
+
+examples:
+  vramwatch check                      validate /etc/vramwatch.toml
+  vramwatch run --dry-run              observe first: log "would restart", never act
+  vramwatch status --json | jq .       machine-readable view
+  journalctl -u vramwatch VRAMWATCH_EVENT=restart
+
+exit status: 0 ok, 1 failure, 2 usage error, 78 invalid configuration.
+See vramwatch(8) and vramwatch.toml(5).
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="config file (default: $VRAMWATCH_CONFIG or /etc/vramwatch.toml)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="vramwatch",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"vramwatch {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser(
+        "run",
+        parents=[common],
+        help="run the daemon in the foreground",
+        description="Sample every interval, decide, act, log. SIGHUP reloads the config "
+        "(an invalid one is rejected and the running one kept); SIGTERM exits 0.",
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="decide and log 'would_restart', never act (overrides [daemon] dry_run)",
+    )
+    run.add_argument(
+        "--log-target",
+        choices=TARGETS,
+        default="auto",
+        help="journal: native journald fields; stderr: lines on stderr; "
+        "auto (default): journal when started by systemd, else stderr",
+    )
+    run.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default="auto",
+        help="for stderr: console (readable) or json (one object per line); "
+        "auto: console on a terminal, json otherwise",
+    )
+    run.add_argument("--debug", action="store_true", help="also log debug events")
+    sub.add_parser(
+        "check",
+        parents=[common],
+        help="validate the config",
+        description="Validate the config; exit 0 when valid, 78 with the file, key and "
+        "problem otherwise. Warns when the VRAM budgets cannot fit the GPUs present.",
+    )
+    status = sub.add_parser(
+        "status",
+        parents=[common],
+        help="show GPUs, host RAM and tenants vs their floors and budgets",
+        description="One look at the host: each GPU vs its floor, host RAM vs its floor, "
+        "each tenant's VRAM and RAM vs budget and unit state, and GPU processes that "
+        "belong to no tenant.",
+    )
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> tuple[Path, Config]:
+    path: Path = args.config or default_path()
+    return path, load(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.command == "check":
+            return cmd_check(args)
+        if args.command == "status":
+            return cmd_status(args)
+        return cmd_run(args)
+    except ConfigError as exc:
+        print(f"vramwatch: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    path, config = _load(args)
+    from vramwatch.sources.nvml import NvmlSource
+
+    source = NvmlSource()
+    gpus, nvml_error = source.sample(time.monotonic_ns())
+    source.close()
+    totals = [g.total_bytes for g in gpus if g.total_bytes is not None]
+    print(
+        f"{path}: valid: {len(config.tenants)} tenants, bus {config.daemon.bus}"
+        + (", dry run" if config.daemon.dry_run else "")
+    )
+    if nvml_error:
+        print(f"vramwatch: note: {nvml_error}", file=sys.stderr)
+    for warning in budget_fit_warnings(config, totals):
+        print(f"vramwatch: warning: {warning}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from vramwatch.daemon import Daemon
+    from vramwatch.events import EventLog
+    from vramwatch.sampler import Sampler
+    from vramwatch.sources.nvml import NvmlSource
+    from vramwatch.sources.procfs import ProcFs
+    from vramwatch.systemd import SystemdClient
+
+    path, config = _load(args)
+    events = EventLog(args.log_target, args.log_format, min_level="debug" if args.debug else "info")
+    sampler = Sampler(NvmlSource(), ProcFs())
+    daemon = Daemon(
+        path,
+        config,
+        sampler,
+        SystemdClient(config.daemon.bus),
+        events,
+        force_dry_run=args.dry_run,
+    )
+    daemon.install_signal_handlers()
+    return daemon.run()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from vramwatch.status import collect, render_text
+
+    _path, config = _load(args)
+    report = collect(config)
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=False))
+    else:
+        print(render_text(report))
+    return EXIT_OK

@@ -1,0 +1,364 @@
+"""``/etc/vramwatch.toml`` -> frozen :class:`Config`; every validation lives here.
+
+Errors name the file, the key (``tenant[2].vram``) and what is wrong, so that
+``vramwatch check`` can print them as they are.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from vramwatch import units
+from vramwatch.model import Verb
+
+DEFAULT_PATH = Path("/etc/vramwatch.toml")
+CONFIG_ENV = "VRAMWATCH_CONFIG"
+
+# A config file is parsed whole; anything this big is not a config (and a
+# SIGHUP must not make the daemon read a runaway file into memory).
+MAX_CONFIG_BYTES = 1024 * 1024
+
+# systemd's unit name grammar (unit_name_is_valid): [a-zA-Z0-9:_.\-@]+, at most
+# 255 bytes, with a known suffix. vramwatch acts on services and scopes only.
+UNIT_NAME_RE = re.compile(r"[A-Za-z0-9:_.\\@-]{1,246}\.(service|scope)")
+UNIT_NAME_MAX = 255
+
+BUSES = ("system", "user")
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; ``str()`` is the operator-facing message."""
+
+    def __init__(self, path: Path | str, key: str | None, problem: str) -> None:
+        self.path = str(path)
+        self.key = key
+        self.problem = problem
+        where = f"{self.path}: {key}: " if key else f"{self.path}: "
+        super().__init__(where + problem)
+
+
+@dataclass(frozen=True, slots=True)
+class Floor:
+    """A minimum that is either absolute bytes or a percentage of the total."""
+
+    text: str
+    bytes: int | None = None
+    percent: float | None = None
+
+    def resolve(self, total_bytes: int) -> int:
+        if self.percent is not None:
+            return int(total_bytes * self.percent / 100)
+        assert self.bytes is not None
+        return self.bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    interval_ns: int = 2 * 10**9
+    dry_run: bool = False
+    bus: str = "system"
+    cooldown_ns: int = 120 * 10**9
+    max_restarts: int = 3
+    restart_window_ns: int = 3600 * 10**9
+    reclaim_timeout_ns: int = 30 * 10**9
+
+
+@dataclass(frozen=True, slots=True)
+class FloorConfig:
+    floor: Floor
+    grace_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    unit: str
+    vram_bytes: int | None = None
+    ram_bytes: int | None = None
+    verb: Verb = Verb.RESTART
+    protected: bool = False
+
+    def budget(self, resource: str) -> int | None:
+        return self.vram_bytes if resource == "vram" else self.ram_bytes
+
+
+# Sane defaults in the spirit of earlyoom (10 % of RAM available) and of the
+# incidents behind vramwatch: a 16 GB card with under 1.6 GB free cannot load
+# another model.
+DEFAULT_GPU = FloorConfig(Floor("10%", percent=10.0), 10 * 10**9)
+DEFAULT_HOST = FloorConfig(Floor("10%", percent=10.0), 10 * 10**9)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: str
+    daemon: DaemonConfig
+    gpu: FloorConfig
+    host: FloorConfig
+    tenants: tuple[Tenant, ...]
+
+    def tenant(self, unit: str) -> Tenant | None:
+        for tenant in self.tenants:
+            if tenant.unit == unit:
+                return tenant
+        return None
+
+
+def default_path() -> Path:
+    return Path(os.environ.get(CONFIG_ENV) or DEFAULT_PATH)
+
+
+T = TypeVar("T")
+
+
+class _Table:
+    """One TOML table being read; remembers which keys were used."""
+
+    def __init__(self, path: Path, prefix: str, data: Mapping[str, Any]) -> None:
+        self.path = path
+        self.prefix = prefix
+        self.data = data
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def error(self, name: str, problem: str) -> ConfigError:
+        return ConfigError(self.path, self.key(name), problem)
+
+    def get(self, name: str, kind: type[T], default: T) -> T:
+        self.seen.add(name)
+        if name not in self.data:
+            return default
+        value = self.data[name]
+        # bool is an int in Python; TOML keeps them apart and so do we.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.error(name, f"expected {_kind_name(kind)}, got {_describe(value)}")
+        return value
+
+    def parsed(self, name: str, parse: Callable[[str], T], default: T) -> T:
+        if name not in self.data:
+            self.seen.add(name)
+            return default
+        text = self.get(name, str, "")
+        try:
+            return parse(text)
+        except units.UnitError as exc:
+            raise self.error(name, str(exc)) from None
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            raise self.error(unknown[0], "unknown key" + _did_you_mean(unknown[0], self.seen))
+
+
+def _kind_name(kind: type) -> str:
+    return {str: "a string", bool: "true or false", int: "an integer", dict: "a table"}.get(
+        kind, kind.__name__
+    )
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return repr(value)
+
+
+def _did_you_mean(name: str, known: set[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def _positive_size(text: str) -> int:
+    value = units.parse_size(text)
+    if value <= 0:
+        raise units.UnitError(f'must be greater than zero, got "{text}"')
+    return value
+
+
+def _positive_duration(text: str) -> int:
+    value = units.parse_duration_ns(text)
+    if value <= 0:
+        raise units.UnitError(f'must be greater than zero, got "{text}"')
+    return value
+
+
+def _duration(text: str) -> int:
+    return units.parse_duration_ns(text)
+
+
+def _floor(text: str) -> Floor:
+    percent = units.parse_percent(text)
+    if percent is not None:
+        if not 0 < percent < 100:
+            raise units.UnitError(f'a percentage must be above 0% and below 100%, got "{text}"')
+        return Floor(text, percent=percent)
+    try:
+        size = units.parse_size(text)
+    except units.UnitError:
+        raise units.UnitError(
+            f'expected a size such as "2GiB" or a percentage such as "10%", got "{text}"'
+        ) from None
+    if size <= 0:
+        raise units.UnitError(f'must be greater than zero, got "{text}"')
+    return Floor(text, bytes=size)
+
+
+def _table(parent: _Table, name: str) -> _Table:
+    data = parent.get(name, dict, {})
+    return _Table(parent.path, parent.key(name), data)
+
+
+def _daemon(table: _Table) -> DaemonConfig:
+    default = DaemonConfig()
+    bus = table.get("bus", str, default.bus)
+    if bus not in BUSES:
+        raise table.error("bus", f'expected "system" or "user", got "{bus}"')
+    max_restarts = table.get("max_restarts", int, default.max_restarts)
+    if max_restarts < 1:
+        raise table.error("max_restarts", f"must be at least 1, got {max_restarts}")
+    daemon = DaemonConfig(
+        interval_ns=table.parsed("interval", _positive_duration, default.interval_ns),
+        dry_run=table.get("dry_run", bool, default.dry_run),
+        bus=bus,
+        cooldown_ns=table.parsed("cooldown", _duration, default.cooldown_ns),
+        max_restarts=max_restarts,
+        restart_window_ns=table.parsed(
+            "restart_window", _positive_duration, default.restart_window_ns
+        ),
+        reclaim_timeout_ns=table.parsed(
+            "reclaim_timeout", _positive_duration, default.reclaim_timeout_ns
+        ),
+    )
+    table.finish()
+    return daemon
+
+
+def _floor_table(table: _Table, floor_key: str, default: FloorConfig) -> FloorConfig:
+    floor = FloorConfig(
+        floor=table.parsed(floor_key, _floor, default.floor),
+        grace_ns=table.parsed("grace", _duration, default.grace_ns),
+    )
+    table.finish()
+    return floor
+
+
+def validate_unit_name(unit: str) -> str | None:
+    """The problem with a unit name, or ``None`` when systemd would accept it."""
+    if len(unit.encode()) > UNIT_NAME_MAX or not UNIT_NAME_RE.fullmatch(unit):
+        return (
+            f'expected a systemd unit name such as "llama-server.service" or "job.scope", '
+            f'got "{unit}"'
+        )
+    if unit.startswith("@") or ".@" in unit or unit.split("@")[0].endswith("."):
+        return f'"{unit}" is not a valid unit name'
+    if unit.endswith("@.service"):
+        return f'"{unit}" is a template; name an instance such as "{unit[:-8]}@1.service"'
+    return None
+
+
+def _tenant(table: _Table) -> Tenant:
+    unit = table.get("unit", str, "")
+    if "unit" not in table.data:
+        raise table.error("unit", "missing: every tenant needs the systemd unit it runs as")
+    problem = validate_unit_name(unit)
+    if problem:
+        raise table.error("unit", problem)
+    action = table.get("action", str, "restart")
+    try:
+        verb = Verb(action)
+    except ValueError:
+        raise table.error("action", f'expected "restart" or "stop", got "{action}"') from None
+    if verb is Verb.RESTART and unit.endswith(".scope"):
+        raise table.error("action", 'a scope cannot be restarted by systemd; use action = "stop"')
+    tenant = Tenant(
+        unit=unit,
+        vram_bytes=table.parsed("vram", _positive_size, None),
+        ram_bytes=table.parsed("ram", _positive_size, None),
+        verb=verb,
+        protected=table.get("protected", bool, False),
+    )
+    table.finish()
+    return tenant
+
+
+def parse(text: str, path: Path | str = "<config>") -> Config:
+    """Parse and validate TOML text; raise :class:`ConfigError` on any mistake."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, None, f"not valid TOML: {exc}") from None
+    root = _Table(path, "", data)
+    daemon = _daemon(_table(root, "daemon"))
+    gpu = _floor_table(_table(root, "gpu"), "min_free_vram", DEFAULT_GPU)
+    host = _floor_table(_table(root, "host"), "min_available_ram", DEFAULT_HOST)
+    raw_tenants = root.get("tenant", list, [])
+    tenants: list[Tenant] = []
+    for i, raw in enumerate(raw_tenants):
+        key = f"tenant[{i}]"
+        if not isinstance(raw, dict):
+            raise ConfigError(path, key, f"expected a table ([[tenant]]), got {_describe(raw)}")
+        tenant = _tenant(_Table(path, key, raw))
+        for j, other in enumerate(tenants):
+            if other.unit == tenant.unit:
+                raise ConfigError(
+                    path, f"{key}.unit", f'"{tenant.unit}" is already configured as tenant[{j}]'
+                )
+        tenants.append(tenant)
+    root.finish()
+    return Config(str(path), daemon, gpu, host, tuple(tenants))
+
+
+def load(path: Path | str) -> Config:
+    """Read and validate a config file."""
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(path, None, "no such file (write one, see vramwatch.toml(5))") from None
+    except IsADirectoryError:
+        raise ConfigError(path, None, "is a directory, expected a TOML file") from None
+    except PermissionError:
+        raise ConfigError(path, None, "permission denied") from None
+    except OSError as exc:
+        raise ConfigError(path, None, f"cannot read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(path, None, f"larger than {MAX_CONFIG_BYTES} bytes; not a config file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, None, f"not UTF-8 text (byte {exc.start})") from None
+    return parse(text, path)
+
+
+def budget_fit_warnings(config: Config, gpu_totals_bytes: list[int]) -> list[str]:
+    """Warnings when the VRAM budgets cannot fit the GPUs that are present."""
+    budgets = sum(t.vram_bytes or 0 for t in config.tenants)
+    if not gpu_totals_bytes or budgets == 0:
+        return []
+    usable = sum(total - config.gpu.floor.resolve(total) for total in gpu_totals_bytes)
+    if budgets <= usable:
+        return []
+    return [
+        (
+            f"VRAM budgets sum to {units.format_size(budgets)} but the {len(gpu_totals_bytes)} "
+            f"GPU(s) present leave {units.format_size(usable)} above the "
+            f"min_free_vram floor ({config.gpu.floor.text}): tenants within budget can still "
+            "breach the floor, and then vramwatch can only warn"
+        )
+    ]

@@ -1,0 +1,253 @@
+"""The loop, the signals and the sleeping; nothing else.
+
+Each tick: sample -> decide (pure) -> re-check and act -> log. Ticks are laid
+on a fixed monotonic grid (start + k * interval), so they do not drift, and a
+tick that overruns skips the missed slots instead of bursting.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from types import FrameType
+from typing import Protocol
+
+from vramwatch import policy
+from vramwatch.config import Config, ConfigError, load
+from vramwatch.events import EventLog
+from vramwatch.model import Action, Snapshot, Verb
+from vramwatch.sampler import Sampler
+from vramwatch.systemd import JobOutcome, notify, watchdog_interval_ns
+from vramwatch.units import format_size
+
+
+class Actuator(Protocol):
+    def act(self, unit: str, verb: Verb, should_stop: Callable[[], bool]) -> JobOutcome: ...
+
+
+class Daemon:
+    def __init__(
+        self,
+        config_path: Path,
+        config: Config,
+        sampler: Sampler,
+        actuator: Actuator,
+        events: EventLog,
+        *,
+        force_dry_run: bool = False,
+        clock: Callable[[], int] = time.monotonic_ns,
+        notifier: Callable[[str], bool] = notify,
+    ) -> None:
+        self.config_path = config_path
+        self.force_dry_run = force_dry_run
+        self.config = self._effective(config)
+        self.sampler = sampler
+        self.actuator = actuator
+        self.events = events
+        self.clock = clock
+        self.notify = notifier
+        self.history = policy.History()
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._wake = threading.Event()
+        self.ticks = 0
+
+    def _effective(self, config: Config) -> Config:
+        if self.force_dry_run and not config.daemon.dry_run:
+            return replace(config, daemon=replace(config.daemon, dry_run=True))
+        return config
+
+    # signals -------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
+
+    def _on_stop(self, _signum: int, _frame: FrameType | None) -> None:
+        self.stop()
+
+    def _on_reload(self, _signum: int, _frame: FrameType | None) -> None:
+        self._reload.set()
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    # loop ----------------------------------------------------------------
+
+    def run(self) -> int:
+        cfg = self.config
+        self.events.say(
+            "started",
+            "info",
+            f"vramwatch started: {len(cfg.tenants)} tenants, interval "
+            f"{cfg.daemon.interval_ns / 1e9:g}s, bus {cfg.daemon.bus}"
+            + (", DRY RUN: nothing will be restarted" if cfg.daemon.dry_run else ""),
+            config=str(self.config_path),
+            dry_run=cfg.daemon.dry_run,
+            tenants=len(cfg.tenants),
+        )
+        watchdog_ns = watchdog_interval_ns()
+        next_tick = self.clock()
+        ready = False
+        while not self.stopping:
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+            self.tick()
+            if not ready:
+                self.notify("READY=1")
+                ready = True
+            interval = self.config.daemon.interval_ns
+            next_tick += interval
+            now = self.clock()
+            if next_tick <= now:
+                # Overran: skip the slots we missed rather than run them back to back.
+                next_tick += ((now - next_tick) // interval + 1) * interval
+            self._sleep_until(next_tick, watchdog_ns)
+        self.events.say("stopping", "info", "vramwatch stopping on request")
+        self.notify("STOPPING=1")
+        self.sampler.close()
+        return 0
+
+    def _sleep_until(self, deadline_ns: int, watchdog_ns: int | None) -> None:
+        while not self.stopping and not self._reload.is_set():
+            now = self.clock()
+            if now >= deadline_ns:
+                return
+            wait_ns = deadline_ns - now
+            if watchdog_ns is not None:
+                wait_ns = min(wait_ns, watchdog_ns)
+            self._wake.wait(wait_ns / 1e9)
+            self._wake.clear()
+            if watchdog_ns is not None:
+                self.notify("WATCHDOG=1")
+
+    def tick(self) -> None:
+        """One sample -> decide -> act round; never raises."""
+        self.ticks += 1
+        now = self.clock()
+        try:
+            snapshot = self.sampler.sample(self.config, now)
+        except Exception as exc:  # noqa: BLE001 - a source bug must not kill the guard
+            self.events.say(
+                "sampling_error",
+                "error",
+                f"sampling failed: {exc!r}; skipping this tick",
+                error=repr(exc),
+                traceback=traceback.format_exc(limit=5),
+            )
+            return
+        try:
+            decision = policy.decide(self.config, snapshot, self.history)
+        except Exception as exc:  # noqa: BLE001 - log it and keep guarding next tick
+            self.events.say(
+                "internal_error",
+                "error",
+                f"policy failed: {exc!r}; no action this tick",
+                traceback=traceback.format_exc(limit=5),
+            )
+            return
+        self.history = decision.history
+        self.events.emit(decision.events)
+        for action in decision.actions:
+            self._apply(action)
+        self.notify("STATUS=" + status_line(snapshot) + "\nWATCHDOG=1")
+
+    def _apply(self, action: Action) -> None:
+        # Samples go stale: re-read right before acting; the tenant may have shrunk.
+        try:
+            fresh = self.sampler.sample(self.config, self.clock())
+            reason = policy.still_justified(self.config, fresh, action)
+        except Exception as exc:  # noqa: BLE001 - unsure means do not act
+            reason = f"could not re-check usage ({exc!r})"
+        if reason is not None:
+            self.history = policy.action_cancelled(self.history, action)
+            self.events.say(
+                "action_cancelled",
+                "info",
+                f"not {action.verb.value}ing {action.unit} after all: {reason}",
+                unit=action.unit,
+                resource=action.resource,
+                gpu=action.gpu,
+                reason=reason,
+            )
+            return
+        self.events.say(
+            action.verb.value,
+            "warning",
+            action.message,
+            unit=action.unit,
+            resource=action.resource,
+            gpu=action.gpu,
+            used_bytes=action.used_bytes,
+            budget_bytes=action.budget_bytes,
+            free_bytes=action.free_bytes,
+            floor_bytes=action.floor_bytes,
+            action=action.verb.value,
+        )
+        outcome = self.actuator.act(action.unit, action.verb, lambda: self.stopping)
+        if not outcome.ok:
+            self.history = policy.action_failed(self.history, action)
+            self.events.say(
+                "action_failed",
+                "error",
+                f"{action.verb.value} {action.unit} failed: {outcome.detail}",
+                unit=action.unit,
+                resource=action.resource,
+                gpu=action.gpu,
+                action=action.verb.value,
+                result=outcome.result,
+                error=outcome.detail,
+            )
+
+    def reload(self) -> None:
+        self.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            new = self._effective(load(self.config_path))
+        except ConfigError as exc:
+            self.events.say(
+                "config_rejected",
+                "error",
+                f"reload rejected, keeping the running config: {exc}",
+                config=str(self.config_path),
+                error=str(exc),
+            )
+        else:
+            self.config = new
+            self.events.say(
+                "config_reloaded",
+                "info",
+                f"config reloaded: {len(new.tenants)} tenants"
+                + (" (dry run)" if new.daemon.dry_run else ""),
+                config=str(self.config_path),
+                tenants=len(new.tenants),
+                dry_run=new.daemon.dry_run,
+            )
+        self.notify("READY=1")
+
+
+def status_line(snapshot: Snapshot) -> str:
+    """The one line `systemctl status vramwatch` shows."""
+    parts = []
+    for gpu in snapshot.gpus:
+        if gpu.ok:
+            parts.append(f"GPU{gpu.index} free {format_size(gpu.free_bytes)}")
+        else:
+            parts.append(f"GPU{gpu.index} error")
+    if snapshot.nvml_error:
+        parts.append("no GPU telemetry")
+    if snapshot.host.ok:
+        parts.append(f"RAM available {format_size(snapshot.host.mem_available_bytes)}")
+    return "; ".join(parts)

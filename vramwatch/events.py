@@ -1,0 +1,175 @@
+"""Event names, MESSAGE_IDs, and the only place that configures logging.
+
+Every decision is one :class:`~vramwatch.model.Event`. Under systemd it becomes
+one journal entry with native fields (``MESSAGE``, ``PRIORITY``,
+``MESSAGE_ID``, ``VRAMWATCH_*``); elsewhere one line on stderr, human-readable
+on a terminal and JSON otherwise. structlog carries the events either way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterable, Mapping, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+from vramwatch.model import Event
+
+SYSLOG_IDENTIFIER = "vramwatch"
+
+# Stable per event type, for `journalctl MESSAGE_ID=...` and the catalog.
+MESSAGE_IDS: dict[str, str] = {
+    "started": "7d2a2d50c3e5422d933416ad055b7279",
+    "stopping": "fc88c40135274de0b314727f7205c8fb",
+    "config_reloaded": "0be280345cc24f2abe1f155884985bf5",
+    "config_rejected": "947da9c8b3da4337a932e70bb51f97ba",
+    "floor_breached": "94c65446304543aab774198bf2257be7",
+    "floor_recovered": "8f95d04c6f8a4f3b84506cc1ab702447",
+    "restart": "d018d6e4eb8d4146a86e458ceda09147",
+    "stop": "f10ed1989c2248f5ab044be60602723b",
+    "would_restart": "edddbd09d5cc4c63bb45a46d92272640",
+    "would_stop": "66e400a7ea6d43dbb7a2fb7e9a7ccd70",
+    "action_failed": "c6f7a14688fc40aea4d22dc600646861",
+    "action_cancelled": "3737379beca34f94903dd33a556b41de",
+    "reclaimed": "9f78dc31aea44dceaf216ab5d5075349",
+    "not_reclaimed": "ad3dbcc5a3244f4480842fdcb2f03a96",
+    "no_candidate": "dc975d5eb4834883847b0eb7d5903f6a",
+    "skipped": "28d9a7df86274328bb069f4462ca85f7",
+    "rate_limited": "f45641d341154e47aacc81315d6670c4",
+    "sampling_error": "2da4bec0eff849b2af1a5b8e17f5924c",
+    "sampling_recovered": "0aba4c52e53b4fd0b3617e049f26cbdf",
+}
+
+# syslog priorities, as journald expects them in PRIORITY=.
+PRIORITIES = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+
+TARGETS = ("auto", "journal", "stderr")
+FORMATS = ("auto", "console", "json")
+
+
+def journal_fields(event: Mapping[str, Any]) -> dict[str, str]:
+    """structlog's event dict -> journald fields (``VRAMWATCH_*`` in upper case)."""
+    name = str(event["event"])
+    fields: dict[str, str] = {
+        "MESSAGE": str(event.get("message", name)),
+        "PRIORITY": str(PRIORITIES.get(str(event.get("level", "info")), 6)),
+        "SYSLOG_IDENTIFIER": SYSLOG_IDENTIFIER,
+        "VRAMWATCH_EVENT": name,
+    }
+    if name in MESSAGE_IDS:
+        fields["MESSAGE_ID"] = MESSAGE_IDS[name]
+    for key, value in event.items():
+        if key in {"event", "message", "level", "timestamp"} or value is None:
+            continue
+        if isinstance(value, (list, dict, tuple)):
+            text = json.dumps(value, sort_keys=True)
+        elif isinstance(value, bool):
+            text = "1" if value else "0"
+        else:
+            text = str(value)
+        fields[f"VRAMWATCH_{key.upper()}"] = text
+    unit = event.get("unit")
+    if unit:
+        # With root privileges this makes `journalctl -u UNIT` show the entry too.
+        fields["OBJECT_SYSTEMD_UNIT"] = str(unit)
+    return fields
+
+
+class _JournalRenderer:
+    """Final structlog processor: one native journal entry per event."""
+
+    def __init__(self) -> None:
+        from systemd import journal
+
+        self._send = journal.send
+
+    def __call__(self, _logger: Any, _name: str, event: MutableMapping[str, Any]) -> Any:
+        self._send(**journal_fields(event))
+        raise structlog.DropEvent
+
+
+def _message_first(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Any:
+    """For the console: the sentence first, then the fields."""
+    message = event.pop("message", None)
+    if message is not None:
+        event["event"] = f"{event['event']}: {message}"
+    return event
+
+
+def _order_for_json(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Any:
+    """timestamp, level, event, message first: what a person scanning JSON lines reads."""
+    head = {k: event.pop(k) for k in ("timestamp", "level", "event", "message") if k in event}
+    return {**head, **event}
+
+
+def journal_available() -> bool:
+    try:
+        from systemd import journal  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def under_systemd() -> bool:
+    """True when stderr already goes to the journal (systemd sets JOURNAL_STREAM)."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    if not stream or ":" not in stream:
+        return False
+    try:
+        stat = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    device, _, inode = stream.partition(":")
+    return f"{stat.st_dev}:{stat.st_ino}" == f"{device}:{inode}"
+
+
+class EventLog:
+    """Emits events through structlog to the chosen target."""
+
+    def __init__(
+        self,
+        target: str = "auto",
+        fmt: str = "auto",
+        stream: TextIO | None = None,
+        min_level: str = "info",
+    ) -> None:
+        stream = stream or sys.stderr
+        if target == "auto":
+            target = "journal" if under_systemd() and journal_available() else "stderr"
+        self.target = target
+        processors: list[Any] = [structlog.processors.add_log_level]
+        if target == "journal":
+            processors.append(_JournalRenderer())
+            factory: Any = structlog.PrintLoggerFactory(stream)
+        else:
+            if fmt == "auto":
+                fmt = "console" if stream.isatty() else "json"
+            processors.append(structlog.processors.TimeStamper(fmt="iso", utc=True))
+            if fmt == "console":
+                processors += [_message_first, structlog.dev.ConsoleRenderer(colors=False)]
+            else:
+                processors += [_order_for_json, structlog.processors.JSONRenderer(sort_keys=False)]
+            factory = structlog.PrintLoggerFactory(stream)
+        self.format = fmt
+        self._logger = structlog.wrap_logger(
+            factory(),
+            processors=processors,
+            wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[min_level]),
+            cache_logger_on_first_use=True,
+        )
+
+    def emit(self, events: Iterable[Event]) -> None:
+        for event in events:
+            self.one(event)
+
+    def one(self, event: Event) -> None:
+        fields = {k: v for k, v in event.fields.items() if v is not None}
+        log = getattr(self._logger, event.level)
+        log(event.name, message=event.message, **fields)
+
+    def say(self, name: str, level: str, message: str, **fields: Any) -> None:
+        self.one(Event(name, level, message, fields))

@@ -1,0 +1,134 @@
+"""Frozen values passed between sampling, policy and acting.
+
+Bytes are ``int``; ``None`` means "unknown" (NVML could not say, a file was
+unreadable), which the policy treats as "not proven over budget".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+RAM = "ram"
+VRAM = "vram"
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Who a process belongs to, read from ``/proc/PID/cgroup``.
+
+    ``manager`` is ``"system"`` or ``"user@UID"``; ``unit`` is the innermost
+    ``*.service`` or ``*.scope`` (``None`` for a bare cgroup such as ``/``).
+    """
+
+    cgroup: str
+    unit: str | None
+    manager: str
+
+    def label(self) -> str:
+        """The unit for people, or the cgroup when there is none."""
+        return self.unit if self.unit is not None else f"cgroup {self.cgroup}"
+
+
+@dataclass(frozen=True, slots=True)
+class GpuProcess:
+    pid: int
+    used_bytes: int | None  # None: NVML_VALUE_NOT_AVAILABLE (e.g. under MIG, Windows WDDM)
+    kind: str  # "compute", "graphics" or "mps"
+    name: str  # /proc/PID/comm, "" when the process is gone
+    owner: Owner | None  # None: the PID vanished before /proc/PID/cgroup was read
+
+
+@dataclass(frozen=True, slots=True)
+class GpuSample:
+    index: int
+    uuid: str
+    name: str
+    total_bytes: int | None
+    used_bytes: int | None
+    free_bytes: int | None
+    processes: tuple[GpuProcess, ...] = ()
+    error: str | None = None  # a failed or partial read: never act on it
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.free_bytes is not None and self.total_bytes is not None
+
+    @property
+    def attributed_bytes(self) -> int:
+        return sum(p.used_bytes or 0 for p in self.processes)
+
+
+@dataclass(frozen=True, slots=True)
+class HostSample:
+    mem_total_bytes: int | None
+    mem_available_bytes: int | None
+    swap_total_bytes: int | None = None
+    swap_free_bytes: int | None = None
+    psi_some_avg10: float | None = None  # /proc/pressure/memory, absent on old kernels
+    psi_full_avg10: float | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.error is None
+            and self.mem_total_bytes is not None
+            and self.mem_available_bytes is not None
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class UnitUsage:
+    unit: str
+    vram_bytes: int | None  # summed over all GPUs; None: a GPU could not be read
+    vram_by_gpu: Mapping[str, int]  # GPU UUID -> bytes attributed on that GPU
+    ram_bytes: int | None  # cgroup v2 memory.current, or summed RSS under cgroup v1
+    pids: tuple[int, ...]
+    ram_source: str = ""  # "memory.current", "rss" or "" when unknown
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    now_ns: int
+    gpus: tuple[GpuSample, ...]
+    host: HostSample
+    units: Mapping[str, UnitUsage]
+    nvml_error: str | None = None  # the whole GPU side is unavailable (no driver, no library)
+    self_unit: str | None = None  # vramwatch's own unit: never acted on
+    # The biggest RAM holders host-wide (label, bytes), read only while the host
+    # floor is breached, so no_candidate can name users that are not tenants.
+    ram_top: tuple[tuple[str, int], ...] = ()
+
+
+class Verb(StrEnum):
+    RESTART = "restart"
+    STOP = "stop"
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """Restart or stop one unit because of one resource."""
+
+    unit: str
+    verb: Verb
+    resource: str  # "vram" or "ram"
+    resource_key: str  # "gpu:<uuid>" or "ram"
+    gpu: int | None
+    used_bytes: int
+    budget_bytes: int
+    free_bytes: int
+    floor_bytes: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One decision for the journal: a stable name, a level, a sentence and numbers."""
+
+    name: str
+    level: str  # "debug", "info", "warning", "error"
+    message: str
+    fields: Mapping[str, Any] = field(default_factory=dict)

@@ -1,0 +1,293 @@
+"""``/proc`` and cgroupfs: host memory, PID -> unit attribution, per-unit RAM.
+
+Both roots are parameters so tests point them at fixture trees. Processes
+exit between any two reads; a vanished PID or cgroup is skipped, never an
+error.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from vramwatch.model import HostSample, Owner
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+_USER_MANAGER_RE = re.compile(r"user@(\d+)\.service")
+_UNIT_SUFFIXES = (".service", ".scope")
+
+# Re-walking the cgroup tree to find a unit that is not running costs a
+# directory scan per slice: do it at most this often per unit.
+LOCATE_RETRY_NS = 10 * 10**9
+
+_GONE = (FileNotFoundError, ProcessLookupError, NotADirectoryError)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except _GONE:
+        return None
+
+
+def parse_meminfo(text: str) -> dict[str, int]:
+    """``/proc/meminfo`` as bytes by field name."""
+    values: dict[str, int] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        parts = rest.split()
+        if not parts or not parts[0].isdigit():
+            continue
+        scale = 1024 if len(parts) > 1 and parts[1] == "kB" else 1
+        values[name.strip()] = int(parts[0]) * scale
+    return values
+
+
+def parse_psi(text: str) -> tuple[float | None, float | None]:
+    """``some`` and ``full`` avg10 from ``/proc/pressure/memory``."""
+    some = full = None
+    for line in text.splitlines():
+        fields = dict(f.split("=", 1) for f in line.split()[1:] if "=" in f)
+        if "avg10" not in fields:
+            continue
+        if line.startswith("some"):
+            some = float(fields["avg10"])
+        elif line.startswith("full"):
+            full = float(fields["avg10"])
+    return some, full
+
+
+def unit_of_cgroup_path(path: str) -> tuple[str | None, str]:
+    """The innermost ``*.service``/``*.scope`` of a cgroup path, and its manager.
+
+    ``/user.slice/user-1000.slice/user@1000.service/app.slice/x.service`` gives
+    ``("x.service", "user@1000")``; ``user@1000.service`` itself is the system
+    unit of the user manager.
+    """
+    parts = [p for p in path.split("/") if p]
+    manager = "system"
+    unit: str | None = None
+    for i, part in enumerate(parts):
+        match = _USER_MANAGER_RE.fullmatch(part)
+        if match and i + 1 < len(parts):
+            manager = f"user@{match[1]}"
+            unit = None
+            continue
+        if part.endswith(_UNIT_SUFFIXES):
+            unit = part
+    return unit, manager
+
+
+def parse_proc_cgroup(text: str) -> Owner | None:
+    """``/proc/PID/cgroup`` -> Owner. cgroup v1 ``name=systemd`` wins over v2 ``0::``.
+
+    On a hybrid host systemd tracks units in the ``name=systemd`` hierarchy, and
+    the v2 line is only ``0::/`` or a mirror of it.
+    """
+    v1 = v2 = None
+    for line in text.splitlines():
+        hier, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if controllers == "name=systemd":
+            v1 = path
+        elif hier == "0" and controllers == "":
+            v2 = path
+    found = v1 if v1 is not None else v2
+    if found is None:
+        return None
+    # A path ending " (deleted)" means the cgroup was removed while the process lived.
+    path = found.removesuffix(" (deleted)")
+    unit, manager = unit_of_cgroup_path(path)
+    return Owner(cgroup=path, unit=unit, manager=manager)
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupLayout:
+    """Where units live: ``tracking`` is the hierarchy that mirrors units;
+    ``memory`` is where ``memory.current`` can be read (cgroup v2) or None."""
+
+    mode: str  # "v2", "hybrid" or "v1"
+    tracking: Path
+    memory: Path | None
+
+    @classmethod
+    def detect(cls, root: Path = Path("/sys/fs/cgroup")) -> CgroupLayout:
+        if (root / "cgroup.controllers").exists():
+            return cls("v2", root, root)
+        unified = root / "unified"
+        if (root / "systemd").is_dir():
+            # Hybrid: the unified tree exists but the memory controller stays on v1,
+            # so memory.current is usually missing; probe per unit.
+            mode = "hybrid" if unified.is_dir() else "v1"
+            return cls(mode, root / "systemd", unified if unified.is_dir() else None)
+        return cls("v2", root, root)
+
+
+class ProcFs:
+    """Reads host and per-unit memory from a ``/proc`` root and a cgroup root."""
+
+    def __init__(
+        self,
+        proc: Path = Path("/proc"),
+        cgroup_root: Path = Path("/sys/fs/cgroup"),
+        layout: CgroupLayout | None = None,
+    ) -> None:
+        self.proc = proc
+        self.layout = layout or CgroupLayout.detect(cgroup_root)
+        self._located: dict[tuple[str, str], str] = {}
+        self._not_found_until: dict[tuple[str, str], int] = {}
+
+    # host ----------------------------------------------------------------
+
+    def host(self) -> HostSample:
+        text = _read(self.proc / "meminfo")
+        if text is None:
+            return HostSample(None, None, error=f"cannot read {self.proc / 'meminfo'}")
+        info = parse_meminfo(text)
+        if "MemTotal" not in info or "MemAvailable" not in info:
+            return HostSample(None, None, error="MemTotal/MemAvailable missing from meminfo")
+        psi = _read(self.proc / "pressure" / "memory")
+        some, full = parse_psi(psi) if psi else (None, None)
+        return HostSample(
+            mem_total_bytes=info["MemTotal"],
+            mem_available_bytes=info["MemAvailable"],
+            swap_total_bytes=info.get("SwapTotal"),
+            swap_free_bytes=info.get("SwapFree"),
+            psi_some_avg10=some,
+            psi_full_avg10=full,
+        )
+
+    # processes -----------------------------------------------------------
+
+    def owner(self, pid: int) -> Owner | None:
+        text = _read(self.proc / str(pid) / "cgroup")
+        return parse_proc_cgroup(text) if text is not None else None
+
+    def comm(self, pid: int) -> str:
+        text = _read(self.proc / str(pid) / "comm")
+        return text.rstrip("\n") if text is not None else ""
+
+    def rss_bytes(self, pid: int) -> int | None:
+        text = _read(self.proc / str(pid) / "statm")
+        if not text:
+            return None
+        fields = text.split()
+        return int(fields[1]) * PAGE_SIZE if len(fields) > 1 else None
+
+    def pids(self) -> Iterator[int]:
+        try:
+            entries = os.scandir(self.proc)
+        except _GONE:
+            return
+        with entries:
+            for entry in entries:
+                if entry.name.isdigit():
+                    yield int(entry.name)
+
+    def top_ram_owners(self) -> list[tuple[str, int]]:
+        """Every owner (unit, or cgroup) with its summed RSS, biggest first.
+
+        A full /proc scan: only called when the host floor is breached.
+        """
+        totals: dict[str, int] = {}
+        for pid in self.pids():
+            rss = self.rss_bytes(pid)
+            owner = self.owner(pid)
+            if not rss or owner is None:
+                continue
+            label = (
+                owner.label() if owner.manager == "system" else f"{owner.label()} ({owner.manager})"
+            )
+            totals[label] = totals.get(label, 0) + rss
+        return sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))
+
+    # units ---------------------------------------------------------------
+
+    def locate_unit(self, unit: str, manager: str, now_ns: int) -> str | None:
+        """The cgroup path (relative to the tracking root) of a running unit."""
+        key = (unit, manager)
+        cached = self._located.get(key)
+        if cached is not None and (self.layout.tracking / cached.lstrip("/")).is_dir():
+            return cached
+        self._located.pop(key, None)
+        if now_ns < self._not_found_until.get(key, 0):
+            return None
+        found = self._walk_for(unit, manager)
+        if found is None:
+            self._not_found_until[key] = now_ns + LOCATE_RETRY_NS
+            return None
+        self._not_found_until.pop(key, None)
+        self._located[key] = found
+        return found
+
+    def forget(self, unit: str, manager: str) -> None:
+        """Drop the cached location (e.g. after the unit was restarted)."""
+        self._located.pop((unit, manager), None)
+        self._not_found_until.pop((unit, manager), None)
+
+    def _walk_for(self, unit: str, manager: str) -> str | None:
+        """Search slices (and for a user unit, its user manager) for the unit's cgroup."""
+        root = self.layout.tracking
+        stack: list[tuple[Path, bool]] = [(root, manager == "system")]
+        want_manager = f"{manager}.service" if manager != "system" else None
+        while stack:
+            directory, inside = stack.pop()
+            try:
+                entries = list(os.scandir(directory))
+            except (*_GONE, PermissionError):
+                continue
+            for entry in entries:
+                name = entry.name
+                if not entry.is_dir(follow_symlinks=False):
+                    continue
+                if inside and name == unit:
+                    return "/" + str(Path(entry.path).relative_to(root))
+                if name.endswith(".slice"):
+                    stack.append((Path(entry.path), inside))
+                elif want_manager is not None and name == want_manager:
+                    stack.append((Path(entry.path), True))
+                elif not inside and want_manager is not None and not name.endswith(_UNIT_SUFFIXES):
+                    # Test beds and containers put the user manager under a plain
+                    # directory; keep looking for it there.
+                    stack.append((Path(entry.path), inside))
+        return None
+
+    def unit_pids(self, cgroup: str) -> tuple[int, ...]:
+        """Every PID in a unit's cgroup and its sub-cgroups."""
+        pids: list[int] = []
+        for directory in self._subtree(self.layout.tracking / cgroup.lstrip("/")):
+            text = _read(directory / "cgroup.procs")
+            if text:
+                pids.extend(int(p) for p in text.split())
+        return tuple(pids)
+
+    def unit_ram(self, cgroup: str, pids: Iterable[int]) -> tuple[int | None, str]:
+        """A unit's RAM: cgroup v2 ``memory.current``, or the summed RSS of its PIDs.
+
+        Summed RSS counts shared pages once per process and misses page cache:
+        it is what cgroup v1 without the memory controller delegated can say.
+        """
+        if self.layout.memory is not None:
+            text = _read(self.layout.memory / cgroup.lstrip("/") / "memory.current")
+            if text is not None and text.strip().isdigit():
+                return int(text), "memory.current"
+        total = 0
+        for pid in pids:
+            total += self.rss_bytes(pid) or 0
+        return total, "rss"
+
+    def _subtree(self, top: Path) -> Iterator[Path]:
+        stack = [top]
+        while stack:
+            directory = stack.pop()
+            yield directory
+            try:
+                with os.scandir(directory) as entries:
+                    stack.extend(Path(e.path) for e in entries if e.is_dir(follow_symlinks=False))
+            except (*_GONE, PermissionError):
+                continue

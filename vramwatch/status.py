@@ -1,0 +1,188 @@
+"""``vramwatch status``: one look at the host, as text or JSON."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from vramwatch.config import Config
+from vramwatch.model import Snapshot
+from vramwatch.sampler import Sampler, manager_for
+from vramwatch.sources.nvml import NvmlSource
+from vramwatch.sources.procfs import ProcFs
+from vramwatch.systemd import BusError, SystemdClient
+from vramwatch.units import format_size
+
+
+def collect(
+    config: Config, sampler: Sampler | None = None, client: SystemdClient | None = None
+) -> dict[str, Any]:
+    """Sample once and ask systemd for each tenant's state; a dict ready for JSON."""
+    sampler = sampler or Sampler(NvmlSource(), ProcFs())
+    snapshot = sampler.sample(config, time.monotonic_ns())
+    sampler.close()
+    client = client or SystemdClient(config.daemon.bus)
+    states: dict[str, dict[str, Any]] = {}
+    bus_error: str | None = None
+    for tenant in config.tenants:
+        if bus_error is not None:
+            states[tenant.unit] = {"active_state": "unknown"}
+            continue
+        try:
+            state = client.unit_state(tenant.unit)
+        except BusError as exc:
+            bus_error = exc.detail
+            states[tenant.unit] = {"active_state": "unknown"}
+            continue
+        states[tenant.unit] = {
+            "load_state": state.load_state,
+            "active_state": state.active_state,
+            "sub_state": state.sub_state,
+            "main_pid": state.main_pid,
+            "memory_max_bytes": state.memory_max,
+            "memory_high_bytes": state.memory_high,
+        }
+    client.close()
+    return report(config, snapshot, states, bus_error)
+
+
+def report(
+    config: Config,
+    snapshot: Snapshot,
+    states: dict[str, dict[str, Any]],
+    bus_error: str | None,
+) -> dict[str, Any]:
+    manager = manager_for(config.daemon.bus)
+    tenant_units = {t.unit for t in config.tenants}
+    gpus = []
+    for gpu in snapshot.gpus:
+        floor = config.gpu.floor.resolve(gpu.total_bytes) if gpu.total_bytes else None
+        others = [
+            {
+                "pid": p.pid,
+                "name": p.name,
+                "used_bytes": p.used_bytes,
+                "owner": p.owner.label() if p.owner else None,
+                "manager": p.owner.manager if p.owner else None,
+            }
+            for p in gpu.processes
+            if p.owner is None or p.owner.unit not in tenant_units or p.owner.manager != manager
+        ]
+        gpus.append(
+            {
+                "index": gpu.index,
+                "uuid": gpu.uuid,
+                "name": gpu.name,
+                "total_bytes": gpu.total_bytes,
+                "used_bytes": gpu.used_bytes,
+                "free_bytes": gpu.free_bytes,
+                "floor_bytes": floor,
+                "below_floor": (
+                    gpu.free_bytes < floor if gpu.free_bytes is not None and floor else None
+                ),
+                "unattributed_bytes": (
+                    gpu.used_bytes - gpu.attributed_bytes if gpu.used_bytes is not None else None
+                ),
+                "error": gpu.error,
+                "other_processes": others,
+            }
+        )
+    host = snapshot.host
+    host_floor = config.host.floor.resolve(host.mem_total_bytes) if host.mem_total_bytes else None
+    tenants = []
+    for tenant in config.tenants:
+        usage = snapshot.units.get(tenant.unit)
+        tenants.append(
+            {
+                "unit": tenant.unit,
+                "protected": tenant.protected,
+                "action": tenant.verb.value,
+                "vram_bytes": usage.vram_bytes if usage else None,
+                "vram_budget_bytes": tenant.vram_bytes,
+                "ram_bytes": usage.ram_bytes if usage else None,
+                "ram_source": usage.ram_source if usage else "",
+                "ram_budget_bytes": tenant.ram_bytes,
+                "pids": list(usage.pids) if usage else [],
+                **states.get(tenant.unit, {"active_state": "unknown"}),
+            }
+        )
+    return {
+        "config": config.path,
+        "dry_run": config.daemon.dry_run,
+        "nvml_error": snapshot.nvml_error,
+        "bus_error": bus_error,
+        "gpus": gpus,
+        "host": {
+            "mem_total_bytes": host.mem_total_bytes,
+            "mem_available_bytes": host.mem_available_bytes,
+            "floor_bytes": host_floor,
+            "below_floor": (
+                host.mem_available_bytes < host_floor
+                if host.mem_available_bytes is not None and host_floor is not None
+                else None
+            ),
+            "swap_total_bytes": host.swap_total_bytes,
+            "swap_free_bytes": host.swap_free_bytes,
+            "psi_some_avg10": host.psi_some_avg10,
+            "psi_full_avg10": host.psi_full_avg10,
+            "error": host.error,
+        },
+        "tenants": tenants,
+    }
+
+
+def _vs(used: int | None, limit: int | None) -> str:
+    text = format_size(used)
+    if limit is None:
+        return f"{text} (no budget)"
+    over = used is not None and used > limit
+    return f"{text} / {format_size(limit)}" + ("  OVER" if over else "")
+
+
+def render_text(rep: dict[str, Any]) -> str:
+    lines: list[str] = []
+    if rep["nvml_error"]:
+        lines.append(f"GPUs: {rep['nvml_error']}")
+    for gpu in rep["gpus"]:
+        if gpu["error"]:
+            lines.append(f"GPU {gpu['index']} {gpu['name']} ({gpu['uuid']}): ERROR {gpu['error']}")
+            continue
+        mark = "  BELOW FLOOR" if gpu["below_floor"] else ""
+        lines.append(
+            f"GPU {gpu['index']} {gpu['name']}: free {format_size(gpu['free_bytes'])} of "
+            f"{format_size(gpu['total_bytes'])}, floor {format_size(gpu['floor_bytes'])}{mark}"
+        )
+        if gpu["unattributed_bytes"]:
+            lines.append(
+                f"  unattributed (no process claims it): {format_size(gpu['unattributed_bytes'])}"
+            )
+        for proc in gpu["other_processes"]:
+            lines.append(
+                f"  not a tenant: pid {proc['pid']} {proc['name']!r} "
+                f"{format_size(proc['used_bytes'])} in {proc['owner'] or 'unknown'}"
+            )
+    host = rep["host"]
+    if host["error"]:
+        lines.append(f"host RAM: ERROR {host['error']}")
+    else:
+        mark = "  BELOW FLOOR" if host["below_floor"] else ""
+        lines.append(
+            f"host RAM: available {format_size(host['mem_available_bytes'])} of "
+            f"{format_size(host['mem_total_bytes'])}, "
+            f"floor {format_size(host['floor_bytes'])}{mark}"
+        )
+    if rep["bus_error"]:
+        lines.append(f"systemd: {rep['bus_error']} (unit states unknown)")
+    if rep["tenants"]:
+        lines.append("")
+        header = f"{'UNIT':<36} {'STATE':<22} {'VRAM / BUDGET':<28} {'RAM / BUDGET':<28}"
+        lines.append(header)
+        for t in rep["tenants"]:
+            state = t.get("active_state", "unknown") + (" (protected)" if t["protected"] else "")
+            lines.append(
+                f"{t['unit']:<36} {state:<22} {_vs(t['vram_bytes'], t['vram_budget_bytes']):<28} "
+                f"{_vs(t['ram_bytes'], t['ram_budget_bytes']):<28}"
+            )
+    if rep["dry_run"]:
+        lines.append("\n(dry run: vramwatch only logs what it would do)")
+    return "\n".join(lines)

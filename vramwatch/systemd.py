@@ -1,0 +1,261 @@
+"""D-Bus calls to ``org.freedesktop.systemd1`` (jeepney), and sd_notify.
+
+The daemon restarts a unit the way ``systemctl restart`` does: subscribe to
+``JobRemoved`` from systemd's unique bus name, call ``RestartUnit(unit,
+"replace")`` and wait for the job's result. Every failure (bus gone, access
+denied, no such unit, job failed or timed out) comes back as a
+:class:`JobOutcome` with ``ok=False``, never as an exception.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from jeepney import DBusAddress, MatchRule, Message, new_method_call
+from jeepney.bus_messages import message_bus
+from jeepney.io.blocking import DBusConnection, open_dbus_connection
+from jeepney.wrappers import DBusErrorResponse, unwrap_msg
+
+from vramwatch.model import Verb
+
+SYSTEMD = "org.freedesktop.systemd1"
+MANAGER = DBusAddress("/org/freedesktop/systemd1", SYSTEMD, f"{SYSTEMD}.Manager")
+UNIT_IFACE = f"{SYSTEMD}.Unit"
+SERVICE_IFACE = f"{SYSTEMD}.Service"
+
+# A restart waits for the old process to stop (TimeoutStopSec= defaults to
+# 90 s) and the new one to start: wait a little longer than systemd would.
+JOB_TIMEOUT_S = 100.0
+CALL_TIMEOUT_S = 10.0
+# Granularity of waiting for a job: how soon a SIGTERM is noticed.
+WAIT_SLICE_S = 0.2
+
+_METHODS = {Verb.RESTART: "RestartUnit", Verb.STOP: "StopUnit"}
+
+
+@dataclass(frozen=True, slots=True)
+class JobOutcome:
+    ok: bool
+    result: str  # the job result ("done", "failed", "timeout", ...) or an error name
+    detail: str  # one sentence for the journal
+    duration_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class UnitState:
+    unit: str
+    load_state: str  # "loaded", "not-found", ... or "unknown" when the bus is unreachable
+    active_state: str
+    sub_state: str
+    main_pid: int | None
+    invocation_id: str
+    memory_max: int | None  # None: infinity or not a service
+    memory_high: int | None
+
+
+class BusError(Exception):
+    """A D-Bus failure, with the D-Bus error name when there is one."""
+
+    def __init__(self, name: str, detail: str) -> None:
+        super().__init__(detail)
+        self.name = name
+        self.detail = detail
+
+
+def bus_address(bus: str) -> str:
+    """``SYSTEM``, or the calling user's bus address for ``bus = "user"``."""
+    if bus == "system":
+        return "SYSTEM"
+    address = os.environ.get("DBUS_SESSION_BUS_ADDRESS")
+    if address:
+        return address
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
+    return f"unix:path={runtime}/bus"
+
+
+def _short_error(exc: DBusErrorResponse) -> str:
+    detail = exc.data[0] if exc.data and isinstance(exc.data[0], str) else str(exc)
+    return str(detail)
+
+
+class SystemdClient:
+    """A connection to one systemd manager; reconnects once after a dropped bus."""
+
+    def __init__(self, bus: str = "system") -> None:
+        self.bus = bus
+        self._conn: DBusConnection | None = None
+        self._owner: str | None = None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except OSError:
+                pass
+        self._conn = None
+        self._owner = None
+
+    def _connection(self) -> DBusConnection:
+        if self._conn is None:
+            try:
+                self._conn = open_dbus_connection(bus_address(self.bus))
+            except (OSError, KeyError, ValueError) as exc:
+                raise BusError("connect", f"cannot connect to the {self.bus} bus: {exc}") from None
+        return self._conn
+
+    def _call(self, message: Message, timeout: float = CALL_TIMEOUT_S) -> tuple[Any, ...]:
+        """Send and unwrap; reconnect once if the connection was dropped."""
+        for attempt in (1, 2):
+            conn = self._connection()
+            try:
+                reply = conn.send_and_get_reply(message, timeout=timeout)
+                return tuple(unwrap_msg(reply))
+            except DBusErrorResponse as exc:
+                raise BusError(str(exc.name), _short_error(exc)) from None
+            except TimeoutError:
+                raise BusError("timeout", f"no reply from systemd within {timeout:g}s") from None
+            except (OSError, EOFError) as exc:
+                self.close()
+                if attempt == 2:
+                    raise BusError("disconnected", f"lost the {self.bus} bus: {exc}") from None
+        raise AssertionError("unreachable")
+
+    def _systemd_owner(self) -> str:
+        # Signals carry the sender's unique name (":1.N"), so a match on the
+        # well-known name would never fire.
+        if self._owner is None:
+            (self._owner,) = self._call(message_bus.GetNameOwner(SYSTEMD))
+        return self._owner
+
+    def act(
+        self,
+        unit: str,
+        verb: Verb,
+        should_stop: Callable[[], bool] = lambda: False,
+        job_timeout_s: float = JOB_TIMEOUT_S,
+    ) -> JobOutcome:
+        """Restart or stop a unit and wait for the job to finish."""
+        started = time.monotonic()
+        try:
+            return self._act(unit, verb, should_stop, job_timeout_s, started)
+        except BusError as exc:
+            return JobOutcome(False, exc.name, exc.detail, time.monotonic() - started)
+
+    def _act(
+        self,
+        unit: str,
+        verb: Verb,
+        should_stop: Callable[[], bool],
+        job_timeout_s: float,
+        started: float,
+    ) -> JobOutcome:
+        # Subscribe before the call: the job can finish before its reply arrives.
+        owner = self._systemd_owner()
+        self._call(new_method_call(MANAGER, "Subscribe"))
+        rule = MatchRule(
+            type="signal",
+            sender=owner,
+            interface=MANAGER.interface,
+            member="JobRemoved",
+            path=MANAGER.object_path,
+        )
+        self._call(message_bus.AddMatch(rule))
+        conn = self._connection()
+        with conn.filter(rule, queue=deque()) as queue:
+            (job,) = self._call(new_method_call(MANAGER, _METHODS[verb], "ss", (unit, "replace")))
+            deadline = started + job_timeout_s
+            while True:
+                while queue:
+                    _job_id, job_path, _unit, result = queue.popleft().body
+                    if job_path == job:
+                        took = time.monotonic() - started
+                        ok = result == "done"
+                        detail = (
+                            f"{_METHODS[verb]} job {result} after {took:.1f}s"
+                            if ok
+                            else f"{_METHODS[verb]} job finished with result '{result}' "
+                            f"(see journalctl -u {unit})"
+                        )
+                        return JobOutcome(ok, result, detail, took)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return JobOutcome(
+                        False,
+                        "timeout",
+                        f"{_METHODS[verb]} job still running after {job_timeout_s:g}s",
+                        time.monotonic() - started,
+                    )
+                if should_stop():
+                    return JobOutcome(
+                        False, "interrupted", "vramwatch is stopping; job left to systemd"
+                    )
+                try:
+                    conn.recv_messages(timeout=min(WAIT_SLICE_S, left))
+                except TimeoutError:
+                    continue
+                except (OSError, EOFError) as exc:
+                    self.close()
+                    raise BusError(
+                        "disconnected", f"lost the bus waiting for the job: {exc}"
+                    ) from None
+
+    def reset_failed(self, unit: str) -> None:
+        self._call(new_method_call(MANAGER, "ResetFailedUnit", "s", (unit,)))
+
+    def unit_state(self, unit: str) -> UnitState:
+        """Load state, active state, main PID, invocation and memory limits of a unit."""
+        (path,) = self._call(new_method_call(MANAGER, "LoadUnit", "s", (unit,)))
+        unit_addr = DBusAddress(path, SYSTEMD, "org.freedesktop.DBus.Properties")
+        (props,) = self._call(new_method_call(unit_addr, "GetAll", "s", (UNIT_IFACE,)))
+        service: dict[str, Any] = {}
+        if unit.endswith(".service"):
+            (service,) = self._call(new_method_call(unit_addr, "GetAll", "s", (SERVICE_IFACE,)))
+
+        def value(table: dict[str, Any], name: str, default: Any) -> Any:
+            entry = table.get(name)
+            return entry[1] if entry is not None else default
+
+        invocation = bytes(value(props, "InvocationID", b"")).hex()
+        main_pid = int(value(service, "MainPID", 0)) or None
+        return UnitState(
+            unit=unit,
+            load_state=str(value(props, "LoadState", "unknown")),
+            active_state=str(value(props, "ActiveState", "unknown")),
+            sub_state=str(value(props, "SubState", "unknown")),
+            main_pid=main_pid,
+            invocation_id=invocation,
+            memory_max=_limit(value(service, "MemoryMax", None)),
+            memory_high=_limit(value(service, "MemoryHigh", None)),
+        )
+
+
+def _limit(raw: Any) -> int | None:
+    # systemd reports "no limit" as UINT64_MAX.
+    if raw is None or int(raw) >= 2**64 - 1:
+        return None
+    return int(raw)
+
+
+def notify(state: str) -> bool:
+    """sd_notify through systemd-python; False when it is not importable or not under systemd."""
+    if not os.environ.get("NOTIFY_SOCKET"):
+        return False
+    try:
+        from systemd import daemon
+    except ImportError:
+        return False
+    return bool(daemon.notify(state))
+
+
+def watchdog_interval_ns() -> int | None:
+    """Half of WatchdogSec= when systemd asked for keep-alives for this process."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or not usec.isdigit() or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) * 1000 // 2

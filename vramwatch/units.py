@@ -1,0 +1,90 @@
+"""Sizes, percentages and durations: parse what operators write, format for people.
+
+Sizes keep bytes as ``int``; durations keep nanoseconds as ``int`` so that they
+compare directly with ``time.monotonic_ns()``.
+"""
+
+from __future__ import annotations
+
+import re
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+TIB = 1024 * GIB
+
+SIZE_FACTORS: dict[str, int] = {
+    "B": 1,
+    "KiB": KIB,
+    "MiB": MIB,
+    "GiB": GIB,
+    "TiB": TIB,
+    # Decimal units are powers of 1000, as in SI and in systemd's MemoryMax=.
+    "kB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+    "TB": 1000**4,
+}
+
+DURATION_FACTORS_NS: dict[str, int] = {
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60 * 1_000_000_000,
+    "h": 3600 * 1_000_000_000,
+}
+
+_NUMBER = r"(?P<number>[0-9]+(?:\.[0-9]+)?)"
+_SIZE_RE = re.compile(_NUMBER + r"\s*(?P<unit>[A-Za-z]+)")
+_PERCENT_RE = re.compile(_NUMBER + r"\s*%")
+_DURATION_RE = re.compile(_NUMBER + r"\s*(?P<unit>ms|s|m|h)")
+
+
+class UnitError(ValueError):
+    """A value that does not parse; the message says what was expected."""
+
+
+def parse_size(text: str) -> int:
+    """Parse ``"3000MiB"`` or ``"1.5GiB"`` into bytes."""
+    match = _SIZE_RE.fullmatch(text.strip())
+    if match is None or match["unit"] not in SIZE_FACTORS:
+        raise UnitError(f'expected a size such as "3000MiB" or "2GiB", got "{text}"')
+    return round(float(match["number"]) * SIZE_FACTORS[match["unit"]])
+
+
+def parse_percent(text: str) -> float | None:
+    """Parse ``"10%"`` into 10.0; ``None`` when the text is not a percentage."""
+    match = _PERCENT_RE.fullmatch(text.strip())
+    return float(match["number"]) if match else None
+
+
+def parse_duration_ns(text: str) -> int:
+    """Parse ``"500ms"``, ``"2s"``, ``"5m"`` or ``"1h"`` into nanoseconds."""
+    match = _DURATION_RE.fullmatch(text.strip())
+    if match is None:
+        raise UnitError(f'expected a duration such as "500ms", "2s", "5m" or "1h", got "{text}"')
+    return round(float(match["number"]) * DURATION_FACTORS_NS[match["unit"]])
+
+
+def format_size(n_bytes: int | None) -> str:
+    """Format bytes for people with binary units: ``1.2 GiB``, ``512 MiB``."""
+    if n_bytes is None:
+        return "unknown"
+    sign = "-" if n_bytes < 0 else ""
+    value = abs(n_bytes)
+    for name, factor in (("TiB", TIB), ("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
+        if value >= factor:
+            scaled = value / factor
+            text = f"{scaled:.1f}".removesuffix(".0") if scaled < 100 else f"{scaled:.0f}"
+            return f"{sign}{text} {name}"
+    return f"{sign}{value} B"
+
+
+def format_duration(ns: int) -> str:
+    """Format nanoseconds as the shortest exact-enough unit: ``10s``, ``2m``, ``500ms``."""
+    for name, factor in (("h", 3600 * 10**9), ("m", 60 * 10**9), ("s", 10**9)):
+        if ns >= factor and ns % (factor // 10 if name == "s" else factor) == 0:
+            value = ns / factor
+            return f"{value:g}{name}"
+    if ns >= 10**9:
+        return f"{ns / 10**9:.1f}s"
+    return f"{ns // 1_000_000}ms"
