@@ -21,7 +21,6 @@ from vramwatch import policy
 from vramwatch.config import Config, ConfigError, load
 from vramwatch.events import EventLog
 from vramwatch.model import Action, Snapshot, Verb
-from vramwatch.sampler import Sampler
 from vramwatch.systemd import JobOutcome, notify, watchdog_interval_ns
 from vramwatch.units import format_size
 
@@ -30,12 +29,18 @@ class Actuator(Protocol):
     def act(self, unit: str, verb: Verb, should_stop: Callable[[], bool]) -> JobOutcome: ...
 
 
+class SnapshotSource(Protocol):
+    def sample(self, config: Config, now_ns: int) -> Snapshot: ...
+
+    def close(self) -> None: ...
+
+
 class Daemon:
     def __init__(
         self,
         config_path: Path,
         config: Config,
-        sampler: Sampler,
+        sampler: SnapshotSource,
         actuator: Actuator,
         events: EventLog,
         *,

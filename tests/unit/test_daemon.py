@@ -1,0 +1,276 @@
+"""The loop around the policy: re-check before acting, failures, reloads, stopping.
+
+A Python-level sampler and actuator stand in for NVML and systemd here; the
+end-to-end suite proves the real ones.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from vramwatch import config as cfg
+from vramwatch.daemon import Daemon
+from vramwatch.events import EventLog
+from vramwatch.model import GpuProcess, GpuSample, HostSample, Owner, Snapshot, UnitUsage, Verb
+from vramwatch.systemd import JobOutcome
+
+MIB = 1024 * 1024
+S = 10**9
+UUID = "GPU-0"
+
+CONFIG_TEXT = """
+[daemon]
+interval = "1s"
+[gpu]
+min_free_vram = "2GiB"
+grace = "2s"
+[[tenant]]
+unit = "hog.service"
+vram = "3000MiB"
+"""
+
+
+def snapshot(now_ns: int, hog_vram_mib: int, free_mib: int) -> Snapshot:
+    owner = Owner("/system.slice/hog.service", "hog.service", "system")
+    gpu = GpuSample(
+        0,
+        UUID,
+        "Tesla T4",
+        15360 * MIB,
+        (15360 - free_mib) * MIB,
+        free_mib * MIB,
+        (GpuProcess(100, hog_vram_mib * MIB, "compute", "hog", owner),),
+    )
+    usage = UnitUsage("hog.service", hog_vram_mib * MIB, {UUID: hog_vram_mib * MIB}, 0, (100,))
+    return Snapshot(
+        now_ns, (gpu,), HostSample(24 * 1024 * MIB, 20 * 1024 * MIB), {"hog.service": usage}
+    )
+
+
+class ScriptedSampler:
+    """Returns snapshots from a function of (call number, now)."""
+
+    def __init__(self, script: Callable[[int, int], Snapshot]) -> None:
+        self.script = script
+        self.calls = 0
+
+    def sample(self, config: cfg.Config, now_ns: int) -> Snapshot:
+        self.calls += 1
+        return self.script(self.calls, now_ns)
+
+    def close(self) -> None:
+        pass
+
+
+class RecordingActuator:
+    def __init__(self, outcome: JobOutcome) -> None:
+        self.outcome = outcome
+        self.calls: list[tuple[str, Verb]] = []
+
+    def act(self, unit: str, verb: Verb, should_stop: Callable[[], bool]) -> JobOutcome:
+        self.calls.append((unit, verb))
+        return self.outcome
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def make(
+    tmp_path: Path, sampler: ScriptedSampler, actuator: RecordingActuator, text: str = CONFIG_TEXT
+) -> tuple[Daemon, io.StringIO, Clock]:
+    path = tmp_path / "vramwatch.toml"
+    path.write_text(text)
+    out = io.StringIO()
+    clock = Clock()
+    daemon = Daemon(
+        path,
+        cfg.load(path),
+        sampler,
+        actuator,
+        EventLog("stderr", "json", stream=out),
+        clock=clock,
+        notifier=lambda state: False,
+    )
+    return daemon, out, clock
+
+
+def events(out: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def names(out: io.StringIO) -> list[object]:
+    return [e["event"] for e in events(out)]
+
+
+def run_ticks(daemon: Daemon, clock: Clock, seconds: list[int]) -> None:
+    for s in seconds:
+        clock.now = s * S
+        daemon.tick()
+
+
+def test_breach_past_grace_restarts_the_hog_once(tmp_path: Path) -> None:
+    sampler = ScriptedSampler(lambda n, now: snapshot(now, 10700, 1000))
+    actuator = RecordingActuator(JobOutcome(True, "done", "ok"))
+    daemon, out, clock = make(tmp_path, sampler, actuator)
+
+    run_ticks(daemon, clock, [0, 1, 2, 3])
+
+    assert [("hog.service", Verb.RESTART)] == actuator.calls
+    assert ["floor_breached", "restart"] == names(out)
+
+
+def test_restart_event_carries_the_numbers(tmp_path: Path) -> None:
+    sampler = ScriptedSampler(lambda n, now: snapshot(now, 10700, 1000))
+    daemon, out, clock = make(tmp_path, sampler, RecordingActuator(JobOutcome(True, "done", "")))
+
+    run_ticks(daemon, clock, [0, 2])
+
+    restart = events(out)[-1]
+    assert {
+        "event": "restart",
+        "unit": "hog.service",
+        "resource": "vram",
+        "gpu": 0,
+        "used_bytes": 10700 * MIB,
+        "budget_bytes": 3000 * MIB,
+        "free_bytes": 1000 * MIB,
+        "floor_bytes": 2048 * MIB,
+        "message": "restarting hog.service: GPU 0 free 1000 MiB < floor 2 GiB for 2s; "
+        "unit uses 10.4 GiB VRAM, budget 2.9 GiB",
+    } == {
+        k: restart[k]
+        for k in (
+            "event",
+            "unit",
+            "resource",
+            "gpu",
+            "used_bytes",
+            "budget_bytes",
+            "free_bytes",
+            "floor_bytes",
+            "message",
+        )
+    }
+
+
+def test_a_tenant_that_shrank_before_the_action_is_left_alone(tmp_path: Path) -> None:
+    # The decision is made on call 3; the re-check (call 4) sees the hog shrunk.
+    sampler = ScriptedSampler(lambda n, now: snapshot(now, 10700 if n < 4 else 100, 1000))
+    actuator = RecordingActuator(JobOutcome(True, "done", ""))
+    daemon, out, clock = make(tmp_path, sampler, actuator)
+
+    run_ticks(daemon, clock, [0, 1, 2])
+
+    assert [] == actuator.calls
+    assert ["floor_breached", "action_cancelled"] == names(out)
+
+
+def test_a_failed_restart_is_logged_and_the_daemon_goes_on(tmp_path: Path) -> None:
+    sampler = ScriptedSampler(lambda n, now: snapshot(now, 10700, 1000))
+    actuator = RecordingActuator(
+        JobOutcome(False, "org.freedesktop.systemd1.NoSuchUnit", "Unit hog.service not found.")
+    )
+    daemon, out, clock = make(tmp_path, sampler, actuator)
+
+    run_ticks(daemon, clock, [0, 2, 3])
+
+    failed = [e for e in events(out) if e["event"] == "action_failed"]
+    assert 1 == len(failed)
+    assert "org.freedesktop.systemd1.NoSuchUnit" == failed[0]["result"]
+    assert {} == dict(daemon.history.in_flight)  # nothing left waiting for a reclaim
+
+
+def test_a_sampler_exception_becomes_a_sampling_error(tmp_path: Path) -> None:
+    def broken(n: int, now: int) -> Snapshot:
+        raise PermissionError("/proc/meminfo")
+
+    daemon, out, clock = make(
+        tmp_path, ScriptedSampler(broken), RecordingActuator(JobOutcome(True, "done", ""))
+    )
+
+    run_ticks(daemon, clock, [0])
+
+    assert ["sampling_error"] == names(out)
+
+
+def test_reload_with_a_broken_config_keeps_the_old_one(tmp_path: Path) -> None:
+    daemon, out, _clock = make(
+        tmp_path,
+        ScriptedSampler(lambda n, now: snapshot(now, 0, 9000)),
+        RecordingActuator(JobOutcome(True, "done", "")),
+    )
+    before = daemon.config
+    (tmp_path / "vramwatch.toml").write_text("[daemon]\ninterval = 2\n")
+
+    daemon.reload()
+
+    assert before is daemon.config
+    rejected = events(out)[-1]
+    assert "config_rejected" == rejected["event"]
+    assert (
+        f"{tmp_path}/vramwatch.toml: daemon.interval: expected a string, got 2" == rejected["error"]
+    )
+
+
+def test_reload_with_a_valid_config_applies_it(tmp_path: Path) -> None:
+    daemon, out, _clock = make(
+        tmp_path,
+        ScriptedSampler(lambda n, now: snapshot(now, 0, 9000)),
+        RecordingActuator(JobOutcome(True, "done", "")),
+    )
+    (tmp_path / "vramwatch.toml").write_text(CONFIG_TEXT.replace('"1s"', '"5s"'))
+
+    daemon.reload()
+
+    assert 5 * S == daemon.config.daemon.interval_ns
+    assert "config_reloaded" == events(out)[-1]["event"]
+
+
+def test_dry_run_flag_survives_a_reload(tmp_path: Path) -> None:
+    path = tmp_path / "vramwatch.toml"
+    path.write_text(CONFIG_TEXT)
+    daemon = Daemon(
+        path,
+        cfg.load(path),
+        ScriptedSampler(lambda n, now: snapshot(now, 0, 9000)),
+        RecordingActuator(JobOutcome(True, "done", "")),
+        EventLog("stderr", "json", stream=io.StringIO()),
+        force_dry_run=True,
+        notifier=lambda state: False,
+    )
+
+    daemon.reload()
+
+    assert daemon.config.daemon.dry_run
+
+
+def test_run_returns_zero_soon_after_stop(tmp_path: Path) -> None:
+    path = tmp_path / "vramwatch.toml"
+    path.write_text(CONFIG_TEXT.replace('"1s"', '"1h"'))
+    states: list[str] = []
+    daemon = Daemon(
+        path,
+        cfg.load(path),
+        ScriptedSampler(lambda n, now: snapshot(now, 0, 9000)),
+        RecordingActuator(JobOutcome(True, "done", "")),
+        EventLog("stderr", "json", stream=io.StringIO()),
+        notifier=lambda state: states.append(state) or True,
+    )
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(daemon.run()))
+    thread.start()
+    threading.Timer(0.2, daemon.stop).start()
+
+    thread.join(timeout=2)
+
+    assert [0] == result
+    assert "READY=1" in states and "STOPPING=1" == states[-1]
