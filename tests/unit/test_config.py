@@ -1,0 +1,750 @@
+"""config.py: TOML -> frozen Config, and every error names the file, the key and the problem."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vramwatch import config
+from vramwatch.config import (
+    DEFAULT_GPU,
+    DEFAULT_HOST,
+    Config,
+    ConfigError,
+    DaemonConfig,
+    Floor,
+    FloorConfig,
+    Tenant,
+)
+from vramwatch.model import Verb
+from vramwatch.units import GIB, MIB
+
+PATH = "/x/vramwatch.toml"
+S = 10**9
+
+SPEC_EXAMPLE = """
+[daemon]
+interval = "2s"          # sampling period
+dry_run = false          # decide and log "would restart", never act
+bus = "system"           # "system", or "user" for the calling user's manager
+cooldown = "2m"          # no second action on the same unit within this time
+max_restarts = 3         # per unit within restart_window; then stop acting
+restart_window = "1h"    #   on that unit and log an error (restart storm)
+reclaim_timeout = "30s"  # how long to wait to see memory freed after acting
+
+[gpu]
+min_free_vram = "1GiB"   # floor for every GPU (or "10%")
+grace = "10s"            # the floor must stay breached this long
+
+[host]
+min_available_ram = "4GiB"   # floor on MemAvailable (or "10%")
+grace = "10s"
+
+[[tenant]]
+unit = "immich-machine-learning.service"
+vram = "3000MiB"         # budget, summed over all GPUs; optional
+ram = "6GiB"             # budget; optional
+action = "restart"       # "restart" (default) or "stop"
+protected = false        # true: watched and reported, never acted on
+
+[[tenant]]
+unit = "llama-swap.service"
+vram = "5000MiB"
+protected = true
+"""
+
+SIZE_HINT = 'expected a size such as "3000MiB" or "2GiB", got "{}"'
+FLOOR_HINT = 'expected a size such as "2GiB" or a percentage such as "10%", got "{}"'
+DURATION_HINT = 'expected a duration such as "500ms", "2s", "5m" or "1h", got "{}"'
+UNIT_HINT = 'expected a systemd unit name such as "llama-server.service" or "job.scope", got "{}"'
+
+
+def parse_error(text: str) -> str:
+    with pytest.raises(ConfigError) as raised:
+        config.parse(text, PATH)
+    return str(raised.value)
+
+
+def load_error(path: Path) -> str:
+    with pytest.raises(ConfigError) as raised:
+        config.load(path)
+    return str(raised.value)
+
+
+def tenant_toml(**keys: str) -> str:
+    """One [[tenant]] table from already-TOML-encoded values."""
+    return "[[tenant]]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items())
+
+
+# valid configs ----------------------------------------------------------------
+
+
+def test_spec_example_gives_the_exact_frozen_config(tmp_path: Path) -> None:
+    path = tmp_path / "vramwatch.toml"
+    path.write_text(SPEC_EXAMPLE)
+    expected = Config(
+        path=str(path),
+        daemon=DaemonConfig(
+            interval_ns=2 * S,
+            dry_run=False,
+            bus="system",
+            cooldown_ns=120 * S,
+            max_restarts=3,
+            restart_window_ns=3600 * S,
+            reclaim_timeout_ns=30 * S,
+        ),
+        gpu=FloorConfig(Floor("1GiB", bytes=GIB), 10 * S),
+        host=FloorConfig(Floor("4GiB", bytes=4 * GIB), 10 * S),
+        tenants=(
+            Tenant(
+                "immich-machine-learning.service",
+                vram_bytes=3000 * MIB,
+                ram_bytes=6 * GIB,
+                verb=Verb.RESTART,
+                protected=False,
+            ),
+            Tenant("llama-swap.service", vram_bytes=5000 * MIB, protected=True),
+        ),
+    )
+
+    actual = config.load(path)
+
+    assert expected == actual
+
+
+def test_config_is_frozen() -> None:
+    loaded = config.parse(SPEC_EXAMPLE, PATH)
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        loaded.daemon.dry_run = True  # type: ignore[misc]
+
+
+def test_empty_file_gives_the_defaults(tmp_path: Path) -> None:
+    """Defaults: 2 s interval, 2 min cooldown, 3 restarts/h, 30 s reclaim, 10 % floors."""
+    path = tmp_path / "vramwatch.toml"
+    path.write_text("")
+    expected = Config(str(path), DaemonConfig(), DEFAULT_GPU, DEFAULT_HOST, ())
+
+    actual = config.load(path)
+
+    assert expected == actual
+    assert (2 * S, 120 * S, 3, 3600 * S, 30 * S) == (
+        actual.daemon.interval_ns,
+        actual.daemon.cooldown_ns,
+        actual.daemon.max_restarts,
+        actual.daemon.restart_window_ns,
+        actual.daemon.reclaim_timeout_ns,
+    )
+    assert FloorConfig(Floor("10%", percent=10.0), 10 * S) == actual.gpu == actual.host
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (tenant_toml(unit='"a.service"'), Tenant("a.service")),
+        (tenant_toml(unit='"job.scope"', action='"stop"'), Tenant("job.scope", verb=Verb.STOP)),
+        (
+            tenant_toml(unit='"worker@3.service"', ram='"2GB"'),
+            Tenant("worker@3.service", ram_bytes=2 * 10**9),
+        ),
+        (tenant_toml(unit='"a\\\\x2db.service"'), Tenant("a\\x2db.service")),
+        (tenant_toml(unit='"a:b_c.d-e.service"'), Tenant("a:b_c.d-e.service")),
+        (tenant_toml(unit=f'"{"a" * 246}.service"'), Tenant("a" * 246 + ".service")),
+    ],
+)
+def test_tenant_defaults_and_valid_unit_names(text: str, expected: Tenant) -> None:
+    """A tenant needs only its unit: no budgets, action restart, not protected."""
+    actual = config.parse(text, PATH).tenants
+
+    assert (expected,) == actual
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[gpu]\nmin_free_vram = "10%"', Floor("10%", percent=10.0)),
+        ('[gpu]\nmin_free_vram = "12.5%"', Floor("12.5%", percent=12.5)),
+        ('[gpu]\nmin_free_vram = "1.5GiB"', Floor("1.5GiB", bytes=3 * GIB // 2)),
+        ('[gpu]\nmin_free_vram = "500MB"', Floor("500MB", bytes=500 * 10**6)),
+    ],
+)
+def test_floor_is_bytes_or_a_percentage(text: str, expected: Floor) -> None:
+    actual = config.parse(text, PATH).gpu.floor
+
+    assert expected == actual
+
+
+@pytest.mark.parametrize(
+    ("floor", "total", "expected"),
+    [
+        (Floor("10%", percent=10.0), 16 * GIB, int(1.6 * GIB)),
+        (Floor("50%", percent=50.0), 1001, 500),
+        (Floor("1GiB", bytes=GIB), 16 * GIB, GIB),
+        (Floor("1GiB", bytes=GIB), 0, GIB),
+    ],
+)
+def test_floor_resolve_against_the_total(floor: Floor, total: int, expected: int) -> None:
+    actual = floor.resolve(total)
+
+    assert expected == actual
+
+
+def test_zero_durations_are_allowed_where_zero_means_none() -> None:
+    """grace = "0s" acts on the first breached sample; cooldown = "0s" disables it."""
+    text = '[daemon]\ncooldown = "0s"\n[gpu]\ngrace = "0s"\n[host]\ngrace = "0ms"'
+
+    actual = config.parse(text, PATH)
+
+    assert (0, 0, 0) == (actual.daemon.cooldown_ns, actual.gpu.grace_ns, actual.host.grace_ns)
+
+
+def test_config_tenant_lookup_by_unit() -> None:
+    loaded = config.parse(SPEC_EXAMPLE, PATH)
+
+    assert "llama-swap.service" == loaded.tenant("llama-swap.service").unit  # type: ignore[union-attr]
+    assert None is loaded.tenant("other.service")
+
+
+def test_tenant_budget_by_resource() -> None:
+    tenant = Tenant("a.service", vram_bytes=1, ram_bytes=2)
+
+    assert (1, 2) == (tenant.budget("vram"), tenant.budget("ram"))
+
+
+def test_parse_without_a_path_names_the_text_config() -> None:
+    with pytest.raises(ConfigError) as raised:
+        config.parse("nope = 1")
+
+    assert "<config>: nope: unknown key" == str(raised.value)
+    assert ("<config>", "nope", "unknown key") == (
+        raised.value.path,
+        raised.value.key,
+        raised.value.problem,
+    )
+
+
+def test_default_path_honours_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VRAMWATCH_CONFIG", raising=False)
+    assert Path("/etc/vramwatch.toml") == config.default_path()
+
+    monkeypatch.setenv("VRAMWATCH_CONFIG", "/srv/vw.toml")
+    assert Path("/srv/vw.toml") == config.default_path()
+
+
+# validation errors: exact text -------------------------------------------------
+
+T0 = tenant_toml(unit='"a.service"')
+
+ERRORS = [
+    # unknown keys, with a did-you-mean hint when one is close
+    ("nope = 1", "nope: unknown key"),
+    ("tenants = []", 'tenants: unknown key (did you mean "tenant"?)'),
+    ("[deamon]", 'deamon: unknown key (did you mean "daemon"?)'),
+    ("[daemon]\ndryrun = true", 'daemon.dryrun: unknown key (did you mean "dry_run"?)'),
+    ("[daemon]\nfoo = 1", "daemon.foo: unknown key"),
+    ("[daemon.sub]\nx = 1", "daemon.sub: unknown key"),
+    ('[gpu]\nmin_free = "1GiB"', 'gpu.min_free: unknown key (did you mean "min_free_vram"?)'),
+    (
+        '[host]\nmin_free_vram = "1GiB"',
+        'host.min_free_vram: unknown key (did you mean "min_available_ram"?)',
+    ),
+    ('[host]\ngrce = "1s"', 'host.grce: unknown key (did you mean "grace"?)'),
+    (
+        tenant_toml(unit='"a.service"', vrm='"1GiB"'),
+        'tenant[0].vrm: unknown key (did you mean "vram"?)',
+    ),
+    (
+        T0 + tenant_toml(unit='"b.service"', protect="true"),
+        'tenant[1].protect: unknown key (did you mean "protected"?)',
+    ),
+    (T0 + tenant_toml(unit='"b.service"', gpu="0"), "tenant[1].gpu: unknown key"),
+    # wrong types
+    ('[daemon]\ndry_run = "yes"', 'daemon.dry_run: expected true or false, got "yes"'),
+    ("[daemon]\ndry_run = 1", "daemon.dry_run: expected true or false, got 1"),
+    ("[daemon]\nmax_restarts = true", "daemon.max_restarts: expected an integer, got true"),
+    ('[daemon]\nmax_restarts = "3"', 'daemon.max_restarts: expected an integer, got "3"'),
+    ("[daemon]\nmax_restarts = 1.5", "daemon.max_restarts: expected an integer, got 1.5"),
+    ("[daemon]\ninterval = 2", "daemon.interval: expected a string, got 2"),
+    ("[daemon]\nbus = 1", "daemon.bus: expected a string, got 1"),
+    ("[gpu]\nmin_free_vram = 1024", "gpu.min_free_vram: expected a string, got 1024"),
+    ("[gpu]\ngrace = false", "gpu.grace: expected a string, got false"),
+    (tenant_toml(unit="5"), "tenant[0].unit: expected a string, got 5"),
+    (tenant_toml(unit='"a.service"', vram="3000"), "tenant[0].vram: expected a string, got 3000"),
+    (
+        tenant_toml(unit='"a.service"', protected='"true"'),
+        'tenant[0].protected: expected true or false, got "true"',
+    ),
+    ("daemon = 1", "daemon: expected a table, got 1"),
+    ("gpu = []", "gpu: expected a table, got an array"),
+    ('host = "x"', 'host: expected a table, got "x"'),
+    ("tenant = [1]", "tenant[0]: expected a table ([[tenant]]), got 1"),
+    (
+        T0 + "[[tenant]]\n" + 'unit = ["a.service"]',
+        "tenant[1].unit: expected a string, got an array",
+    ),
+    # impossible values
+    ('[daemon]\ninterval = "0s"', 'daemon.interval: must be greater than zero, got "0s"'),
+    (
+        '[daemon]\nrestart_window = "0h"',
+        'daemon.restart_window: must be greater than zero, got "0h"',
+    ),
+    (
+        '[daemon]\nreclaim_timeout = "0ms"',
+        'daemon.reclaim_timeout: must be greater than zero, got "0ms"',
+    ),
+    ('[daemon]\ninterval = "2"', "daemon.interval: " + DURATION_HINT.format("2")),
+    ('[daemon]\ncooldown = "-1m"', "daemon.cooldown: " + DURATION_HINT.format("-1m")),
+    ('[gpu]\ngrace = "10 sec"', "gpu.grace: " + DURATION_HINT.format("10 sec")),
+    ("[daemon]\nmax_restarts = 0", "daemon.max_restarts: must be at least 1, got 0"),
+    ("[daemon]\nmax_restarts = -2", "daemon.max_restarts: must be at least 1, got -2"),
+    ('[daemon]\nbus = "session"', 'daemon.bus: expected "system" or "user", got "session"'),
+    ('[daemon]\nbus = "System"', 'daemon.bus: expected "system" or "user", got "System"'),
+    # floors
+    (
+        '[gpu]\nmin_free_vram = "0%"',
+        'gpu.min_free_vram: a percentage must be above 0% and below 100%, got "0%"',
+    ),
+    (
+        '[gpu]\nmin_free_vram = "100%"',
+        'gpu.min_free_vram: a percentage must be above 0% and below 100%, got "100%"',
+    ),
+    (
+        '[host]\nmin_available_ram = "150%"',
+        'host.min_available_ram: a percentage must be above 0% and below 100%, got "150%"',
+    ),
+    ('[gpu]\nmin_free_vram = "0GiB"', 'gpu.min_free_vram: must be greater than zero, got "0GiB"'),
+    ('[gpu]\nmin_free_vram = "1G"', "gpu.min_free_vram: " + FLOOR_HINT.format("1G")),
+    ('[host]\nmin_available_ram = "-10%"', "host.min_available_ram: " + FLOOR_HINT.format("-10%")),
+    (
+        '[host]\nmin_available_ram = "-4GiB"',
+        "host.min_available_ram: " + FLOOR_HINT.format("-4GiB"),
+    ),
+    # budgets
+    (
+        T0 + tenant_toml(unit='"b.service"', vram='"8G"'),
+        "tenant[1].vram: " + SIZE_HINT.format("8G"),
+    ),
+    (
+        tenant_toml(unit='"a.service"', vram='"3000mib"'),
+        "tenant[0].vram: " + SIZE_HINT.format("3000mib"),
+    ),
+    (
+        tenant_toml(unit='"a.service"', ram='"6 gigs"'),
+        "tenant[0].ram: " + SIZE_HINT.format("6 gigs"),
+    ),
+    (
+        tenant_toml(unit='"a.service"', vram='"0MiB"'),
+        'tenant[0].vram: must be greater than zero, got "0MiB"',
+    ),
+    (
+        tenant_toml(unit='"a.service"', ram='"0B"'),
+        'tenant[0].ram: must be greater than zero, got "0B"',
+    ),
+    (
+        tenant_toml(unit='"a.service"', vram='"-1GiB"'),
+        "tenant[0].vram: " + SIZE_HINT.format("-1GiB"),
+    ),
+    (tenant_toml(unit='"a.service"', vram='""'), "tenant[0].vram: " + SIZE_HINT.format("")),
+    # tenants and their units
+    (T0 + T0, 'tenant[1].unit: "a.service" is already configured as tenant[0]'),
+    (
+        tenant_toml(unit='"x.service"') + T0 + tenant_toml(unit='"x.service"'),
+        'tenant[2].unit: "x.service" is already configured as tenant[0]',
+    ),
+    (
+        tenant_toml(vram='"1GiB"'),
+        "tenant[0].unit: missing: every tenant needs the systemd unit it runs as",
+    ),
+    ("[[tenant]]", "tenant[0].unit: missing: every tenant needs the systemd unit it runs as"),
+    (
+        tenant_toml(unit='"a.service"', action='"kill"'),
+        'tenant[0].action: expected "restart" or "stop", got "kill"',
+    ),
+    (
+        tenant_toml(unit='"a.service"', action='"Restart"'),
+        'tenant[0].action: expected "restart" or "stop", got "Restart"',
+    ),
+    (
+        tenant_toml(unit='"job.scope"', action='"restart"'),
+        'tenant[0].action: a scope cannot be restarted by systemd; use action = "stop"',
+    ),
+    (
+        tenant_toml(unit='"job.scope"'),
+        'tenant[0].action: a scope cannot be restarted by systemd; use action = "stop"',
+    ),
+    (tenant_toml(unit='"../x.service"'), "tenant[0].unit: " + UNIT_HINT.format("../x.service")),
+    (
+        tenant_toml(unit='"system.slice/x.service"'),
+        "tenant[0].unit: " + UNIT_HINT.format("system.slice/x.service"),
+    ),
+    (tenant_toml(unit='"my app.service"'), "tenant[0].unit: " + UNIT_HINT.format("my app.service")),
+    (tenant_toml(unit='"x.socket"'), "tenant[0].unit: " + UNIT_HINT.format("x.socket")),
+    (tenant_toml(unit='"x.slice"'), "tenant[0].unit: " + UNIT_HINT.format("x.slice")),
+    (tenant_toml(unit='"x"'), "tenant[0].unit: " + UNIT_HINT.format("x")),
+    (tenant_toml(unit='""'), "tenant[0].unit: " + UNIT_HINT.format("")),
+    (tenant_toml(unit='".service"'), "tenant[0].unit: " + UNIT_HINT.format(".service")),
+    (tenant_toml(unit='"x.service\\n"'), "tenant[0].unit: " + UNIT_HINT.format("x.service\n")),
+    (tenant_toml(unit='"ünï.service"'), "tenant[0].unit: " + UNIT_HINT.format("ünï.service")),
+    (
+        tenant_toml(unit=f'"{"a" * 249}.service"'),
+        "tenant[0].unit: " + UNIT_HINT.format("a" * 249 + ".service"),
+    ),
+    (tenant_toml(unit='"@x.service"'), 'tenant[0].unit: "@x.service" is not a valid unit name'),
+    (tenant_toml(unit='"x.@1.service"'), 'tenant[0].unit: "x.@1.service" is not a valid unit name'),
+    # not TOML
+    ("a = = 1", "not valid TOML: Invalid value (at line 1, column 5)"),
+    (
+        "[daemon",
+        "not valid TOML: Expected ']' at the end of a table declaration (at end of document)",
+    ),
+    (
+        "[daemon]\n[daemon]",
+        "not valid TOML: Cannot declare ('daemon',) twice (at line 2, column 8)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "problem"), ERRORS)
+def test_every_mistake_names_the_file_the_key_and_what_is_wrong(text: str, problem: str) -> None:
+    expected = f"{PATH}: {problem}"
+
+    actual = parse_error(text)
+
+    assert expected == actual
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason='BUG: the template hint drops one character too few: "foo@@1.service"',
+)
+def test_template_unit_is_refused_with_an_instance_to_name() -> None:
+    expected = (
+        f'{PATH}: tenant[0].unit: "foo@.service" is a template; '
+        'name an instance such as "foo@1.service"'
+    )
+
+    actual = parse_error(tenant_toml(unit='"foo@.service"'))
+
+    assert expected == actual
+
+
+def test_template_unit_is_refused() -> None:
+    """Whatever the hint says, a template can never run and is refused."""
+    actual = parse_error(tenant_toml(unit='"foo@.service"'))
+
+    assert actual.startswith(f'{PATH}: tenant[0].unit: "foo@.service" is a template; ')
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: a template scope such as foo@.scope is accepted")
+def test_template_scope_is_refused() -> None:
+    """systemd refuses "foo@.scope" as a unit name: it is a template, not an instance."""
+    actual = parse_error(tenant_toml(unit='"foo@.scope"', action='"stop"'))
+
+    assert actual.startswith(f'{PATH}: tenant[0].unit: "foo@.scope" is ')
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: UNIT_NAME_RE caps the stem at 246 chars; systemd accepts names up to 255 bytes",
+)
+def test_a_255_byte_unit_name_is_accepted() -> None:
+    """systemd's UNIT_NAME_MAX is 256 with the NUL: names of up to 255 bytes are valid."""
+    unit = "a" * 247 + ".service"
+
+    actual = config.parse(tenant_toml(unit=f'"{unit}"'), PATH).tenants
+
+    assert (Tenant(unit),) == actual
+
+
+def test_a_256_byte_unit_name_is_refused() -> None:
+    unit = "a" * 248 + ".service"
+
+    actual = parse_error(tenant_toml(unit=f'"{unit}"'))
+
+    assert f"{PATH}: tenant[0].unit: " + UNIT_HINT.format(unit) == actual
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason='BUG: a table where the [[tenant]] array belongs says "expected list", Python, not TOML',
+)
+def test_tenant_as_a_table_names_the_toml_array_of_tables() -> None:
+    actual = parse_error('[tenant]\nunit = "a.service"')
+
+    assert "list" not in actual and "[[tenant]]" in actual
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a TOML date where a string belongs is shown as datetime.date(...), a Python repr",
+)
+def test_a_date_where_a_duration_belongs_is_described_in_toml_terms() -> None:
+    actual = parse_error("[daemon]\ninterval = 1979-05-27")
+
+    assert f"{PATH}: daemon.interval: expected a string, got 1979-05-27" == actual
+
+
+@pytest.mark.xfail(
+    strict=True, reason="BUG: a 300-digit budget raises OverflowError out of config.parse"
+)
+def test_an_absurdly_long_budget_is_a_config_error() -> None:
+    text = tenant_toml(unit='"a.service"', vram=f'"{"9" * 300}MiB"')
+
+    actual = parse_error(text)
+
+    assert f"{PATH}: tenant[0].vram: " + SIZE_HINT.format("9" * 300 + "MiB") == actual
+
+
+@pytest.mark.xfail(
+    strict=True, reason="BUG: deeply nested arrays raise RecursionError out of tomllib/config.load"
+)
+def test_deeply_nested_arrays_are_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "vramwatch.toml"
+    path.write_text("x = " + "[" * 5000)
+
+    actual = load_error(path)
+
+    assert actual.startswith(f"{path}: not valid TOML: ")
+
+
+def test_the_first_unknown_key_in_sorted_order_is_named() -> None:
+    actual = parse_error("[daemon]\nzeta = 1\nalpha = 2")
+
+    assert f"{PATH}: daemon.alpha: unknown key" == actual
+
+
+def test_config_error_carries_path_key_and_problem() -> None:
+    with pytest.raises(ConfigError) as raised:
+        config.parse('[daemon]\nbus = "x"', PATH)
+
+    assert (PATH, "daemon.bus", 'expected "system" or "user", got "x"') == (
+        raised.value.path,
+        raised.value.key,
+        raised.value.problem,
+    )
+
+
+# files --------------------------------------------------------------------------
+
+
+def test_a_file_that_is_not_utf8_names_the_byte(tmp_path: Path) -> None:
+    path = tmp_path / "vramwatch.toml"
+    path.write_bytes(b'[daemon]\nbus = "sys\xfftem"\n')
+
+    actual = load_error(path)
+
+    assert f"{path}: not UTF-8 text (byte 19)" == actual
+
+
+def test_a_file_over_one_mebibyte_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "vramwatch.toml"
+    path.write_bytes(b"#" * (config.MAX_CONFIG_BYTES + 1))
+
+    actual = load_error(path)
+
+    assert f"{path}: larger than 1048576 bytes; not a config file" == actual
+
+
+def test_a_file_of_exactly_one_mebibyte_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "vramwatch.toml"
+    path.write_bytes(b"#" * (config.MAX_CONFIG_BYTES - 1) + b"\n")
+
+    actual = config.load(path)
+
+    assert () == actual.tenants
+
+
+def test_a_missing_file_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "vramwatch.toml"
+
+    actual = load_error(path)
+
+    assert f"{path}: no such file (write one, see vramwatch.toml(5))" == actual
+
+
+def test_a_directory_is_not_a_config(tmp_path: Path) -> None:
+    actual = load_error(tmp_path)
+
+    assert f"{tmp_path}: is a directory, expected a TOML file" == actual
+
+
+def test_not_toml_from_a_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "vramwatch.toml"
+    path.write_text("[daemon]\ninterval = 2s\n")
+
+    actual = load_error(path)
+
+    assert (
+        f"{path}: not valid TOML: "
+        "Expected newline or end of document after a statement (at line 2, column 13)" == actual
+    )
+
+
+def test_a_file_error_names_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "vramwatch.toml"
+    path.write_text(SPEC_EXAMPLE.replace('vram = "5000MiB"', 'vram = "8G"'))
+
+    actual = load_error(path)
+
+    assert f"{path}: tenant[1].vram: " + SIZE_HINT.format("8G") == actual
+
+
+def test_load_accepts_a_string_path(tmp_path: Path) -> None:
+    path = tmp_path / "vramwatch.toml"
+    path.write_text(T0)
+
+    actual = config.load(str(path))
+
+    assert (str(path), (Tenant("a.service"),)) == (actual.path, actual.tenants)
+
+
+# budget_fit_warnings -------------------------------------------------------------
+
+
+def fit_config(floor: str, *vram: str) -> Config:
+    tenants = "".join(
+        tenant_toml(unit=f'"t{i}.service"', vram=f'"{v}"') for i, v in enumerate(vram)
+    )
+    return config.parse(f'[gpu]\nmin_free_vram = "{floor}"\n' + tenants, PATH)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "totals", "expected"),
+    [
+        # The incident: 13300 MiB of budgets on a 16 GiB T4 with a 2 GiB floor fits.
+        (fit_config("2GiB", "3000MiB", "5000MiB", "2000MiB", "1800MiB", "1500MiB"), [16 * GIB], []),
+        (fit_config("1GiB", "15GiB"), [16 * GIB], []),
+        (fit_config("1GiB", "16GiB"), [], []),
+        (fit_config("1GiB"), [16 * GIB], []),
+        (fit_config("10%", "8GiB", "8GiB"), [10 * GIB, 10 * GIB], []),
+        (
+            fit_config("2GiB", "8GiB", "8GiB"),
+            [16 * GIB],
+            [
+                (
+                    "VRAM budgets sum to 16 GiB but the 1 GPU(s) present leave 14 GiB above the "
+                    "min_free_vram floor (2GiB): tenants within budget can still breach the floor, "
+                    "and then vramwatch can only warn"
+                )
+            ],
+        ),
+        (
+            fit_config("10%", "10GiB", "10GiB"),
+            [10 * GIB, 10 * GIB],
+            [
+                (
+                    "VRAM budgets sum to 20 GiB but the 2 GPU(s) present leave 18 GiB above the "
+                    "min_free_vram floor (10%): tenants within budget can still breach the floor, "
+                    "and then vramwatch can only warn"
+                )
+            ],
+        ),
+    ],
+)
+def test_budget_fit_warnings_when_budgets_exceed_what_the_floor_leaves(
+    cfg: Config, totals: list[int], expected: list[str]
+) -> None:
+    actual = config.budget_fit_warnings(cfg, totals)
+
+    assert expected == actual
+
+
+def test_budget_fit_ignores_tenants_without_a_vram_budget() -> None:
+    cfg = config.parse(tenant_toml(unit='"a.service"', ram='"100GiB"'), PATH)
+
+    assert [] == config.budget_fit_warnings(cfg, [GIB])
+
+
+# fuzz ---------------------------------------------------------------------------
+
+KEYS = [
+    "[daemon]",
+    "[gpu]",
+    "[host]",
+    "[[tenant]]",
+    "interval",
+    "dry_run",
+    "bus",
+    "cooldown",
+    "max_restarts",
+    "restart_window",
+    "reclaim_timeout",
+    "min_free_vram",
+    "grace",
+    "min_available_ram",
+    "unit",
+    "vram",
+    "ram",
+    "action",
+    "protected",
+    "tenant",
+    "daemon",
+]
+VALUES = [
+    '"2s"',
+    '"0s"',
+    '"-1s"',
+    '"1GiB"',
+    '"0B"',
+    '"10%"',
+    '"100%"',
+    '"8G"',
+    "true",
+    "3",
+    "0",
+    "-1",
+    "1.5",
+    '"system"',
+    '"user"',
+    '"x.service"',
+    '"x.scope"',
+    '"foo@.service"',
+    '"stop"',
+    '"restart"',
+    "[]",
+    "{}",
+    '["a"]',
+    "1979-05-27",
+    '"a.service"',
+    '""',
+]
+
+
+@st.composite
+def toml_like(draw: st.DrawFn) -> bytes:
+    """Lines that look like a vramwatch config, so the fuzz reaches validation."""
+    lines = draw(
+        st.lists(
+            st.one_of(
+                st.sampled_from(KEYS),
+                st.builds(
+                    lambda k, v: f"{k} = {v}", st.sampled_from(KEYS), st.sampled_from(VALUES)
+                ),
+                st.text(max_size=20),
+            ),
+            max_size=12,
+        )
+    )
+    return "\n".join(lines).encode("utf-8", "surrogatepass")
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(raw=st.one_of(st.binary(max_size=200), toml_like()))
+def test_load_returns_a_config_or_raises_config_error_for_any_bytes(
+    tmp_path: Path, raw: bytes
+) -> None:
+    path = tmp_path / "fuzz.toml"
+    path.write_bytes(raw)
+
+    try:
+        result = config.load(path)
+    except ConfigError as exc:
+        assert str(exc).startswith(f"{path}: ")
+    else:
+        assert isinstance(result, Config)
