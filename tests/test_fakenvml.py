@@ -771,3 +771,61 @@ def test_subprocess_old_driver_without_v3_symbols(tmp_path: Path) -> None:
         "procs": "mismatch",
         "procs_v2": [[31, None]],
     } == run_subprocess(lib_dir, state.path)
+
+
+def test_reap_drops_exited_processes_and_frees_their_memory(
+    fake_nvml: FakeNvmlState, tmp_path: Path
+) -> None:
+    """With "reap", a process that exits releases its VRAM, as on a real driver."""
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        fake_nvml.write(
+            [
+                FakeGpu(
+                    "GPU-r",
+                    mib(16000),
+                    processes=(FakeProcess(1, mib(5)), FakeProcess(child.pid, mib(1000))),
+                )
+            ],
+            reap=True,
+        )
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        before = [
+            (p.pid, p.usedGpuMemory) for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+        ]
+        child.kill()
+        child.wait()
+
+        after = [
+            (p.pid, p.usedGpuMemory) for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+        ]
+
+        assert [(1, mib(5)), (child.pid, mib(1000))] == before
+        assert [(1, mib(5))] == after
+        assert mib(5) == pynvml.nvmlDeviceGetMemoryInfo(handle).used
+    finally:
+        child.kill()
+        pynvml.nvmlShutdown()
+
+
+def test_procdir_files_declare_processes(fake_nvml: FakeNvmlState, tmp_path: Path) -> None:
+    """A program declares its own VRAM by writing proc lines into the procdir."""
+    procdir = tmp_path / "procs"
+    procdir.mkdir()
+    fake_nvml.write([FakeGpu("GPU-p", mib(16000))], procdir=procdir)
+    pynvml.nvmlInit()
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        empty = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+        (procdir / "77").write_text(f"proc 0 77 {mib(300)} compute\nerror * UNKNOWN\n")
+
+        procs = [
+            (p.pid, p.usedGpuMemory) for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+        ]
+
+        assert [] == empty
+        assert [(77, mib(300))] == procs  # other directives in a procdir file are ignored
+        assert mib(300) == pynvml.nvmlDeviceGetMemoryInfo(handle).used
+    finally:
+        pynvml.nvmlShutdown()

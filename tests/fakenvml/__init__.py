@@ -277,6 +277,8 @@ def render_state(
     driver_version: str = "550.54.15",
     nvml_version: str | None = None,
     cuda_version: int = 12040,
+    reap: bool = False,
+    procdir: Path | None = None,
 ) -> str:
     """The state-file text for these GPUs and faults (see ``FakeNvmlState.write``)."""
     lines = [
@@ -287,6 +289,10 @@ def render_state(
     ]
     if nvml_version is not None:
         lines.append(f"nvml {_token(nvml_version, 'nvml_version')}")
+    if reap:
+        lines.append("reap")
+    if procdir is not None:
+        lines.append(f"procdir {_token(str(procdir), 'procdir')}")
     seen: set[str] = set()
     for gpu in gpus:
         if gpu.uuid in seen:
@@ -339,8 +345,14 @@ class FakeNvmlState:
         driver_version: str = "550.54.15",
         nvml_version: str | None = None,
         cuda_version: int = 12040,
+        reap: bool = False,
+        procdir: Path | None = None,
     ) -> None:
         """Atomically replace the state.
+
+        ``reap``: processes whose PID is gone vanish and free their memory.
+        ``procdir``: a directory whose files hold more ``proc`` lines, written
+        by test programs that declare their own VRAM (see :func:`declare`).
 
         ``errors`` maps ``"FUNC"`` or ``"FUNC@IDX"`` (``*`` wildcards allowed)
         to ``"CODE"`` or ``"CODE COUNT"``, e.g.
@@ -361,6 +373,8 @@ class FakeNvmlState:
                 delays=delays,
                 driver_version=driver_version,
                 nvml_version=nvml_version,
+                reap=reap,
+                procdir=procdir,
                 cuda_version=cuda_version,
             )
         )

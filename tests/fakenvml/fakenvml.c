@@ -65,6 +65,14 @@
  *                               line applies.  FUNC may be a wildcard as above.
  *   delay FUNC[@IDX] MS         FUNC sleeps MS milliseconds before returning
  *                               (outside the library lock).
+ *   reap                        processes whose PID no longer exists (no
+ *                               /proc/PID) vanish from the lists and free their
+ *                               memory, as on a real driver when a process exits.
+ *   procdir DIR                 every regular file in DIR is read as more lines
+ *                               (only "proc" lines are allowed there), so a test
+ *                               program can declare its own VRAM by writing
+ *                               DIR/<pid>; a restarted unit's new process
+ *                               declares again and the old one is reaped.
  *
  * SIZE: an integer with an optional unit B, KiB, MiB, GiB or TiB (binary).
  * Memory (v1): used = reserved + used + sum(process usage, na counts 0);
@@ -90,7 +98,9 @@
  */
 
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
+#include <unistd.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -230,7 +240,18 @@ struct fake_state {
     struct fake_gpu gpus[FAKE_MAX_GPUS];
     int nrules;
     struct fake_rule rules[FAKE_MAX_RULES];
+    int reap; /* dead PIDs disappear */
 };
+
+/* A process counts only while it lives, when the state says "reap". */
+static int proc_alive(int reap, unsigned pid)
+{
+    if (!reap)
+        return 1;
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%u", pid);
+    return access(path, F_OK) == 0;
+}
 
 /* A device handle is a pointer to one of these. */
 struct fake_slot {
@@ -575,6 +596,10 @@ static int parse_state(char *text, struct fake_state *st, char *err, size_t errl
             if (n != 2 || strlen(tok[1]) >= 80)
                 { set_error(err, errlen, line, "usage: %s VERSION", kw); goto out; }
             strcpy(kw[0] == 'd' ? st->driver : st->nvml, tok[1]);
+        } else if (strcmp(kw, "reap") == 0) {
+            st->reap = 1;
+        } else if (strcmp(kw, "procdir") == 0) {
+            /* its files were appended to the text by reload() */
         } else if (strcmp(kw, "cuda") == 0) {
             unsigned long long v;
             if (n != 2 || parse_uint(tok[1], 0x7fffffff, &v) != 0)
@@ -835,12 +860,86 @@ static char *read_file(const char *path, size_t *len)
     return buf;
 }
 
+static int name_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Append the files of a "procdir DIR" line, in name order, to text. Only
+ * "proc" lines are kept from them. */
+static char *append_procdir(char *text, size_t *len)
+{
+    const char *line = text;
+    const char *found = NULL;
+    while (line && *line) {
+        if (strncmp(line, "procdir ", 8) == 0) {
+            found = line + 8;
+            break;
+        }
+        line = strchr(line, '\n');
+        if (line)
+            line++;
+    }
+    if (!found)
+        return text;
+    char dir[512];
+    size_t dl = strcspn(found, " \t\r\n");
+    if (dl == 0 || dl >= sizeof(dir))
+        return text;
+    memcpy(dir, found, dl);
+    dir[dl] = '\0';
+    DIR *d = opendir(dir);
+    if (!d)
+        return text;
+    char *names[1024];
+    size_t nn = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL && nn < sizeof(names) / sizeof(names[0])) {
+        if (e->d_name[0] == '.')
+            continue;
+        names[nn] = strdup(e->d_name);
+        if (names[nn])
+            nn++;
+    }
+    closedir(d);
+    qsort(names, nn, sizeof(names[0]), name_cmp);
+    for (size_t i = 0; i < nn; i++) {
+        char path[1100];
+        snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+        free(names[i]);
+        size_t fl = 0;
+        char *more = read_file(path, &fl);
+        if (!more)
+            continue; /* the writer renamed or removed it meanwhile */
+        char *cur = more;
+        while (cur && *cur) {
+            char *nl = strchr(cur, '\n');
+            size_t ll = nl ? (size_t)(nl - cur) : strlen(cur);
+            if (strncmp(cur, "proc ", 5) == 0 && *len + ll + 2 < FAKE_MAX_FILE) {
+                char *nt = realloc(text, *len + ll + 2);
+                if (nt) {
+                    text = nt;
+                    text[(*len)++] = '\n';
+                    memcpy(text + *len, cur, ll);
+                    *len += ll;
+                    text[*len] = '\0';
+                }
+            }
+            cur = nl ? nl + 1 : NULL;
+        }
+        free(more);
+    }
+    return text;
+}
+
 /* Caller holds g_lock. */
 static void reload(void)
 {
     const char *path = getenv("FAKE_NVML_STATE");
     size_t len = 0;
     char *text = (path && *path) ? read_file(path, &len) : NULL;
+    if (text)
+        text = append_procdir(text, &len);
 
     if (!text) {
         if (g_content_valid && !g_content) /* already "absent" */
@@ -1239,7 +1338,7 @@ static unsigned long long gpu_allocated(const struct fake_gpu *g)
     unsigned long long sum = g->base_used;
     for (size_t i = 0; i < g->nprocs; i++) {
         unsigned long long u = g->procs[i].used;
-        if (u == NVML_VALUE_NOT_AVAILABLE_ULL)
+        if (u == NVML_VALUE_NOT_AVAILABLE_ULL || !proc_alive(g_state.reap, g->procs[i].pid))
             continue;
         sum = (sum + u < sum) ? ~0ULL - 1 : sum + u;
     }
@@ -1293,7 +1392,7 @@ static nvmlReturn_t process_list(const char *fn, void *device, unsigned int *cou
     int idx = slot->index;
     size_t n = 0;
     for (size_t i = 0; i < gpu->nprocs; i++)
-        if (gpu->procs[i].kinds & kind)
+        if ((gpu->procs[i].kinds & kind) && proc_alive(g_state.reap, gpu->procs[i].pid))
             n++;
 
     /* grow rules armed by an earlier INSUFFICIENT_SIZE answer */
@@ -1323,8 +1422,10 @@ static nvmlReturn_t process_list(const char *fn, void *device, unsigned int *cou
     size_t k = 0;
     for (size_t i = 0; i < gpu->nprocs; i++) {
         const struct fake_proc *p = &gpu->procs[i];
-        if (!(p->kinds & kind))
+        if (!(p->kinds & kind) || !proc_alive(g_state.reap, p->pid))
             continue;
+        if (k == total)
+            break; /* a reaped process came back to life? never overrun the buffer */
         if (v1) {
             nvmlProcessInfo_v1_t *o = (nvmlProcessInfo_v1_t *)infos + k;
             o->pid = p->pid;
