@@ -41,6 +41,10 @@ _PROCESS_LISTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
 )
 
+# The binding sizes its buffer at 2n+5 once; when more processes than that
+# appear between its two calls it raises INSUFFICIENT_SIZE: ask again.
+LIST_RACE_RETRIES = 3
+
 # Errors after which a handle is not trusted any more: re-enumerate devices.
 _REACQUIRE = {"GPU_IS_LOST", "UNINITIALIZED", "INVALID_ARGUMENT", "NOT_FOUND", "RESET_REQUIRED"}
 # Errors that mean the driver as a whole is unusable: shut down and re-init.
@@ -210,12 +214,18 @@ class NvmlSource:
         return tuple(seen.values())
 
     def _process_list(self, handle: Any, names: tuple[str, ...], optional: bool) -> list[Any]:
-        for i, name in enumerate(names):
+        i = 0
+        races = 0
+        while i < len(names):
             try:
-                return list(_call(getattr(pynvml, name), handle))
+                return list(_call(getattr(pynvml, names[i]), handle))
             except NvmlFailure as failure:
+                if failure.code == "INSUFFICIENT_SIZE" and races < LIST_RACE_RETRIES:
+                    races += 1  # processes appeared between the size query and the fill
+                    continue
                 if failure.code == "FUNCTION_NOT_FOUND" and i + 1 < len(names):
-                    continue  # an older driver: try the previous struct version
+                    i += 1  # an older driver: try the previous struct version
+                    continue
                 if failure.code == "NOT_SUPPORTED" and optional:
                     return []  # e.g. MPS lists on GPUs without MPS; compute must be known
                 raise

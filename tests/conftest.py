@@ -1,0 +1,3 @@
+"""Fixture plugins shared by every test layer."""
+
+pytest_plugins = ["tests.fakenvml.fixtures", "tests.sandbox.fixtures"]

@@ -1,0 +1,187 @@
+"""vramwatch's NVML source through the real pynvml against the fake driver."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.fakenvml import FakeGpu, FakeNvmlState, FakeProcess, build, mib, subprocess_env
+from vramwatch.model import GpuProcess, GpuSample
+from vramwatch.sources.nvml import INIT_RETRY_FIRST_NS, NvmlSource
+
+S = 10**9
+T4 = "GPU-8f1c2a3e-0000-0000-0000-000000000000"
+A10 = "GPU-00000000-1111-2222-3333-444444444444"
+
+
+def two_gpus() -> list[FakeGpu]:
+    return [
+        FakeGpu(
+            T4,
+            mib(15360),
+            base_used_bytes=mib(300),
+            processes=(
+                FakeProcess(4242, mib(10700)),
+                FakeProcess(4343, None, "graphics"),
+            ),
+        ),
+        FakeGpu(
+            A10, mib(24576), name="NVIDIA A10", processes=(FakeProcess(5000, mib(2000), "mps"),)
+        ),
+    ]
+
+
+def test_samples_memory_and_every_process_kind(fake_nvml: FakeNvmlState) -> None:
+    fake_nvml.write(two_gpus())
+    source = NvmlSource()
+
+    gpus, error = source.sample(0)
+    source.close()
+
+    assert None is error
+    assert (
+        GpuSample(
+            0,
+            T4,
+            "Tesla T4",
+            mib(15360),
+            mib(11000),
+            mib(4360),
+            (
+                GpuProcess(4242, mib(10700), "compute", "", None),
+                GpuProcess(4343, None, "graphics", "", None),
+            ),
+        ),
+        GpuSample(
+            1,
+            A10,
+            "NVIDIA A10",
+            mib(24576),
+            mib(2000),
+            mib(22576),
+            (GpuProcess(5000, mib(2000), "mps", "", None),),
+        ),
+    ) == gpus
+
+
+def test_a_process_in_two_lists_counts_once(fake_nvml: FakeNvmlState) -> None:
+    fake_nvml.write(
+        [FakeGpu(T4, mib(15360), processes=(FakeProcess(7, mib(100), "compute,graphics"),))]
+    )
+    source = NvmlSource()
+
+    gpus, _ = source.sample(0)
+    source.close()
+
+    assert (GpuProcess(7, mib(100), "compute", "", None),) == gpus[0].processes
+
+
+def test_no_driver_is_reported_once_and_retried_with_backoff(fake_nvml: FakeNvmlState) -> None:
+    source = NvmlSource()
+
+    first = source.sample(0)
+    fake_nvml.write(two_gpus())  # the driver appears
+    too_soon = source.sample(INIT_RETRY_FIRST_NS - 1)
+    later = source.sample(INIT_RETRY_FIRST_NS)
+    source.close()
+
+    assert ((), "NVIDIA driver not loaded (nvidia.ko); guarding host RAM only") == first
+    assert ((), "NVIDIA driver not loaded (nvidia.ko); guarding host RAM only") == too_soon
+    assert (2, None) == (len(later[0]), later[1])
+
+
+def test_a_lost_gpu_is_an_error_sample_and_the_others_still_read(fake_nvml: FakeNvmlState) -> None:
+    fake_nvml.write(two_gpus(), errors={"nvmlDeviceGetComputeRunningProcesses_v3@0": "GPU_IS_LOST"})
+    source = NvmlSource()
+
+    gpus, error = source.sample(0)
+    fake_nvml.write(two_gpus())
+    recovered, _ = source.sample(S)
+    source.close()
+
+    assert None is error
+    assert gpus[0].error is not None and gpus[0].error.startswith("GPU_IS_LOST")
+    assert None is gpus[1].error
+    assert [None, None] == [g.error for g in recovered]
+
+
+def test_unknown_and_timeout_errors_are_samples_not_exceptions(fake_nvml: FakeNvmlState) -> None:
+    source = NvmlSource()
+    errors = []
+    for code in ("UNKNOWN", "TIMEOUT", "NO_PERMISSION"):
+        fake_nvml.write(two_gpus(), errors={"nvmlDeviceGetMemoryInfo_v2": code})
+        gpus, _ = source.sample(0)
+        errors.append([(g.error or "").split(":")[0] for g in gpus])
+    source.close()
+
+    assert [["UNKNOWN"] * 2, ["TIMEOUT"] * 2, ["NO_PERMISSION"] * 2] == errors
+
+
+def test_memory_info_falls_back_to_v1_on_an_old_driver(fake_nvml: FakeNvmlState) -> None:
+    fake_nvml.write(two_gpus(), errors={"nvmlDeviceGetMemoryInfo_v2": "FUNCTION_NOT_FOUND"})
+    source = NvmlSource()
+
+    gpus, _ = source.sample(0)
+    source.close()
+
+    assert [mib(4360), mib(22576)] == [g.free_bytes for g in gpus]
+
+
+def test_process_list_race_beyond_the_binding_buffer_is_retried(fake_nvml: FakeNvmlState) -> None:
+    # 1 process -> the binding allocates 2*1+5 = 7 entries; 20 more appear.
+    fake_nvml.write(two_gpus()[:1], grow={"nvmlDeviceGetComputeRunningProcesses_v3": 20})
+    source = NvmlSource()
+
+    gpus, _ = source.sample(0)
+    source.close()
+
+    assert None is gpus[0].error
+    assert 4242 in [p.pid for p in gpus[0].processes]
+
+
+def test_driver_not_loaded_after_init_resets_and_reinitialises(fake_nvml: FakeNvmlState) -> None:
+    fake_nvml.write(two_gpus())
+    source = NvmlSource()
+    source.sample(0)
+    fake_nvml.write(two_gpus(), errors={"nvmlDevice*": "DRIVER_NOT_LOADED"})
+
+    broken, _ = source.sample(S)
+    fake_nvml.write(two_gpus())
+    healed, error = source.sample(2 * S)
+    source.close()
+
+    assert all(g.error for g in broken)
+    assert (None, [None, None]) == (error, [g.error for g in healed])
+
+
+OLD_DRIVER_SCRIPT = """
+import json
+from vramwatch.sources.nvml import NvmlSource
+gpus, error = NvmlSource().sample(0)
+print(json.dumps([[p.pid, p.used_bytes] for g in gpus for p in g.processes] + [error]))
+"""
+
+
+def test_an_old_driver_without_v3_process_lists_falls_back_to_v2(tmp_path: Path) -> None:
+    lib = build(
+        tmp_path / "old",
+        hide_symbols=[
+            "nvmlDeviceGetComputeRunningProcesses_v3",
+            "nvmlDeviceGetGraphicsRunningProcesses_v3",
+            "nvmlDeviceGetMPSComputeRunningProcesses_v3",
+        ],
+    )
+    state = FakeNvmlState(tmp_path / "state")
+    state.write(two_gpus())
+
+    out = subprocess.run(
+        [sys.executable, "-c", OLD_DRIVER_SCRIPT],
+        env=subprocess_env(lib, state.path),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+    assert [[4242, mib(10700)], [4343, None], [5000, mib(2000)], None] == json.loads(out)
