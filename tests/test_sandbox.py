@@ -14,8 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
-from sandbox import Sandbox, wait_for
-from sandbox.fixtures import clean_sandbox, in_ci, require_sandbox, sandbox  # noqa: F401
+
+from tests.sandbox import Sandbox, wait_for
+from tests.sandbox.fixtures import in_ci, require_sandbox
+
+# Fixtures "sandbox" (session) and "clean_sandbox" (reset after each test) come
+# from the tests.sandbox.fixtures plugin, registered in tests/conftest.py.
 
 VENV_PYTHON = sys.executable  # has jeepney, psutil (and systemd-python when installed)
 PRINT_IDENTITY = (
@@ -45,7 +49,7 @@ def start_hog(sb: Sandbox, unit: str, mib: int = 16) -> tuple[int, Path]:
     return st.main_pid, pidfile
 
 
-def test_startup_time(sandbox: Sandbox) -> None:  # noqa: F811
+def test_startup_time(sandbox: Sandbox) -> None:
     print(f"sandbox start-up: {sandbox.startup_seconds:.3f}s")
     assert sandbox.startup_seconds < 10
     assert sandbox.bus_address == f"unix:path=/run/user/{sandbox.uid}/bus"
@@ -53,7 +57,7 @@ def test_startup_time(sandbox: Sandbox) -> None:  # noqa: F811
     assert sandbox.journal_dir == f"/run/log/journal/{sandbox.machine_id}"
 
 
-def test_user_bus_answers_jeepney(clean_sandbox: Sandbox) -> None:  # noqa: F811
+def test_user_bus_answers_jeepney(clean_sandbox: Sandbox) -> None:
     sb = clean_sandbox
     script = Path(sb.workdir) / "bus_probe.py"
     script.write_text(
@@ -79,7 +83,7 @@ def test_user_bus_answers_jeepney(clean_sandbox: Sandbox) -> None:  # noqa: F811
     assert out["path"] == "/org/freedesktop/systemd1/unit/dbus_2esocket"
 
 
-def test_unit_runs_in_its_own_cgroup(clean_sandbox: Sandbox) -> None:  # noqa: F811
+def test_unit_runs_in_its_own_cgroup(clean_sandbox: Sandbox) -> None:
     sb = clean_sandbox
     unit = "vwtest-hog.service"
     pid, pidfile = start_hog(sb, unit, mib=32)
@@ -103,7 +107,7 @@ def test_unit_runs_in_its_own_cgroup(clean_sandbox: Sandbox) -> None:  # noqa: F
     assert entries[0]["_PID"] == str(pid)
 
 
-def test_restart_unit_over_dbus_changes_invocation(clean_sandbox: Sandbox) -> None:  # noqa: F811
+def test_restart_unit_over_dbus_changes_invocation(clean_sandbox: Sandbox) -> None:
     sb = clean_sandbox
     unit = "vwtest-restart.service"
     start_hog(sb, unit)
@@ -141,7 +145,7 @@ def test_restart_unit_over_dbus_changes_invocation(clean_sandbox: Sandbox) -> No
     )
 
 
-def test_failed_unit_stays_loaded_unless_collected(clean_sandbox: Sandbox) -> None:  # noqa: F811
+def test_failed_unit_stays_loaded_unless_collected(clean_sandbox: Sandbox) -> None:
     sb = clean_sandbox
     sb.start_unit("vwtest-fails", ["/bin/false"])
     wait_for(lambda: sb.unit_state("vwtest-fails").active_state == "failed", what="failed")
@@ -152,7 +156,7 @@ def test_failed_unit_stays_loaded_unless_collected(clean_sandbox: Sandbox) -> No
     )
 
 
-def test_mem_available_only_inside_namespace(clean_sandbox: Sandbox) -> None:  # noqa: F811
+def test_mem_available_only_inside_namespace(clean_sandbox: Sandbox) -> None:
     sb = clean_sandbox
     fake = 987_654 * 1024  # a whole number of KiB, as /proc/meminfo reports
     sb.set_mem_available(fake)
@@ -174,7 +178,7 @@ def test_mem_available_only_inside_namespace(clean_sandbox: Sandbox) -> None:  #
     assert field(sb.run(["cat", "/proc/meminfo"]).stdout, "MemAvailable") * 1024 != fake // 2
 
 
-def test_journal_entry_with_custom_field(clean_sandbox: Sandbox) -> None:  # noqa: F811
+def test_journal_entry_with_custom_field(clean_sandbox: Sandbox) -> None:
     sb = clean_sandbox
     token = secrets.token_hex(8)
     sb.send_journal("hello from the sandbox", VWTEST_TOKEN=token, PRIORITY="4")
@@ -187,7 +191,7 @@ def test_journal_entry_with_custom_field(clean_sandbox: Sandbox) -> None:  # noq
     sb.run(["test", "-S", sb.journal_socket, "-a", "-w", sb.journal_socket])
 
 
-def test_systemd_python_journal_send(clean_sandbox: Sandbox) -> None:  # noqa: F811
+def test_systemd_python_journal_send(clean_sandbox: Sandbox) -> None:
     try:
         import systemd.journal  # noqa: F401
     except ImportError:
@@ -207,7 +211,7 @@ def test_systemd_python_journal_send(clean_sandbox: Sandbox) -> None:  # noqa: F
     assert e["VRAMWATCH_UNIT"] == "tenant.service" and e["_UID"] == str(sb.uid)
 
 
-def test_popen_runs_program_as_user_with_bus_env(clean_sandbox: Sandbox) -> None:  # noqa: F811
+def test_popen_runs_program_as_user_with_bus_env(clean_sandbox: Sandbox) -> None:
     sb = clean_sandbox
     p = sb.popen(
         [VENV_PYTHON, "-c", PRINT_IDENTITY],

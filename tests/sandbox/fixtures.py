@@ -1,9 +1,8 @@
 """pytest fixtures for the systemd sandbox.
 
-Use from a test module (``tests/`` is on sys.path in pytest's default
-"prepend" import mode)::
-
-    from sandbox.fixtures import sandbox, clean_sandbox  # noqa: F401
+Registered as a plugin (``pytest_plugins = ["tests.sandbox.fixtures"]`` in
+tests/conftest.py or a test module; run pytest as ``python -m pytest`` from
+the repository root so that ``tests`` is importable).
 
 ``sandbox`` is session-scoped (one user manager for the whole run);
 ``clean_sandbox`` is the same object, reset after each test (units stopped,
