@@ -6,6 +6,7 @@ Errors name the file, the key (``tenant[2].vram``) and what is wrong, so that
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import tomllib
@@ -26,7 +27,7 @@ MAX_CONFIG_BYTES = 1024 * 1024
 
 # systemd's unit name grammar (unit_name_is_valid): [a-zA-Z0-9:_.\-@]+, at most
 # 255 bytes, with a known suffix. vramwatch acts on services and scopes only.
-UNIT_NAME_RE = re.compile(r"[A-Za-z0-9:_.\\@-]{1,246}\.(service|scope)")
+UNIT_NAME_RE = re.compile(r"[A-Za-z0-9:_.\\@-]+\.(service|scope)")
 UNIT_NAME_MAX = 255
 
 BUSES = ("system", "user")
@@ -158,9 +159,14 @@ class _Table:
 
 
 def _kind_name(kind: type) -> str:
-    return {str: "a string", bool: "true or false", int: "an integer", dict: "a table"}.get(
-        kind, kind.__name__
-    )
+    names = {
+        str: "a string",
+        bool: "true or false",
+        int: "an integer",
+        dict: "a table",
+        list: "an array of tables ([[tenant]])",
+    }
+    return names.get(kind, kind.__name__)
 
 
 def _describe(value: object) -> str:
@@ -172,6 +178,8 @@ def _describe(value: object) -> str:
         return "a table"
     if isinstance(value, list):
         return "an array"
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()  # a TOML date or time, written back as TOML
     return repr(value)
 
 
@@ -265,8 +273,9 @@ def validate_unit_name(unit: str) -> str | None:
         )
     if unit.startswith("@") or ".@" in unit or unit.split("@")[0].endswith("."):
         return f'"{unit}" is not a valid unit name'
-    if unit.endswith("@.service"):
-        return f'"{unit}" is a template; name an instance such as "{unit[:-8]}@1.service"'
+    stem, _, suffix = unit.rpartition(".")
+    if stem.endswith("@"):
+        return f'"{unit}" is a template; name an instance such as "{stem}1.{suffix}"'
     return None
 
 
@@ -302,6 +311,8 @@ def parse(text: str, path: Path | str = "<config>") -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, None, f"not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(path, None, "not valid TOML: nested too deeply") from None
     root = _Table(path, "", data)
     daemon = _daemon(_table(root, "daemon"))
     gpu = _floor_table(_table(root, "gpu"), "min_free_vram", DEFAULT_GPU)

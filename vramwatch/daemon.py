@@ -182,7 +182,8 @@ class Daemon:
             self.events.say(
                 "action_cancelled",
                 "info",
-                f"not {action.verb.value}ing {action.unit} after all: {reason}",
+                f"not {'stopping' if action.verb is Verb.STOP else 'restarting'} "
+                f"{action.unit} after all: {reason}",
                 unit=action.unit,
                 resource=action.resource,
                 gpu=action.gpu,

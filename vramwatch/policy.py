@@ -73,6 +73,7 @@ class History:
     told: frozenset[tuple[str, str, str]] = frozenset()  # (key, reason, unit) this episode
     storm_told_ns: Mapping[str, int] = field(default_factory=dict)  # unit -> rate_limited logged
     errors: Mapping[str, str] = field(default_factory=dict)  # source key -> current error
+    error_fields: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +109,10 @@ class _Resource:
         return fields
 
     def breach_text(self, since_ns: int, now_ns: int) -> str:
+        # "free" for a GPU; MemAvailable is not MemFree, so no "free" for the host.
+        what = f"GPU {self.gpu.index} free" if self.gpu is not None else "host MemAvailable"
         return (
-            f"{self.where()} free {format_size(self.free_bytes)} < floor "
+            f"{what} {format_size(self.free_bytes)} < floor "
             f"{format_size(self.floor_bytes)} for {format_duration(now_ns - since_ns)}"
         )
 
@@ -136,6 +139,8 @@ class _Builder:
         self.told = set(history.told)
         self.storm_told = dict(history.storm_told_ns)
         self.errors = dict(history.errors)
+        self.error_fields = dict(history.error_fields)
+        self.acted: set[str] = set()  # units acted on this tick
         self.actions: list[Action] = []
         self.events: list[Event] = []
 
@@ -159,6 +164,7 @@ class _Builder:
             told=frozenset(self.told),
             storm_told_ns=_frozen(self.storm_told),
             errors=_frozen(self.errors),
+            error_fields=_frozen(self.error_fields),
         )
 
 
@@ -231,6 +237,7 @@ def _track_errors(b: _Builder, snapshot: Snapshot) -> None:
     for key, (error, fields) in sorted(current.items()):
         if b.errors.get(key) != error:
             b.errors[key] = error
+            b.error_fields[key] = fields
             if key == "nvml":
                 # No driver is a state of the host, not a fault of vramwatch: say it once.
                 b.event("sampling_error", "warning", error, error=error, **fields)
@@ -244,8 +251,16 @@ def _track_errors(b: _Builder, snapshot: Snapshot) -> None:
                 **fields,
             )
     for key in sorted(set(b.errors) - set(current)):
+        if key.startswith("gpu:") and snapshot.nvml_error is not None:
+            continue  # NVML as a whole is down: nothing can be said of this GPU yet
         del b.errors[key]
-        b.event("sampling_recovered", "info", f"{_source_name(key, {})} reads cleanly again")
+        fields = dict(b.error_fields.pop(key, {}))
+        b.event(
+            "sampling_recovered",
+            "info",
+            f"{_source_name(key, fields)} reads cleanly again",
+            **fields,
+        )
 
 
 def _source_name(key: str, fields: Mapping[str, Any]) -> str:
@@ -354,10 +369,11 @@ def _guard(b: _Builder, config: Config, snapshot: Snapshot, res: _Resource) -> N
         b.breach_since.pop(res.key, None)
         if res.key in b.episodes:
             _end_episode(b, res.key)
+            what = f"{res.where()} free" if res.gpu is not None else res.where()
             b.event(
                 "floor_recovered",
                 "info",
-                f"{res.where()} free {format_size(res.free_bytes)} is back above floor "
+                f"{what} {format_size(res.free_bytes)} is back above floor "
                 f"{format_size(res.floor_bytes)}",
                 **res.fields(),
             )
@@ -377,7 +393,7 @@ def _guard(b: _Builder, config: Config, snapshot: Snapshot, res: _Resource) -> N
         )
     if res.key in b.in_flight:
         return  # one action per resource until reclaimed or reclaim_timeout
-    candidates = _candidates(config, snapshot, res)
+    candidates = [c for c in _candidates(config, snapshot, res) if c.tenant.unit not in b.acted]
     for cand in candidates:
         refusal = _refusal(b, config, snapshot, cand, res)
         if refusal is None:
@@ -476,6 +492,7 @@ def _act(
         action=verb.value,
         breached_ns=now - since,
     )
+    b.acted.add(tenant.unit)
     b.actions_ns[tenant.unit] = b.actions_ns.get(tenant.unit, ()) + (now,)
     b.in_flight[res.key] = InFlight(
         unit=tenant.unit,

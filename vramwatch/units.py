@@ -7,6 +7,7 @@ compare directly with ``time.monotonic_ns()``.
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -43,12 +44,21 @@ class UnitError(ValueError):
     """A value that does not parse; the message says what was expected."""
 
 
+# Nothing vramwatch measures comes near 2**64 bytes (systemd's "infinity");
+# a longer number is a typo, and must not reach float() (OverflowError).
+MAX_SIZE_BYTES = 2**64 - 1
+_MAX_DIGITS = 30
+
+
 def parse_size(text: str) -> int:
-    """Parse ``"3000MiB"`` or ``"1.5GiB"`` into bytes."""
+    """Parse ``"3000MiB"`` or ``"1.5GiB"`` into bytes (exactly: no float rounding)."""
     match = _SIZE_RE.fullmatch(text.strip())
-    if match is None or match["unit"] not in SIZE_FACTORS:
+    if match is None or match["unit"] not in SIZE_FACTORS or len(match["number"]) > _MAX_DIGITS:
         raise UnitError(f'expected a size such as "3000MiB" or "2GiB", got "{text}"')
-    return round(float(match["number"]) * SIZE_FACTORS[match["unit"]])
+    value = round(Fraction(match["number"]) * SIZE_FACTORS[match["unit"]])
+    if value > MAX_SIZE_BYTES:
+        raise UnitError(f'expected a size such as "3000MiB" or "2GiB", got "{text}"')
+    return value
 
 
 def parse_percent(text: str) -> float | None:
@@ -60,9 +70,9 @@ def parse_percent(text: str) -> float | None:
 def parse_duration_ns(text: str) -> int:
     """Parse ``"500ms"``, ``"2s"``, ``"5m"`` or ``"1h"`` into nanoseconds."""
     match = _DURATION_RE.fullmatch(text.strip())
-    if match is None:
+    if match is None or len(match["number"]) > _MAX_DIGITS:
         raise UnitError(f'expected a duration such as "500ms", "2s", "5m" or "1h", got "{text}"')
-    return round(float(match["number"]) * DURATION_FACTORS_NS[match["unit"]])
+    return round(Fraction(match["number"]) * DURATION_FACTORS_NS[match["unit"]])
 
 
 def format_size(n_bytes: int | None) -> str:
@@ -83,8 +93,8 @@ def format_duration(ns: int) -> str:
     """Format nanoseconds as the shortest exact-enough unit: ``10s``, ``2m``, ``500ms``."""
     for name, factor in (("h", 3600 * 10**9), ("m", 60 * 10**9), ("s", 10**9)):
         if ns >= factor and ns % (factor // 10 if name == "s" else factor) == 0:
-            value = ns / factor
-            return f"{value:g}{name}"
+            whole, tenths = divmod(ns * 10 // factor, 10)
+            return f"{whole}.{tenths}{name}" if tenths else f"{whole}{name}"
     if ns >= 10**9:
         return f"{ns / 10**9:.1f}s"
     return f"{ns // 1_000_000}ms"

@@ -180,9 +180,6 @@ def test_the_scan_finds_the_events_it_should() -> None:
     assert {"floor_breached", "no_candidate", "started", "config_reloaded"} <= emitted_event_names()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="BUG: daemon.py emits internal_error, which has no MESSAGE_ID"
-)
 def test_every_event_vramwatch_emits_has_a_message_id() -> None:
     actual = sorted(emitted_event_names() - set(MESSAGE_IDS))
 

@@ -640,10 +640,6 @@ def test_two_gpus_are_guarded_independently() -> None:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='BUG: with cooldown = "0s" one tick restarts the same unit twice (VRAM and RAM floors)',
-)
 def test_one_tick_never_acts_twice_on_the_same_unit() -> None:
     config = cfg(tenant(IMMICH, vram=3000 * MIB, ram=6 * GIB), cooldown_s=0)
     units = [usage(IMMICH, vram=int(10.5 * GIB), ram=20 * GIB)]
@@ -796,10 +792,6 @@ def test_the_ram_restart_message_states_the_numbers() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='BUG: RAM messages say "host MemAvailable free 3 GiB": MemFree and MemAvailable differ',
-)
 def test_the_ram_restart_message_does_not_call_memavailable_free() -> None:
     config = cfg(tenant(WHISPER, ram=6 * GIB))
     units = [usage(WHISPER, ram=20 * GIB)]
@@ -974,10 +966,6 @@ def test_sampling_error_for_nvml_and_host_and_their_recovery(
     assert ["sampling_recovered"] == names(decisions[1])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a GPU error, then NVML failing outright, logs that the GPU 'reads cleanly again'",
-)
 def test_a_gpu_error_is_not_recovered_when_nvml_fails_outright() -> None:
     decisions = run(
         SPEC_CONFIG,
@@ -988,10 +976,6 @@ def test_a_gpu_error_is_not_recovered_when_nvml_fails_outright() -> None:
     assert ["sampling_error"] == names(decisions[1])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: sampling_recovered for a GPU says 'GPU GPU-<uuid>' and has no resource/gpu fields",
-)
 def test_gpu_sampling_recovered_names_the_gpu_by_index_with_its_fields() -> None:
     decisions = run(SPEC_CONFIG, snap(0, gpus=[gpu(None, error="GPU is lost")]), snap(2, HIGH))
 

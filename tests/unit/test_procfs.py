@@ -152,10 +152,6 @@ def test_owner_label_is_the_unit_or_the_cgroup(owner: Owner, expected: str) -> N
     assert expected == owner.label()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: systemd's cg_escape prefixes '_' (cpu.service -> _cpu.service); it is not undone",
-)
 def test_parse_proc_cgroup_unescapes_systemd_cgroup_names() -> None:
     """systemd escapes unit cgroups that start with "_" or "." or a controller name."""
     actual = procfs.parse_proc_cgroup(v2("/system.slice/_cpu.service"))
@@ -265,10 +261,6 @@ def test_host_reports_what_it_cannot_read_as_an_error_not_an_exception(
     assert not actual.ok
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: EOPNOTSUPP from /proc/pressure/memory (psi disabled, e.g. RHEL 8) escapes host()",
-)
 def test_host_with_psi_disabled_by_the_kernel_has_no_psi(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

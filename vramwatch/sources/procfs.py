@@ -35,6 +35,21 @@ def _read(path: Path) -> str | None:
         return None
 
 
+def _read_optional(path: Path) -> str | None:
+    """A file that may be absent or refuse reads (PSI disabled: EOPNOTSUPP)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
+def cg_unescape(name: str) -> str:
+    """Undo systemd's cg_escape(): names that start with "_" or "." or collide
+    with a controller ("cpu.service") get a "_" prefix in cgroupfs."""
+    return name[1:] if name.startswith("_") else name
+
+
 def parse_meminfo(text: str) -> dict[str, int]:
     """``/proc/meminfo`` as bytes by field name."""
     values: dict[str, int] = {}
@@ -69,7 +84,7 @@ def unit_of_cgroup_path(path: str) -> tuple[str | None, str]:
     ``("x.service", "user@1000")``; ``user@1000.service`` itself is the system
     unit of the user manager.
     """
-    parts = [p for p in path.split("/") if p]
+    parts = [cg_unescape(p) for p in path.split("/") if p]
     manager = "system"
     unit: str | None = None
     for i, part in enumerate(parts):
@@ -151,7 +166,7 @@ class ProcFs:
         info = parse_meminfo(text)
         if "MemTotal" not in info or "MemAvailable" not in info:
             return HostSample(None, None, error="MemTotal/MemAvailable missing from meminfo")
-        psi = _read(self.proc / "pressure" / "memory")
+        psi = _read_optional(self.proc / "pressure" / "memory")
         some, full = parse_psi(psi) if psi else (None, None)
         return HostSample(
             mem_total_bytes=info["MemTotal"],
@@ -245,7 +260,7 @@ class ProcFs:
                 name = entry.name
                 if not entry.is_dir(follow_symlinks=False):
                     continue
-                if inside and name == unit:
+                if inside and cg_unescape(name) == unit:
                     return "/" + str(Path(entry.path).relative_to(root))
                 if name.endswith(".slice"):
                     stack.append((Path(entry.path), inside))
