@@ -163,6 +163,7 @@ class Bed:
         once: bool = True,
         properties: Mapping[str, str] | None = None,
     ) -> UnitState:
+        """A unit holding real RAM and declaring fake VRAM (tests/e2e/tenant.py)."""
         argv = [
             self.sb.python,
             str(self.sb.workdir / "tenant.py"),
@@ -170,12 +171,24 @@ class Bed:
             str(self.procdir),
             "--vram-mib",
             str(vram_mib),
+            "--ram-mib",
+            str(ram_mib),
         ]
         if once:
             argv += ["--vram-once", str(self.procdir / f".once-{unit}")]
-        argv += ["--", self.sb.hog_path, "--ram-mib", str(ram_mib)]
         props = {"Type": "notify"} | dict(properties or {})
         return self.sb.start_unit(unit, argv, properties=props)
+
+    def restarted(self, unit: str, before: UnitState, timeout: float = 10) -> UnitState:
+        """Wait until the unit runs a new invocation (the restart job may still be running)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            now = self.sb.unit_state(unit)
+            if now.invocation_id != before.invocation_id and now.active_state == "active":
+                return now
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{unit} was not restarted: still {now}")
+            time.sleep(0.1)
 
     def env(self) -> dict[str, str]:
         return {"LD_LIBRARY_PATH": str(self.lib), "FAKE_NVML_STATE": str(self.state.path)}

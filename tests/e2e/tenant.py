@@ -1,48 +1,92 @@
 #!/usr/bin/env python3
-"""A tenant's main process for the end-to-end tests (standard library only).
+"""A tenant's main process for the end-to-end tests and the demo (stdlib only).
 
-    tenant.py --procdir DIR [--vram-mib N] [--gpu I] [--vram-once MARKER] -- HOG ARGS...
+    tenant.py --procdir DIR [--vram-mib N] [--vram-grow-mib-per-s X] [--vram-max-mib M]
+              [--gpu I] [--vram-once MARKER] [--ram-mib R]
 
-Declares N MiB of VRAM on fake GPU I for its own PID (a "proc" line in
-DIR/<pid>, which the fake libnvidia-ml.so.1 reads and reaps when the PID is
-gone), then execs the RAM hog with the same PID. With --vram-once, only the
-first process ever started declares VRAM (the MARKER file remembers), so a
-restarted unit comes back clean; without it every start re-grabs VRAM, like a
-service whose leak returns at once (a restart storm).
+Holds R MiB of real, touched RAM and declares N MiB of VRAM on fake GPU I for
+its own PID (a "proc" line in DIR/<pid>, which the fake libnvidia-ml.so.1
+reads, and reaps when the PID is gone), optionally growing it by X MiB/s up
+to M (a leak). With --vram-once, only the first process ever started declares
+VRAM (the MARKER file remembers), so a restarted unit comes back clean;
+without it every start re-grabs its VRAM at once (a restart storm). Sends
+READY=1 when $NOTIFY_SOCKET is set; exits 0 on SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
+import signal
+import socket
+import time
+from types import FrameType
 
 MIB = 1024 * 1024
+PAGE = 4096
+
+
+def sd_notify(state: str) -> None:
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect(addr)
+        s.sendall(state.encode())
+
+
+def declare(procdir: str, gpu: int, mib: float) -> None:
+    pid = os.getpid()
+    tmp = os.path.join(procdir, f".{pid}.tmp")
+    with open(tmp, "w") as handle:
+        handle.write(f"proc {gpu} {pid} {int(mib * MIB)} compute\n")
+    os.replace(tmp, os.path.join(procdir, str(pid)))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--procdir", required=True)
-    ap.add_argument("--vram-mib", type=int, default=0)
+    ap.add_argument("--vram-mib", type=float, default=0)
+    ap.add_argument("--vram-grow-mib-per-s", type=float, default=0)
+    ap.add_argument("--vram-max-mib", type=float, default=float("inf"))
     ap.add_argument("--gpu", type=int, default=0)
     ap.add_argument("--vram-once")
-    ap.add_argument("hog", nargs=argparse.REMAINDER)
+    ap.add_argument("--ram-mib", type=float, default=8)
     args = ap.parse_args()
-    declare = args.vram_mib > 0
-    if declare and args.vram_once:
+
+    stop = False
+
+    def on_term(_signum: int, _frame: FrameType | None) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+
+    ram = bytearray(int(args.ram_mib * MIB))
+    ram[::PAGE] = b"\x01" * len(range(0, len(ram), PAGE))  # fault in every page
+
+    vram = args.vram_mib
+    grabs = vram > 0 or args.vram_grow_mib_per_s > 0
+    if grabs and args.vram_once:
         try:
-            fd = os.open(args.vram_once, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            os.close(fd)
+            os.close(os.open(args.vram_once, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
         except FileExistsError:
-            declare = False
-    if declare:
-        pid = os.getpid()
-        tmp = os.path.join(args.procdir, f".{pid}.tmp")
-        with open(tmp, "w") as handle:
-            handle.write(f"proc {args.gpu} {pid} {args.vram_mib * MIB} compute\n")
-        os.replace(tmp, os.path.join(args.procdir, str(pid)))
-    hog = [a for a in args.hog if a != "--"]
-    os.execv(sys.executable, [sys.executable, *hog])
+            grabs = False
+    if grabs:
+        declare(args.procdir, args.gpu, vram)
+    sd_notify("READY=1")
+    last = time.monotonic()
+    while not stop:
+        time.sleep(0.25)
+        if grabs and args.vram_grow_mib_per_s > 0 and vram < args.vram_max_mib:
+            now = time.monotonic()
+            vram = min(args.vram_max_mib, vram + args.vram_grow_mib_per_s * (now - last))
+            last = now
+            declare(args.procdir, args.gpu, vram)
+    del ram
 
 
 if __name__ == "__main__":

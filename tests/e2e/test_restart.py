@@ -202,6 +202,6 @@ def test_sighup_with_a_broken_config_keeps_the_old_one_and_sigterm_exits_zero(be
         f'{path}: daemon.interval: expected a duration such as "500ms", "2s", "5m" or "1h", '
         'got "soon"' == rejected["error"]
     )
-    assert hog.invocation_id != bed.sb.unit_state("immich-ml.service").invocation_id
+    bed.restarted("immich-ml.service", hog)
     assert 0 == rc
     assert took < 1.0, f"SIGTERM took {took:.2f}s"

@@ -1,0 +1,146 @@
+"""Host RAM guarding, NVML faults and journald, end to end."""
+
+from __future__ import annotations
+
+import time
+
+from tests.e2e.conftest import Bed
+from tests.fakenvml import mib
+
+RAM_CONFIG = """
+[daemon]
+interval = "1s"
+bus = "user"
+reclaim_timeout = "5s"
+
+[gpu]
+min_free_vram = "2GiB"
+grace = "1s"
+
+[host]
+min_available_ram = "1GiB"
+grace = "1s"
+
+[[tenant]]
+unit = "stt-workers.service"
+ram = "100MiB"
+
+[[tenant]]
+unit = "immich-ml.service"
+vram = "3000MiB"
+ram = "4GiB"
+"""
+
+
+def test_ram_hog_over_budget_is_restarted_when_the_host_floor_is_breached(bed: Bed) -> None:
+    """cgroup v1 here: the unit's RAM is the summed RSS of its processes."""
+    bed.gpu(total_mib=15360)
+    hog = bed.tenant("stt-workers.service", ram_mib=300)
+    small = bed.tenant("immich-ml.service", ram_mib=20)
+    bed.sb.set_mem_available(512 * 1024 * 1024)
+    daemon = bed.run_daemon(bed.config(RAM_CONFIG))
+
+    restart = daemon.wait_event("restart", timeout=6)
+
+    assert ("stt-workers.service", "ram", mib(100), mib(512)) == (
+        restart["unit"],
+        restart["resource"],
+        restart["budget_bytes"],
+        restart["free_bytes"],
+    )
+    assert restart["used_bytes"] >= mib(300)
+    assert restart["message"].startswith(
+        "restarting stt-workers.service: host MemAvailable 512 MiB < floor 1 GiB for "
+    )
+    bed.restarted("stt-workers.service", hog)
+    assert small == bed.sb.unit_state("immich-ml.service")
+
+
+def test_a_lost_gpu_is_logged_ram_is_still_guarded_and_the_gpu_recovers(bed: Bed) -> None:
+    bed.gpu(total_mib=15360, errors={"nvmlDeviceGetComputeRunningProcesses_v3": "GPU_IS_LOST"})
+    bed.tenant("stt-workers.service", ram_mib=300)
+    bed.sb.set_mem_available(512 * 1024 * 1024)
+    daemon = bed.run_daemon(bed.config(RAM_CONFIG))
+
+    error = daemon.wait_event("sampling_error", timeout=5)
+    daemon.wait_event("restart", timeout=6, unit="stt-workers.service")
+    bed.gpu(total_mib=15360)  # the fault clears
+    recovered = daemon.wait_event("sampling_recovered", timeout=6)
+
+    assert (0, "vram") == (error["gpu"], error["resource"])
+    assert error["error"].startswith("GPU_IS_LOST")
+    assert (0, "GPU 0 (GPU-8f1c2a3e-0000-0000-0000-000000000000) reads cleanly again") == (
+        recovered["gpu"],
+        recovered["message"],
+    )
+    assert 1 == len(daemon.named("sampling_error"))
+    assert None is daemon.proc.poll()
+
+
+def test_no_driver_at_start_then_the_driver_appears(bed: Bed) -> None:
+    """Started before the NVIDIA driver: RAM-only, then VRAM guarding once NVML answers."""
+    hog = bed.tenant("immich-ml.service", vram_mib=14000)
+    daemon = bed.run_daemon(bed.config(RAM_CONFIG))
+
+    missing = daemon.wait_event("sampling_error", timeout=5)
+    time.sleep(1)
+    bed.gpu(total_mib=15360)
+    daemon.wait_event("sampling_recovered", timeout=10)
+    restart = daemon.wait_event("restart", timeout=8)
+
+    assert ("warning", "NVIDIA driver not loaded (nvidia.ko); guarding host RAM only") == (
+        missing["level"],
+        missing["message"],
+    )
+    assert ("immich-ml.service", "vram") == (restart["unit"], restart["resource"])
+    bed.restarted("immich-ml.service", hog)
+
+
+def test_decisions_are_native_journal_entries(bed: Bed) -> None:
+    """--log-target journal: one entry per decision with VRAMWATCH_* fields and a MESSAGE_ID."""
+    bed.gpu(total_mib=15360)
+    bed.tenant("immich-ml.service", vram_mib=14000)
+    proc = bed.sb.popen(
+        [str(bed.vramwatch), "run", "-c", str(bed.config(RAM_CONFIG)), "--log-target", "journal"],
+        env=bed.env(),
+    )
+
+    entries: list[dict[str, str]] = []
+    deadline = time.monotonic() + 10
+    while not entries and time.monotonic() < deadline:
+        time.sleep(0.5)
+        entries = bed.sb.journal_entries(VRAMWATCH_EVENT="restart")
+    proc.terminate()
+    proc.wait(timeout=5)
+
+    assert 1 <= len(entries), "no restart entry in the journal"
+    entry = entries[0]
+    assert {
+        "SYSLOG_IDENTIFIER": "vramwatch",
+        "PRIORITY": "4",
+        "MESSAGE_ID": "d018d6e4eb8d4146a86e458ceda09147",
+        "VRAMWATCH_UNIT": "immich-ml.service",
+        "VRAMWATCH_RESOURCE": "vram",
+        "VRAMWATCH_GPU": "0",
+        "VRAMWATCH_USED_BYTES": str(mib(14000)),
+        "VRAMWATCH_BUDGET_BYTES": str(mib(3000)),
+        "VRAMWATCH_FREE_BYTES": str(mib(15360 - 14000)),
+        "VRAMWATCH_FLOOR_BYTES": str(mib(2048)),
+        "OBJECT_SYSTEMD_UNIT": "immich-ml.service",
+    } == {
+        k: entry.get(k)
+        for k in (
+            "SYSLOG_IDENTIFIER",
+            "PRIORITY",
+            "MESSAGE_ID",
+            "VRAMWATCH_UNIT",
+            "VRAMWATCH_RESOURCE",
+            "VRAMWATCH_GPU",
+            "VRAMWATCH_USED_BYTES",
+            "VRAMWATCH_BUDGET_BYTES",
+            "VRAMWATCH_FREE_BYTES",
+            "VRAMWATCH_FLOOR_BYTES",
+            "OBJECT_SYSTEMD_UNIT",
+        )
+    }
+    assert entry["MESSAGE"].startswith("restarting immich-ml.service: GPU 0 free 1.3 GiB < floor")
