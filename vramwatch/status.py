@@ -185,4 +185,4 @@ def render_text(rep: dict[str, Any]) -> str:
             )
     if rep["dry_run"]:
         lines.append("\n(dry run: vramwatch only logs what it would do)")
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)

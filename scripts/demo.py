@@ -1,0 +1,198 @@
+"""vramwatch guarding a simulated shared 16 GB GPU, for about half a minute.
+
+Real parts: a private systemd user manager (the test bed's sandbox), three
+tenant units holding real RAM, NVIDIA's pynvml loading a fake
+libnvidia-ml.so.1, and the installed `vramwatch run` acting over D-Bus. One
+tenant (immich-ml) leaks VRAM; the LLM server is protected; the speech-to-text
+worker stays within budget. Run it with ./scripts/demo (as root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.fakenvml import FakeGpu, FakeNvmlState, build, mib  # noqa: E402
+from tests.sandbox import Sandbox  # noqa: E402
+
+GPU_MIB = 15360  # a 16 GB Tesla T4 shows 15360 MiB
+CONFIG = """\
+[daemon]
+interval = "1s"
+bus = "user"          # the demo's own systemd user manager
+cooldown = "1m"
+reclaim_timeout = "15s"
+
+[gpu]
+min_free_vram = "2GiB"
+grace = "3s"
+
+[host]
+min_available_ram = "5%"
+
+[[tenant]]
+unit = "llama-server.service"
+vram = "5000MiB"
+protected = true      # never restarted: it is the service the others must not starve
+
+[[tenant]]
+unit = "immich-ml.service"
+vram = "3000MiB"      # its CUDA arena grows and never shrinks
+
+[[tenant]]
+unit = "whisper.service"
+vram = "2000MiB"
+ram = "1GiB"
+"""
+
+# (unit, initial VRAM MiB, leak MiB/s, RAM MiB, VRAM only for the first process)
+TENANTS = [
+    ("llama-server.service", 4400, 0, 64),
+    ("immich-ml.service", 2000, 450, 64),
+    ("whisper.service", 1500, 0, 128),
+]
+
+COLOURS = {"error": "\033[31m", "warning": "\033[33m", "info": "\033[32m"}
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--seconds", type=float, default=30.0, help="how long to run (default 30)")
+    ap.add_argument(
+        "--venv",
+        default=os.environ.get("VRAMWATCH_VENV", "/opt/vramwatch-venv"),
+        help="the virtual environment vramwatch is installed in",
+    )
+    args = ap.parse_args()
+    vramwatch = Path(args.venv) / "bin" / "vramwatch"
+    colour = sys.stdout.isatty()
+
+    say("== vramwatch demo: a shared 16 GB GPU, three tenants, one of them leaking ==")
+    sb = Sandbox()
+    sb.start()
+    try:
+        say(f"private systemd --user manager up as user {sb.user} ({sb.startup_seconds:.2f}s)")
+        work = sb.workdir / "demo"
+        work.mkdir(mode=0o755)
+        procdir = work / "procs"
+        procdir.mkdir()
+        os.chown(procdir, sb.uid, sb.gid)
+        lib = build(work / "nvml")
+        for p in (lib, *lib.iterdir()):
+            p.chmod(0o755)
+        shutil.copy(REPO / "tests" / "e2e" / "tenant.py", work / "tenant.py")
+        state = FakeNvmlState(work / "nvml-state")
+        state.write(
+            [FakeGpu("GPU-8f1c2a3e-0000-0000-0000-000000000000", mib(GPU_MIB))],
+            reap=True,
+            procdir=procdir,
+        )
+        state.path.chmod(0o644)
+        config = work / "vramwatch.toml"
+        config.write_text(CONFIG)
+        config.chmod(0o644)
+        env = {"LD_LIBRARY_PATH": str(lib), "FAKE_NVML_STATE": str(state.path)}
+
+        for unit, vram, leak, ram in TENANTS:
+            argv = [
+                sb.python,
+                str(work / "tenant.py"),
+                "--procdir",
+                str(procdir),
+                "--vram-mib",
+                str(vram),
+                "--ram-mib",
+                str(ram),
+                "--vram-once",
+                str(procdir / f".once-{unit}"),
+            ]
+            if leak:
+                argv += ["--vram-grow-mib-per-s", str(leak), "--vram-max-mib", "12000"]
+            sb.start_unit(unit, argv, properties={"Type": "notify"})
+            what = f"leaks {leak} MiB/s" if leak else "steady"
+            say(f"started {unit:<22} VRAM {vram} MiB, {what}")
+
+        check = sb.run([str(vramwatch), "check", "-c", str(config)], env=env, check=False)
+        say(f"\n$ vramwatch check\n{(check.stdout + check.stderr).strip()}")
+        status = sb.run([str(vramwatch), "status", "-c", str(config)], env=env, check=False)
+        say(f"\n$ vramwatch status\n{status.stdout.rstrip()}\n")
+        before = {u: sb.unit_state(u) for u, *_ in TENANTS}
+
+        say(f"$ vramwatch run   (for {args.seconds:.0f}s; decisions as they happen)")
+        proc = sb.popen(
+            [
+                str(vramwatch),
+                "run",
+                "-c",
+                str(config),
+                "--log-target",
+                "stderr",
+                "--log-format",
+                "json",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        t0 = time.monotonic()
+        counts: Counter[str] = Counter()
+
+        def read() -> None:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    say(f"  {line.rstrip()}")
+                    continue
+                counts[event["event"]] += 1
+                level = event.get("level", "info")
+                tag = f"{event['event']:<16}"
+                if colour:
+                    tag = f"{COLOURS.get(level, '')}{tag}\033[0m"
+                say(f"  +{time.monotonic() - t0:5.1f}s {tag} {event.get('message', '')}")
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        time.sleep(args.seconds)
+        proc.terminate()
+        rc = proc.wait(timeout=5)
+        reader.join(timeout=2)
+
+        say(f"\n== summary (vramwatch exited {rc}) ==")
+        for unit, *_ in TENANTS:
+            now = sb.unit_state(unit)
+            restarted = now.invocation_id != before[unit].invocation_id
+            say(
+                f"  {unit:<22} {'RESTARTED' if restarted else 'untouched':<10} "
+                f"(main PID {before[unit].main_pid} -> {now.main_pid})"
+            )
+        say("  events: " + ", ".join(f"{n} x{c}" for n, c in sorted(counts.items())))
+        status = sb.run([str(vramwatch), "status", "-c", str(config)], env=env, check=False)
+        say(f"\n$ vramwatch status\n{status.stdout.rstrip()}")
+        say(
+            "\nOn a real host the same decisions go to the journal: "
+            "journalctl -u vramwatch VRAMWATCH_EVENT=restart"
+        )
+        return 0
+    finally:
+        sb.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
