@@ -7,6 +7,7 @@ Errors name the file, the key (``tenant[2].vram``) and what is wrong, so that
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 import re
 import tomllib
@@ -31,6 +32,9 @@ UNIT_NAME_RE = re.compile(r"[A-Za-z0-9:_.\\@-]+\.(service|scope)")
 UNIT_NAME_MAX = 255
 
 BUSES = ("system", "user")
+
+# node_exporter's textfile collector reads only files named *.prom.
+TEXTFILE_SUFFIX = ".prom"
 
 
 class ConfigError(Exception):
@@ -96,12 +100,29 @@ DEFAULT_HOST = FloorConfig(Floor("10%", percent=10.0), 10 * 10**9)
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """Where Prometheus metrics go (vramwatch.metrics); both off by default."""
+
+    listen_host: str | None = None  # HTTP exporter address, e.g. "127.0.0.1"
+    listen_port: int | None = None
+    textfile: str | None = None  # node_exporter textfile collector file (*.prom)
+
+    @property
+    def listen(self) -> str | None:
+        if self.listen_host is None:
+            return None
+        host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
+        return f"{host}:{self.listen_port}"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: str
     daemon: DaemonConfig
     gpu: FloorConfig
     host: FloorConfig
     tenants: tuple[Tenant, ...]
+    metrics: MetricsConfig = MetricsConfig()
 
     def tenant(self, unit: str) -> Tenant | None:
         for tenant in self.tenants:
@@ -264,6 +285,49 @@ def _floor_table(table: _Table, floor_key: str, default: FloorConfig) -> FloorCo
     return floor
 
 
+def _listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:9835`` for IPv6) -> (host, port)."""
+    example = 'expected an address such as "127.0.0.1:9835" or "[::1]:9835"'
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise units.UnitError(f'{example}, got "{text}"')
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise units.UnitError(f'"{host}" is not an IPv6 address') from None
+    elif ":" in host or "[" in host or "]" in host:
+        raise units.UnitError(f"{example} (IPv6 in brackets), got \"{text}\"")
+    elif not re.fullmatch(r"[A-Za-z0-9.-]+", host):
+        raise units.UnitError(f'{example}, got "{text}"')
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise units.UnitError(f"the port must be 1 to 65535, got {port}")
+    return host, port
+
+
+def _textfile(text: str) -> str:
+    if not text.startswith("/"):
+        raise units.UnitError(f'expected an absolute path, got "{text}"')
+    if not text.endswith(TEXTFILE_SUFFIX) or text.endswith("/" + TEXTFILE_SUFFIX):
+        raise units.UnitError(
+            f'node_exporter reads only files named *{TEXTFILE_SUFFIX}, got "{text}"'
+        )
+    return text
+
+
+def _metrics(table: _Table) -> MetricsConfig:
+    listen = table.parsed("listen", _listen, None)
+    metrics = MetricsConfig(
+        listen_host=listen[0] if listen else None,
+        listen_port=listen[1] if listen else None,
+        textfile=table.parsed("textfile", _textfile, None),
+    )
+    table.finish()
+    return metrics
+
+
 def validate_unit_name(unit: str) -> str | None:
     """The problem with a unit name, or ``None`` when systemd would accept it."""
     if len(unit.encode()) > UNIT_NAME_MAX or not UNIT_NAME_RE.fullmatch(unit):
@@ -317,6 +381,7 @@ def parse(text: str, path: Path | str = "<config>") -> Config:
     daemon = _daemon(_table(root, "daemon"))
     gpu = _floor_table(_table(root, "gpu"), "min_free_vram", DEFAULT_GPU)
     host = _floor_table(_table(root, "host"), "min_available_ram", DEFAULT_HOST)
+    metrics = _metrics(_table(root, "metrics"))
     raw_tenants = root.get("tenant", list, [])
     tenants: list[Tenant] = []
     for i, raw in enumerate(raw_tenants):
@@ -331,7 +396,7 @@ def parse(text: str, path: Path | str = "<config>") -> Config:
                 )
         tenants.append(tenant)
     root.finish()
-    return Config(str(path), daemon, gpu, host, tuple(tenants))
+    return Config(str(path), daemon, gpu, host, tuple(tenants), metrics)
 
 
 def load(path: Path | str) -> Config:
