@@ -90,6 +90,7 @@ class SystemdClient:
         self.bus = bus
         self._conn: DBusConnection | None = None
         self._owner: str | None = None
+        self._subscribed = False  # Subscribe and AddMatch once per connection
 
     def close(self) -> None:
         if self._conn is not None:
@@ -99,6 +100,7 @@ class SystemdClient:
                 pass
         self._conn = None
         self._owner = None
+        self._subscribed = False
 
     def _connection(self) -> DBusConnection:
         if self._conn is None:
@@ -156,7 +158,6 @@ class SystemdClient:
     ) -> JobOutcome:
         # Subscribe before the call: the job can finish before its reply arrives.
         owner = self._systemd_owner()
-        self._call(new_method_call(MANAGER, "Subscribe"))
         rule = MatchRule(
             type="signal",
             sender=owner,
@@ -164,7 +165,15 @@ class SystemdClient:
             member="JobRemoved",
             path=MANAGER.object_path,
         )
-        self._call(message_bus.AddMatch(rule))
+        if not self._subscribed:
+            try:
+                self._call(new_method_call(MANAGER, "Subscribe"))
+            except BusError as exc:
+                # A second Subscribe on one connection is an error, not a no-op.
+                if exc.name != f"{SYSTEMD}.AlreadySubscribed":
+                    raise
+            self._call(message_bus.AddMatch(rule))
+            self._subscribed = True
         conn = self._connection()
         with conn.filter(rule, queue=deque()) as queue:
             (job,) = self._call(new_method_call(MANAGER, _METHODS[verb], "ss", (unit, "replace")))
