@@ -4,7 +4,9 @@ the real pynvml over a fake driver: who gets restarted, who does not, and why.""
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
+from pathlib import Path
 
 from tests.e2e.conftest import Bed
 from tests.fakenvml import mib
@@ -206,3 +208,40 @@ def test_sighup_with_a_broken_config_keeps_the_old_one_and_sigterm_exits_zero(be
     bed.restarted("immich-ml.service", hog)
     assert 0 == rc
     assert took < 1.0, f"SIGTERM took {took:.2f}s"
+
+
+def test_a_tenant_whose_unit_no_longer_exists_is_action_failed(bed: Bed) -> None:
+    """Its unit file is gone but its process lives on in the unit's cgroup: NoSuchUnit."""
+    bed.gpu(total_mib=15360)
+    proc = bed.sb.popen(
+        [
+            bed.sb.python,
+            str(bed.sb.workdir / "tenant.py"),
+            "--procdir",
+            str(bed.procdir),
+            "--vram-mib",
+            "14000",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    ghosts = [
+        Path(top) / f"user@{bed.sb.uid}.service" / "app.slice" / "ghost.service"
+        for top in bed.sb.cgroup_dirs
+    ]
+    for ghost in ghosts:
+        ghost.mkdir(parents=True, exist_ok=True)
+        (ghost / "cgroup.procs").write_text(str(proc.pid))
+    config = CONFIG + '\n[[tenant]]\nunit = "ghost.service"\nvram = "3000MiB"\n'
+    daemon = bed.run_daemon(bed.config(config))
+
+    failed = daemon.wait_event("action_failed", timeout=INTERVAL_S + GRACE_S + 5)
+    time.sleep(INTERVAL_S)
+
+    proc.kill()
+    proc.wait()
+    assert ("ghost.service", "org.freedesktop.systemd1.NoSuchUnit") == (
+        failed["unit"],
+        failed["result"],
+    )
+    assert failed["message"].startswith("restart ghost.service failed: Unit ghost.service ")
+    assert None is daemon.proc.poll()
