@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import psutil
+
 from vramwatch.config import Config
 from vramwatch.model import Snapshot
 from vramwatch.sampler import Sampler, manager_for
@@ -61,6 +63,7 @@ def report(
             {
                 "pid": p.pid,
                 "name": p.name,
+                "cmdline": _cmdline(p.pid),
                 "used_bytes": p.used_bytes,
                 "owner": p.owner.label() if p.owner else None,
                 "manager": p.owner.manager if p.owner else None,
@@ -131,6 +134,19 @@ def report(
     }
 
 
+# Enough of a command line to tell two python3 workers apart.
+CMDLINE_MAX = 120
+
+
+def _cmdline(pid: int) -> str:
+    """The command line of a process that holds VRAM, for people ("" if it is gone)."""
+    try:
+        text = " ".join(psutil.Process(pid).cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return ""
+    return text if len(text) <= CMDLINE_MAX else text[: CMDLINE_MAX - 1] + "…"
+
+
 def _vs(used: int | None, limit: int | None) -> str:
     text = format_size(used)
     if limit is None:
@@ -160,6 +176,7 @@ def render_text(rep: dict[str, Any]) -> str:
             lines.append(
                 f"  not a tenant: pid {proc['pid']} {proc['name']!r} "
                 f"{format_size(proc['used_bytes'])} in {proc['owner'] or 'unknown'}"
+                + (f": {proc['cmdline']}" if proc["cmdline"] else "")
             )
     host = rep["host"]
     if host["error"]:

@@ -48,8 +48,9 @@ def test_status_json_shows_tenants_states_and_who_else_holds_the_gpu(bed: Bed) -
         gpu["floor_bytes"],
         gpu["below_floor"],
     )
-    assert [(intruder.main_pid, "intruder.service", mib(900))] == [
-        (p["pid"], p["owner"], p["used_bytes"]) for p in gpu["other_processes"]
+    assert [(intruder.main_pid, "intruder.service", mib(900), True)] == [
+        (p["pid"], p["owner"], p["used_bytes"], "tenant.py --procdir" in p["cmdline"])
+        for p in gpu["other_processes"]
     ]
     tenants = {t["unit"]: t for t in report["tenants"]}
     assert ("active", immich.main_pid, mib(10700), mib(3000)) == (
