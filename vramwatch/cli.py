@@ -93,6 +93,14 @@ def _parser() -> argparse.ArgumentParser:
         "auto: console on a terminal, json otherwise",
     )
     run.add_argument("--debug", action="store_true", help="also log debug events")
+    run.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where the restart history is kept across restarts (default: $STATE_DIRECTORY, "
+        "set by systemd's StateDirectory=, or /var/lib/vramwatch)",
+    )
     sub.add_parser(
         "check",
         parents=[common],
@@ -112,9 +120,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args: argparse.Namespace) -> tuple[Path, Config]:
+def _load(args: argparse.Namespace, *, trusted: bool = False) -> tuple[Path, Config]:
     path: Path = args.config or default_path()
-    return path, load(path)
+    return path, load(path, trusted=trusted)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,9 +169,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from vramwatch.sampler import Sampler
     from vramwatch.sources.nvml import NvmlSource
     from vramwatch.sources.procfs import ProcFs
+    from vramwatch.state import StateStore, default_dir
     from vramwatch.systemd import SystemdClient
 
-    path, config = _load(args)
+    # The config decides which services get restarted: run only trusts a file
+    # that nobody but root (or vramwatch's own user) can change.
+    path, config = _load(args, trusted=True)
     events = EventLog(args.log_target, args.log_format, min_level="debug" if args.debug else "info")
     sampler = Sampler(NvmlSource(), ProcFs())
     daemon = Daemon(
@@ -173,6 +184,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         SystemdClient(config.daemon.bus),
         events,
         force_dry_run=args.dry_run,
+        state=StateStore(args.state_dir or default_dir()),
     )
     daemon.install_signal_handlers()
     return daemon.run()

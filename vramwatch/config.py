@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from vramwatch import units
+from vramwatch import security, units
 from vramwatch.model import Verb
 
 DEFAULT_PATH = Path("/etc/vramwatch.toml")
@@ -399,11 +399,19 @@ def parse(text: str, path: Path | str = "<config>") -> Config:
     return Config(str(path), daemon, gpu, host, tuple(tenants), metrics)
 
 
-def load(path: Path | str) -> Config:
-    """Read and validate a config file."""
+def load(path: Path | str, *, trusted: bool = False) -> Config:
+    """Read and validate a config file.
+
+    ``trusted``: refuse a file (or directory) that anybody but root or the
+    user running vramwatch could write (see :mod:`vramwatch.security`).
+    """
     path = Path(path)
     try:
         with path.open("rb") as handle:
+            if trusted:
+                problem = security.config_problem(path, os.fstat(handle.fileno()))
+                if problem is not None:
+                    raise ConfigError(path, None, problem)
             raw = handle.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(path, None, "no such file (write one, see vramwatch.toml(5))") from None

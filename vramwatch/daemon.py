@@ -21,6 +21,7 @@ from vramwatch import policy
 from vramwatch.config import Config, ConfigError, load
 from vramwatch.events import EventLog
 from vramwatch.model import Action, Snapshot, Verb
+from vramwatch.state import StateError, StateStore
 from vramwatch.systemd import JobOutcome, notify, watchdog_interval_ns
 from vramwatch.units import format_size
 
@@ -47,6 +48,7 @@ class Daemon:
         force_dry_run: bool = False,
         clock: Callable[[], int] = time.monotonic_ns,
         notifier: Callable[[str], bool] = notify,
+        state: StateStore | None = None,
     ) -> None:
         self.config_path = config_path
         self.force_dry_run = force_dry_run
@@ -57,6 +59,12 @@ class Daemon:
         self.clock = clock
         self.notify = notifier
         self.history = policy.History()
+        # SIGHUP re-applies the ownership check that `vramwatch run` made at start.
+        self.trusted_config = True
+        # Restart history persisted across restarts of vramwatch (storm limit, cooldown).
+        self.state = state
+        self._saved_actions: object = None
+        self._state_failing = False
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._wake = threading.Event()
@@ -103,6 +111,7 @@ class Daemon:
             dry_run=cfg.daemon.dry_run,
             tenants=len(cfg.tenants),
         )
+        self.restore_state()
         watchdog_ns = watchdog_interval_ns()
         next_tick = self.clock()
         ready = False
@@ -168,6 +177,7 @@ class Daemon:
         self.events.emit(decision.events)
         for action in decision.actions:
             self._apply(action)
+        self.save_state()
         self.notify("STATUS=" + status_line(snapshot) + "\nWATCHDOG=1")
 
     def _apply(self, action: Action) -> None:
@@ -218,10 +228,64 @@ class Daemon:
                 error=outcome.detail,
             )
 
+    def restore_state(self) -> None:
+        """Take the persisted action times (restart storms, cooldowns) into the history."""
+        if self.state is None:
+            return
+        restored = self.state.load()
+        if restored.problem is not None:
+            self.events.say(
+                "state_corrupt",
+                "error",
+                f"restart history unusable: {restored.problem}",
+                state=str(self.state.path),
+                error=restored.problem,
+            )
+        if restored.actions_ns:
+            self.history = replace(self.history, actions_ns=dict(restored.actions_ns))
+            self.events.say(
+                "state_restored",
+                "info",
+                f"restart history restored from {self.state.path}: "
+                + ", ".join(f"{u} {len(t)}" for u, t in sorted(restored.actions_ns.items())),
+                state=str(self.state.path),
+                units=len(restored.actions_ns),
+            )
+        # Write at once: replaces a corrupt file and shows early if the directory is unusable.
+        self._saved_actions = None
+        self.save_state()
+
+    def save_state(self) -> None:
+        """Persist the action times when they changed; a failure is logged, never fatal."""
+        if self.state is None or self.config.daemon.dry_run:
+            return  # a dry run's "would" actions must not count against a later real run
+        actions = dict(self.history.actions_ns)
+        if actions == self._saved_actions:
+            return
+        try:
+            self.state.save(actions)
+        except StateError as exc:
+            if not self._state_failing:
+                self._state_failing = True
+                self.events.say(
+                    "state_unavailable",
+                    "warning",
+                    f"{exc}; the restart history will not survive a restart of vramwatch",
+                    state=str(self.state.path),
+                    error=str(exc),
+                )
+            return
+        if self._state_failing:
+            self._state_failing = False
+            self.events.say(
+                "state_saved", "info", f"restart history saved again to {self.state.path}"
+            )
+        self._saved_actions = actions
+
     def reload(self) -> None:
         self.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
-            new = self._effective(load(self.config_path))
+            new = self._effective(load(self.config_path, trusted=self.trusted_config))
         except ConfigError as exc:
             self.events.say(
                 "config_rejected",

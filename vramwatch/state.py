@@ -1,0 +1,215 @@
+"""Restart history that survives restarting vramwatch: ``STATE_DIRECTORY/state.json``.
+
+Without it, a crash-looping vramwatch (or an operator's ``systemctl restart
+vramwatch``) would reset ``max_restarts`` and ``cooldown`` and let a restart
+storm through. Only the per-unit action times are kept: everything else in
+:class:`vramwatch.policy.History` (breach streaks, in-flight actions) must be
+observed afresh after a restart.
+
+Times. The policy runs on ``time.monotonic_ns``, which restarts from zero at
+boot. Each time is stored twice: as monotonic ns with the kernel's boot id
+(used as is when vramwatch restarts within the same boot, so a wall clock
+that jumps changes nothing), and as wall-clock ns (converted back after a
+reboot). A wall time in the future (the clock was set back) counts as "now":
+the cooldown is then as long as it can be, never shorter.
+
+Writes are atomic (temporary file, fsync, rename, fsync of the directory). A
+file that cannot be parsed, or that anybody but root or vramwatch's own user
+could have written, is set aside as ``state.json.corrupt`` and reported; the
+next save replaces it. Nothing here is fatal.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from vramwatch.config import validate_unit_name
+
+DEFAULT_DIR = Path("/var/lib/vramwatch")
+STATE_DIR_ENV = "STATE_DIRECTORY"  # set by systemd for StateDirectory=
+FILE_NAME = "state.json"
+VERSION = 1
+# A state file holds a few timestamps per tenant; anything bigger is not ours.
+MAX_STATE_BYTES = 1024 * 1024
+# Never restore more times per unit than any sane max_restarts could use.
+MAX_TIMES_PER_UNIT = 64
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def default_dir() -> Path:
+    """``$STATE_DIRECTORY`` (its first entry) when systemd set it, else /var/lib/vramwatch."""
+    env = os.environ.get(STATE_DIR_ENV, "")
+    first = env.split(":")[0]
+    return Path(first) if first else DEFAULT_DIR
+
+
+def read_boot_id(path: Path = BOOT_ID) -> str:
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except OSError:
+        return ""
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """What :meth:`StateStore.load` found: action times on the monotonic clock."""
+
+    actions_ns: Mapping[str, tuple[int, ...]]
+    problem: str | None = None  # set when the file was corrupt or untrusted (then set aside)
+    found: bool = False  # a state file existed
+
+
+class StateError(Exception):
+    """The state could not be written; ``str()`` names the file and the reason."""
+
+
+class StateStore:
+    """Loads and saves per-unit action times in ``directory``."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        wall_ns: Callable[[], int] = time.time_ns,
+        mono_ns: Callable[[], int] = time.monotonic_ns,
+        boot_id: Callable[[], str] = read_boot_id,
+        euid: int | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / FILE_NAME
+        self._wall = wall_ns
+        self._mono = mono_ns
+        self._boot_id = boot_id
+        self._euid = os.geteuid() if euid is None else euid
+
+    # load ------------------------------------------------------------------
+
+    def load(self) -> Restored:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            return Restored({})
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # O_NOFOLLOW: a symlink planted in our directory
+                return self._set_aside("a symbolic link, not a file")
+            return Restored({}, f"{self.path}: cannot open: {exc.strerror or exc}", True)
+        try:
+            info = os.fstat(fd)
+            problem = self._untrusted(info)
+            if problem is not None:
+                os.close(fd)
+                fd = -1
+                return self._set_aside(problem)
+            with os.fdopen(fd, "rb") as handle:
+                fd = -1
+                raw = handle.read(MAX_STATE_BYTES + 1)
+        except OSError as exc:
+            return self._set_aside(f"cannot read: {exc.strerror or exc}")
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        if len(raw) > MAX_STATE_BYTES:
+            return self._set_aside(f"larger than {MAX_STATE_BYTES} bytes")
+        try:
+            actions = self._parse(raw)
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+            return self._set_aside(f"not a vramwatch state file ({exc})")
+        return Restored(actions, found=True)
+
+    def _untrusted(self, info: os.stat_result) -> str | None:
+        if not stat.S_ISREG(info.st_mode):
+            return "not a regular file"
+        if info.st_uid not in (0, self._euid):
+            return f"owned by uid {info.st_uid}, not by root or vramwatch's user"
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return f"writable by group or others (mode {stat.S_IMODE(info.st_mode):04o})"
+        return None
+
+    def _parse(self, raw: bytes) -> dict[str, tuple[int, ...]]:
+        data = json.loads(raw.decode("utf-8"))
+        if not isinstance(data, dict) or data.get("version") != VERSION:
+            raise ValueError(f"expected an object with version {VERSION}")
+        units = data["units"]
+        if not isinstance(units, dict):
+            raise ValueError("units is not an object")
+        same_boot = bool(data.get("boot_id")) and data.get("boot_id") == self._boot_id()
+        mono_now, wall_now = self._mono(), self._wall()
+        actions: dict[str, tuple[int, ...]] = {}
+        for unit, entry in units.items():
+            if validate_unit_name(unit) is not None:
+                raise ValueError(f"bad unit name {unit!r}")
+            times = []
+            for item in entry["actions"][-MAX_TIMES_PER_UNIT:]:
+                mono, wall = item["mono_ns"], item["wall_ns"]
+                if not all(isinstance(v, int) and not isinstance(v, bool) for v in (mono, wall)):
+                    raise ValueError("times must be integers")
+                if same_boot:
+                    times.append(min(mono, mono_now))
+                else:
+                    # After a reboot only the wall clock links the two runs; a time
+                    # in the future (clock set back) is taken as now, never later.
+                    times.append(mono_now - max(0, wall_now - wall))
+            if times:
+                actions[unit] = tuple(sorted(times))
+        return actions
+
+    def _set_aside(self, problem: str) -> Restored:
+        text = f"{self.path}: {problem}; set aside as {FILE_NAME}.corrupt, starting afresh"
+        try:
+            os.replace(self.path, self.directory / f"{FILE_NAME}.corrupt")
+        except OSError as exc:
+            text = f"{self.path}: {problem}; could not set it aside ({exc.strerror or exc})"
+        return Restored({}, problem=text, found=True)
+
+    # save ------------------------------------------------------------------
+
+    def save(self, actions_ns: Mapping[str, tuple[int, ...]]) -> None:
+        """Write atomically; raise :class:`StateError` when it cannot be written."""
+        mono_now, wall_now = self._mono(), self._wall()
+        units = {
+            unit: {
+                "actions": [
+                    {"mono_ns": t, "wall_ns": wall_now - (mono_now - t)}
+                    for t in sorted(times)[-MAX_TIMES_PER_UNIT:]
+                ]
+            }
+            for unit, times in sorted(actions_ns.items())
+            if times
+        }
+        body = {
+            "version": VERSION,
+            "boot_id": self._boot_id(),
+            "saved_wall_ns": wall_now,
+            "units": units,
+        }
+        data = (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
+        tmp = self.directory / f".{FILE_NAME}.{os.getpid()}.tmp"
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            raise StateError(f"{self.path}: cannot save: {exc.strerror or exc}") from None
