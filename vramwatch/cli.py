@@ -166,6 +166,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from vramwatch.daemon import Daemon
     from vramwatch.events import EventLog
+    from vramwatch.metrics import Metrics, start_exporter
     from vramwatch.sampler import Sampler
     from vramwatch.sources.nvml import NvmlSource
     from vramwatch.sources.procfs import ProcFs
@@ -176,6 +177,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     # that nobody but root (or vramwatch's own user) can change.
     path, config = _load(args, trusted=True)
     events = EventLog(args.log_target, args.log_format, min_level="debug" if args.debug else "info")
+    metrics = Metrics(textfile=config.metrics.textfile)
+    problem = start_exporter(metrics, config.metrics)
+    if problem is not None:  # no metrics is no reason to stop guarding
+        events.say("metrics_error", "error", problem, error=problem)
     sampler = Sampler(NvmlSource(), ProcFs())
     daemon = Daemon(
         path,
@@ -185,6 +190,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         events,
         force_dry_run=args.dry_run,
         state=StateStore(args.state_dir or default_dir()),
+        metrics=metrics,
     )
     daemon.install_signal_handlers()
     return daemon.run()

@@ -20,6 +20,7 @@ from typing import Protocol
 from vramwatch import policy
 from vramwatch.config import Config, ConfigError, load
 from vramwatch.events import EventLog
+from vramwatch.metrics import WITHDRAWN, Metrics
 from vramwatch.model import Action, Snapshot, Verb
 from vramwatch.state import StateError, StateStore
 from vramwatch.systemd import JobOutcome, notify, watchdog_interval_ns
@@ -49,6 +50,7 @@ class Daemon:
         clock: Callable[[], int] = time.monotonic_ns,
         notifier: Callable[[str], bool] = notify,
         state: StateStore | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config_path = config_path
         self.force_dry_run = force_dry_run
@@ -59,6 +61,7 @@ class Daemon:
         self.clock = clock
         self.notify = notifier
         self.history = policy.History()
+        self.metrics = metrics if metrics is not None else Metrics()
         # SIGHUP re-applies the ownership check that `vramwatch run` made at start.
         self.trusted_config = True
         # Restart history persisted across restarts of vramwatch (storm limit, cooldown).
@@ -155,6 +158,8 @@ class Daemon:
         try:
             snapshot = self.sampler.sample(self.config, now)
         except Exception as exc:  # noqa: BLE001 - a source bug must not kill the guard
+            self.metrics.sampling_failed()
+            self._flush_metrics()
             self.events.say(
                 "sampling_error",
                 "error",
@@ -163,6 +168,7 @@ class Daemon:
                 traceback=traceback.format_exc(limit=5),
             )
             return
+        self.metrics.observe_snapshot(self.config, snapshot)
         try:
             decision = policy.decide(self.config, snapshot, self.history)
         except Exception as exc:  # noqa: BLE001 - log it and keep guarding next tick
@@ -175,8 +181,10 @@ class Daemon:
             return
         self.history = decision.history
         self.events.emit(decision.events)
+        self.metrics.observe_events(decision.events)
         for action in decision.actions:
             self._apply(action)
+        self._flush_metrics()
         self.save_state()
         self.notify("STATUS=" + status_line(snapshot) + "\nWATCHDOG=1")
 
@@ -189,6 +197,7 @@ class Daemon:
             reason = f"could not re-check usage ({exc!r})"
         if reason is not None:
             self.history = policy.action_cancelled(self.history, action)
+            self.metrics.observe_action(action.unit, action.verb.value, WITHDRAWN)
             self.events.say(
                 "action_cancelled",
                 "info",
@@ -214,6 +223,7 @@ class Daemon:
             action=action.verb.value,
         )
         outcome = self.actuator.act(action.unit, action.verb, lambda: self.stopping)
+        self.metrics.observe_action(action.unit, action.verb.value, outcome.result)
         if not outcome.ok:
             self.history = policy.action_failed(self.history, action)
             self.events.say(
@@ -227,6 +237,11 @@ class Daemon:
                 result=outcome.result,
                 error=outcome.detail,
             )
+
+    def _flush_metrics(self) -> None:
+        problem = self.metrics.flush()  # the textfile; a message only when it starts failing
+        if problem is not None:
+            self.events.say("metrics_error", "error", problem, error=problem)
 
     def restore_state(self) -> None:
         """Take the persisted action times (restart storms, cooldowns) into the history."""
