@@ -35,6 +35,8 @@ commands:
   run      the daemon, in the foreground (systemd Type=notify; SIGHUP reloads)
   check    validate the config and compare budgets with the GPUs present
   status   one look at GPUs, host RAM, tenants and who holds the memory
+  polkit-rule
+           print the polkit rule that lets user vramwatch act on the tenants
 
 examples:
   vramwatch check                      validate /etc/vramwatch.toml
@@ -117,6 +119,21 @@ def _parser() -> argparse.ArgumentParser:
         "belong to no tenant.",
     )
     status.add_argument("--json", action="store_true", help="print one JSON object")
+    polkit_rule = sub.add_parser(
+        "polkit-rule",
+        parents=[common],
+        help="print the polkit rule for running as an unprivileged user",
+        description="Print a polkit JavaScript rule (ES5, polkit >= 0.106) that lets USER "
+        "restart or stop exactly the configured, unprotected tenants, each with the verb of "
+        "its action, through org.freedesktop.systemd1.manage-units. Install it as "
+        "/etc/polkit-1/rules.d/50-vramwatch.rules and regenerate it when tenants change.",
+    )
+    polkit_rule.add_argument(
+        "--user",
+        default="vramwatch",
+        metavar="USER",
+        help="the user vramwatch runs as (default: vramwatch)",
+    )
     return parser
 
 
@@ -136,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_check(args)
         if args.command == "status":
             return cmd_status(args)
+        if args.command == "polkit-rule":
+            return cmd_polkit_rule(args)
         return cmd_run(args)
     except ConfigError as exc:
         print(f"vramwatch: {exc}", file=sys.stderr)
@@ -160,6 +179,19 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"vramwatch: note: {nvml_error}", file=sys.stderr)
     for warning in budget_fit_warnings(config, totals):
         print(f"vramwatch: warning: {warning}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_polkit_rule(args: argparse.Namespace) -> int:
+    from vramwatch.polkit import grants, rule
+
+    _path, config = _load(args)
+    if not grants(config):
+        print(
+            "vramwatch: warning: no unprotected tenant: the rule grants nothing",
+            file=sys.stderr,
+        )
+    sys.stdout.write(rule(config, user=args.user))
     return EXIT_OK
 
 
