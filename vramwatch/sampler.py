@@ -44,9 +44,13 @@ class Sampler:
         gpus = tuple(self._attribute(gpu) for gpu in raw_gpus)
         manager = manager_for(config.daemon.bus)
         vram_known = nvml_error is None and all(g.error is None for g in gpus)
+        vram = _vram_by_unit(gpus, manager)
         units: dict[str, UnitUsage] = {}
         for tenant in config.tenants:
-            units[tenant.unit] = self._unit(tenant.unit, manager, gpus, vram_known, now_ns)
+            by_gpu, unknown = vram.get(tenant.unit, ({}, False))
+            units[tenant.unit] = self._unit(
+                tenant.unit, manager, by_gpu, unknown or not vram_known, now_ns
+            )
         ram_top: tuple[tuple[str, int], ...] = ()
         if self._host_below_floor(config, host):
             ram_top = tuple(self.procfs.top_ram_owners()[:RAM_TOP])
@@ -77,19 +81,8 @@ class Sampler:
         )
 
     def _unit(
-        self, unit: str, manager: str, gpus: tuple[GpuSample, ...], vram_known: bool, now_ns: int
+        self, unit: str, manager: str, by_gpu: dict[str, int], unknown: bool, now_ns: int
     ) -> UnitUsage:
-        by_gpu: dict[str, int] = {}
-        unknown = not vram_known
-        for gpu in gpus:
-            for proc in gpu.processes:
-                owner = proc.owner
-                if owner is None or owner.unit != unit or owner.manager != manager:
-                    continue
-                if proc.used_bytes is None:
-                    unknown = True  # NVML_VALUE_NOT_AVAILABLE: never read as zero
-                    continue
-                by_gpu[gpu.uuid] = by_gpu.get(gpu.uuid, 0) + proc.used_bytes
         cgroup = self.procfs.locate_unit(unit, manager, now_ns)
         if cgroup is None:
             pids: tuple[int, ...] = ()
@@ -113,3 +106,25 @@ class Sampler:
             return False
         assert host.mem_total_bytes is not None and host.mem_available_bytes is not None
         return host.mem_available_bytes < config.host.floor.resolve(host.mem_total_bytes)
+
+
+def _vram_by_unit(
+    gpus: tuple[GpuSample, ...], manager: str
+) -> dict[str, tuple[dict[str, int], bool]]:
+    """Each unit of ``manager``'s VRAM per GPU UUID, and whether any of it is unknown.
+
+    One pass over every GPU process, so a tick costs O(processes + tenants),
+    not O(processes x tenants).
+    """
+    found: dict[str, tuple[dict[str, int], bool]] = {}
+    for gpu in gpus:
+        for proc in gpu.processes:
+            owner = proc.owner
+            if owner is None or owner.unit is None or owner.manager != manager:
+                continue
+            by_gpu, unknown = found.setdefault(owner.unit, ({}, False))
+            if proc.used_bytes is None:
+                found[owner.unit] = (by_gpu, True)  # NVML_VALUE_NOT_AVAILABLE: never read as zero
+                continue
+            by_gpu[gpu.uuid] = by_gpu.get(gpu.uuid, 0) + proc.used_bytes
+    return found
