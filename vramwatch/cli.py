@@ -179,7 +179,29 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"vramwatch: note: {nvml_error}", file=sys.stderr)
     for warning in budget_fit_warnings(config, totals):
         print(f"vramwatch: warning: {warning}", file=sys.stderr)
+    if config.tenants:
+        _report_protections(config)
     return EXIT_OK
+
+
+def _report_protections(config: Config) -> None:
+    """Advise on tenants whose units lack kernel limits; an unreachable bus is only a note."""
+    from vramwatch.protections import advice, read_states
+    from vramwatch.systemd import SystemdClient
+
+    client = SystemdClient(config.daemon.bus)
+    try:
+        states, problem = read_states(config, client)
+    finally:
+        client.close()
+    if problem:
+        print(
+            f"vramwatch: note: kernel protections not checked: {problem}",
+            file=sys.stderr,
+        )
+        return
+    for line in advice(config, states):
+        print(f"vramwatch: advice: {line}", file=sys.stderr)
 
 
 def cmd_polkit_rule(args: argparse.Namespace) -> int:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+# The end-to-end bed (installed vramwatch on the sandbox manager) for `check`.
+from tests.e2e.conftest import bed, e2e_lib, vramwatch_bin  # noqa: F401
 from tests.sandbox.fixtures import in_ci
 
 ROOT = Path(__file__).resolve().parents[2]
