@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.fakenvml import FakeGpu, FakeNvmlState, build, mib  # noqa: E402
+from tests.e2e.harness import Bed, prepare  # noqa: E402
 from tests.sandbox import Sandbox  # noqa: E402
 
 GPU_MIB = 15360  # a 16 GB Tesla T4 shows 15360 MiB
@@ -56,7 +55,7 @@ vram = "2000MiB"
 ram = "1GiB"
 """
 
-# (unit, initial VRAM MiB, leak MiB/s, RAM MiB, VRAM only for the first process)
+# (unit, initial VRAM MiB, leak MiB/s, RAM MiB)
 TENANTS = [
     ("llama-server.service", 4400, 0, 64),
     ("immich-ml.service", 2000, 450, 64),
@@ -87,43 +86,12 @@ def main() -> int:
     sb.start()
     try:
         say(f"private systemd --user manager up as user {sb.user} ({sb.startup_seconds:.2f}s)")
-        work = sb.workdir / "demo"
-        work.mkdir(mode=0o755)
-        procdir = work / "procs"
-        procdir.mkdir()
-        os.chown(procdir, sb.uid, sb.gid)
-        lib = build(work / "nvml")
-        for p in (lib, *lib.iterdir()):
-            p.chmod(0o755)
-        shutil.copy(REPO / "tests" / "e2e" / "tenant.py", work / "tenant.py")
-        state = FakeNvmlState(work / "nvml-state")
-        state.write(
-            [FakeGpu("GPU-8f1c2a3e-0000-0000-0000-000000000000", mib(GPU_MIB))],
-            reap=True,
-            procdir=procdir,
-        )
-        state.path.chmod(0o644)
-        config = work / "vramwatch.toml"
-        config.write_text(CONFIG)
-        config.chmod(0o644)
-        env = {"LD_LIBRARY_PATH": str(lib), "FAKE_NVML_STATE": str(state.path)}
-
+        bed = Bed(sb, prepare(sb), vramwatch)
+        bed.gpu(total_mib=GPU_MIB)
+        config = bed.config(CONFIG)
+        env = bed.env()
         for unit, vram, leak, ram in TENANTS:
-            argv = [
-                sb.python,
-                str(work / "tenant.py"),
-                "--procdir",
-                str(procdir),
-                "--vram-mib",
-                str(vram),
-                "--ram-mib",
-                str(ram),
-                "--vram-once",
-                str(procdir / f".once-{unit}"),
-            ]
-            if leak:
-                argv += ["--vram-grow-mib-per-s", str(leak), "--vram-max-mib", "12000"]
-            sb.start_unit(unit, argv, properties={"Type": "notify"})
+            bed.tenant(unit, vram_mib=vram, ram_mib=ram, leak_mib_per_s=leak)
             what = f"leaks {leak} MiB/s" if leak else "steady"
             say(f"started {unit:<22} VRAM {vram} MiB, {what}")
 

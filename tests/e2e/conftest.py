@@ -8,30 +8,17 @@ units and to run the daemon as a subprocess, reading its JSON events.
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
-import shutil
-import signal
-import subprocess
-import threading
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.fakenvml import FakeGpu, FakeNvmlState, FakeProcess, build, mib
-from tests.sandbox import Sandbox, UnitState
+from tests.e2e.harness import Bed, Daemon, prepare, venv
+from tests.sandbox import Sandbox
 from tests.sandbox.fixtures import in_ci
 
-HERE = Path(__file__).resolve().parent
-T4_UUID = "GPU-8f1c2a3e-0000-0000-0000-000000000000"
-
-
-def venv() -> Path:
-    return Path(os.environ.get("VRAMWATCH_VENV", "/opt/vramwatch-venv"))
+__all__ = ["Bed", "Daemon", "venv"]
 
 
 @pytest.fixture(scope="session")
@@ -48,178 +35,7 @@ def vramwatch_bin() -> Path:
 @pytest.fixture(scope="session")
 def e2e_lib(sandbox: Sandbox) -> Path:
     """The fake NVML, built where the sandbox user can load it."""
-    lib = build(sandbox.workdir / "nvml-lib")
-    for p in (lib, *lib.iterdir()):
-        p.chmod(0o755)
-    shutil.copy(HERE / "tenant.py", sandbox.workdir / "tenant.py")
-    (sandbox.workdir / "tenant.py").chmod(0o755)
-    return lib
-
-
-class Daemon:
-    """``vramwatch run`` as a subprocess in the sandbox, its JSON events collected."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.proc = proc
-        self.events: list[dict[str, Any]] = []
-        self.raw: list[str] = []
-        self._lock = threading.Lock()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            with self._lock:
-                self.raw.append(line)
-                try:
-                    event = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                event["_t"] = time.monotonic()
-                self.events.append(event)
-
-    def named(self, name: str, **fields: Any) -> list[dict[str, Any]]:
-        with self._lock:
-            return [
-                e
-                for e in self.events
-                if e.get("event") == name and all(e.get(k) == v for k, v in fields.items())
-            ]
-
-    def wait_event(self, name: str, timeout: float = 15, **fields: Any) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = self.named(name, **fields)
-            if found:
-                return found[0]
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError(
-            f"no {name} event with {fields} within {timeout}s; daemon rc={self.proc.poll()}; "
-            f"log:\n{''.join(self.raw[-40:])}"
-        )
-
-    def signal(self, signum: int) -> None:
-        self.proc.send_signal(signum)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(timeout=2)
-        return self.proc.returncode
-
-    def log(self) -> str:
-        return "".join(self.raw)
-
-
-class Bed:
-    def __init__(self, sandbox: Sandbox, lib: Path, vramwatch: Path) -> None:
-        self.sb = sandbox
-        self.lib = lib
-        self.vramwatch = vramwatch
-        self.dir = sandbox.workdir / f"t-{secrets.token_hex(3)}"
-        self.dir.mkdir(mode=0o755)
-        self.procdir = self.dir / "procs"
-        self.procdir.mkdir()
-        os.chown(self.procdir, sandbox.uid, sandbox.gid)
-        self.state = FakeNvmlState(self.dir / "nvml-state")
-        self.daemons: list[Daemon] = []
-
-    def gpu(
-        self,
-        total_mib: int = 15360,
-        others: Mapping[int, int] | None = None,
-        errors: Mapping[str, str] | None = None,
-    ) -> None:
-        """One fake GPU; ``others`` are extra (pid -> MiB) processes; tenants declare theirs."""
-        procs = tuple(FakeProcess(pid, mib(n)) for pid, n in (others or {}).items())
-        self.state.write(
-            [FakeGpu(T4_UUID, mib(total_mib), processes=procs)],
-            errors=errors,
-            reap=True,
-            procdir=self.procdir,
-        )
-        os.chmod(self.state.path, 0o644)
-
-    def config(self, text: str, name: str = "vramwatch.toml") -> Path:
-        path = self.dir / name
-        path.write_text(text)
-        path.chmod(0o644)
-        return path
-
-    def tenant(
-        self,
-        unit: str,
-        *,
-        vram_mib: int = 0,
-        ram_mib: int = 8,
-        once: bool = True,
-        properties: Mapping[str, str] | None = None,
-    ) -> UnitState:
-        """A unit holding real RAM and declaring fake VRAM (tests/e2e/tenant.py)."""
-        argv = [
-            self.sb.python,
-            str(self.sb.workdir / "tenant.py"),
-            "--procdir",
-            str(self.procdir),
-            "--vram-mib",
-            str(vram_mib),
-            "--ram-mib",
-            str(ram_mib),
-        ]
-        if once:
-            argv += ["--vram-once", str(self.procdir / f".once-{unit}")]
-        props = {"Type": "notify"} | dict(properties or {})
-        return self.sb.start_unit(unit, argv, properties=props)
-
-    def restarted(self, unit: str, before: UnitState, timeout: float = 10) -> UnitState:
-        """Wait until the unit runs a new invocation (the restart job may still be running)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            now = self.sb.unit_state(unit)
-            if now.invocation_id != before.invocation_id and now.active_state == "active":
-                return now
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{unit} was not restarted: still {now}")
-            time.sleep(0.1)
-
-    def env(self) -> dict[str, str]:
-        return {"LD_LIBRARY_PATH": str(self.lib), "FAKE_NVML_STATE": str(self.state.path)}
-
-    def run_daemon(self, config: Path, *args: str) -> Daemon:
-        proc = self.sb.popen(
-            [
-                str(self.vramwatch),
-                "run",
-                "-c",
-                str(config),
-                "--log-target",
-                "stderr",
-                "--log-format",
-                "json",
-                *args,
-            ],
-            env=self.env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        daemon = Daemon(proc)
-        self.daemons.append(daemon)
-        return daemon
-
-    def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-        return self.sb.run([str(self.vramwatch), *args], env=self.env(), check=check)
-
-    def close(self) -> None:
-        for daemon in self.daemons:
-            daemon.stop()
+    return prepare(sandbox)
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ reads, and reaps when the PID is gone), optionally growing it by X MiB/s up
 to M (a leak). With --vram-once, only the first process ever started declares
 VRAM (the MARKER file remembers), so a restarted unit comes back clean;
 without it every start re-grabs its VRAM at once (a restart storm). Sends
-READY=1 when $NOTIFY_SOCKET is set; exits 0 on SIGTERM.
+READY=1 when $NOTIFY_SOCKET is set; exits 0 on SIGTERM. Runs from the
+sandbox's work directory, beside tests/sandbox/hog.py.
 """
 
 from __future__ import annotations
@@ -18,23 +19,13 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import time
 from types import FrameType
 
+# hog.py (the sandbox's RAM hog) is copied beside this file.
+from hog import sd_notify, touch
+
 MIB = 1024 * 1024
-PAGE = 4096
-
-
-def sd_notify(state: str) -> None:
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.connect(addr)
-        s.sendall(state.encode())
 
 
 def declare(procdir: str, gpu: int, mib: float) -> None:
@@ -65,8 +56,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
 
-    ram = bytearray(int(args.ram_mib * MIB))
-    ram[::PAGE] = b"\x01" * len(range(0, len(ram), PAGE))  # fault in every page
+    ram = touch(int(args.ram_mib * MIB))
 
     vram = args.vram_mib
     grabs = vram > 0 or args.vram_grow_mib_per_s > 0
