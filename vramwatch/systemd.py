@@ -34,6 +34,9 @@ JOB_TIMEOUT_S = 100.0
 CALL_TIMEOUT_S = 10.0
 # Granularity of waiting for a job: how soon a SIGTERM is noticed.
 WAIT_SLICE_S = 0.2
+# A re-executing manager leaves the bus for well under a second (systemd 252,
+# user manager); wait this long for it to come back before failing an action.
+OWNER_WAIT_S = 5.0
 
 _METHODS = {Verb.RESTART: "RestartUnit", Verb.STOP: "StopUnit"}
 
@@ -86,11 +89,13 @@ def _short_error(exc: DBusErrorResponse) -> str:
 class SystemdClient:
     """A connection to one systemd manager; reconnects once after a dropped bus."""
 
-    def __init__(self, bus: str = "system") -> None:
+    def __init__(self, bus: str = "system", job_timeout_s: float = JOB_TIMEOUT_S) -> None:
         self.bus = bus
+        self.job_timeout_s = job_timeout_s
         self._conn: DBusConnection | None = None
         self._owner: str | None = None
         self._subscribed = False  # Subscribe and AddMatch once per connection
+        self._rule: MatchRule | None = None  # the JobRemoved match currently added
 
     def close(self) -> None:
         if self._conn is not None:
@@ -101,6 +106,7 @@ class SystemdClient:
         self._conn = None
         self._owner = None
         self._subscribed = False
+        self._rule = None
 
     def _connection(self) -> DBusConnection:
         if self._conn is None:
@@ -128,21 +134,45 @@ class SystemdClient:
         raise AssertionError("unreachable")
 
     def _systemd_owner(self) -> str:
-        # Signals carry the sender's unique name (":1.N"), so a match on the
-        # well-known name would never fire.
-        if self._owner is None:
-            (self._owner,) = self._call(message_bus.GetNameOwner(SYSTEMD))
-        return self._owner
+        """systemd's unique name (":1.N") now, waiting briefly while it re-executes.
+
+        Signals carry the unique name, so a match on the well-known name would
+        never fire. It changes when the manager re-executes (``daemon-reexec``,
+        a package upgrade) or the bus restarts: looked up before every action,
+        and the subscription follows it.
+        """
+        deadline = time.monotonic() + OWNER_WAIT_S
+        while True:
+            try:
+                (owner,) = self._call(message_bus.GetNameOwner(SYSTEMD))
+            except BusError as exc:
+                if exc.name != "org.freedesktop.DBus.Error.NameHasNoOwner":
+                    raise
+                if time.monotonic() >= deadline:
+                    raise BusError(exc.name, f"systemd is not on the {self.bus} bus") from None
+                time.sleep(WAIT_SLICE_S)
+                continue
+            if owner != self._owner:
+                if self._owner is not None and self._rule is not None:
+                    try:
+                        self._call(message_bus.RemoveMatch(self._rule))
+                    except BusError:
+                        pass  # the old match is harmless, only unused
+                self._owner = owner
+                self._subscribed = False
+            return str(owner)
 
     def act(
         self,
         unit: str,
         verb: Verb,
         should_stop: Callable[[], bool] = lambda: False,
-        job_timeout_s: float = JOB_TIMEOUT_S,
+        job_timeout_s: float | None = None,
     ) -> JobOutcome:
         """Restart or stop a unit and wait for the job to finish."""
         started = time.monotonic()
+        if job_timeout_s is None:
+            job_timeout_s = self.job_timeout_s
         try:
             return self._act(unit, verb, should_stop, job_timeout_s, started)
         except BusError as exc:
@@ -173,6 +203,7 @@ class SystemdClient:
                 if exc.name != f"{SYSTEMD}.AlreadySubscribed":
                     raise
             self._call(message_bus.AddMatch(rule))
+            self._rule = rule
             self._subscribed = True
         conn = self._connection()
         with conn.filter(rule, queue=deque()) as queue:

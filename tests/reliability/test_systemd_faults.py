@@ -1,0 +1,148 @@
+"""The D-Bus boundary under faults, on a real systemd --user manager.
+
+vramwatch's SystemdClient runs inside the sandbox (tests/reliability/busdriver.py,
+with the installed vramwatch) and is driven one call at a time. Every failure
+must come back as a JobOutcome with the reason, never as an exception, and the
+next action must work.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import Bed, venv
+
+HERE = Path(__file__).resolve().parent
+
+
+class Driver:
+    def __init__(self, bed: Bed, job_timeout_s: float = 30) -> None:
+        script = bed.dir / "busdriver.py"
+        shutil.copy(HERE / "busdriver.py", script)
+        script.chmod(0o755)
+        self.proc = bed.sb.popen(
+            [str(venv() / "bin" / "python"), str(script), str(job_timeout_s)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+
+    def __call__(self, line: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline()
+        assert answer, f"bus driver died on {line!r} (rc={self.proc.poll()})"
+        result: dict[str, Any] = json.loads(answer)
+        return result
+
+
+def sleeper(bed: Bed, unit: str, **properties: str) -> None:
+    bed.sb.start_unit(unit, ["/bin/sleep", "infinity"], properties=properties)
+
+
+def test_restart_works_after_the_manager_re_executes(bed: Bed) -> None:
+    """daemon-reexec gives systemd a new unique bus name: JobRemoved must still be seen."""
+    sleeper(bed, "victim.service")
+    drive = Driver(bed, job_timeout_s=10)
+    first = drive("act victim.service restart")
+    owner_before = drive("owner")["owner"]
+
+    bed.sb.run(["systemctl", "--user", "daemon-reexec"])
+    second = drive("act victim.service restart")
+    owner_after = drive("owner")["owner"]
+
+    assert (True, "done") == (first["ok"], first["result"])
+    assert (True, "done") == (second["ok"], second["result"]), second
+    assert second["took"] < 5
+    assert owner_before != owner_after
+    assert "active" == bed.sb.unit_state("victim.service").active_state
+
+
+def test_a_bus_dropped_between_calls_is_reconnected(bed: Bed) -> None:
+    sleeper(bed, "victim.service")
+    drive = Driver(bed)
+    drive("act victim.service restart")
+
+    drive("drop")
+    again = drive("act victim.service restart")
+
+    assert (True, "done") == (again["ok"], again["result"])
+
+
+def test_a_bus_dropped_while_waiting_for_the_job_is_an_outcome_then_reconnects(bed: Bed) -> None:
+    # ExecStop takes 2 s, so the restart job is still running when the socket goes.
+    sleeper(bed, "slowstop.service", ExecStop="/bin/sleep 2", TimeoutStopSec="30")
+    drive = Driver(bed)
+
+    dropped = drive("act_drop slowstop.service restart 0.5")
+    bed.sb.wait_for(lambda: bed.sb.unit_state("slowstop.service").active_state == "active")
+    again = drive("act slowstop.service restart")
+
+    assert (False, "disconnected") == (dropped["ok"], dropped["result"])
+    assert dropped["detail"].startswith("lost the bus waiting for the job: ")
+    assert (True, "done") == (again["ok"], again["result"])
+
+
+def test_a_job_that_outlives_the_job_timeout_is_a_timeout_outcome(bed: Bed) -> None:
+    sleeper(bed, "slowstop.service", ExecStop="/bin/sleep 5", TimeoutStopSec="30")
+    drive = Driver(bed, job_timeout_s=1)
+
+    outcome = drive("act slowstop.service restart")
+
+    assert (False, "timeout", "RestartUnit job still running after 1s") == (
+        outcome["ok"],
+        outcome["result"],
+        outcome["detail"],
+    )
+    assert 1 <= outcome["took"] < 3
+
+
+UNIT_DIR = "{home}/.config/systemd/user"
+REFUSING_UNIT = """[Unit]
+RefuseManualStart=yes
+RefuseManualStop=yes
+[Service]
+ExecStart=/bin/sleep infinity
+"""
+
+
+@pytest.mark.parametrize(
+    ("setup", "unit", "error"),
+    [
+        ("mask", "masked.service", "org.freedesktop.systemd1.UnitMasked"),
+        ("refuse", "refused.service", "org.freedesktop.systemd1.OnlyByDependency"),
+        ("none", "no-such-unit.service", "org.freedesktop.systemd1.NoSuchUnit"),
+    ],
+)
+def test_a_refused_restart_is_an_outcome_with_the_dbus_error(
+    bed: Bed, setup: str, unit: str, error: str
+) -> None:
+    """The user manager has no polkit: masking and RefuseManualStart= are its real denials."""
+    if setup == "mask":
+        bed.sb.run(["systemctl", "--user", "mask", unit])
+    elif setup == "refuse":
+        # A transient unit cannot carry RefuseManualStart= (its own start is manual).
+        bed.sb.run(["mkdir", "-p", UNIT_DIR.format(home=bed.sb.home)])
+        bed.sb.run(
+            ["sh", "-c", f"cat > {UNIT_DIR.format(home=bed.sb.home)}/{unit}"],
+            input=REFUSING_UNIT,
+        )
+        bed.sb.run(["systemctl", "--user", "daemon-reload"])
+    drive = Driver(bed)
+    try:
+        outcome = drive(f"act {unit} restart")
+    finally:
+        if setup == "mask":
+            bed.sb.run(["systemctl", "--user", "unmask", unit])
+        elif setup == "refuse":
+            bed.sb.run(["rm", "-f", f"{UNIT_DIR.format(home=bed.sb.home)}/{unit}"])
+            bed.sb.run(["systemctl", "--user", "daemon-reload"])
+
+    assert (False, error) == (outcome["ok"], outcome["result"]), outcome
+    assert outcome["detail"]
