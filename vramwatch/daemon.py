@@ -61,6 +61,7 @@ class Daemon:
         self.clock = clock
         self.notify = notifier
         self.history = policy.History()
+        self._failing = Failing(policy.REMINDER_NS)
         self.metrics = metrics if metrics is not None else Metrics()
         # SIGHUP re-applies the ownership check that `vramwatch run` made at start.
         self.trusted_config = True
@@ -160,25 +161,30 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001 - a source bug must not kill the guard
             self.metrics.sampling_failed()
             self._flush_metrics()
-            self.events.say(
-                "sampling_error",
-                "error",
-                f"sampling failed: {exc!r}; skipping this tick",
-                error=repr(exc),
-                traceback=traceback.format_exc(limit=5),
-            )
+            if self._failing.start("sampler", repr(exc), now):  # once, then every 5 minutes
+                self.events.say(
+                    "sampling_error",
+                    "error",
+                    f"sampling failed: {exc!r}; skipping ticks until it works again",
+                    error=repr(exc),
+                    traceback=traceback.format_exc(limit=5),
+                )
             return
+        if self._failing.end("sampler"):
+            self.events.say("sampling_recovered", "info", "sampling works again")
         self.metrics.observe_snapshot(self.config, snapshot)
         try:
             decision = policy.decide(self.config, snapshot, self.history)
         except Exception as exc:  # noqa: BLE001 - log it and keep guarding next tick
-            self.events.say(
-                "internal_error",
-                "error",
-                f"policy failed: {exc!r}; no action this tick",
-                traceback=traceback.format_exc(limit=5),
-            )
+            if self._failing.start("policy", repr(exc), now):
+                self.events.say(
+                    "internal_error",
+                    "error",
+                    f"policy failed: {exc!r}; no action until it works again",
+                    traceback=traceback.format_exc(limit=5),
+                )
             return
+        self._failing.end("policy")
         self.history = decision.history
         self.events.emit(decision.events)
         self.metrics.observe_events(decision.events)
@@ -321,6 +327,27 @@ class Daemon:
                 dry_run=new.daemon.dry_run,
             )
         self.notify("READY=1")
+
+
+class Failing:
+    """Which of the loop's own steps are failing, so each failure is logged when it
+    starts or changes, then once per reminder period: not on every tick."""
+
+    def __init__(self, reminder_ns: int) -> None:
+        self.reminder_ns = reminder_ns
+        self._told: dict[str, tuple[str, int]] = {}  # step -> (error, when last logged)
+
+    def start(self, step: str, error: str, now_ns: int) -> bool:
+        """Record a failure; True when it should be logged."""
+        told = self._told.get(step)
+        if told is not None and told[0] == error and now_ns - told[1] < self.reminder_ns:
+            return False
+        self._told[step] = (error, now_ns)
+        return True
+
+    def end(self, step: str) -> bool:
+        """The step worked; True when it had been failing."""
+        return self._told.pop(step, None) is not None
 
 
 def status_line(snapshot: Snapshot) -> str:

@@ -74,6 +74,7 @@ class History:
     storm_told_ns: Mapping[str, int] = field(default_factory=dict)  # unit -> rate_limited logged
     errors: Mapping[str, str] = field(default_factory=dict)  # source key -> current error
     error_fields: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    errors_told_ns: Mapping[str, int] = field(default_factory=dict)  # source key -> logged
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +141,7 @@ class _Builder:
         self.storm_told = dict(history.storm_told_ns)
         self.errors = dict(history.errors)
         self.error_fields = dict(history.error_fields)
+        self.errors_told = dict(history.errors_told_ns)
         self.acted: set[str] = set()  # units acted on this tick
         self.actions: list[Action] = []
         self.events: list[Event] = []
@@ -165,6 +167,7 @@ class _Builder:
             storm_told_ns=_frozen(self.storm_told),
             errors=_frozen(self.errors),
             error_fields=_frozen(self.error_fields),
+            errors_told_ns=_frozen(self.errors_told),
         )
 
 
@@ -235,9 +238,14 @@ def _track_errors(b: _Builder, snapshot: Snapshot) -> None:
     if snapshot.host.error is not None:
         current["host"] = (snapshot.host.error, {"resource": RAM})
     for key, (error, fields) in sorted(current.items()):
-        if b.errors.get(key) != error:
+        told = b.errors_told.get(key)
+        changed = b.errors.get(key) != error
+        # A lasting fault of one GPU or of host memory is repeated like a lasting breach.
+        remind = key != "nvml" and told is not None and snapshot.now_ns - told >= REMINDER_NS
+        if changed or remind:
             b.errors[key] = error
             b.error_fields[key] = fields
+            b.errors_told[key] = snapshot.now_ns
             if key == "nvml":
                 # No driver is a state of the host, not a fault of vramwatch: say it once.
                 b.event("sampling_error", "warning", error, error=error, **fields)
@@ -245,7 +253,8 @@ def _track_errors(b: _Builder, snapshot: Snapshot) -> None:
             b.event(
                 "sampling_error",
                 "error",
-                f"cannot read {_source_name(key, fields)}: {error}; no action on it until it "
+                ("still: " if not changed else "")
+                + f"cannot read {_source_name(key, fields)}: {error}; no action on it until it "
                 "reads cleanly again",
                 error=error,
                 **fields,
@@ -254,6 +263,7 @@ def _track_errors(b: _Builder, snapshot: Snapshot) -> None:
         if key.startswith("gpu:") and snapshot.nvml_error is not None:
             continue  # NVML as a whole is down: nothing can be said of this GPU yet
         del b.errors[key]
+        b.errors_told.pop(key, None)
         fields = dict(b.error_fields.pop(key, {}))
         b.event(
             "sampling_recovered",
