@@ -40,8 +40,10 @@ class Sampler:
 
     def sample(self, config: Config, now_ns: int) -> Snapshot:
         host = self.procfs.host()
+        # Any PID that starts after this instant is not the one NVML lists (PID reuse).
+        before_ticks = self.procfs.boot_ticks()
         raw_gpus, nvml_error = self.gpus.sample(now_ns)
-        gpus = tuple(self._attribute(gpu) for gpu in raw_gpus)
+        gpus = tuple(self._attribute(gpu, before_ticks) for gpu in raw_gpus)
         manager = manager_for(config.daemon.bus)
         vram_known = nvml_error is None and all(g.error is None for g in gpus)
         vram = _vram_by_unit(gpus, manager)
@@ -67,12 +69,16 @@ class Sampler:
     def close(self) -> None:
         self.gpus.close()
 
-    def _attribute(self, gpu: GpuSample) -> GpuSample:
+    def _attribute(self, gpu: GpuSample, before_ticks: int | None) -> GpuSample:
         if gpu.error is not None:
             return gpu
         procs = tuple(
             GpuProcess(
-                p.pid, p.used_bytes, p.kind, self.procfs.comm(p.pid), self.procfs.owner(p.pid)
+                p.pid,
+                p.used_bytes,
+                p.kind,
+                self._comm(p.pid),
+                self.procfs.owner_since(p.pid, before_ticks),
             )
             for p in gpu.processes
         )
@@ -89,8 +95,13 @@ class Sampler:
             ram: int | None = 0  # not running: no cgroup, no memory
             source = "inactive"
         else:
-            pids = self.procfs.unit_pids(cgroup)
-            ram, source = self.procfs.unit_ram(cgroup, pids)
+            try:
+                pids = self.procfs.unit_pids(cgroup)
+                ram, source = self.procfs.unit_ram(cgroup, pids)
+            except OSError:
+                # One unreadable cgroup must not blind the whole tick: this unit's
+                # RAM is unknown (never acted on), every other reading stands.
+                pids, ram, source = (), None, ""
         return UnitUsage(
             unit=unit,
             vram_bytes=None if unknown else sum(by_gpu.values()),
@@ -99,6 +110,12 @@ class Sampler:
             pids=pids,
             ram_source=source,
         )
+
+    def _comm(self, pid: int) -> str:
+        try:
+            return self.procfs.comm(pid)
+        except OSError:
+            return ""
 
     @staticmethod
     def _host_below_floor(config: Config, host: HostSample) -> bool:

@@ -16,6 +16,8 @@ from pathlib import Path
 from vramwatch.model import HostSample, Owner
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+# /proc/uptime and /proc/PID/stat start times count in USER_HZ ticks.
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 _USER_MANAGER_RE = re.compile(r"user@(\d+)\.service")
 _UNIT_SUFFIXES = (".service", ".scope")
@@ -211,6 +213,48 @@ class ProcFs:
         fields = text.split()
         return int(fields[1]) * PAGE_SIZE if len(fields) > 1 else None
 
+    def boot_ticks(self) -> int | None:
+        """Now, in clock ticks since boot (``/proc/uptime``); None when it cannot be read."""
+        text = _read_optional(self.proc / "uptime")
+        try:
+            return int(float(text.split()[0]) * CLK_TCK) if text else None
+        except (ValueError, IndexError):
+            return None
+
+    def start_ticks(self, pid: int) -> int | None:
+        """When a process started, in clock ticks since boot (``/proc/PID/stat`` field 22)."""
+        text = _read_optional(self.proc / str(pid) / "stat")
+        if not text:
+            return None
+        # comm (field 2) may hold spaces and ")": the fields after it follow the last ")".
+        fields = text[text.rfind(")") + 2 :].split()
+        try:
+            return int(fields[19])
+        except (ValueError, IndexError):
+            return None
+
+    def owner_since(self, pid: int, before_ticks: int | None) -> Owner | None:
+        """The owner of a PID that NVML listed at ``before_ticks``; None when unsure.
+
+        Between NVML's process list and this read the process can exit and its
+        PID be reused by a process of another unit: a process that started at or
+        after ``before_ticks`` cannot be the one NVML saw, and one whose start
+        time changes during the read was replaced while we read. Either way the
+        memory is not attributed (unattributed is safe; a wrong unit is not).
+        """
+        try:
+            if before_ticks is None:  # no /proc/uptime (a fixture tree): no check
+                return self.owner(pid)
+            start = self.start_ticks(pid)
+            if start is None or start >= before_ticks:
+                return None
+            owner = self.owner(pid)
+            if self.start_ticks(pid) != start:
+                return None
+            return owner
+        except OSError:
+            return None  # unreadable (EACCES, EIO): unknown, never a guess
+
     def pids(self) -> Iterator[int]:
         try:
             entries = os.scandir(self.proc)
@@ -305,7 +349,10 @@ class ProcFs:
         it is what cgroup v1 without the memory controller delegated can say.
         """
         if self.layout.memory is not None:
-            text = _read(f"{self._under(self.layout.memory, cgroup)}/memory.current")
+            try:
+                text = _read(f"{self._under(self.layout.memory, cgroup)}/memory.current")
+            except OSError:
+                return None, ""  # there but unreadable (EACCES, EIO): unknown, not RSS
             if text is not None and text.strip().isdigit():
                 return int(text), "memory.current"
         total = 0

@@ -1,0 +1,153 @@
+"""Every NVML function vramwatch calls, failing with every error that matters.
+
+The real pynvml over the fake driver, the real Sampler on a fixture /proc and
+cgroup tree, the real policy: whatever fails, nothing raises, the failed GPU
+is never acted on, and the next clean read guards it again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.fakenvml import FakeNvmlState
+from tests.sources.test_sampler import CONFIG, gpus, world
+from vramwatch import policy
+from vramwatch.sampler import Sampler
+from vramwatch.sources.nvml import INIT_RETRY_MAX_NS, NvmlSource
+
+S = 10**9
+
+# The exported symbols pynvml reaches for each call vramwatch makes.
+FUNCTIONS = [
+    "nvmlInit",
+    "nvmlDeviceGetCount_v2",
+    "nvmlDeviceGetHandleByIndex_v2",
+    "nvmlDeviceGetUUID",
+    "nvmlDeviceGetName",
+    "nvmlDeviceGetMemoryInfo_v2",
+    "nvmlDeviceGetComputeRunningProcesses_v3",
+    "nvmlDeviceGetGraphicsRunningProcesses_v3",
+    "nvmlDeviceGetMPSComputeRunningProcesses_v3",
+]
+CODES = [
+    "GPU_IS_LOST",
+    "UNKNOWN",
+    "TIMEOUT",
+    "NOT_SUPPORTED",
+    "INSUFFICIENT_SIZE",
+    "DRIVER_NOT_LOADED",
+    "NO_PERMISSION",
+    "LIB_RM_VERSION_MISMATCH",
+]
+# Lists vramwatch may do without: a GPU without MPS or graphics says NOT_SUPPORTED.
+OPTIONAL = {
+    "nvmlDeviceGetGraphicsRunningProcesses_v3",
+    "nvmlDeviceGetMPSComputeRunningProcesses_v3",
+}
+HOG = "immich-ml.service"  # 10700 MiB on a 3000 MiB budget in the fixture world
+
+
+def ticks(sampler: Sampler, start_s: int, n: int) -> list[policy.Decision]:
+    history = policy.History()
+    out = []
+    for i in range(n):
+        snap = sampler.sample(CONFIG, (start_s + 2 * i) * S)
+        decision = policy.decide(CONFIG, snap, history)
+        history = decision.history
+        out.append(decision)
+    return out
+
+
+def vram_actions(decisions: list[policy.Decision]) -> list[str]:
+    return [a.unit for d in decisions for a in d.actions if a.resource == "vram"]
+
+
+def test_control_without_a_fault_the_hog_is_acted_on(
+    fake_nvml: FakeNvmlState, tmp_path: Path
+) -> None:
+    """The fault tests below can fail: the same world, clean, leads to an action."""
+    fake_nvml.write(gpus())
+    sampler = Sampler(NvmlSource(), world(tmp_path, 900_000))
+
+    decisions = ticks(sampler, 0, 8)
+    sampler.close()
+
+    assert [HOG] == vram_actions(decisions)
+
+
+@pytest.mark.parametrize("code", CODES)
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_a_failing_nvml_call_never_raises_and_never_leads_to_a_vram_action(
+    fake_nvml: FakeNvmlState, tmp_path: Path, function: str, code: str
+) -> None:
+    fake_nvml.write(gpus(), errors={function: code})
+    source = NvmlSource()
+    sampler = Sampler(source, world(tmp_path, 900_000))
+
+    decisions = ticks(sampler, 0, 8)
+    snap = sampler.sample(CONFIG, 20 * S)
+    fake_nvml.write(gpus())  # the fault clears
+    healed = [sampler.sample(CONFIG, t) for t in (21 * S, 21 * S + INIT_RETRY_MAX_NS)][-1]
+    sampler.close()
+
+    if function in OPTIONAL and code == "NOT_SUPPORTED":
+        # Not an error: that list is empty; the compute list still attributes the hog.
+        assert [HOG] == vram_actions(decisions)
+        return
+    assert [] == vram_actions(decisions)
+    assert None is snap.units[HOG].vram_bytes  # unknown, never "0" or a partial sum
+    assert snap.nvml_error is not None or all(g.error is not None for g in snap.gpus)
+    assert (None, [None]) == (healed.nvml_error, [g.error for g in healed.gpus])
+    assert healed.units[HOG].vram_bytes is not None
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_one_transient_failure_costs_one_sample(
+    fake_nvml: FakeNvmlState, tmp_path: Path, function: str
+) -> None:
+    fake_nvml.write(gpus(), errors={function: "TIMEOUT 1"})
+    sampler = Sampler(NvmlSource(), world(tmp_path, 900_000))
+
+    first = sampler.sample(CONFIG, 0)
+    later = sampler.sample(CONFIG, INIT_RETRY_MAX_NS)
+    sampler.close()
+
+    assert first.units[HOG].vram_bytes is None
+    assert later.units[HOG].vram_bytes is not None
+
+
+@pytest.mark.parametrize(
+    "function",
+    [
+        "nvmlDeviceGetComputeRunningProcesses_v3",
+        "nvmlDeviceGetGraphicsRunningProcesses_v3",
+        "nvmlDeviceGetMPSComputeRunningProcesses_v3",
+    ],
+)
+def test_every_process_list_survives_the_size_race(
+    fake_nvml: FakeNvmlState, tmp_path: Path, function: str
+) -> None:
+    """INSUFFICIENT_SIZE when processes appear between pynvml's size query and its fill."""
+    fake_nvml.write(gpus(), grow={function: 40})
+    sampler = Sampler(NvmlSource(), world(tmp_path, 900_000))
+
+    snap = sampler.sample(CONFIG, 0)
+    sampler.close()
+
+    assert [None] == [g.error for g in snap.gpus]
+    assert snap.units[HOG].vram_bytes is not None
+
+
+def test_a_size_race_that_never_settles_is_an_error_sample_not_a_hang(
+    fake_nvml: FakeNvmlState, tmp_path: Path
+) -> None:
+    fake_nvml.write(gpus(), errors={"nvmlDeviceGetComputeRunningProcesses_v3": "INSUFFICIENT_SIZE"})
+    sampler = Sampler(NvmlSource(), world(tmp_path, 900_000))
+
+    snap = sampler.sample(CONFIG, 0)
+    sampler.close()
+
+    assert (snap.gpus[0].error or "").startswith("INSUFFICIENT_SIZE")
+    assert None is snap.units[HOG].vram_bytes
