@@ -54,3 +54,14 @@ def test_example_shows_every_key() -> None:
 def test_example_starts_in_dry_run() -> None:
     """Installed as /etc/vramwatch.toml by the .deb: it must not act before it is edited."""
     assert True is tomllib.loads(EXAMPLE.read_text())["daemon"]["dry_run"]
+
+
+def test_packaged_polkit_example_is_what_polkit_rule_prints_for_the_example(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """packaging/polkit/50-vramwatch.rules.example stays in step with the generator."""
+    rc = main(["polkit-rule", "-c", str(EXAMPLE)])
+
+    generated = capsys.readouterr().out.replace(f"from {EXAMPLE}.", "from /etc/vramwatch.toml.")
+    assert 0 == rc
+    assert (ROOT / "packaging/polkit/50-vramwatch.rules.example").read_text() == generated
