@@ -36,8 +36,12 @@ def main() -> None:
             if cmd == "act_drop":
                 threading.Timer(float(args[2]), drop, (client,)).start()
             outcome = client.act(args[0], Verb(args[1]))
-            out = {"ok": outcome.ok, "result": outcome.result, "detail": outcome.detail,
-                   "took": outcome.duration_s}
+            out = {
+                "ok": outcome.ok,
+                "result": outcome.result,
+                "detail": outcome.detail,
+                "took": outcome.duration_s,
+            }
         elif cmd == "drop":
             drop(client)
             out = {}

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Bed, venv
+from tests.e2e.harness import Bed, venv
 
 HERE = Path(__file__).resolve().parent
 
