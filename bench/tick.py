@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         for host in sorted(args.host):
             extra = world.spawn(host - len(bg))
             for k in range(0, len(extra), BG_PER_UNIT):
-                world.place(f"bg-{(len(bg) + k) // BG_PER_UNIT}.service", extra[k : k + BG_PER_UNIT])
+                unit = f"bg-{(len(bg) + k) // BG_PER_UNIT}.service"
+                world.place(unit, extra[k : k + BG_PER_UNIT])
             bg += extra
             for gpus in args.gpus:
                 for per_gpu in args.procs:
@@ -148,8 +149,11 @@ def main(argv: list[str] | None = None) -> int:
                         print(row, flush=True)
                         world.place("idle.service", gpu_pool[: gpus * per_gpu])
         sys.stdout.flush()
-        print(f"\nfake NVML: one nvmlDeviceGetCount call costs {fake_call_us():.1f} us "
-              "(re-reading the state file); a tick makes 7 calls per GPU", flush=True)
+        print(
+            f"\nfake NVML: one nvmlDeviceGetCount call costs {fake_call_us():.1f} us "
+            "(re-reading the state file); a tick makes 7 calls per GPU",
+            flush=True,
+        )
     finally:
         world.close()
     return 0
