@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -156,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     finally:
         world.close()
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
