@@ -123,7 +123,9 @@ class Daemon:
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
-            self.tick()
+            # The slot's time, not the wake-up time: a late wake-up of a few ms
+            # must not make "breached for grace" miss by a whole interval.
+            self.tick(min(next_tick, self.clock()))
             if not ready:
                 self.notify("READY=1")
                 ready = True
@@ -152,10 +154,10 @@ class Daemon:
             if watchdog_ns is not None:
                 self.notify("WATCHDOG=1")
 
-    def tick(self) -> None:
-        """One sample -> decide -> act round; never raises."""
+    def tick(self, now_ns: int | None = None) -> None:
+        """One sample -> decide -> act round at ``now_ns`` (default: the clock); never raises."""
         self.ticks += 1
-        now = self.clock()
+        now = self.clock() if now_ns is None else now_ns
         try:
             snapshot = self.sampler.sample(self.config, now)
         except Exception as exc:  # noqa: BLE001 - a source bug must not kill the guard

@@ -274,3 +274,44 @@ def test_run_returns_zero_soon_after_stop(tmp_path: Path) -> None:
 
     assert [0] == result
     assert "READY=1" in states and "STOPPING=1" == states[-1]
+
+
+def test_ticks_are_stamped_with_their_slot_so_late_wakeups_do_not_stretch_grace(
+    tmp_path: Path,
+) -> None:
+    """A wake-up 30 ms late still counts as the slot's time: grace 2 s acts on the 3rd tick."""
+    seen: list[int] = []
+
+    def script(n: int, now: int) -> Snapshot:
+        seen.append(now)
+        return snapshot(now, 10700, 1000)
+
+    path = tmp_path / "vramwatch.toml"
+    path.write_text(CONFIG_TEXT.replace('"1s"', '"500ms"').replace('grace = "2s"', 'grace = "1s"'))
+    late_ns = 30_000_000
+    base = [0]
+
+    def clock() -> int:  # every reading after the first wake-up is 30 ms late
+        return base[0]
+
+    actuator = RecordingActuator(JobOutcome(True, "done", ""))
+    daemon = Daemon(
+        path,
+        cfg.load(path),
+        ScriptedSampler(script),
+        actuator,
+        EventLog("stderr", "json", stream=io.StringIO()),
+        clock=clock,
+        notifier=lambda state: False,
+    )
+
+    def fake_sleep_until(deadline_ns: int, watchdog_ns: int | None) -> None:
+        base[0] = deadline_ns + late_ns
+        if len(seen) >= 4:
+            daemon.stop()
+
+    daemon._sleep_until = fake_sleep_until  # type: ignore[method-assign]
+    daemon.run()
+
+    assert [0, 500_000_000, 1_000_000_000] == seen[:3]
+    assert 1 == len(actuator.calls)
