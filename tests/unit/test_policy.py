@@ -1206,3 +1206,64 @@ def test_property_decide_never_breaks_the_rules(case: tuple[Config, list[Snapsho
             times.append(s.now_ns)
             assert sum(1 for t in times if s.now_ns - t < window) <= cap
         history = decision.history
+
+
+@st.composite
+def runs_with_reloads_and_failures(
+    draw: st.DrawFn,
+) -> list[tuple[Config, Snapshot, list[str]]]:
+    """Ticks, each under a config that may have been reloaded, with the fate of its actions."""
+    config = draw(configs())
+    now = 0
+    steps = []
+    for _ in range(draw(st.integers(1, 30))):
+        if draw(st.integers(0, 9)) == 0:
+            config = draw(configs())  # SIGHUP: a new config, the history carries over
+        now += draw(st.integers(1, 20))
+        fates = draw(st.lists(st.sampled_from(["done", "failed", "cancelled"]), max_size=3))
+        steps.append((config, draw(snapshots(now)), fates))
+    return steps
+
+
+@settings(max_examples=300, deadline=None)
+@given(runs_with_reloads_and_failures())
+def test_property_rules_hold_across_reloads_failed_and_cancelled_actions(
+    steps: list[tuple[Config, Snapshot, list[str]]],
+) -> None:
+    """The daemon's use of the policy: reloads, action_failed and action_cancelled."""
+    history = History()
+    kept: dict[str, list[int]] = {}  # unit -> times of actions not cancelled
+    for config, s, fates in steps:
+        # Like the policy, forget times older than the window (or cooldown) in force:
+        # a reload to a longer restart_window does not bring forgotten actions back.
+        keep_ns = max(config.daemon.restart_window_ns, config.daemon.cooldown_ns)
+        kept = {u: [x for x in ts if s.now_ns - x < keep_ns] for u, ts in kept.items()}
+        decision = policy.decide(config, s, history)
+        if config.daemon.dry_run:
+            assert () == decision.actions
+        history = decision.history
+        for i, a in enumerate(decision.actions):
+            t = config.tenant(a.unit)
+            assert t is not None and not t.protected and a.unit != s.self_unit
+            budget = t.budget(a.resource)
+            used = used_for(s.units[a.unit], a.resource)
+            assert budget is not None and used is not None and used > budget
+            times = [
+                x
+                for x in kept.get(a.unit, [])
+                if s.now_ns - x < max(config.daemon.restart_window_ns, config.daemon.cooldown_ns)
+            ]
+            in_window = [x for x in times if s.now_ns - x < config.daemon.restart_window_ns]
+            assert len(in_window) < config.daemon.max_restarts
+            assert not times or s.now_ns - times[-1] >= config.daemon.cooldown_ns
+            fate = fates[i] if i < len(fates) else "done"
+            if fate == "failed":
+                history = policy.action_failed(history, a)
+            elif fate == "cancelled":
+                history = policy.action_cancelled(history, a)
+            if fate != "cancelled":
+                kept.setdefault(a.unit, []).append(s.now_ns)  # a failed attempt still counts
+            else:
+                assert a.resource_key not in history.in_flight  # the resource is free again
+        for key in {a.resource_key for a in decision.actions}:
+            assert 1 == sum(1 for a in decision.actions if a.resource_key == key)
