@@ -73,6 +73,7 @@ class Daemon:
         self._reload = threading.Event()
         self._wake = threading.Event()
         self.ticks = 0
+        self._last_keepalive_ns = 0
 
     def _effective(self, config: Config) -> Config:
         if self.force_dry_run and not config.daemon.dry_run:
@@ -140,6 +141,15 @@ class Daemon:
         self.notify("STOPPING=1")
         self.sampler.close()
         return 0
+
+    def _waiting_for_job(self) -> bool:
+        """Polled while a restart job runs: keep the watchdog fed; say whether to give up."""
+        watchdog_ns = watchdog_interval_ns()
+        now = self.clock()
+        if watchdog_ns is not None and now - self._last_keepalive_ns >= watchdog_ns:
+            self._last_keepalive_ns = now
+            self.notify("WATCHDOG=1")
+        return self.stopping
 
     def _sleep_until(self, deadline_ns: int, watchdog_ns: int | None) -> None:
         while not self.stopping and not self._reload.is_set():
@@ -230,7 +240,7 @@ class Daemon:
             floor_bytes=action.floor_bytes,
             action=action.verb.value,
         )
-        outcome = self.actuator.act(action.unit, action.verb, lambda: self.stopping)
+        outcome = self.actuator.act(action.unit, action.verb, self._waiting_for_job)
         self.metrics.observe_action(action.unit, action.verb.value, outcome.result)
         if not outcome.ok:
             self.history = policy.action_failed(self.history, action)

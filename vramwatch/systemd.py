@@ -10,6 +10,7 @@ denied, no such unit, job failed or timed out) comes back as a
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -282,14 +283,32 @@ def _limit(raw: Any) -> int | None:
 
 
 def notify(state: str) -> bool:
-    """sd_notify through systemd-python; False when it is not importable or not under systemd."""
-    if not os.environ.get("NOTIFY_SOCKET"):
+    """sd_notify: through systemd-python, or the documented datagram protocol without it.
+
+    Type=notify units are killed when READY=1 never comes, so a pip install
+    without the [journal] extra must still notify. False when not under systemd.
+    """
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
         return False
     try:
         from systemd import daemon
     except ImportError:
-        return False
+        return _notify_socket(address, state)
     return bool(daemon.notify(state))
+
+
+def _notify_socket(address: str, state: str) -> bool:
+    # sd_notify(3): one AF_UNIX datagram; "@" starts an abstract socket name.
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError:
+        return False
+    return True
 
 
 def watchdog_interval_ns() -> int | None:

@@ -12,6 +12,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from vramwatch import config as cfg
 from vramwatch.daemon import Daemon
 from vramwatch.events import EventLog
@@ -315,3 +317,39 @@ def test_ticks_are_stamped_with_their_slot_so_late_wakeups_do_not_stretch_grace(
 
     assert [0, 500_000_000, 1_000_000_000] == seen[:3]
     assert 1 == len(actuator.calls)
+
+
+def test_the_watchdog_is_fed_while_a_restart_job_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WatchdogSec= must not kill vramwatch while it waits up to 100 s for a job."""
+    monkeypatch.setenv("WATCHDOG_USEC", "10000000")  # 10 s: ping every 5 s
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    clock = Clock()
+
+    class SlowActuator:
+        def act(self, unit: str, verb: Verb, should_stop: Callable[[], bool]) -> JobOutcome:
+            for _ in range(40):  # 40 polls, 1 s apart: a 40 s job
+                clock.now += S
+                should_stop()
+            return JobOutcome(True, "done", "")
+
+    states: list[str] = []
+    path = tmp_path / "vramwatch.toml"
+    path.write_text(CONFIG_TEXT)
+    daemon = Daemon(
+        path,
+        cfg.load(path),
+        ScriptedSampler(lambda n, now: snapshot(now, 10700, 1000)),
+        SlowActuator(),
+        EventLog("stderr", "json", stream=io.StringIO()),
+        clock=clock,
+        notifier=lambda state: states.append(state) or True,
+    )
+
+    for s in (0, 2):
+        clock.now = s * S
+        daemon.tick()
+
+    pings_during_job = [s for s in states if s == "WATCHDOG=1"]
+    assert 8 == len(pings_during_job)  # 40 s of job / 5 s
