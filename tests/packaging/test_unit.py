@@ -127,14 +127,15 @@ def test_service_contract() -> None:
     assert ["multi-user.target"] == d["WantedBy"]
 
 
-def test_watchdog_outlasts_the_longest_restart_job() -> None:
-    """vramwatch sends no keep-alive while it waits for a restart job."""
-    from vramwatch.systemd import JOB_TIMEOUT_S
+def test_watchdog_outlasts_the_longest_silence_between_keepalives() -> None:
+    """Keep-alives are sent during restart jobs; the longest silence is one tick that
+    re-initialises NVML on 8 GPUs (3 s each) and waits out a D-Bus call."""
+    from vramwatch.systemd import CALL_TIMEOUT_S
 
     (watchdog,) = directives(UNIT)["WatchdogSec"]
     seconds = int(watchdog.removesuffix("min")) * 60
 
-    assert seconds > JOB_TIMEOUT_S + 30
+    assert seconds > 8 * 3 + CALL_TIMEOUT_S + 10
 
 
 @pytest.mark.parametrize("name", ["least-privilege.conf", "metrics.conf"])
