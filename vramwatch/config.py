@@ -298,7 +298,7 @@ def _listen(text: str) -> tuple[str, int]:
         except ValueError:
             raise units.UnitError(f'"{host}" is not an IPv6 address') from None
     elif ":" in host or "[" in host or "]" in host:
-        raise units.UnitError(f"{example} (IPv6 in brackets), got \"{text}\"")
+        raise units.UnitError(f'{example} (IPv6 in brackets), got "{text}"')
     elif not re.fullmatch(r"[A-Za-z0-9.-]+", host):
         raise units.UnitError(f'{example}, got "{text}"')
     port = int(port_text)

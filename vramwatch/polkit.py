@@ -66,7 +66,7 @@ def rule(config: Config, user: str = DEFAULT_USER) -> str:
         f"    var verbs = {table};",
         '    var unit = action.lookup("unit");',
         '    var verb = action.lookup("verb");',
-        "    if (typeof unit === \"string\" &&",
+        '    if (typeof unit === "string" &&',
         "            Object.prototype.hasOwnProperty.call(verbs, unit) &&",
         "            verbs[unit].indexOf(verb) >= 0) {",
         "        return polkit.Result.YES;",
