@@ -10,14 +10,45 @@ or under it.
 from __future__ import annotations
 
 import os
+import select
+from dataclasses import dataclass
 from typing import Protocol
 
 from vramwatch.config import Config
-from vramwatch.model import GpuProcess, GpuSample, HostSample, Snapshot, UnitUsage
+from vramwatch.model import GpuProcess, GpuSample, HostSample, Owner, Snapshot, UnitUsage
 from vramwatch.sources.procfs import ProcFs
 
 # How many of the biggest RAM holders a breached host floor reports.
 RAM_TOP = 5
+
+# A GPU process's unit and name are re-read at most this often while the same
+# process lives: a process rarely changes cgroup, and a moved one is seen
+# within this time.
+IDENTITY_TTL_NS = 60 * 10**9
+
+
+# Summing RSS over a unit's processes (cgroup v1: no memory.current) is the
+# costliest read of a tick. While MemAvailable is at least this many times its
+# floor no RAM decision can be made, so a unit whose set of PIDs is unchanged
+# keeps its last sum for up to RSS_RELAXED_NS; near the floor every tick reads.
+RSS_RELAXED_HEADROOM = 2
+RSS_RELAXED_NS = 10 * 10**9
+
+
+@dataclass(slots=True)
+class _Identity:
+    """What a GPU process is, and a pidfd that tells when that process is gone.
+
+    The pidfd (Linux >= 5.3) pins the identity to the process, not the PID:
+    once it polls readable the process has exited and a later process with
+    the same PID is read afresh. One poll() per tick checks them all, where a
+    /proc/PID/stat read per process per tick cost about half the tick.
+    """
+
+    pidfd: int
+    owner: Owner
+    comm: str
+    read_at_ns: int
 
 
 class GpuSource(Protocol):
@@ -35,6 +66,8 @@ class Sampler:
     def __init__(self, gpus: GpuSource, procfs: ProcFs) -> None:
         self.gpus = gpus
         self.procfs = procfs
+        self._identities: dict[int, _Identity] = {}
+        self._rss: dict[str, tuple[tuple[int, ...], int, int]] = {}  # unit -> pids, sum, at
         own = procfs.owner(os.getpid())
         self.self_unit = own.unit if own is not None else None
 
@@ -43,15 +76,20 @@ class Sampler:
         # Any PID that starts after this instant is not the one NVML lists (PID reuse).
         before_ticks = self.procfs.boot_ticks()
         raw_gpus, nvml_error = self.gpus.sample(now_ns)
-        gpus = tuple(self._attribute(gpu, before_ticks) for gpu in raw_gpus)
+        self._forget_exited()
+        gpus = tuple(self._attribute(gpu, before_ticks, now_ns) for gpu in raw_gpus)
+        listed = {p.pid for gpu in gpus for p in gpu.processes}
+        for pid in self._identities.keys() - listed:
+            self._forget(pid)
         manager = manager_for(config.daemon.bus)
         vram_known = nvml_error is None and all(g.error is None for g in gpus)
         vram = _vram_by_unit(gpus, manager)
+        relaxed = self._ram_headroom(config, host)
         units: dict[str, UnitUsage] = {}
         for tenant in config.tenants:
             by_gpu, unknown = vram.get(tenant.unit, ({}, False))
             units[tenant.unit] = self._unit(
-                tenant.unit, manager, by_gpu, unknown or not vram_known, now_ns
+                tenant.unit, manager, by_gpu, unknown or not vram_known, now_ns, relaxed
             )
         ram_top: tuple[tuple[str, int], ...] = ()
         if self._host_below_floor(config, host):
@@ -68,26 +106,75 @@ class Sampler:
 
     def close(self) -> None:
         self.gpus.close()
+        for pid in list(self._identities):
+            self._forget(pid)
 
-    def _attribute(self, gpu: GpuSample, before_ticks: int | None) -> GpuSample:
+    def _forget(self, pid: int) -> None:
+        identity = self._identities.pop(pid)
+        os.close(identity.pidfd)
+
+    def _forget_exited(self) -> None:
+        """Drop the identities of processes that have exited (their pidfd is readable)."""
+        if not self._identities:
+            return
+        poller = select.poll()
+        by_fd = {}
+        for pid, identity in self._identities.items():
+            poller.register(identity.pidfd, select.POLLIN)
+            by_fd[identity.pidfd] = pid
+        for fd, _events in poller.poll(0):
+            self._forget(by_fd[fd])
+
+    def _attribute(self, gpu: GpuSample, before_ticks: int | None, now_ns: int) -> GpuSample:
         if gpu.error is not None:
             return gpu
-        procs = tuple(
-            GpuProcess(
-                p.pid,
-                p.used_bytes,
-                p.kind,
-                self._comm(p.pid),
-                self.procfs.owner_since(p.pid, before_ticks),
-            )
-            for p in gpu.processes
-        )
+        procs = []
+        for p in gpu.processes:
+            owner, comm = self._identify(p.pid, before_ticks, now_ns)
+            procs.append(GpuProcess(p.pid, p.used_bytes, p.kind, comm, owner))
         return GpuSample(
-            gpu.index, gpu.uuid, gpu.name, gpu.total_bytes, gpu.used_bytes, gpu.free_bytes, procs
+            gpu.index,
+            gpu.uuid,
+            gpu.name,
+            gpu.total_bytes,
+            gpu.used_bytes,
+            gpu.free_bytes,
+            tuple(procs),
         )
 
+    def _identify(
+        self, pid: int, before_ticks: int | None, now_ns: int
+    ) -> tuple[Owner | None, str]:
+        """A GPU process's owner and name; no /proc read at all while it is known."""
+        known = self._identities.get(pid)
+        if known is not None:
+            if now_ns - known.read_at_ns < IDENTITY_TTL_NS:
+                return known.owner, known.comm  # same process: its pidfd is not readable
+            self._forget(pid)
+        if before_ticks is None:  # no /proc/uptime (a fixture tree): no reuse check, no cache
+            return self.procfs.owner_since(pid, None), self._comm(pid)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:  # gone already, too many open files, or a kernel before 5.3
+            return self.procfs.owner_since(pid, before_ticks), self._comm(pid)
+        # Read after the pidfd is open: if the start time shows the process is the
+        # one NVML listed, the pidfd refers to that very process.
+        owner = self.procfs.owner_since(pid, before_ticks)
+        comm = self._comm(pid)
+        if owner is None:
+            os.close(pidfd)
+        else:
+            self._identities[pid] = _Identity(pidfd, owner, comm, now_ns)
+        return owner, comm
+
     def _unit(
-        self, unit: str, manager: str, by_gpu: dict[str, int], unknown: bool, now_ns: int
+        self,
+        unit: str,
+        manager: str,
+        by_gpu: dict[str, int],
+        unknown: bool,
+        now_ns: int,
+        relaxed: bool = False,
     ) -> UnitUsage:
         cgroup = self.procfs.locate_unit(unit, manager, now_ns)
         if cgroup is None:
@@ -97,7 +184,7 @@ class Sampler:
         else:
             try:
                 pids = self.procfs.unit_pids(cgroup)
-                ram, source = self.procfs.unit_ram(cgroup, pids)
+                ram, source = self._unit_ram(unit, cgroup, pids, now_ns, relaxed)
             except OSError:
                 # One unreadable cgroup must not blind the whole tick: this unit's
                 # RAM is unknown (never acted on), every other reading stands.
@@ -110,6 +197,27 @@ class Sampler:
             pids=pids,
             ram_source=source,
         )
+
+    def _unit_ram(
+        self, unit: str, cgroup: str, pids: tuple[int, ...], now_ns: int, relaxed: bool
+    ) -> tuple[int | None, str]:
+        last = self._rss.get(unit)
+        if relaxed and last is not None and last[0] == pids and now_ns - last[2] < RSS_RELAXED_NS:
+            return last[1], "rss"  # same processes, far from the floor: the recent sum stands
+        ram, source = self.procfs.unit_ram(cgroup, pids)
+        if source == "rss" and ram is not None:
+            self._rss[unit] = (pids, ram, now_ns)
+        else:
+            self._rss.pop(unit, None)
+        return ram, source
+
+    @staticmethod
+    def _ram_headroom(config: Config, host: HostSample) -> bool:
+        if not host.ok:
+            return False
+        assert host.mem_total_bytes is not None and host.mem_available_bytes is not None
+        floor = config.host.floor.resolve(host.mem_total_bytes)
+        return host.mem_available_bytes >= RSS_RELAXED_HEADROOM * floor
 
     def _comm(self, pid: int) -> str:
         try:

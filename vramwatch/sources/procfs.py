@@ -53,11 +53,10 @@ def _read(path: Path | str) -> str | None:
     return b"".join(chunks).decode("utf-8", errors="replace")
 
 
-def _read_optional(path: Path) -> str | None:
+def _read_optional(path: Path | str) -> str | None:
     """A file that may be absent or refuse reads (PSI disabled: EOPNOTSUPP)."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.read()
+        return _read(path)
     except OSError:
         return None
 
@@ -223,7 +222,7 @@ class ProcFs:
 
     def start_ticks(self, pid: int) -> int | None:
         """When a process started, in clock ticks since boot (``/proc/PID/stat`` field 22)."""
-        text = _read_optional(self.proc / str(pid) / "stat")
+        text = _read(f"{self._proc}/{pid}/stat")
         if not text:
             return None
         # comm (field 2) may hold spaces and ")": the fields after it follow the last ")".
