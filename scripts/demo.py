@@ -10,11 +10,8 @@ worker stays within budget. Run it with ./scripts/demo (as root).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -89,58 +86,31 @@ def main() -> int:
         bed = Bed(sb, prepare(sb), vramwatch)
         bed.gpu(total_mib=GPU_MIB)
         config = bed.config(CONFIG)
-        env = bed.env()
         for unit, vram, leak, ram in TENANTS:
             bed.tenant(unit, vram_mib=vram, ram_mib=ram, leak_mib_per_s=leak)
             what = f"leaks {leak} MiB/s" if leak else "steady"
             say(f"started {unit:<22} VRAM {vram} MiB, {what}")
 
-        check = sb.run([str(vramwatch), "check", "-c", str(config)], env=env, check=False)
+        check = bed.cli("check", "-c", str(config))
         say(f"\n$ vramwatch check\n{(check.stdout + check.stderr).strip()}")
-        status = sb.run([str(vramwatch), "status", "-c", str(config)], env=env, check=False)
+        status = bed.cli("status", "-c", str(config))
         say(f"\n$ vramwatch status\n{status.stdout.rstrip()}\n")
         before = {u: sb.unit_state(u) for u, *_ in TENANTS}
 
         say(f"$ vramwatch run   (for {args.seconds:.0f}s; decisions as they happen)")
-        proc = sb.popen(
-            [
-                str(vramwatch),
-                "run",
-                "-c",
-                str(config),
-                "--log-target",
-                "stderr",
-                "--log-format",
-                "json",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        daemon = bed.run_daemon(config)
         t0 = time.monotonic()
-        counts: Counter[str] = Counter()
-
-        def read() -> None:
-            assert proc.stderr is not None
-            for line in proc.stderr:
-                try:
-                    event = json.loads(line)
-                except json.JSONDecodeError:
-                    say(f"  {line.rstrip()}")
-                    continue
-                counts[event["event"]] += 1
-                level = event.get("level", "info")
+        shown = 0
+        while time.monotonic() - t0 < args.seconds:
+            time.sleep(0.1)
+            for event in daemon.events[shown:]:  # the harness collects them as they come
                 tag = f"{event['event']:<16}"
                 if colour:
-                    tag = f"{COLOURS.get(level, '')}{tag}\033[0m"
-                say(f"  +{time.monotonic() - t0:5.1f}s {tag} {event.get('message', '')}")
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        time.sleep(args.seconds)
-        proc.terminate()
-        rc = proc.wait(timeout=5)
-        reader.join(timeout=2)
+                    tag = f"{COLOURS.get(event.get('level', ''), '')}{tag}\033[0m"
+                say(f"  +{event['_t'] - t0:5.1f}s {tag} {event.get('message', '')}")
+            shown = len(daemon.events)
+        rc = daemon.stop()
+        counts = Counter(str(e["event"]) for e in daemon.events)
 
         say(f"\n== summary (vramwatch exited {rc}) ==")
         for unit, *_ in TENANTS:
@@ -151,7 +121,7 @@ def main() -> int:
                 f"(main PID {before[unit].main_pid} -> {now.main_pid})"
             )
         say("  events: " + ", ".join(f"{n} x{c}" for n, c in sorted(counts.items())))
-        status = sb.run([str(vramwatch), "status", "-c", str(config)], env=env, check=False)
+        status = bed.cli("status", "-c", str(config))
         say(f"\n$ vramwatch status\n{status.stdout.rstrip()}")
         say(
             "\nOn a real host the same decisions go to the journal: "

@@ -7,7 +7,6 @@ what a package's postinst and ``journalctl -x`` do on a host.
 
 from __future__ import annotations
 
-import ast
 import re
 import shutil
 import subprocess
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.builders import emitted_event_names
 from vramwatch.events import MESSAGE_IDS
 from vramwatch.model import Verb
 
@@ -49,23 +49,6 @@ def compile_catalog(tmp_path: Path) -> Path:
     )
     assert (0, "") == (r.returncode, r.stderr)
     return root
-
-
-def emitted_event_names() -> set[str]:
-    """Every event name the code emits: policy's b.event(...) and the loop's say(...)."""
-    names: set[str] = set()
-    for path in (ROOT / "vramwatch").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if (
-                isinstance(node, ast.Call)
-                and isinstance(node.func, ast.Attribute)
-                and node.func.attr in {"event", "say"}
-                and node.args
-                and isinstance(node.args[0], ast.Constant)
-                and isinstance(node.args[0].value, str)
-            ):
-                names.add(node.args[0].value)
-    return names
 
 
 def test_every_message_id_has_exactly_one_catalog_entry() -> None:

@@ -14,15 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.builders import MIB, S, one_gpu
 from vramwatch import config as cfg
 from vramwatch.daemon import Daemon
 from vramwatch.events import EventLog
-from vramwatch.model import GpuProcess, GpuSample, HostSample, Owner, Snapshot, UnitUsage, Verb
+from vramwatch.model import Snapshot, Verb
 from vramwatch.systemd import JobOutcome
-
-MIB = 1024 * 1024
-S = 10**9
-UUID = "GPU-0"
 
 CONFIG_TEXT = """
 [daemon]
@@ -37,20 +34,7 @@ vram = "3000MiB"
 
 
 def snapshot(now_ns: int, hog_vram_mib: int, free_mib: int) -> Snapshot:
-    owner = Owner("/system.slice/hog.service", "hog.service", "system")
-    gpu = GpuSample(
-        0,
-        UUID,
-        "Tesla T4",
-        15360 * MIB,
-        (15360 - free_mib) * MIB,
-        free_mib * MIB,
-        (GpuProcess(100, hog_vram_mib * MIB, "compute", "hog", owner),),
-    )
-    usage = UnitUsage("hog.service", hog_vram_mib * MIB, {UUID: hog_vram_mib * MIB}, 0, (100,))
-    return Snapshot(
-        now_ns, (gpu,), HostSample(24 * 1024 * MIB, 20 * 1024 * MIB), {"hog.service": usage}
-    )
+    return one_gpu(now_ns, hog_mib=hog_vram_mib, free_mib=free_mib)
 
 
 class ScriptedSampler:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import io
 import json
 import re
@@ -12,9 +11,10 @@ from typing import Any
 import pytest
 
 import vramwatch
+from tests.unit.builders import emitted_event_names
 from vramwatch import events
 from vramwatch.events import MESSAGE_IDS, EventLog, journal_fields
-from vramwatch.model import Event, Verb
+from vramwatch.model import Event
 
 PACKAGE = Path(vramwatch.__file__).parent
 
@@ -156,24 +156,6 @@ def test_message_ids_are_distinct_128_bit_hex_ids() -> None:
 )
 def test_every_event_named_in_the_spec_has_a_message_id(name: str) -> None:
     assert name in MESSAGE_IDS
-
-
-def emitted_event_names() -> set[str]:
-    """Literal names passed to b.event(...) in policy.py and events.say(...) in daemon.py."""
-    names: set[str] = {v.value for v in Verb} | {f"would_{v.value}" for v in Verb}
-    for module in ("policy.py", "daemon.py"):
-        tree = ast.parse((PACKAGE / module).read_text())
-        for node in ast.walk(tree):
-            if (
-                isinstance(node, ast.Call)
-                and isinstance(node.func, ast.Attribute)
-                and node.func.attr in {"event", "say"}
-                and node.args
-                and isinstance(node.args[0], ast.Constant)
-                and isinstance(node.args[0].value, str)
-            ):
-                names.add(node.args[0].value)
-    return names
 
 
 def test_the_scan_finds_the_events_it_should() -> None:

@@ -9,16 +9,14 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from tests.unit.builders import S, one_gpu
 from vramwatch import config as cfg
 from vramwatch import policy
 from vramwatch.daemon import Daemon
 from vramwatch.events import EventLog
-from vramwatch.model import GpuProcess, GpuSample, HostSample, Owner, Snapshot, UnitUsage, Verb
+from vramwatch.model import Snapshot, Verb
 from vramwatch.systemd import JobOutcome
 
-MIB = 1024 * 1024
-S = 10**9
-UUID = "GPU-0"
 TICK_S = 2
 MINUTES = 12
 
@@ -46,22 +44,7 @@ vram = "3000MiB"
 def snap(
     now_s: int, *, hog_mib: int = 0, free_mib: int = 1000, error: str | None = None
 ) -> Snapshot:
-    owner = Owner("/system.slice/hog.service", "hog.service", "system")
-    if error is not None:
-        gpu = GpuSample(0, UUID, "Tesla T4", 15360 * MIB, None, None, (), error)
-        usage = UnitUsage("hog.service", None, {}, 0, ())
-    else:
-        gpu = GpuSample(
-            0,
-            UUID,
-            "Tesla T4",
-            15360 * MIB,
-            (15360 - free_mib) * MIB,
-            free_mib * MIB,
-            (GpuProcess(100, hog_mib * MIB, "compute", "hog", owner),),
-        )
-        usage = UnitUsage("hog.service", hog_mib * MIB, {UUID: hog_mib * MIB}, 0, (100,))
-    return Snapshot(now_s * S, (gpu,), HostSample(64 << 30, 32 << 30), {"hog.service": usage})
+    return one_gpu(now_s * S, hog_mib=hog_mib, free_mib=free_mib, error=error)
 
 
 def timeline(snapshots: Callable[[int], Snapshot], seconds: int) -> list[tuple[int, str]]:
