@@ -572,3 +572,14 @@ def test_procfs_detects_the_layout_of_its_cgroup_root(tmp_path: Path) -> None:
     actual = ProcFs(tmp_path / "proc", cgroup_root=tmp_path).layout
 
     assert CgroupLayout("v1", tmp_path / "systemd", None) == actual
+
+
+def test_on_a_v2_host_the_0_line_wins_over_a_stray_name_systemd_hierarchy() -> None:
+    """LXC and old systemd containers mount name=systemd on v2 hosts; it says "/" for all."""
+    text = "9:name=systemd:/\n0::/system.slice/llama.service\n"
+
+    unified = procfs.parse_proc_cgroup(text, unified=True)
+    hybrid = procfs.parse_proc_cgroup(text)
+
+    assert "llama.service" == unified.unit  # type: ignore[union-attr]
+    assert None is hybrid.unit  # type: ignore[union-attr]

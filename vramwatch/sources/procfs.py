@@ -115,8 +115,13 @@ def unit_of_cgroup_path(path: str) -> tuple[str | None, str]:
     return unit, manager
 
 
-def parse_proc_cgroup(text: str) -> Owner | None:
-    """``/proc/PID/cgroup`` -> Owner. cgroup v1 ``name=systemd`` wins over v2 ``0::``.
+def parse_proc_cgroup(text: str, unified: bool = False) -> Owner | None:
+    """``/proc/PID/cgroup`` -> Owner, read from the hierarchy systemd tracks units in.
+
+    ``unified``: the host is cgroup v2 (systemd tracks units in ``0::``) even if
+    a ``name=systemd`` v1 hierarchy is mounted somewhere (as LXC and old
+    systemd containers do; its line then says ``/`` for everyone). Otherwise
+    ``name=systemd`` wins over ``0::``.
 
     On a hybrid host systemd tracks units in the ``name=systemd`` hierarchy, and
     the v2 line is only ``0::/`` or a mirror of it.
@@ -129,7 +134,10 @@ def parse_proc_cgroup(text: str) -> Owner | None:
             v1 = path
         elif hier == "0" and controllers == "":
             v2 = path
-    found = v1 if v1 is not None else v2
+    if unified:
+        found = v2 if v2 is not None else v1
+    else:
+        found = v1 if v1 is not None else v2
     if found is None:
         return None
     # A path ending " (deleted)" means the cgroup was removed while the process lived.
@@ -199,7 +207,9 @@ class ProcFs:
 
     def owner(self, pid: int) -> Owner | None:
         text = _read(f"{self._proc}/{pid}/cgroup")
-        return parse_proc_cgroup(text) if text is not None else None
+        if text is None:
+            return None
+        return parse_proc_cgroup(text, unified=self.layout.mode == "v2")
 
     def comm(self, pid: int) -> str:
         text = _read(f"{self._proc}/{pid}/comm")
