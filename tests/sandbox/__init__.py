@@ -36,6 +36,14 @@ Units land in ``/<name>.slice/user@UID.service/app.slice/NAME.service`` in the
 manager logs to the sandbox journal (``USER_UNIT=``, ``USER_INVOCATION_ID=``);
 unit output carries ``_SYSTEMD_USER_UNIT=``.  ``journalctl --user-unit`` does
 not work for root here (it also matches ``_UID=0``): match fields instead.
+
+``Sandbox(cgroup_mode="v2")`` (opt-in) makes the namespace look like a pure
+cgroup v2 host: /sys/fs/cgroup is the cgroup2 hierarchy (on a hybrid host the
+one at /sys/fs/cgroup/unified), systemd runs in unified mode and units are
+only tracked there (``0::/<name>.slice/user@UID.service/app.slice/NAME.service``).
+On a hybrid host the kernel still prints a ``name=systemd`` line for every
+process, with the anchor's v1 path (not the unit's).  :attr:`Sandbox.cgroup_dirs`
+are host paths (under /sys/fs/cgroup/unified on a hybrid host).
 """
 
 from __future__ import annotations
@@ -162,7 +170,16 @@ def _journal_value(v: object) -> str:
 class Sandbox:
     """A throwaway user with its own systemd user manager, user bus and journald."""
 
-    def __init__(self, *, name: str | None = None, start_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        start_timeout: float = 30.0,
+        cgroup_mode: str | None = None,
+    ) -> None:
+        if cgroup_mode not in (None, "v2"):
+            raise ValueError(f"cgroup_mode must be None or 'v2', not {cgroup_mode!r}")
+        self.cgroup_mode = cgroup_mode
         self.name = name or f"vwtest-{secrets.token_hex(4)}"
         self.user = self.name
         self.start_timeout = start_timeout
@@ -224,6 +241,7 @@ class Sandbox:
                     self.name,
                     "--workdir",
                     str(self.workdir),
+                    *(["--cgroup-mode", self.cgroup_mode] if self.cgroup_mode else []),
                 ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,

@@ -12,6 +12,17 @@ with the facts, then waits on stdin.  On EOF, a ``stop`` line, SIGTERM or
 SIGHUP it tears everything down (processes, cgroup dirs, user) and prints a
 JSON result line; the mounts vanish with the namespace when it exits.
 
+With ``--cgroup-mode v2`` (opt-in) the anchor first makes /sys/fs/cgroup look
+like a pure cgroup v2 host inside the namespace: on a hybrid host it unmounts
+the tmpfs with its v1 hierarchies (in the namespace only) and puts the host's
+cgroup2 hierarchy (from /sys/fs/cgroup/unified) there, so that journald and
+``systemd --user`` run in unified mode and the manager's delegated directory
+is ``/sys/fs/cgroup/NAME.slice/user@UID.service`` of that cgroup2 tree.  The
+kernel still prints the host's ``name=systemd`` v1 line in /proc/PID/cgroup
+(hierarchies are global, not per mount namespace); systemd in unified mode
+neither reads nor maintains it, so every sandbox process keeps the anchor's v1
+path there.
+
 The teardown helpers are importable so that the host side can repeat them if
 the anchor itself died.  Standard library only.
 """
@@ -307,10 +318,47 @@ def reap_stale() -> list[str]:
     return reaped
 
 
+def _fstype(path: Path) -> str | None:
+    """The fs type of the mount at exactly ``path`` (the last one, if stacked)."""
+    found = None
+    for mnt, fstype, _opts in _mounts():
+        if mnt == str(path):
+            found = fstype
+    return found
+
+
+def make_unified_cgroup_fs() -> Path:
+    """Inside a private mount namespace: make /sys/fs/cgroup a cgroup2 mount.
+
+    Returns where the host sees the same cgroup2 hierarchy (/sys/fs/cgroup on
+    a pure v2 host, where nothing needs doing; /sys/fs/cgroup/unified on a
+    hybrid one).  A bind mount, not a fresh ``mount -t cgroup2``: mounting
+    cgroup2 again would re-apply its (global) root options such as nsdelegate.
+    """
+    if _fstype(CGROUP_FS) == "cgroup2":
+        return CGROUP_FS
+    unified = CGROUP_FS / "unified"
+    if _fstype(unified) != "cgroup2":
+        raise AnchorError("cgroup v2 mode needs a cgroup2 hierarchy at /sys/fs/cgroup/unified")
+    keep = Path("/run/systemd/vwtest-cgroup2")
+    keep.mkdir()
+    _run(["mount", "--bind", str(unified), str(keep)])
+    # Private propagation (unshare --propagation private): the host keeps its mounts.
+    _run(["umount", "--recursive", str(CGROUP_FS)])
+    _run(["mount", "--move", str(keep), str(CGROUP_FS)])
+    keep.rmdir()
+    if _fstype(CGROUP_FS) != "cgroup2" or not (CGROUP_FS / "cgroup.controllers").exists():
+        raise AnchorError("/sys/fs/cgroup is not cgroup2 after the remount")
+    return unified
+
+
 class Anchor:
-    def __init__(self, name: str, workdir: Path) -> None:
+    def __init__(self, name: str, workdir: Path, cgroup_mode: str | None = None) -> None:
         self.name = name
         self.workdir = workdir
+        self.cgroup_mode = cgroup_mode
+        # Where the host sees the cgroup2 hierarchy now mounted at /sys/fs/cgroup (v2 mode).
+        self.host_cgroup2: Path | None = None
         self.uid = -1
         self.gid = -1
         self.mnt_ns = os.readlink("/proc/self/ns/mnt")
@@ -329,12 +377,14 @@ class Anchor:
             raise AnchorError("refusing to run outside a private mount namespace")
         self._create_user()
         self._mounts()
+        if self.cgroup_mode == "v2":  # before journald and the manager detect the layout
+            self.host_cgroup2 = make_unified_cgroup_fs()
         machine_id = self._machine_id()
         self._start_journald()
         self._cgroups()
         self._start_manager()
         self._wait_manager(deadline=t0 + 30)
-        return {
+        facts: dict[str, object] = {
             "user": self.name,
             "uid": self.uid,
             "gid": self.gid,
@@ -347,6 +397,13 @@ class Anchor:
             "cgroup_dirs": [str(d) for d in self.cg_dirs],
             "setup_seconds": round(time.monotonic() - t0, 3),
         }
+        if self.host_cgroup2 is not None:
+            # The host's view of the same directories (the test process runs outside).
+            facts["cgroup_dirs"] = [
+                str(self.host_cgroup2 / d.relative_to(CGROUP_FS)) for d in self.cg_dirs
+            ]
+            facts["cgroup_mode"] = "v2"
+        return facts
 
     def _create_user(self) -> None:
         home = self.workdir / "home"
@@ -552,11 +609,12 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--name", required=True)
     ap.add_argument("--workdir", required=True, type=Path)
+    ap.add_argument("--cgroup-mode", choices=("v2",), default=None)
     args = ap.parse_args()
     path = os.environ.get("PATH", "/usr/bin:/bin").split(":")
     os.environ["PATH"] = ":".join(path + [d for d in ("/usr/sbin", "/sbin") if d not in path])
 
-    anchor = Anchor(args.name, args.workdir)
+    anchor = Anchor(args.name, args.workdir, args.cgroup_mode)
     stopping = False
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
