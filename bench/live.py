@@ -1,7 +1,7 @@
 """Footprint and reaction time of the installed daemon on a real systemd user manager.
 
-    sudo VRAMWATCH_VENV=/opt/vw-bench ./scripts/bootstrap     # after code changes
-    sudo /opt/vw-dev/bin/python -m bench.live [--footprint-s 60] [--trials 6]
+    VRAMWATCH_VENV=/opt/vw-bench ./scripts/bootstrap     # as root; after code changes
+    VRAMWATCH_VENV=/opt/vw-bench /opt/vw-bench/bin/python -m bench.live [--trials 6]
 
 Uses the end-to-end test bed (tests/e2e): ``vramwatch run`` from
 ``$VRAMWATCH_VENV`` as the sandbox user, the real pynvml over the fake

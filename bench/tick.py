@@ -1,7 +1,7 @@
 """Cost per tick: sample + attribute + decide, as the host grows.
 
-    sudo /opt/vw-dev/bin/python -m bench.tick            # full grid, ~5 min
-    sudo /opt/vw-dev/bin/python -m bench.tick --gpus 1 --procs 4 --tenants 2 \\
+    $(./scripts/bootstrap)/bin/python -m bench.tick      # as root; full grid, ~6 min
+    /opt/vramwatch-venv/bin/python -m bench.tick --gpus 1 --procs 4 --tenants 2 \\
         --host 10 --ticks 3 --naive-ticks 2               # a smoke run
 
 Runs in this process, with the real pynvml over the fake libnvidia-ml.so.1
