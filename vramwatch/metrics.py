@@ -292,9 +292,9 @@ class _View:
             total.add_metric(labels, gpu.total_bytes)
             free.add_metric(labels, gpu.free_bytes)
             floor.add_metric(labels, config.gpu.floor.resolve(gpu.total_bytes))
-            if gpu.used_bytes is not None:
+            if gpu.used_bytes is not None and gpu.unattributed_bytes is not None:
                 used.add_metric(labels, gpu.used_bytes)
-                rest.add_metric(labels, max(0, gpu.used_bytes - gpu.attributed_bytes))
+                rest.add_metric(labels, gpu.unattributed_bytes)
         yield from (up, total, used, free, floor, rest)
 
         host = snap.host

@@ -60,6 +60,13 @@ class GpuSample:
     def attributed_bytes(self) -> int:
         return sum(p.used_bytes or 0 for p in self.processes)
 
+    @property
+    def unattributed_bytes(self) -> int | None:
+        """Used memory no listed process accounts for (e.g. cudaMallocManaged), >= 0."""
+        if self.used_bytes is None:
+            return None
+        return max(0, self.used_bytes - self.attributed_bytes)
+
 
 @dataclass(frozen=True, slots=True)
 class HostSample:

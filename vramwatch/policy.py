@@ -532,18 +532,15 @@ def _act(
     )
 
 
-def biggest_users(
-    snapshot: Snapshot, res_resource: str, gpu: GpuSample | None
-) -> list[tuple[str, int]]:
+def biggest_users(snapshot: Snapshot, gpu: GpuSample | None) -> list[tuple[str, int]]:
     """The biggest holders of a resource, tenants or not, as (label, bytes)."""
     totals: dict[str, int] = {}
     if gpu is not None:
         for proc in gpu.processes:
             label = proc.owner.label() if proc.owner is not None else f"pid {proc.pid}"
             totals[label] = totals.get(label, 0) + (proc.used_bytes or 0)
-        rest = (gpu.used_bytes or 0) - gpu.attributed_bytes
-        if rest > 0:
-            totals["(unattributed)"] = rest
+        if gpu.unattributed_bytes:
+            totals["(unattributed)"] = gpu.unattributed_bytes
     elif snapshot.ram_top:
         totals = dict(snapshot.ram_top)
     else:
@@ -563,7 +560,7 @@ def _no_candidate(
 ) -> None:
     if not b.tell_once(res.key, "no_candidate", ""):
         return
-    top = biggest_users(snapshot, res.resource, res.gpu)[:TOP_USERS]
+    top = biggest_users(snapshot, res.gpu)[:TOP_USERS]
     top_text = ", ".join(f"{label} {format_size(n)}" for label, n in top) or "nobody visible"
     if refused:
         why = "every over-budget tenant was refused (see the skipped/rate_limited entries)"

@@ -83,9 +83,7 @@ def report(
                 "below_floor": (
                     gpu.free_bytes < floor if gpu.free_bytes is not None and floor else None
                 ),
-                "unattributed_bytes": (
-                    gpu.used_bytes - gpu.attributed_bytes if gpu.used_bytes is not None else None
-                ),
+                "unattributed_bytes": gpu.unattributed_bytes,
                 "error": gpu.error,
                 "other_processes": others,
             }

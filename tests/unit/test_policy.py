@@ -495,7 +495,7 @@ def test_biggest_users_labels_bare_cgroups_and_vanished_pids() -> None:
         (OLLAMA, 1 * GIB),
     ]
 
-    actual = policy.biggest_users(snap(0), "vram", sample)
+    actual = policy.biggest_users(snap(0), sample)
 
     assert sorted(expected, key=lambda kv: (-kv[1], kv[0])) == actual
 
