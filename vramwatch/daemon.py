@@ -72,7 +72,7 @@ class Daemon:
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._wake = threading.Event()
-        self.ticks = 0
+        self._watchdog_ns = watchdog_interval_ns()  # WatchdogSec= / 2, read once
         self._last_keepalive_ns = 0
 
     def _effective(self, config: Config) -> Config:
@@ -117,7 +117,6 @@ class Daemon:
             tenants=len(cfg.tenants),
         )
         self.restore_state()
-        watchdog_ns = watchdog_interval_ns()
         next_tick = self.clock()
         ready = False
         while not self.stopping:
@@ -136,7 +135,7 @@ class Daemon:
             if next_tick <= now:
                 # Overran: skip the slots we missed rather than run them back to back.
                 next_tick += ((now - next_tick) // interval + 1) * interval
-            self._sleep_until(next_tick, watchdog_ns)
+            self._sleep_until(next_tick, self._watchdog_ns)
         self.events.say("stopping", "info", "vramwatch stopping on request")
         self.notify("STOPPING=1")
         self.sampler.close()
@@ -144,7 +143,7 @@ class Daemon:
 
     def _waiting_for_job(self) -> bool:
         """Polled while a restart job runs: keep the watchdog fed; say whether to give up."""
-        watchdog_ns = watchdog_interval_ns()
+        watchdog_ns = self._watchdog_ns
         now = self.clock()
         if watchdog_ns is not None and now - self._last_keepalive_ns >= watchdog_ns:
             self._last_keepalive_ns = now
@@ -166,7 +165,6 @@ class Daemon:
 
     def tick(self, now_ns: int | None = None) -> None:
         """One sample -> decide -> act round at ``now_ns`` (default: the clock); never raises."""
-        self.ticks += 1
         now = self.clock() if now_ns is None else now_ns
         try:
             snapshot = self.sampler.sample(self.config, now)

@@ -84,7 +84,8 @@ class Sampler:
         manager = manager_for(config.daemon.bus)
         vram_known = nvml_error is None and all(g.error is None for g in gpus)
         vram = _vram_by_unit(gpus, manager)
-        relaxed = self._ram_headroom(config, host)
+        room = _host_room(config, host)  # (MemAvailable, its floor), or None
+        relaxed = room is not None and room[0] >= RSS_RELAXED_HEADROOM * room[1]
         units: dict[str, UnitUsage] = {}
         for tenant in config.tenants:
             by_gpu, unknown = vram.get(tenant.unit, ({}, False))
@@ -92,7 +93,7 @@ class Sampler:
                 tenant.unit, manager, by_gpu, unknown or not vram_known, now_ns, relaxed
             )
         ram_top: tuple[tuple[str, int], ...] = ()
-        if self._host_below_floor(config, host):
+        if room is not None and room[0] < room[1]:
             ram_top = tuple(self.procfs.top_ram_owners()[:RAM_TOP])
         return Snapshot(
             now_ns=now_ns,
@@ -211,26 +212,18 @@ class Sampler:
             self._rss.pop(unit, None)
         return ram, source
 
-    @staticmethod
-    def _ram_headroom(config: Config, host: HostSample) -> bool:
-        if not host.ok:
-            return False
-        assert host.mem_total_bytes is not None and host.mem_available_bytes is not None
-        floor = config.host.floor.resolve(host.mem_total_bytes)
-        return host.mem_available_bytes >= RSS_RELAXED_HEADROOM * floor
-
     def _comm(self, pid: int) -> str:
         try:
             return self.procfs.comm(pid)
         except OSError:
             return ""
 
-    @staticmethod
-    def _host_below_floor(config: Config, host: HostSample) -> bool:
-        if not host.ok:
-            return False
-        assert host.mem_total_bytes is not None and host.mem_available_bytes is not None
-        return host.mem_available_bytes < config.host.floor.resolve(host.mem_total_bytes)
+
+def _host_room(config: Config, host: HostSample) -> tuple[int, int] | None:
+    """MemAvailable and its floor in bytes, or None when host memory could not be read."""
+    if host.mem_total_bytes is None or host.mem_available_bytes is None or not host.ok:
+        return None
+    return host.mem_available_bytes, config.host.floor.resolve(host.mem_total_bytes)
 
 
 def _vram_by_unit(

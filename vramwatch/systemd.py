@@ -245,9 +245,6 @@ class SystemdClient:
                         "disconnected", f"lost the bus waiting for the job: {exc}"
                     ) from None
 
-    def reset_failed(self, unit: str) -> None:
-        self._call(new_method_call(MANAGER, "ResetFailedUnit", "s", (unit,)))
-
     def unit_state(self, unit: str) -> UnitState:
         """Load state, active state, main PID, invocation and memory limits of a unit."""
         (path,) = self._call(new_method_call(MANAGER, "LoadUnit", "s", (unit,)))
