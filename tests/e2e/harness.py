@@ -192,19 +192,15 @@ class Bed:
     def env(self) -> dict[str, str]:
         return {"LD_LIBRARY_PATH": str(self.lib), "FAKE_NVML_STATE": str(self.state.path)}
 
-    def run_daemon(self, config: Path, *args: str) -> Daemon:
+    def run_daemon(self, config: Path, *args: str, journal: bool = False) -> Daemon:
+        """``vramwatch run``; its events as JSON on stderr, or (``journal``) in the journal."""
+        logging = (
+            ["--log-target", "journal"]
+            if journal
+            else ["--log-target", "stderr", "--log-format", "json"]
+        )
         proc = self.sb.popen(
-            [
-                str(self.vramwatch),
-                "run",
-                "-c",
-                str(config),
-                "--log-target",
-                "stderr",
-                "--log-format",
-                "json",
-                *args,
-            ],
+            [str(self.vramwatch), "run", "-c", str(config), *logging, *args],
             env=self.env(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -212,6 +208,15 @@ class Bed:
         daemon = Daemon(proc)
         self.daemons.append(daemon)
         return daemon
+
+    def journal(self, event: str, timeout: float = 10) -> list[dict[str, str]]:
+        """The sandbox journal's entries for one VRAMWATCH_EVENT, once there is one."""
+        deadline = time.monotonic() + timeout
+        while True:
+            entries = self.sb.journal_entries(VRAMWATCH_EVENT=event)
+            if entries or time.monotonic() > deadline:
+                return entries
+            time.sleep(0.2)
 
     def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         return self.sb.run([str(self.vramwatch), *args], env=self.env(), check=check)

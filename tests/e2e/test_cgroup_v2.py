@@ -8,54 +8,21 @@ is no memory.current and the daemon falls back to summed RSS.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.harness import Bed, prepare
+from tests.e2e.test_restart import CONFIG, GRACE_S, INTERVAL_S  # the same tenants
 from tests.fakenvml import mib
 from tests.sandbox import Sandbox
-from tests.sandbox.fixtures import require_sandbox
-
-INTERVAL_S = 1
-GRACE_S = 2
-
-CONFIG = f"""
-[daemon]
-interval = "{INTERVAL_S}s"
-bus = "user"
-cooldown = "1m"
-reclaim_timeout = "20s"
-
-[gpu]
-min_free_vram = "2GiB"
-grace = "{GRACE_S}s"
-
-[host]
-min_available_ram = "1MiB"
-
-[[tenant]]
-unit = "immich-ml.service"
-vram = "3000MiB"
-
-[[tenant]]
-unit = "whisper.service"
-vram = "2000MiB"
-"""
+from tests.sandbox.fixtures import running_sandbox
 
 
 @pytest.fixture(scope="module")
 def v2_sandbox() -> Iterator[Sandbox]:
-    require_sandbox()
-    sb = Sandbox(cgroup_mode="v2")
-    sb.start()
-    print(f"\nv2 sandbox {sb.name} up in {sb.startup_seconds:.2f}s", file=sys.stderr)
-    try:
-        yield sb
-    finally:
-        sb.stop()
+    yield from running_sandbox(cgroup_mode="v2")
 
 
 @pytest.fixture

@@ -100,18 +100,10 @@ def test_decisions_are_native_journal_entries(bed: Bed) -> None:
     """--log-target journal: one entry per decision with VRAMWATCH_* fields and a MESSAGE_ID."""
     bed.gpu(total_mib=15360)
     bed.tenant("immich-ml.service", vram_mib=14000)
-    proc = bed.sb.popen(
-        [str(bed.vramwatch), "run", "-c", str(bed.config(RAM_CONFIG)), "--log-target", "journal"],
-        env=bed.env(),
-    )
+    daemon = bed.run_daemon(bed.config(RAM_CONFIG), journal=True)
 
-    entries: list[dict[str, str]] = []
-    deadline = time.monotonic() + 10
-    while not entries and time.monotonic() < deadline:
-        time.sleep(0.5)
-        entries = bed.sb.journal_entries(VRAMWATCH_EVENT="restart")
-    proc.terminate()
-    proc.wait(timeout=5)
+    entries = bed.journal("restart")
+    daemon.stop()
 
     assert 1 <= len(entries), "no restart entry in the journal"
     entry = entries[0]

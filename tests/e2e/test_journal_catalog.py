@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 from tests.e2e.conftest import Bed
@@ -29,15 +28,9 @@ vram = "3000MiB"
 def test_journalctl_x_explains_a_restart_with_the_units_numbers(bed: Bed) -> None:
     bed.gpu(total_mib=15360)
     bed.tenant("immich-ml.service", vram_mib=14000)
-    proc = bed.sb.popen(
-        [str(bed.vramwatch), "run", "-c", str(bed.config(CONFIG)), "--log-target", "journal"],
-        env=bed.env(),
-    )
-    deadline = time.monotonic() + 10
-    while not bed.sb.journal_entries(VRAMWATCH_EVENT="restart") and time.monotonic() < deadline:
-        time.sleep(0.3)
-    proc.terminate()
-    proc.wait(timeout=5)
+    daemon = bed.run_daemon(bed.config(CONFIG), journal=True)
+    bed.journal("restart")
+    daemon.stop()
     # Compile the catalog as the package's postinst would, into a scratch root;
     # journalctl -x reads /var/lib/systemd/catalog/database whatever --root says,
     # so bind it there inside the sandbox's private mount namespace only.

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from tests.e2e.conftest import Bed
 from tests.fakenvml import mib
 
@@ -25,15 +23,6 @@ vram = "100MiB"
 """
 
 
-def journal(bed: Bed, event: str, timeout: float = 8) -> list[dict[str, str]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        entries = bed.sb.journal_entries(VRAMWATCH_EVENT=event)
-        if entries or time.monotonic() > deadline:
-            return entries
-        time.sleep(0.2)
-
-
 def test_runs_as_a_notify_service_logs_to_the_journal_and_never_acts_on_itself(bed: Bed) -> None:
     bed.gpu(total_mib=15360)
     config = bed.config(CONFIG)
@@ -50,9 +39,9 @@ def test_runs_as_a_notify_service_logs_to_the_journal_and_never_acts_on_itself(b
     )
     # Give vramwatch's own PID 14000 MiB of VRAM: it is over its budget, but itself.
     (bed.procdir / "self").write_text(f"proc 0 {state.main_pid} {mib(14000)} compute\n")
-    skipped = journal(bed, "skipped")
+    skipped = bed.journal("skipped")
     bed.sb.run(["systemctl", "--user", "reload", "vramwatch-under-test.service"])
-    reloaded = journal(bed, "config_reloaded")
+    reloaded = bed.journal("config_reloaded")
     status = bed.sb.unit_property("vramwatch-under-test.service", "StatusText")
     after = bed.sb.unit_state("vramwatch-under-test.service")
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -40,16 +41,21 @@ def require_sandbox() -> None:
         pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
-def sandbox() -> Iterator[Sandbox]:
+def running_sandbox(**options: Any) -> Iterator[Sandbox]:
+    """Start a sandbox (skip or, in CI, fail when the machine cannot), yield it, stop it."""
     require_sandbox()
-    sb = Sandbox()
+    sb = Sandbox(**options)
     sb.start()
-    print(f"\nsandbox {sb.name} up in {sb.startup_seconds:.2f}s", file=sys.stderr)
+    print(f"\nsandbox {sb.name} {options or ''} up in {sb.startup_seconds:.2f}s", file=sys.stderr)
     try:
         yield sb
     finally:
         sb.stop()
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Iterator[Sandbox]:
+    yield from running_sandbox()
 
 
 @pytest.fixture
