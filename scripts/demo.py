@@ -98,7 +98,7 @@ def main() -> int:
         before = {u: sb.unit_state(u) for u, *_ in TENANTS}
 
         say(f"$ vramwatch run   (for {args.seconds:.0f}s; decisions as they happen)")
-        daemon = bed.run_daemon(config)
+        daemon = bed.run_daemon(config, "--state-dir", str(bed.state_dir()))
         t0 = time.monotonic()
         shown = 0
         while time.monotonic() - t0 < args.seconds:

@@ -209,6 +209,13 @@ class Bed:
         self.daemons.append(daemon)
         return daemon
 
+    def state_dir(self) -> Path:
+        """A directory the daemon (as the sandbox user) may keep its restart history in."""
+        path = self.dir / "state"
+        path.mkdir(mode=0o700, exist_ok=True)
+        os.chown(path, self.sb.uid, self.sb.gid)
+        return path
+
     def journal(self, event: str, timeout: float = 10) -> list[dict[str, str]]:
         """The sandbox journal's entries for one VRAMWATCH_EVENT, once there is one."""
         deadline = time.monotonic() + timeout

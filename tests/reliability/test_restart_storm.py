@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from tests.e2e.harness import Bed
 
 STORM = """
@@ -31,9 +29,7 @@ vram = "3000MiB"
 def test_restarting_vramwatch_does_not_reset_the_storm_limit(bed: Bed) -> None:
     bed.gpu(total_mib=15360)
     bed.tenant("immich-ml.service", vram_mib=14000, once=False)  # re-grabs after every restart
-    state_dir = bed.dir / "state"
-    state_dir.mkdir(mode=0o700)
-    os.chown(state_dir, bed.sb.uid, bed.sb.gid)
+    state_dir = bed.state_dir()
     config = bed.config(STORM)
     first = bed.run_daemon(config, "--state-dir", str(state_dir))
     first.wait_event("rate_limited", timeout=30)
