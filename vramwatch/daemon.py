@@ -24,7 +24,7 @@ from vramwatch.metrics import WITHDRAWN, Metrics
 from vramwatch.model import Action, Snapshot, Verb
 from vramwatch.state import StateError, StateStore
 from vramwatch.systemd import JobOutcome, notify, watchdog_interval_ns
-from vramwatch.units import format_size
+from vramwatch.units import format_duration, format_size
 
 
 class Actuator(Protocol):
@@ -74,6 +74,7 @@ class Daemon:
         self._wake = threading.Event()
         self._watchdog_ns = watchdog_interval_ns()  # WatchdogSec= / 2, read once
         self._last_keepalive_ns = 0
+        self._ready = False
 
     def _effective(self, config: Config) -> Config:
         if self.force_dry_run and not config.daemon.dry_run:
@@ -118,7 +119,6 @@ class Daemon:
         )
         self.restore_state()
         next_tick = self.clock()
-        ready = False
         while not self.stopping:
             if self._reload.is_set():
                 self._reload.clear()
@@ -126,9 +126,6 @@ class Daemon:
             # The slot's time, not the wake-up time: a late wake-up of a few ms
             # must not make "breached for grace" miss by a whole interval.
             self.tick(min(next_tick, self.clock()))
-            if not ready:
-                self.notify("READY=1")
-                ready = True
             interval = self.config.daemon.interval_ns
             next_tick += interval
             now = self.clock()
@@ -169,6 +166,9 @@ class Daemon:
         try:
             snapshot = self.sampler.sample(self.config, now)
         except Exception as exc:  # noqa: BLE001 - a source bug must not kill the guard
+            self._tell_ready()
+            # No sample is not "still breached": every grace streak starts again.
+            self.history = policy.sample_failed(self.history)
             self.metrics.sampling_failed()
             self._flush_metrics()
             if self._failing.start("sampler", repr(exc), now):  # once, then every 5 minutes
@@ -180,12 +180,16 @@ class Daemon:
                     traceback=traceback.format_exc(limit=5),
                 )
             return
+        # Up once the first sample is in, before any action: a restart job that runs
+        # for minutes must not hold READY=1 past the unit's TimeoutStartSec=.
+        self._tell_ready()
         if self._failing.end("sampler"):
             self.events.say("sampling_recovered", "info", "sampling works again")
         self.metrics.observe_snapshot(self.config, snapshot)
         try:
             decision = policy.decide(self.config, snapshot, self.history)
         except Exception as exc:  # noqa: BLE001 - log it and keep guarding next tick
+            self.history = policy.sample_failed(self.history)
             if self._failing.start("policy", repr(exc), now):
                 self.events.say(
                     "internal_error",
@@ -203,6 +207,11 @@ class Daemon:
         self._flush_metrics()
         self.save_state()
         self.notify("STATUS=" + status_line(snapshot) + "\nWATCHDOG=1")
+
+    def _tell_ready(self) -> None:
+        if not self._ready:
+            self._ready = True
+            self.notify("READY=1")
 
     def _apply(self, action: Action) -> None:
         # Samples go stale: re-read right before acting; the tenant may have shrunk.
@@ -238,21 +247,43 @@ class Daemon:
             floor_bytes=action.floor_bytes,
             action=action.verb.value,
         )
-        outcome = self.actuator.act(action.unit, action.verb, self._waiting_for_job)
-        self.metrics.observe_action(action.unit, action.verb.value, outcome.result)
-        if not outcome.ok:
-            self.history = policy.action_failed(self.history, action)
-            self.events.say(
-                "action_failed",
-                "error",
-                f"{action.verb.value} {action.unit} failed: {outcome.detail}",
-                unit=action.unit,
-                resource=action.resource,
-                gpu=action.gpu,
-                action=action.verb.value,
-                result=outcome.result,
-                error=outcome.detail,
+        try:
+            outcome = self.actuator.act(action.unit, action.verb, self._waiting_for_job)
+        except Exception as exc:  # noqa: BLE001 - an actuator bug must not kill the guard
+            # Whether systemd got the call is unknown: treat it as accepted, so no second
+            # tenant is acted on for this incident before it settles.
+            outcome = JobOutcome(
+                False, "unknown", f"{action.verb.value} raised {exc!r}", accepted=True
             )
+        self.metrics.observe_action(action.unit, action.verb.value, outcome.result)
+        if outcome.ok:
+            return
+        fields = dict(
+            unit=action.unit,
+            resource=action.resource,
+            gpu=action.gpu,
+            action=action.verb.value,
+            result=outcome.result,
+            error=outcome.detail,
+        )
+        if outcome.accepted:
+            # The job exists (or may): it is in flight until reclaimed or reclaim_timeout.
+            self.events.say(
+                "action_unconfirmed",
+                "warning",
+                f"{action.verb.value} {action.unit}: {outcome.detail}; the job was accepted, "
+                "so it counts as in flight until the memory comes back or reclaim_timeout "
+                f"({format_duration(self.config.daemon.reclaim_timeout_ns)}) passes",
+                **fields,
+            )
+            return
+        self.history = policy.action_failed(self.history, action)
+        self.events.say(
+            "action_failed",
+            "error",
+            f"{action.verb.value} {action.unit} failed: {outcome.detail}",
+            **fields,
+        )
 
     def _flush_metrics(self) -> None:
         problem = self.metrics.flush()  # the textfile; a message only when it starts failing
@@ -317,6 +348,15 @@ class Daemon:
         self.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             new = self._effective(load(self.config_path, trusted=self.trusted_config))
+            if new.daemon.bus != self.config.daemon.bus:
+                # Measuring and acting must name the same manager's units: the D-Bus
+                # client is bound to the bus it was started on.
+                raise ConfigError(
+                    self.config_path,
+                    "daemon.bus",
+                    f'cannot change from "{self.config.daemon.bus}" to "{new.daemon.bus}" '
+                    "on reload; restart vramwatch to use another bus",
+                )
         except ConfigError as exc:
             self.events.say(
                 "config_rejected",

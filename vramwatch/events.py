@@ -34,6 +34,8 @@ MESSAGE_IDS: dict[str, str] = {
     "would_stop": "66e400a7ea6d43dbb7a2fb7e9a7ccd70",
     "action_failed": "c6f7a14688fc40aea4d22dc600646861",
     "action_cancelled": "3737379beca34f94903dd33a556b41de",
+    "action_unconfirmed": "4e8b2f6a1c3d4b5e8f7a9c0d2e4f6a81",
+    "waiting": "c1d6e0b2a4f84e6e9a0f3b5d7c9e1a23",
     "reclaimed": "9f78dc31aea44dceaf216ab5d5075349",
     "not_reclaimed": "ad3dbcc5a3244f4480842fdcb2f03a96",
     "no_candidate": "dc975d5eb4834883847b0eb7d5903f6a",

@@ -13,22 +13,29 @@ Rules (SPEC.md "Decision rules"):
   bytes (for a GPU floor: among tenants with memory on that GPU) that is not
   protected, not vramwatch itself, not in cooldown and not past
   ``max_restarts`` per ``restart_window``;
-* a tenant within budget, or whose usage is unknown, is never acted on;
-* one action per resource in flight, until the unit's usage is back within
-  budget ("reclaimed") or ``reclaim_timeout`` passes ("not_reclaimed");
+* a tenant within budget, or whose usage is unknown, is never acted on; known
+  VRAM on the GPUs that could be read is a lower bound that can prove a tenant
+  over budget when another GPU is unknown;
+* one incident, one victim: an action holds every resource its unit is over
+  budget on (each GPU it uses, RAM), and no other tenant is acted on for a
+  held resource until it settles: "reclaimed" when the resource came back
+  (free back above the floor, or the overage visible as free memory), or
+  "not_reclaimed" after ``reclaim_timeout``;
+* what a dry run would do never counts against enforcement: its action times
+  and holds are kept apart and dropped once enforcing;
 * every refusal is logged once per breach episode; ``no_candidate`` names the
   biggest users, tenants or not.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
 from vramwatch.config import Config, FloorConfig, Tenant
-from vramwatch.model import RAM, VRAM, Action, Event, GpuSample, Snapshot, Verb
+from vramwatch.model import RAM, VRAM, Action, Event, GpuSample, Snapshot, UnitUsage, Verb
 from vramwatch.units import format_duration, format_size
 
 # A breach that lasts is re-announced this often, so a journal reader who
@@ -47,7 +54,9 @@ def gpu_key(uuid: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class InFlight:
-    """An action taken (or, in dry run, that would have been) and not yet settled."""
+    """A resource held by an action taken (or, in dry run, that would have been)
+    and not yet settled. One action holds every resource its unit was over
+    budget on; ``cause`` is the resource key whose breach chose it."""
 
     unit: str
     resource: str
@@ -56,6 +65,18 @@ class InFlight:
     used_before_bytes: int
     budget_bytes: int
     dry_run: bool
+    free_before_bytes: int | None = None  # free VRAM on that GPU, or MemAvailable, when acting
+    floor_bytes: int | None = None  # that resource's floor when acting
+    cause: str = ""
+
+    @property
+    def breached(self) -> bool:
+        """The resource was under its floor when the action was taken."""
+        return (
+            self.free_before_bytes is not None
+            and self.floor_bytes is not None
+            and self.free_before_bytes < self.floor_bytes
+        )
 
 
 def _frozen(mapping: Mapping[Any, Any]) -> Mapping[Any, Any]:
@@ -69,6 +90,8 @@ class History:
     breach_since_ns: Mapping[str, int] = field(default_factory=dict)
     episodes: Mapping[str, int] = field(default_factory=dict)  # key -> last announcement
     actions_ns: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # unit -> times
+    # What a dry run would have done: its own cooldown and storm limit, never enforcement's.
+    dry_actions_ns: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     in_flight: Mapping[str, InFlight] = field(default_factory=dict)  # resource key ->
     told: frozenset[tuple[str, str, str]] = frozenset()  # (key, reason, unit) this episode
     storm_told_ns: Mapping[str, int] = field(default_factory=dict)  # unit -> rate_limited logged
@@ -98,6 +121,10 @@ class _Resource:
     def where(self) -> str:
         return f"GPU {self.gpu.index}" if self.gpu is not None else "host MemAvailable"
 
+    def free_text(self) -> str:
+        # "free" for a GPU; MemAvailable is not MemFree, so no "free" for the host.
+        return f"GPU {self.gpu.index} free" if self.gpu is not None else "host MemAvailable"
+
     def fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {
             "resource": self.resource,
@@ -110,10 +137,8 @@ class _Resource:
         return fields
 
     def breach_text(self, since_ns: int, now_ns: int) -> str:
-        # "free" for a GPU; MemAvailable is not MemFree, so no "free" for the host.
-        what = f"GPU {self.gpu.index} free" if self.gpu is not None else "host MemAvailable"
         return (
-            f"{what} {format_size(self.free_bytes)} < floor "
+            f"{self.free_text()} {format_size(self.free_bytes)} < floor "
             f"{format_size(self.floor_bytes)} for {format_duration(now_ns - since_ns)}"
         )
 
@@ -121,8 +146,9 @@ class _Resource:
 @dataclass(frozen=True, slots=True)
 class _Candidate:
     tenant: Tenant
-    used_bytes: int
+    used_bytes: int  # a lower bound when ``complete`` is False
     budget_bytes: int
+    complete: bool = True  # False: a GPU could not be read; the unit uses at least this
 
     @property
     def over_bytes(self) -> int:
@@ -136,6 +162,7 @@ class _Builder:
         self.breach_since = dict(history.breach_since_ns)
         self.episodes = dict(history.episodes)
         self.actions_ns = dict(history.actions_ns)
+        self.dry_actions_ns = dict(history.dry_actions_ns)
         self.in_flight = dict(history.in_flight)
         self.told = set(history.told)
         self.storm_told = dict(history.storm_told_ns)
@@ -143,6 +170,7 @@ class _Builder:
         self.error_fields = dict(history.error_fields)
         self.errors_told = dict(history.errors_told_ns)
         self.acted: set[str] = set()  # units acted on this tick
+        self.readable: dict[str, _Resource] = {}  # resource key -> this tick's reading
         self.actions: list[Action] = []
         self.events: list[Event] = []
 
@@ -162,6 +190,7 @@ class _Builder:
             breach_since_ns=_frozen(self.breach_since),
             episodes=_frozen(self.episodes),
             actions_ns=_frozen(self.actions_ns),
+            dry_actions_ns=_frozen(self.dry_actions_ns),
             in_flight=_frozen(self.in_flight),
             told=frozenset(self.told),
             storm_told_ns=_frozen(self.storm_told),
@@ -176,20 +205,43 @@ def decide(config: Config, snapshot: Snapshot, history: History) -> Decision:
     b = _Builder(history)
     now = snapshot.now_ns
     _track_errors(b, snapshot)
+    if not config.daemon.dry_run:
+        _forget_dry_run(b)
     _prune_actions(b, config, now)
+    resources = _resources(config, snapshot, b)
+    b.readable = {res.key: res for res in resources}
     _settle_in_flight(b, config, snapshot)
-    for res in _resources(config, snapshot, b):
+    for res in resources:
         _guard(b, config, snapshot, res)
     return Decision(tuple(b.actions), tuple(b.events), b.history())
 
 
+def sample_failed(history: History) -> History:
+    """A tick with no sample: every grace streak ends (unknown is not breached)."""
+    return replace(history, breach_since_ns=_frozen({}))
+
+
+def _flight_keys(history: History, action: Action) -> set[str]:
+    """Every resource key held by the action (its cause and what its unit was over on)."""
+    flight = history.in_flight.get(action.resource_key)
+    if flight is None:
+        return set()
+    return {
+        key
+        for key, other in history.in_flight.items()
+        if other.unit == flight.unit and other.started_ns == flight.started_ns
+    }
+
+
 def action_failed(history: History, action: Action) -> History:
-    """Forget the in-flight record of an action that did not happen.
+    """Forget the holds of an action that systemd never accepted.
 
     The attempt still counts for cooldown and ``max_restarts``, so a unit whose
-    restart keeps failing is not hammered.
+    restart keeps failing is not hammered. An action that systemd accepted is
+    not failed, even if waiting for its job timed out: it stays in flight.
     """
-    in_flight = {k: v for k, v in history.in_flight.items() if k != action.resource_key}
+    drop = _flight_keys(history, action)
+    in_flight = {k: v for k, v in history.in_flight.items() if k not in drop}
     return replace(history, in_flight=_frozen(in_flight))
 
 
@@ -204,17 +256,25 @@ def action_cancelled(history: History, action: Action) -> History:
 
 
 def still_justified(config: Config, snapshot: Snapshot, action: Action) -> str | None:
-    """Re-check an action against a fresh snapshot; the reason to cancel, or None."""
+    """Re-check an action against a fresh snapshot; the reason to cancel, or None.
+
+    Both halves of the decision must still hold: the floor is still breached
+    (another action may have brought the memory back), and the unit is still
+    proven over its budget.
+    """
     tenant = config.tenant(action.unit)
     if tenant is None or tenant.protected:
         return f"{action.unit} is no longer an unprotected tenant"
-    usage = snapshot.units.get(action.unit)
-    used = (
-        None
-        if usage is None
-        else (usage.vram_bytes if action.resource == VRAM else usage.ram_bytes)
-    )
-    if used is None:
+    res = _reading(config, snapshot, action.resource_key)
+    if res is None:
+        return f"{_where_key(snapshot, action)} cannot be read now"
+    if res.free_bytes >= res.floor_bytes:
+        return (
+            f"{res.free_text()} {format_size(res.free_bytes)} is back above floor "
+            f"{format_size(res.floor_bytes)}"
+        )
+    used, complete = _used(snapshot.units.get(action.unit), action.resource)
+    if used is None or (used <= action.budget_bytes and not complete):
         return f"{action.unit} {action.resource.upper()} usage is now unknown"
     if used <= action.budget_bytes:
         return (
@@ -222,6 +282,32 @@ def still_justified(config: Config, snapshot: Snapshot, action: Action) -> str |
             f"within budget {format_size(action.budget_bytes)}"
         )
     return None
+
+
+def _where_key(snapshot: Snapshot, action: Action) -> str:
+    if action.resource_key == RAM_KEY:
+        return "host memory"
+    return f"GPU {action.gpu}" if action.gpu is not None else action.resource_key
+
+
+def _used(usage: UnitUsage | None, resource: str) -> tuple[int | None, bool]:
+    """A unit's usage of a resource, and whether it is complete.
+
+    Incomplete VRAM (a GPU could not be read, or the driver could not say a
+    process's memory) is the sum of what is known: a lower bound, which can
+    prove a unit over its budget but never within it.
+    """
+    if usage is None:
+        return None, False
+    if resource == VRAM:
+        if usage.vram_bytes is not None:
+            return usage.vram_bytes, True
+        return sum(usage.vram_by_gpu.values()), False
+    return usage.ram_bytes, usage.ram_bytes is not None
+
+
+def _usage_text(used: int, complete: bool) -> str:
+    return ("" if complete else "at least ") + format_size(used)
 
 
 def _track_errors(b: _Builder, snapshot: Snapshot) -> None:
@@ -283,80 +369,171 @@ def _source_name(key: str, fields: Mapping[str, Any]) -> str:
     return f"GPU {key[4:]}"
 
 
+def _forget_dry_run(b: _Builder) -> None:
+    """Enforcing starts with a clean slate: what a dry run would have done is forgotten."""
+    b.dry_actions_ns.clear()
+    for key, flight in list(b.in_flight.items()):
+        if flight.dry_run:
+            del b.in_flight[key]
+
+
 def _prune_actions(b: _Builder, config: Config, now: int) -> None:
     keep_ns = max(config.daemon.restart_window_ns, config.daemon.cooldown_ns)
-    for unit, times in list(b.actions_ns.items()):
-        recent = tuple(t for t in times if now - t < keep_ns)
-        if recent:
-            b.actions_ns[unit] = recent
-        else:
-            del b.actions_ns[unit]
+    for table in (b.actions_ns, b.dry_actions_ns):
+        for unit, times in list(table.items()):
+            recent = tuple(t for t in times if now - t < keep_ns)
+            if recent:
+                table[unit] = recent
+            else:
+                del table[unit]
+
+
+def _came_back(flight: InFlight, res: _Resource) -> int | None:
+    """How far the resource came back since the action, or None while it has not.
+
+    Back above the floor, or the unit's overage visible as free memory: the
+    unit's own figure dropping is not enough (an orphan outside the unit, or
+    a process that has not exited yet, still holds the memory).
+    """
+    rise = res.free_bytes - (flight.free_before_bytes or res.free_bytes)
+    if res.free_bytes >= res.floor_bytes:
+        return rise
+    over = flight.used_before_bytes - flight.budget_bytes
+    if flight.free_before_bytes is not None and over > 0 and rise >= over:
+        return rise
+    return None
 
 
 def _settle_in_flight(b: _Builder, config: Config, snapshot: Snapshot) -> None:
     now = snapshot.now_ns
     for key, flight in sorted(b.in_flight.items()):
-        usage = snapshot.units.get(flight.unit)
-        used: int | None
-        if usage is None:
-            used = None
-        else:
-            used = usage.vram_bytes if flight.resource == VRAM else usage.ram_bytes
-        elapsed = format_duration(now - flight.started_ns)
-        fields: dict[str, Any] = {
-            "unit": flight.unit,
-            "resource": flight.resource,
-            "used_bytes": used,
-            "budget_bytes": flight.budget_bytes,
-            "used_before_bytes": flight.used_before_bytes,
-        }
-        if flight.gpu is not None:
-            fields["gpu"] = flight.gpu
+        timed_out = now - flight.started_ns >= config.daemon.reclaim_timeout_ns
         if flight.dry_run:
-            if now - flight.started_ns >= config.daemon.reclaim_timeout_ns:
+            if timed_out:
                 del b.in_flight[key]
             continue
-        if used is not None and used <= flight.budget_bytes:
-            del b.in_flight[key]
-            freed = flight.used_before_bytes - used
-            b.event(
-                "reclaimed",
-                "info",
-                f"{flight.unit} released {format_size(freed)} {flight.resource.upper()} "
-                f"within {elapsed}: now {format_size(used)}, budget "
-                f"{format_size(flight.budget_bytes)}",
-                freed_bytes=freed,
-                **fields,
-            )
-        elif now - flight.started_ns >= config.daemon.reclaim_timeout_ns:
-            del b.in_flight[key]
-            b.event(
-                "not_reclaimed",
-                "warning",
-                f"{flight.unit} still uses {format_size(used)} {flight.resource.upper()} "
-                f"{elapsed} after the action (budget {format_size(flight.budget_bytes)}): the "
-                "memory may be held outside the unit (e.g. a docker-*.scope); other tenants "
-                "may now be acted on",
-                **fields,
-            )
+        res = b.readable.get(key)
+        used, complete = _used(snapshot.units.get(flight.unit), flight.resource)
+        within = used is not None and complete and used <= flight.budget_bytes
+        rise = _came_back(flight, res) if res is not None else None
+        if flight.breached:
+            settled = rise is not None
+        else:
+            # Held only because the unit was over budget here too: settled once the
+            # unit is within budget and this floor is fine.
+            settled = within and res is not None and res.free_bytes >= res.floor_bytes
+        if not settled and not timed_out:
+            continue
+        del b.in_flight[key]
+        _settled_event(b, flight, res, used, complete, settled, rise, now)
 
 
-def _resources(config: Config, snapshot: Snapshot, b: _Builder) -> Iterable[_Resource]:
+def _settled_event(
+    b: _Builder,
+    flight: InFlight,
+    res: _Resource | None,
+    used: int | None,
+    complete: bool,
+    settled: bool,
+    rise: int | None,
+    now: int,
+) -> None:
+    elapsed = format_duration(now - flight.started_ns)
+    what = flight.resource.upper()
+    fields: dict[str, Any] = {
+        "unit": flight.unit,
+        "resource": flight.resource,
+        "used_bytes": used,
+        "budget_bytes": flight.budget_bytes,
+        "used_before_bytes": flight.used_before_bytes,
+    }
+    if flight.gpu is not None:
+        fields["gpu"] = flight.gpu
+    if res is not None:
+        fields["free_bytes"] = res.free_bytes
+        fields["floor_bytes"] = res.floor_bytes
+    now_text = "unknown" if used is None else _usage_text(used, complete)
+    if settled and res is not None:
+        freed = flight.used_before_bytes - used if used is not None else None
+        came = (
+            f"back above floor {format_size(res.floor_bytes)}"
+            if res.free_bytes >= res.floor_bytes
+            else f"up {format_size(rise or 0)}"
+        )
+        b.event(
+            "reclaimed",
+            "info",
+            f"{flight.unit} released "
+            + (f"{format_size(freed)} {what}" if freed is not None else what)
+            + f" within {elapsed}: {res.free_text()} {format_size(res.free_bytes)} {came}; "
+            f"unit now {now_text}, budget {format_size(flight.budget_bytes)}",
+            freed_bytes=freed,
+            **fields,
+        )
+        return
+    if used is not None and used > flight.budget_bytes:
+        message = (
+            f"{flight.unit} still uses {now_text} {what} {elapsed} after the action (budget "
+            f"{format_size(flight.budget_bytes)}): the memory may be held outside the unit "
+            "(e.g. a docker-*.scope); other tenants may now be acted on"
+        )
+    else:
+        where = (
+            f"{res.free_text()} {format_size(res.free_bytes)} still under floor "
+            f"{format_size(res.floor_bytes)}"
+            if res is not None
+            else f"{what} still unreadable"
+        )
+        message = (
+            f"{where} {elapsed} after acting on {flight.unit}, which now uses {now_text} "
+            f"{what} (budget {format_size(flight.budget_bytes)}): the memory it held may be "
+            "kept by a process outside the unit (an orphan, a docker-*.scope) or taken by "
+            "another; other tenants may now be acted on"
+        )
+    b.event("not_reclaimed", "warning", message, **fields)
+
+
+def _gpu_resource(config: Config, gpu: GpuSample) -> _Resource | None:
+    if not gpu.ok:
+        return None
+    assert gpu.total_bytes is not None and gpu.free_bytes is not None
+    floor = config.gpu.floor.resolve(gpu.total_bytes)
+    return _Resource(gpu_key(gpu.uuid), VRAM, gpu, gpu.free_bytes, floor, config.gpu)
+
+
+def _host_resource(config: Config, snapshot: Snapshot) -> _Resource | None:
+    host = snapshot.host
+    if not host.ok:
+        return None
+    assert host.mem_total_bytes is not None and host.mem_available_bytes is not None
+    floor = config.host.floor.resolve(host.mem_total_bytes)
+    return _Resource(RAM_KEY, RAM, None, host.mem_available_bytes, floor, config.host)
+
+
+def _reading(config: Config, snapshot: Snapshot, key: str) -> _Resource | None:
+    """One resource's reading in a snapshot, or None when it cannot be read."""
+    if key == RAM_KEY:
+        return _host_resource(config, snapshot)
+    if snapshot.nvml_error is not None:
+        return None
+    for gpu in snapshot.gpus:
+        if gpu_key(gpu.uuid) == key:
+            return _gpu_resource(config, gpu)
+    return None
+
+
+def _resources(config: Config, snapshot: Snapshot, b: _Builder) -> list[_Resource]:
     """The floors to guard this tick; a resource that cannot be read ends its streak."""
     readable: list[_Resource] = []
     known_keys: set[str] = {RAM_KEY}
     for gpu in snapshot.gpus:
-        key = gpu_key(gpu.uuid)
-        known_keys.add(key)
-        if gpu.ok and snapshot.nvml_error is None:
-            assert gpu.total_bytes is not None and gpu.free_bytes is not None
-            floor = config.gpu.floor.resolve(gpu.total_bytes)
-            readable.append(_Resource(key, VRAM, gpu, gpu.free_bytes, floor, config.gpu))
-    host = snapshot.host
-    if host.ok:
-        assert host.mem_total_bytes is not None and host.mem_available_bytes is not None
-        floor = config.host.floor.resolve(host.mem_total_bytes)
-        readable.append(_Resource(RAM_KEY, RAM, None, host.mem_available_bytes, floor, config.host))
+        known_keys.add(gpu_key(gpu.uuid))
+        res = _gpu_resource(config, gpu) if snapshot.nvml_error is None else None
+        if res is not None:
+            readable.append(res)
+    host = _host_resource(config, snapshot)
+    if host is not None:
+        readable.append(host)
     readable_keys = {r.key for r in readable}
     for key in list(b.breach_since):
         if key not in readable_keys:
@@ -379,11 +556,10 @@ def _guard(b: _Builder, config: Config, snapshot: Snapshot, res: _Resource) -> N
         b.breach_since.pop(res.key, None)
         if res.key in b.episodes:
             _end_episode(b, res.key)
-            what = f"{res.where()} free" if res.gpu is not None else res.where()
             b.event(
                 "floor_recovered",
                 "info",
-                f"{what} {format_size(res.free_bytes)} is back above floor "
+                f"{res.free_text()} {format_size(res.free_bytes)} is back above floor "
                 f"{format_size(res.floor_bytes)}",
                 **res.fields(),
             )
@@ -401,33 +577,74 @@ def _guard(b: _Builder, config: Config, snapshot: Snapshot, res: _Resource) -> N
             breached_ns=now - since,
             **res.fields(),
         )
-    if res.key in b.in_flight:
-        return  # one action per resource until reclaimed or reclaim_timeout
-    candidates = [c for c in _candidates(config, snapshot, res) if c.tenant.unit not in b.acted]
+    flight = b.in_flight.get(res.key)
+    if flight is not None:
+        # One incident, one victim: the resource waits for the action that holds it.
+        if flight.cause not in ("", res.key) and b.tell_once(res.key, "waiting", flight.unit):
+            b.event(
+                "waiting",
+                "info",
+                f"{res.breach_text(since, now)}; waiting for the action on {flight.unit} "
+                f"(also over its {res.resource.upper()} budget here) to settle before acting "
+                "on another tenant" + (" (dry run)" if flight.dry_run else ""),
+                unit=flight.unit,
+                **res.fields(),
+            )
+        return
+    found, unknown = _candidates(config, snapshot, res)
+    candidates = [c for c in found if c.tenant.unit not in b.acted]
     for cand in candidates:
         refusal = _refusal(b, config, snapshot, cand, res)
         if refusal is None:
             _act(b, config, snapshot, res, cand, since)
             return
-    _no_candidate(b, config, snapshot, res, candidates, since)
+    _no_candidate(b, config, snapshot, res, candidates, unknown, since)
 
 
-def _candidates(config: Config, snapshot: Snapshot, res: _Resource) -> list[_Candidate]:
-    """Tenants over their budget for this resource, most over first."""
+def _candidates(
+    config: Config, snapshot: Snapshot, res: _Resource
+) -> tuple[list[_Candidate], list[str]]:
+    """Tenants proven over their budget for this resource, most over first; and the
+    tenants with a budget whose usage is not fully known and not proven over."""
     found: list[_Candidate] = []
+    unknown: list[str] = []
     for tenant in config.tenants:
         budget = tenant.budget(res.resource)
+        if budget is None:
+            continue
         usage = snapshot.units.get(tenant.unit)
-        if budget is None or usage is None:
-            continue
-        used = usage.vram_bytes if res.resource == VRAM else usage.ram_bytes
+        used, complete = _used(usage, res.resource)
         if used is None or used <= budget:
+            if not complete:
+                unknown.append(tenant.unit)
             continue
+        assert usage is not None
         if res.gpu is not None and usage.vram_by_gpu.get(res.gpu.uuid, 0) <= 0:
             continue  # over budget, but freeing it would not help this GPU
-        found.append(_Candidate(tenant, used, budget))
+        found.append(_Candidate(tenant, used, budget, complete))
     found.sort(key=lambda c: (-c.over_bytes, c.tenant.unit))
-    return found
+    return found, unknown
+
+
+def _holds(snapshot: Snapshot, tenant: Tenant) -> dict[str, tuple[str, int | None, int, int]]:
+    """Every resource a tenant is proven over budget on: key -> (resource, gpu, used, budget).
+
+    Acting on it frees all of them at once, so one action holds them all.
+    """
+    usage = snapshot.units.get(tenant.unit)
+    holds: dict[str, tuple[str, int | None, int, int]] = {}
+    if usage is None:
+        return holds
+    vram, _ = _used(usage, VRAM)
+    if tenant.vram_bytes is not None and vram is not None and vram > tenant.vram_bytes:
+        index = {g.uuid: g.index for g in snapshot.gpus}
+        for uuid, n in usage.vram_by_gpu.items():
+            if n > 0:
+                holds[gpu_key(uuid)] = (VRAM, index.get(uuid), vram, tenant.vram_bytes)
+    ram = usage.ram_bytes
+    if tenant.ram_bytes is not None and ram is not None and ram > tenant.ram_bytes:
+        holds[RAM_KEY] = (RAM, None, ram, tenant.ram_bytes)
+    return holds
 
 
 def _refusal(
@@ -437,13 +654,21 @@ def _refusal(
     unit = cand.tenant.unit
     now = snapshot.now_ns
     usage_text = (
-        f"uses {format_size(cand.used_bytes)} {res.resource.upper()}, "
+        f"uses {_usage_text(cand.used_bytes, cand.complete)} {res.resource.upper()}, "
         f"budget {format_size(cand.budget_bytes)}"
     )
     fields = dict(
         res.fields(), unit=unit, used_bytes=cand.used_bytes, budget_bytes=cand.budget_bytes
     )
     times = b.actions_ns.get(unit, ())
+    if config.daemon.dry_run:
+        # A dry run simulates its own cooldown and storm limit on top of real actions.
+        times = tuple(sorted(times + b.dry_actions_ns.get(unit, ())))
+    held_by = {
+        key: b.in_flight[key].unit
+        for key in _holds(snapshot, cand.tenant)
+        if key != res.key and key in b.in_flight and b.in_flight[key].unit != unit
+    }
     if unit == snapshot.self_unit:
         reason, text = "self", f"not acting on {unit}: it is vramwatch's own unit"
     elif cand.tenant.protected:
@@ -470,13 +695,36 @@ def _refusal(
                 **fields,
             )
         return "rate_limited"
+    elif held_by:
+        reason = "held"
+        where = ", ".join(
+            f"{_key_text(snapshot, key)} (held by the action on {other})"
+            for key, other in sorted(held_by.items())
+        )
+        text = (
+            f"not acting on {unit} yet: it is also over budget on {where}, which must "
+            f"settle first (one incident, one victim); it {usage_text}"
+        )
     else:
         return None
     if b.tell_once(res.key, reason, unit):
         b.event(
-            "skipped", "info" if reason == "cooldown" else "warning", text, reason=reason, **fields
+            "skipped",
+            "info" if reason in ("cooldown", "held") else "warning",
+            text,
+            reason=reason,
+            **fields,
         )
     return reason
+
+
+def _key_text(snapshot: Snapshot, key: str) -> str:
+    if key == RAM_KEY:
+        return "RAM"
+    for gpu in snapshot.gpus:
+        if gpu_key(gpu.uuid) == key:
+            return f"GPU {gpu.index}"
+    return key
 
 
 def _act(
@@ -490,9 +738,17 @@ def _act(
     would = {Verb.RESTART: "would restart", Verb.STOP: "would stop"}[verb]
     message = (
         f"{would if dry else doing} {tenant.unit}: {res.breach_text(since, now)}; unit uses "
-        f"{format_size(cand.used_bytes)} {res.resource.upper()}, budget "
+        f"{_usage_text(cand.used_bytes, cand.complete)} {res.resource.upper()}, budget "
         f"{format_size(cand.budget_bytes)}" + (" (dry run)" if dry else "")
     )
+    holds = _holds(snapshot, tenant)
+    holds[res.key] = (
+        res.resource,
+        res.gpu.index if res.gpu is not None else None,
+        cand.used_bytes,
+        cand.budget_bytes,
+    )
+    also = sorted(_key_text(snapshot, key) for key in holds if key != res.key)
     fields = dict(
         res.fields(),
         unit=tenant.unit,
@@ -501,18 +757,29 @@ def _act(
         over_bytes=cand.over_bytes,
         action=verb.value,
         breached_ns=now - since,
+        holds=sorted(holds),
     )
+    if not cand.complete:
+        fields["usage_complete"] = False
+    if also:
+        message += f"; also over budget on {', '.join(also)}, held until this settles"
     b.acted.add(tenant.unit)
-    b.actions_ns[tenant.unit] = b.actions_ns.get(tenant.unit, ()) + (now,)
-    b.in_flight[res.key] = InFlight(
-        unit=tenant.unit,
-        resource=res.resource,
-        gpu=res.gpu.index if res.gpu is not None else None,
-        started_ns=now,
-        used_before_bytes=cand.used_bytes,
-        budget_bytes=cand.budget_bytes,
-        dry_run=dry,
-    )
+    table = b.dry_actions_ns if dry else b.actions_ns
+    table[tenant.unit] = table.get(tenant.unit, ()) + (now,)
+    for key, (resource, gpu_index, used, budget) in holds.items():
+        reading = b.readable.get(key)
+        b.in_flight[key] = InFlight(
+            unit=tenant.unit,
+            resource=resource,
+            gpu=gpu_index,
+            started_ns=now,
+            used_before_bytes=used,
+            budget_bytes=budget,
+            dry_run=dry,
+            free_before_bytes=reading.free_bytes if reading is not None else None,
+            floor_bytes=reading.floor_bytes if reading is not None else None,
+            cause=res.key,
+        )
     if dry:
         b.event(f"would_{verb.value}", "warning", message, dry_run=True, **fields)
         return
@@ -556,6 +823,7 @@ def _no_candidate(
     snapshot: Snapshot,
     res: _Resource,
     refused: list[_Candidate],
+    unknown: list[str],
     since: int,
 ) -> None:
     if not b.tell_once(res.key, "no_candidate", ""):
@@ -564,12 +832,20 @@ def _no_candidate(
     top_text = ", ".join(f"{label} {format_size(n)}" for label, n in top) or "nobody visible"
     if refused:
         why = "every over-budget tenant was refused (see the skipped/rate_limited entries)"
+    elif unknown:
+        why = (
+            f"no tenant is proven over its {res.resource.upper()} budget (usage not fully "
+            f"known for {', '.join(unknown)})"
+        )
     else:
         why = "no tenant is over its " + res.resource.upper() + " budget"
+    fields: dict[str, Any] = {"top_users": [{"owner": label, "bytes": n} for label, n in top]}
+    if unknown and not refused:
+        fields["unknown_tenants"] = unknown
     b.event(
         "no_candidate",
         "warning",
         f"{res.breach_text(since, snapshot.now_ns)} but {why}; biggest users: {top_text}",
-        top_users=[{"owner": label, "bytes": n} for label, n in top],
+        **fields,
         **res.fields(),
     )

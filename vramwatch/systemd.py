@@ -48,6 +48,9 @@ class JobOutcome:
     result: str  # the job result ("done", "failed", "timeout", ...) or an error name
     detail: str  # one sentence for the journal
     duration_s: float = 0.0
+    # systemd accepted the job (returned its path): it runs, or ran, even if waiting
+    # for its result timed out or the bus dropped.
+    accepted: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -376,14 +376,41 @@ def test_an_over_budget_tenant_with_nothing_on_the_breached_gpu_is_not_chosen() 
 
 
 def test_unknown_usage_is_never_acted_on() -> None:
-    """NVML could not say (MIG, a GPU read failed): not proven over budget."""
+    """NVML could not say (MIG, a GPU read failed) and what is known is within budget:
+    not proven over budget, and no_candidate says whose usage is unknown."""
     config = cfg(tenant(IMMICH, vram=3000 * MIB, ram=1 * GIB))
-    units = [usage(IMMICH, vram=None, ram=None, by_gpu={UUID0: 10 * GIB})]
+    units = [usage(IMMICH, vram=None, ram=None, by_gpu={UUID0: 2 * GIB})]
 
     decisions = run(config, *(snap(t, LOW, units, avail=1 * GIB) for t in (0, 10, 20)))
 
     assert [] == acted(decisions)
     assert ["vram", "ram"] == [e.fields["resource"] for e in named(decisions, "no_candidate")]
+    assert (
+        "GPU 0 free 1.2 GiB < floor 2 GiB for 10s but no tenant is proven over its VRAM budget "
+        f"(usage not fully known for {IMMICH}); biggest users: (unattributed) 12.8 GiB, "
+        f"{IMMICH} 2 GiB"
+    ) == named(decisions, "no_candidate")[0].message
+
+
+def test_known_usage_on_healthy_gpus_is_a_lower_bound_that_proves_a_tenant_over() -> None:
+    """GPU 1 is unreadable; IMMICH's 9 GiB on the breached GPU 0 is already over 3 GiB."""
+    config = cfg(tenant(IMMICH, vram=3 * GIB), tenant(WHISPER, vram=1 * GIB))
+    units = [
+        usage(IMMICH, vram=None, by_gpu={UUID0: 9 * GIB}),
+        usage(WHISPER, vram=None, by_gpu={}),
+    ]
+    gpus = [
+        gpu(LOW, processes=[proc(1, 9 * GIB, IMMICH)]),
+        gpu(None, 1, UUID1, total=None, error="GPU_IS_LOST: GPU is lost"),
+    ]
+
+    decisions = run(config, *(snap(t, units=units, gpus=gpus) for t in (0, 10)))
+
+    assert [IMMICH] == acted(decisions)
+    assert (
+        f"restarting {IMMICH}: GPU 0 free 1.2 GiB < floor 2 GiB for 10s; unit uses at least "
+        "9 GiB VRAM, budget 3 GiB"
+    ) == decisions[-1].actions[0].message
 
 
 def test_a_tenant_without_a_budget_for_the_resource_is_never_acted_on() -> None:
@@ -559,15 +586,21 @@ def test_after_acting_the_resource_waits_until_the_memory_is_reclaimed() -> None
         snap(0, LOW, both),
         snap(10, LOW, both),  # acts on IMMICH
         snap(12, LOW, both),  # IMMICH still over budget: wait
-        snap(20, LOW, shrunk),  # reclaimed: WHISPER is next
+        snap(20, LOW, shrunk),  # IMMICH within budget, but the GPU has not got it back: wait
+        snap(22, HIGH, shrunk),  # the memory is back: reclaimed
+        snap(24, LOW, shrunk),
+        snap(34, LOW, shrunk),  # a new breach: WHISPER is next
     )
 
-    assert [[], [IMMICH], [], [WHISPER]] == [[a.unit for a in d.actions] for d in decisions]
+    assert [[], [IMMICH], [], [], [], [], [WHISPER]] == [
+        [a.unit for a in d.actions] for d in decisions
+    ]
     assert [
         Event(
             "reclaimed",
             "info",
-            f"{IMMICH} released 9.5 GiB VRAM within 10s: now 1 GiB, budget 2.9 GiB",
+            f"{IMMICH} released 9.5 GiB VRAM within 12s: GPU 0 free 8 GiB back above floor "
+            "2 GiB; unit now 1 GiB, budget 2.9 GiB",
             {
                 "freed_bytes": int(10.5 * GIB) - 1 * GIB,
                 "unit": IMMICH,
@@ -576,9 +609,50 @@ def test_after_acting_the_resource_waits_until_the_memory_is_reclaimed() -> None
                 "budget_bytes": 3000 * MIB,
                 "used_before_bytes": int(10.5 * GIB),
                 "gpu": 0,
+                "free_bytes": HIGH,
+                "floor_bytes": 2 * GIB,
             },
         )
     ] == named(decisions, "reclaimed")
+
+
+def test_reclaimed_means_the_memory_came_back_not_only_that_the_unit_shrank() -> None:
+    """The old process outside the unit still holds 10 GiB: the unit reads 0 but GPU free
+    stays at 1.2 GiB. Not reclaimed; WHISPER waits for reclaim_timeout, then is acted on."""
+    config = cfg(tenant(IMMICH, vram=3000 * MIB), tenant(WHISPER, vram=1 * GIB), cooldown_s=0)
+    both = [IMMICH_GREW, usage(WHISPER, vram=3 * GIB)]
+    orphaned = [usage(IMMICH, vram=0), usage(WHISPER, vram=3 * GIB)]
+
+    decisions = run(
+        config,
+        snap(0, LOW, both),
+        snap(10, LOW, both),
+        snap(12, LOW, orphaned),
+        snap(39, LOW, orphaned),
+        snap(40, LOW, orphaned),
+    )
+
+    assert [[], [IMMICH], [], [], [WHISPER]] == [[a.unit for a in d.actions] for d in decisions]
+    assert [] == named(decisions, "reclaimed")
+    assert (
+        "GPU 0 free 1.2 GiB still under floor 2 GiB 30s after acting on "
+        f"{IMMICH}, which now uses 0 B VRAM (budget 2.9 GiB): the memory it held may be kept "
+        "by a process outside the unit (an orphan, a docker-*.scope) or taken by another; "
+        "other tenants may now be acted on"
+    ) == named(decisions, "not_reclaimed")[0].message
+
+
+def test_the_overage_visible_as_free_memory_is_reclaimed_even_under_the_floor() -> None:
+    """GPU free rose by IMMICH's whole overage, but another tenant grew meanwhile."""
+    config = cfg(tenant(IMMICH, vram=3000 * MIB), cooldown_s=0, gpu_floor="10GiB")
+    decisions = run(
+        config,
+        snap(0, LOW, [IMMICH_GREW]),
+        snap(10, LOW, [IMMICH_GREW]),
+        snap(12, 9 * GIB, [usage(IMMICH, vram=0)]),
+    )
+
+    assert ["reclaimed", "no_candidate"] == names(decisions[-1])
 
 
 def test_after_reclaim_timeout_the_action_is_not_reclaimed_and_others_may_be_acted_on() -> None:
@@ -688,7 +762,9 @@ def test_max_restarts_per_window_then_rate_limited_logged_once_per_window() -> N
         tenant(IMMICH, vram=3000 * MIB), cooldown_s=1, max_restarts=2, window_s=100, grace_s=0
     )
     shrunk = [usage(IMMICH, vram=1 * GIB)]
-    snaps = [snap(t, LOW, [IMMICH_GREW] if t % 2 == 0 else shrunk) for t in range(0, 111)]
+    snaps = [
+        snap(t, LOW, [IMMICH_GREW]) if t % 2 == 0 else snap(t, HIGH, shrunk) for t in range(0, 111)
+    ]
 
     decisions = run(config, *snaps)
 
@@ -1160,7 +1236,10 @@ def runs(draw: st.DrawFn) -> tuple[Config, list[Snapshot]]:
 
 
 def used_for(u: UnitUsage, resource: str) -> int | None:
-    return u.vram_bytes if resource == "vram" else u.ram_bytes
+    """Usage as the policy reads it: known VRAM on readable GPUs is a lower bound."""
+    if resource == "vram":
+        return u.vram_bytes if u.vram_bytes is not None else sum(u.vram_by_gpu.values())
+    return u.ram_bytes
 
 
 @settings(max_examples=200, deadline=None)
