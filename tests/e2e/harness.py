@@ -149,12 +149,16 @@ class Bed:
         once: bool = True,
         leak_mib_per_s: float = 0,
         leak_max_mib: int = 12000,
+        gpu: int = 0,
+        orphan_s: float = 0,
         properties: Mapping[str, str] | None = None,
     ) -> UnitState:
         """A unit holding real RAM and declaring fake VRAM (tests/e2e/tenant.py).
 
         ``once``: only the first process declares VRAM, so a restart frees it;
-        ``leak_mib_per_s``: the VRAM grows (a CUDA arena that never shrinks).
+        ``leak_mib_per_s``: the VRAM grows (a CUDA arena that never shrinks);
+        ``gpu``: the fake GPU's index; ``orphan_s``: a child holds the VRAM and
+        outlives the unit's stop by that long, outside the unit.
         """
         argv = [
             self.sb.python,
@@ -165,7 +169,11 @@ class Bed:
             str(vram_mib),
             "--ram-mib",
             str(ram_mib),
+            "--gpu",
+            str(gpu),
         ]
+        if orphan_s:
+            argv += ["--orphan-s", str(orphan_s)]
         if once:
             argv += ["--vram-once", str(self.procdir / f".once-{unit}")]
         if leak_mib_per_s:

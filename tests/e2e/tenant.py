@@ -2,16 +2,20 @@
 """A tenant's main process for the end-to-end tests and the demo (stdlib only).
 
     tenant.py --procdir DIR [--vram-mib N] [--vram-grow-mib-per-s X] [--vram-max-mib M]
-              [--gpu I] [--vram-once MARKER] [--ram-mib R]
+              [--gpu I] [--vram-once MARKER] [--ram-mib R] [--orphan-s T]
 
 Holds R MiB of real, touched RAM and declares N MiB of VRAM on fake GPU I for
 its own PID (a "proc" line in DIR/<pid>, which the fake libnvidia-ml.so.1
 reads, and reaps when the PID is gone), optionally growing it by X MiB/s up
 to M (a leak). With --vram-once, only the first process ever started declares
 VRAM (the MARKER file remembers), so a restarted unit comes back clean;
-without it every start re-grabs its VRAM at once (a restart storm). Sends
-READY=1 when $NOTIFY_SOCKET is set; exits 0 on SIGTERM. Runs from the
-sandbox's work directory, beside tests/sandbox/hog.py.
+without it every start re-grabs its VRAM at once (a restart storm). With
+--orphan-s, the VRAM is held by a child that, when the unit is stopped,
+leaves the unit's cgroup for a plain sibling directory (as a double-forked
+helper of a delegated unit can) and keeps the memory for T more seconds: an
+orphan outside the unit. Sends READY=1 when $NOTIFY_SOCKET is set; exits 0
+on SIGTERM. Runs from the sandbox's work directory, beside
+tests/sandbox/hog.py.
 """
 
 from __future__ import annotations
@@ -36,6 +40,58 @@ def declare(procdir: str, gpu: int, mib: float) -> None:
     os.replace(tmp, os.path.join(procdir, str(pid)))
 
 
+def escape_cgroup() -> None:
+    """Move this process out of its unit into ``<parent>/escaped`` in every hierarchy
+    that tracks units (name=systemd on v1 and hybrid hosts, the unified one)."""
+    roots = {"name=systemd": "/sys/fs/cgroup/systemd", "": None}
+    with open("/proc/self/cgroup") as handle:
+        lines = handle.read().splitlines()
+    for line in lines:
+        hier, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if controllers not in roots:
+            continue
+        if controllers == "":
+            base = "/sys/fs/cgroup/unified"
+            root = base if os.path.isdir(base) else "/sys/fs/cgroup"
+        else:
+            root = roots[controllers] or ""
+        target = os.path.join(root + os.path.dirname(path), "escaped")
+        try:
+            os.makedirs(target, exist_ok=True)
+            with open(os.path.join(target, "cgroup.procs"), "w") as handle:
+                handle.write(str(os.getpid()))
+        except OSError:
+            pass  # that hierarchy does not track this unit (e.g. v2 line on a hybrid host)
+
+
+def orphan(procdir: str, gpu: int, mib: float, seconds: float) -> int:
+    """A child that holds the VRAM and outlives the unit's stop for ``seconds``."""
+    child = os.fork()
+    if child:
+        return child
+    try:
+        escaped = False
+
+        def on_term(_signum: int, _frame: FrameType | None) -> None:
+            nonlocal escaped
+            if not escaped:
+                escaped = True
+                escape_cgroup()
+
+        signal.signal(signal.SIGTERM, on_term)
+        declare(procdir, gpu, mib)
+        deadline = None
+        while True:
+            time.sleep(0.1)
+            if escaped and deadline is None:
+                deadline = time.monotonic() + seconds
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+    finally:
+        os._exit(0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--procdir", required=True)
@@ -45,6 +101,7 @@ def main() -> None:
     ap.add_argument("--gpu", type=int, default=0)
     ap.add_argument("--vram-once")
     ap.add_argument("--ram-mib", type=float, default=8)
+    ap.add_argument("--orphan-s", type=float, default=0)
     args = ap.parse_args()
 
     stop = False
@@ -65,7 +122,10 @@ def main() -> None:
             os.close(os.open(args.vram_once, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
         except FileExistsError:
             grabs = False
-    if grabs:
+    if grabs and args.orphan_s:
+        orphan(args.procdir, args.gpu, vram, args.orphan_s)
+        grabs = False
+    elif grabs:
         declare(args.procdir, args.gpu, vram)
     sd_notify("READY=1")
     last = time.monotonic()
