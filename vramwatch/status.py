@@ -65,7 +65,7 @@ def report(
                 "name": p.name,
                 "cmdline": _cmdline(p.pid),
                 "used_bytes": p.used_bytes,
-                "owner": p.owner.qualified_label() if p.owner else None,
+                "owner": p.owner.label() if p.owner else None,
                 "manager": p.owner.manager if p.owner else None,
             }
             for p in gpu.processes
@@ -174,6 +174,7 @@ def render_text(rep: dict[str, Any]) -> str:
             lines.append(
                 f"  not a tenant: pid {proc['pid']} {proc['name']!r} "
                 f"{format_size(proc['used_bytes'])} in {proc['owner'] or 'unknown'}"
+                + (f" ({proc['manager']})" if proc["manager"] not in (None, "system") else "")
                 + (f": {proc['cmdline']}" if proc["cmdline"] else "")
             )
     host = rep["host"]
