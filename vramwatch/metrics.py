@@ -318,7 +318,8 @@ class _View:
         )
         ram = family(
             "vramwatch_tenant_ram_used_bytes",
-            "RAM of the tenant unit (cgroup memory.current, or summed RSS on cgroup v1).",
+            "RAM of the tenant unit: anonymous + shmem (cgroup memory.stat, "
+            "or its processes' RssAnon + RssShmem).",
             ("unit",),
         )
         ram_budget = family(

@@ -19,17 +19,41 @@ VRAM = "vram"
 class Owner:
     """Who a process belongs to, read from ``/proc/PID/cgroup``.
 
-    ``manager`` is ``"system"`` or ``"user@UID"``; ``unit`` is the innermost
-    ``*.service`` or ``*.scope`` (``None`` for a bare cgroup such as ``/``).
+    ``unit`` is the unit systemd itself names for the cgroup (the first unit
+    below the slices, or inside ``user@UID.service`` the user unit), ``None``
+    for a bare cgroup such as ``/``; ``manager`` is ``"system"``, or
+    ``"user@UID"`` for a user unit.
     """
 
     cgroup: str
     unit: str | None
     manager: str
 
+    @property
+    def system_unit(self) -> str | None:
+        """The system unit that holds the process: a user unit's is its user manager."""
+        return self.unit if self.manager == "system" else f"{self.manager}.service"
+
+    def unit_for(self, manager: str) -> str | None:
+        """The unit of ``manager`` ("system" or "user@UID") the process counts against.
+
+        On the system manager every process of a user manager counts against
+        ``user@UID.service``; a user manager sees only its own units.
+        """
+        if manager == "system":
+            return self.system_unit
+        return self.unit if self.manager == manager else None
+
     def label(self) -> str:
         """The unit for people, or the cgroup when there is none."""
         return self.unit if self.unit is not None else f"cgroup {self.cgroup}"
+
+    def qualified_label(self) -> str:
+        """:meth:`label`, naming the manager of a user unit: ``llm.service (user@1000)``,
+        so that a user's unit and the system's unit of the same name stay apart."""
+        if self.manager == "system":
+            return self.label()
+        return f"{self.label()} ({self.manager})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +116,13 @@ class UnitUsage:
     unit: str
     vram_bytes: int | None  # summed over all GPUs; None: a GPU could not be read
     vram_by_gpu: Mapping[str, int]  # GPU UUID -> bytes attributed on that GPU
-    ram_bytes: int | None  # cgroup v2 memory.current, or summed RSS under cgroup v1
+    # Anonymous + shmem memory (never page cache or file-backed mappings): from
+    # the unit's memory cgroup, or summed RssAnon + RssShmem of its processes.
+    ram_bytes: int | None
     pids: tuple[int, ...]
-    ram_source: str = ""  # "memory.current", "rss" or "" when unknown
+    # "memory.stat" (cgroup v2), "memory.stat (v1)", "rss-anon+shmem", "inactive",
+    # or "" when unknown
+    ram_source: str = ""
 
 
 @dataclass(frozen=True, slots=True)

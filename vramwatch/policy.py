@@ -804,7 +804,8 @@ def biggest_users(snapshot: Snapshot, gpu: GpuSample | None) -> list[tuple[str, 
     totals: dict[str, int] = {}
     if gpu is not None:
         for proc in gpu.processes:
-            label = proc.owner.label() if proc.owner is not None else f"pid {proc.pid}"
+            # A user unit names its manager: a user's llm.service is not the system's.
+            label = proc.owner.qualified_label() if proc.owner is not None else f"pid {proc.pid}"
             totals[label] = totals.get(label, 0) + (proc.used_bytes or 0)
         if gpu.unattributed_bytes:
             totals["(unattributed)"] = gpu.unattributed_bytes

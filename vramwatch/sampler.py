@@ -16,7 +16,7 @@ from typing import Protocol
 
 from vramwatch.config import Config
 from vramwatch.model import GpuProcess, GpuSample, HostSample, Owner, Snapshot, UnitUsage
-from vramwatch.sources.procfs import ProcFs
+from vramwatch.sources.procfs import RSS_SOURCE, ProcFs
 
 # How many of the biggest RAM holders a breached host floor reports.
 RAM_TOP = 5
@@ -27,7 +27,7 @@ RAM_TOP = 5
 IDENTITY_TTL_NS = 60 * 10**9
 
 
-# Summing RSS over a unit's processes (cgroup v1: no memory.current) is the
+# Summing RSS over a unit's processes (no memory cgroup: RssAnon + RssShmem) is the
 # costliest read of a tick. While MemAvailable is at least this many times its
 # floor no RAM decision can be made, so a unit whose set of PIDs is unchanged
 # keeps its last sum for up to RSS_RELAXED_NS; near the floor every tick reads.
@@ -204,9 +204,9 @@ class Sampler:
     ) -> tuple[int | None, str]:
         last = self._rss.get(unit)
         if relaxed and last is not None and last[0] == pids and now_ns - last[2] < RSS_RELAXED_NS:
-            return last[1], "rss"  # same processes, far from the floor: the recent sum stands
+            return last[1], RSS_SOURCE  # same processes, far from the floor: the sum stands
         ram, source = self.procfs.unit_ram(cgroup, pids)
-        if source == "rss" and ram is not None:
+        if source == RSS_SOURCE and ram is not None:
             self._rss[unit] = (pids, ram, now_ns)
         else:
             self._rss.pop(unit, None)
@@ -238,11 +238,12 @@ def _vram_by_unit(
     for gpu in gpus:
         for proc in gpu.processes:
             owner = proc.owner
-            if owner is None or owner.unit is None or owner.manager != manager:
+            unit = owner.unit_for(manager) if owner is not None else None
+            if unit is None:
                 continue
-            by_gpu, unknown = found.setdefault(owner.unit, ({}, False))
+            by_gpu, unknown = found.setdefault(unit, ({}, False))
             if proc.used_bytes is None:
-                found[owner.unit] = (by_gpu, True)  # NVML_VALUE_NOT_AVAILABLE: never read as zero
+                found[unit] = (by_gpu, True)  # NVML_VALUE_NOT_AVAILABLE: never read as zero
                 continue
             by_gpu[gpu.uuid] = by_gpu.get(gpu.uuid, 0) + proc.used_bytes
     return found

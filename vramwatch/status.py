@@ -69,7 +69,7 @@ def report(
                 "manager": p.owner.manager if p.owner else None,
             }
             for p in gpu.processes
-            if p.owner is None or p.owner.unit not in tenant_units or p.owner.manager != manager
+            if p.owner is None or p.owner.unit_for(manager) not in tenant_units
         ]
         gpus.append(
             {
@@ -174,6 +174,7 @@ def render_text(rep: dict[str, Any]) -> str:
             lines.append(
                 f"  not a tenant: pid {proc['pid']} {proc['name']!r} "
                 f"{format_size(proc['used_bytes'])} in {proc['owner'] or 'unknown'}"
+                + (f" ({proc['manager']})" if proc["manager"] not in (None, "system") else "")
                 + (f": {proc['cmdline']}" if proc["cmdline"] else "")
             )
     host = rep["host"]
@@ -190,13 +191,13 @@ def render_text(rep: dict[str, Any]) -> str:
         lines.append(f"systemd: {rep['bus_error']} (unit states unknown)")
     if rep["tenants"]:
         lines.append("")
-        header = f"{'UNIT':<36} {'STATE':<22} {'VRAM / BUDGET':<28} {'RAM / BUDGET':<28}"
+        header = f"{'UNIT':<36} {'STATE':<22} {'VRAM / BUDGET':<28} {'RAM / BUDGET':<28} RAM FROM"
         lines.append(header)
         for t in rep["tenants"]:
             state = t.get("active_state", "unknown") + (" (protected)" if t["protected"] else "")
             lines.append(
                 f"{t['unit']:<36} {state:<22} {_vs(t['vram_bytes'], t['vram_budget_bytes']):<28} "
-                f"{_vs(t['ram_bytes'], t['ram_budget_bytes']):<28}"
+                f"{_vs(t['ram_bytes'], t['ram_budget_bytes']):<28} {t['ram_source'] or '-'}"
             )
     if rep["dry_run"]:
         lines.append("\n(dry run: vramwatch only logs what it would do)")

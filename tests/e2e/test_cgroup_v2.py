@@ -2,7 +2,7 @@
 cgroup2 hierarchy, with systemd --user in unified mode (Sandbox(cgroup_mode="v2")).
 
 The memory controller is not in that hierarchy here (it stays on v1), so there
-is no memory.current and the daemon falls back to summed RSS.
+is no memory.stat and the daemon falls back to its processes' RssAnon + RssShmem.
 """
 
 from __future__ import annotations

@@ -104,8 +104,7 @@ def test_an_unreadable_cgroup_procs_makes_that_unit_unknown_and_nothing_else(
     fake_nvml: FakeNvmlState, tmp_path: Path
 ) -> None:
     procfs = world(tmp_path, 900_000)
-    procs = tmp_path / CG / HOG / "memory.current"
-    procs.unlink()
+    (tmp_path / CG / HOG / "memory.stat").unlink()
     (tmp_path / CG / HOG / "cgroup.procs").unlink()
     (tmp_path / CG / HOG / "cgroup.procs").mkdir()  # EISDIR: like EACCES or EIO
 
@@ -115,12 +114,12 @@ def test_an_unreadable_cgroup_procs_makes_that_unit_unknown_and_nothing_else(
     assert snap.host.ok and [None] == [g.error for g in snap.gpus]
 
 
-def test_an_unreadable_memory_current_is_unknown_not_a_guess(
+def test_an_unreadable_memory_stat_is_unknown_not_a_guess(
     fake_nvml: FakeNvmlState, tmp_path: Path
 ) -> None:
     procfs = world(tmp_path, 900_000)
-    (tmp_path / CG / HOG / "memory.current").unlink()
-    (tmp_path / CG / HOG / "memory.current").mkdir()
+    (tmp_path / CG / HOG / "memory.stat").unlink()
+    (tmp_path / CG / HOG / "memory.stat").mkdir()
 
     snap = sample(fake_nvml, procfs)
 
@@ -128,15 +127,15 @@ def test_an_unreadable_memory_current_is_unknown_not_a_guess(
     assert 200 * MIB == snap.units[LLAMA].ram_bytes
 
 
-def test_a_missing_memory_current_falls_back_to_the_rss_of_the_units_pids(
+def test_a_missing_memory_stat_falls_back_to_the_rss_of_the_units_pids(
     fake_nvml: FakeNvmlState, tmp_path: Path
 ) -> None:
     procfs = world(tmp_path, 900_000)
-    (tmp_path / CG / HOG / "memory.current").unlink()
+    (tmp_path / CG / HOG / "memory.stat").unlink()
 
     snap = sample(fake_nvml, procfs)
 
-    assert (0, "rss") == (snap.units[HOG].ram_bytes, snap.units[HOG].ram_source)
+    assert (0, "rss-anon+shmem") == (snap.units[HOG].ram_bytes, snap.units[HOG].ram_source)
 
 
 def test_a_unit_cgroup_removed_after_it_was_located_is_not_an_error(

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.fakenvml import FakeGpu, FakeNvmlState, FakeProcess, mib
 from vramwatch import config as cfg
@@ -32,11 +37,16 @@ protected = true
 
 
 def proc(root: Path, pid: int, cgroup: str, comm: str, rss_pages: int = 0) -> None:
+    """A process whose anonymous memory is ``rss_pages`` 4 KiB pages."""
     d = root / "proc" / str(pid)
     d.mkdir(parents=True)
     (d / "cgroup").write_text(f"0::{cgroup}\n")
     (d / "comm").write_text(comm + "\n")
-    (d / "statm").write_text(f"1000 {rss_pages} 0 0 0 0 0\n")
+    (d / "status").write_text(f"RssAnon:\t{rss_pages * 4} kB\nRssFile:\t9000 kB\nRssShmem:\t0 kB\n")
+
+
+def memory_stat(anon: int, shmem: int = 0, file: int = 0) -> str:
+    return f"anon {anon}\nfile {file}\nshmem {shmem}\nfile_mapped {file}\n"
 
 
 def world(tmp_path: Path, available_kib: int) -> ProcFs:
@@ -55,9 +65,9 @@ def world(tmp_path: Path, available_kib: int) -> ProcFs:
         "impostor",
     )
     cg = tmp_path / "cgroup"
-    for unit, current in (("immich-ml.service", mib(1500)), ("llama.service", mib(200))):
+    for unit, anon in (("immich-ml.service", mib(1500)), ("llama.service", mib(200))):
         (cg / "system.slice" / unit).mkdir(parents=True)
-        (cg / "system.slice" / unit / "memory.current").write_text(f"{current}\n")
+        (cg / "system.slice" / unit / "memory.stat").write_text(memory_stat(anon, 0, mib(4000)))
     (cg / "system.slice" / "immich-ml.service" / "cgroup.procs").write_text("4242\n")
     (cg / "system.slice" / "immich-ml.service" / "worker").mkdir()
     (cg / "system.slice" / "immich-ml.service" / "worker" / "cgroup.procs").write_text("4243\n")
@@ -92,7 +102,7 @@ def test_tenant_vram_sums_its_processes_and_ignores_same_named_user_units(
     sampler.close()
 
     immich = snap.units["immich-ml.service"]
-    assert (mib(10700), {UUID: mib(10700)}, mib(1500), (4242, 4243), "memory.current") == (
+    assert (mib(10700), {UUID: mib(10700)}, mib(1500), (4242, 4243), "memory.stat") == (
         immich.vram_bytes,
         dict(immich.vram_by_gpu),
         immich.ram_bytes,
@@ -147,3 +157,95 @@ def test_ram_top_is_read_only_when_the_host_floor_is_breached(
 
     assert () == healthy.ram_top
     assert ("docker-abc.scope", 100_000 * 4096) == starved.ram_top[0]
+
+
+SYSTEM_WIDE = cfg.parse(
+    """
+[[tenant]]
+unit = "user@1000.service"
+vram = "3000MiB"
+[[tenant]]
+unit = "systemd-nspawn@c1.service"
+vram = "3000MiB"
+[[tenant]]
+unit = "ollama.service"
+vram = "3000MiB"
+""",
+    "/etc/vramwatch.toml",
+)
+USER_MANAGER = "/user.slice/user-1000.slice/user@1000.service"
+NSPAWN = "/machine.slice/systemd-nspawn@c1.service"
+
+
+def test_a_system_tenant_owns_everything_below_its_cgroup(
+    fake_nvml: FakeNvmlState, tmp_path: Path
+) -> None:
+    """Issue 10, item 1: user@1000.service and an nspawn container on the system bus
+    count every process below them (user units, the container's own services);
+    a delegated payload named like another tenant is never that tenant's."""
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "meminfo").write_text("MemTotal: 1000000 kB\nMemAvailable: 900000 kB\n")
+    cg = tmp_path / "cgroup"
+    placed = {
+        10: USER_MANAGER + "/init.scope",
+        11: USER_MANAGER + "/app.slice/llm.service",
+        12: USER_MANAGER + "/app.slice/llm.service/runner",
+        20: NSPAWN + "/payload/system.slice/ollama.service",
+        30: "/system.slice/ollama.service",
+    }
+    for pid, cgroup in placed.items():
+        proc(tmp_path, pid, cgroup, "python3", rss_pages=pid)
+        (cg / cgroup.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        (cg / cgroup.lstrip("/") / "cgroup.procs").write_text(f"{pid}\n")
+    (cg / USER_MANAGER.lstrip("/") / "memory.stat").write_text(memory_stat(mib(700), mib(100)))
+    fake_nvml.write(
+        [
+            FakeGpu(
+                UUID,
+                mib(15360),
+                processes=tuple(
+                    FakeProcess(pid, mib(n))
+                    for pid, n in ((10, 1), (11, 1000), (12, 2000), (20, 4000), (30, 100))
+                ),
+            )
+        ]
+    )
+    sampler = Sampler(NvmlSource(), ProcFs(tmp_path / "proc", layout=CgroupLayout("v2", cg, cg)))
+
+    snap = sampler.sample(SYSTEM_WIDE, 0)
+    sampler.close()
+
+    actual = {
+        unit: (u.vram_bytes, tuple(sorted(u.pids)), u.ram_bytes, u.ram_source)
+        for unit, u in snap.units.items()
+    }
+    assert {
+        "user@1000.service": (mib(3001), (10, 11, 12), mib(800), "memory.stat"),
+        "systemd-nspawn@c1.service": (mib(4000), (20,), 20 * 4096, "rss-anon+shmem"),
+        "ollama.service": (mib(100), (30,), 30 * 4096, "rss-anon+shmem"),
+    } == actual
+
+
+def test_an_unreadable_process_costs_only_itself_in_the_biggest_ram_users(
+    fake_nvml: FakeNvmlState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 10, item 7: under hidepid=1 another user's /proc/PID files refuse reads."""
+    fake_nvml.write(gpus())
+    procfs = world(tmp_path, 100)  # the host floor is breached: the biggest users are read
+    (tmp_path / "proc" / "4242" / "status").write_text("RssAnon:\t1000 kB\nRssShmem:\t0 kB\n")
+    refused = os.fspath(tmp_path / "proc" / "6000") + "/"
+    real_open = os.open
+
+    def refusing_open(path: Any, *args: Any, **kwargs: Any) -> int:
+        if os.fspath(path).startswith(refused):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    sampler = Sampler(NvmlSource(), procfs)
+
+    snap = sampler.sample(CONFIG, 0)
+    sampler.close()
+
+    assert (("immich-ml.service", 1000 * 1024),) == snap.ram_top
+    assert mib(1500) == snap.units["immich-ml.service"].ram_bytes

@@ -81,7 +81,10 @@ def v1_world(tmp_path: Path, pids: list[int], rss_pages: int, available_kib: int
     (unit / "cgroup.procs").write_text("".join(f"{p}\n" for p in pids))
     for pid in pids:
         (proc / str(pid)).mkdir(exist_ok=True)
-        (proc / str(pid) / "statm").write_text(f"1000 {rss_pages} 0 0 0 0 0\n")
+        kib = rss_pages * PAGE_SIZE // 1024  # anonymous; the mapped file never counts
+        (proc / str(pid) / "status").write_text(
+            f"RssAnon:\t{kib} kB\nRssFile:\t50000 kB\nRssShmem:\t0 kB\n"
+        )
     return ProcFs(proc, layout=CgroupLayout("v1", tmp_path / "systemd", None))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import errno
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,21 +25,50 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+def status(anon_kib: int, shmem_kib: int = 0, file_kib: int = 0) -> str:
+    """/proc/PID/status as the kernel writes it (the fields around the Rss* ones)."""
+    return (
+        "Name:\tpython3\nUmask:\t0022\nState:\tS (sleeping)\nVmPeak:\t  900000 kB\n"
+        f"VmRSS:\t{anon_kib + shmem_kib + file_kib} kB\nRssAnon:\t{anon_kib} kB\n"
+        f"RssFile:\t{file_kib} kB\nRssShmem:\t{shmem_kib} kB\nVmData:\t  400000 kB\n"
+        "Threads:\t4\n"
+    )
+
+
 def add_pid(
     proc: Path,
     pid: int,
     cgroup: str | None = None,
     comm: str | None = "python3\n",
     rss_pages: int | None = 25,
+    shmem_kib: int = 0,
+    file_kib: int = 0,
 ) -> None:
-    """A /proc/PID directory; a file left as None is missing (the process is exiting)."""
+    """A /proc/PID directory; a file left as None is missing (the process is exiting).
+
+    ``rss_pages`` is its anonymous memory, in pages."""
     (proc / str(pid)).mkdir(parents=True)
     if cgroup is not None:
         write(proc / str(pid) / "cgroup", cgroup)
     if comm is not None:
         write(proc / str(pid) / "comm", comm)
     if rss_pages is not None:
-        write(proc / str(pid) / "statm", f"100000 {rss_pages} 50 10 0 2000 0\n")
+        write(proc / str(pid) / "status", status(rss_pages * PAGE_SIZE // KB, shmem_kib, file_kib))
+
+
+def deny_reads(monkeypatch: pytest.MonkeyPatch, under: Path, error: int = errno.EACCES) -> None:
+    """Opening anything below ``under`` fails with ``error``, as under hidepid=1 or
+    ProtectProc=invisible for another user's process (EACCES), or a dying disk (EIO).
+    The tests run as root, which no file mode stops."""
+    real_open = os.open
+    prefix = os.fspath(under) + "/"
+
+    def refusing_open(path: Any, *args: Any, **kwargs: Any) -> int:
+        if os.fspath(path).startswith(prefix):
+            raise OSError(error, os.strerror(error), os.fspath(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing_open)
 
 
 def v2(path: str) -> str:
@@ -90,9 +120,22 @@ def v1_fs(tmp_path: Path) -> ProcFs:
                 "user@1000",
             ),
         ),
+        # no user unit can be named: the process is the system unit user@1000.service's
         (
             v2("/user.slice/user-1000.slice/user@1000.service/app.slice"),
-            Owner("/user.slice/user-1000.slice/user@1000.service/app.slice", None, "user@1000"),
+            Owner(
+                "/user.slice/user-1000.slice/user@1000.service/app.slice",
+                "user@1000.service",
+                "system",
+            ),
+        ),
+        (
+            v2("/user.slice/user-1000.slice/user@1000.service/worker/3"),
+            Owner(
+                "/user.slice/user-1000.slice/user@1000.service/worker/3",
+                "user@1000.service",
+                "system",
+            ),
         ),
         # the user manager itself is a system unit
         (
@@ -107,11 +150,74 @@ def v1_fs(tmp_path: Path) -> ProcFs:
             v2("/system.slice/docker-4f3c2a.scope"),
             Owner("/system.slice/docker-4f3c2a.scope", "docker-4f3c2a.scope", "system"),
         ),
-        # a service's own sub-cgroups belong to it; a scope inside it is innermost
+        # the first unit below the slices owns every cgroup below it, whatever its name
+        # (systemd's cg_path_get_unit): a Delegate=yes unit's payload is its own
         (v2(SYSTEM_FOO + "/worker/3"), Owner(SYSTEM_FOO + "/worker/3", "foo.service", "system")),
         (
             v2(SYSTEM_FOO + "/payload.scope"),
-            Owner(SYSTEM_FOO + "/payload.scope", "payload.scope", "system"),
+            Owner(SYSTEM_FOO + "/payload.scope", "foo.service", "system"),
+        ),
+        (
+            v2("/system.slice/batch.service/ollama.service"),
+            Owner("/system.slice/batch.service/ollama.service", "batch.service", "system"),
+        ),
+        (
+            v1("/system.slice/batch.service/ollama.service"),
+            Owner("/system.slice/batch.service/ollama.service", "batch.service", "system"),
+        ),
+        # a user manager below a delegated unit is that unit's payload, no user manager
+        (
+            v2("/system.slice/batch.service/user@1000.service/app.slice/x.service"),
+            Owner(
+                "/system.slice/batch.service/user@1000.service/app.slice/x.service",
+                "batch.service",
+                "system",
+            ),
+        ),
+        # an nspawn container's whole tree, its own slices and services included
+        (
+            v2("/machine.slice/systemd-nspawn@c1.service/payload/system.slice/ollama.service"),
+            Owner(
+                "/machine.slice/systemd-nspawn@c1.service/payload/system.slice/ollama.service",
+                "systemd-nspawn@c1.service",
+                "system",
+            ),
+        ),
+        # every unit type systemd puts processes in, not only services and scopes
+        (
+            v2("/system.slice/sshd.socket"),
+            Owner("/system.slice/sshd.socket", "sshd.socket", "system"),
+        ),
+        (
+            v2("/system.slice/mnt-data.mount"),
+            Owner("/system.slice/mnt-data.mount", "mnt-data.mount", "system"),
+        ),
+        (
+            v2("/system.slice/dev-sda2.swap"),
+            Owner("/system.slice/dev-sda2.swap", "dev-sda2.swap", "system"),
+        ),
+        # a user unit below its own delegated sub-cgroups and user slices
+        (
+            v2(
+                "/user.slice/user-1000.slice/user@1000.service/app.slice/"
+                "app-gnome.slice/llm.service/runner/ollama.service"
+            ),
+            Owner(
+                "/user.slice/user-1000.slice/user@1000.service/app.slice/"
+                "app-gnome.slice/llm.service/runner/ollama.service",
+                "llm.service",
+                "user@1000",
+            ),
+        ),
+        # a first component that is no slice and no unit: systemd names no unit
+        (v2("/kthreadd"), Owner("/kthreadd", None, "system")),
+        (
+            v2("/docker/4f3c2a/system.slice/foo.service"),
+            Owner("/docker/4f3c2a/system.slice/foo.service", None, "system"),
+        ),
+        (
+            v2("/system.slice/foo@.service"),  # a template is no unit
+            Owner("/system.slice/foo@.service", None, "system"),
         ),
         (
             v2("/system.slice/worker@2.service"),
@@ -157,6 +263,49 @@ def test_parse_proc_cgroup_unescapes_systemd_cgroup_names() -> None:
     actual = procfs.parse_proc_cgroup(v2("/system.slice/_cpu.service"))
 
     assert "cpu.service" == actual.unit  # type: ignore[union-attr]
+
+
+def test_parse_proc_cgroup_unescapes_slices_before_skipping_them() -> None:
+    actual = procfs.parse_proc_cgroup(v2("/_cpu.slice/_io.service/x.service"))
+
+    assert Owner("/_cpu.slice/_io.service/x.service", "io.service", "system") == actual
+
+
+@pytest.mark.parametrize(
+    ("owner", "manager", "expected"),
+    [
+        (Owner(SYSTEM_FOO, "foo.service", "system"), "system", "foo.service"),
+        (Owner(SYSTEM_FOO, "foo.service", "system"), "user@1000", None),
+        # on the system manager every process of a user manager is user@UID.service's
+        (Owner(USER_X, "x.service", "user@1000"), "system", "user@1000.service"),
+        (Owner(USER_X, "x.service", "user@1000"), "user@1000", "x.service"),
+        (Owner(USER_X, "x.service", "user@1000"), "user@1001", None),
+        (Owner("/", None, "system"), "system", None),
+    ],
+)
+def test_owner_unit_for_a_manager(owner: Owner, manager: str, expected: str | None) -> None:
+    assert expected == owner.unit_for(manager)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("foo.service", True),
+        ("a:b-c_d.e\\x2d.socket", True),
+        ("getty@tty1.service", True),
+        ("user@1000.service", True),
+        ("-.slice", True),
+        ("foo@.service", False),  # a template
+        ("@x.service", False),
+        ("foo.unknown", False),
+        ("foo", False),
+        (".service", False),
+        ("a b.service", False),
+        ("x" * 250 + ".service", False),  # longer than systemd's 255
+    ],
+)
+def test_unit_name_is_valid_as_systemd_says(name: str, expected: bool) -> None:
+    assert expected == procfs.unit_name_is_valid(name)
 
 
 # meminfo and PSI --------------------------------------------------------------------
@@ -313,18 +462,19 @@ def test_a_hostile_comm_does_not_change_attribution(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("statm", "expected"),
+    ("text", "expected"),
     [
-        ("100000 25 50 10 0 2000 0\n", 25 * PAGE_SIZE),
-        ("0 0 0 0 0 0 0\n", 0),  # a kernel thread
-        ("", None),
-        ("100000\n", None),
+        # a mapped model file (RssFile) is page cache the kernel can drop: not counted
+        (status(anon_kib=1000, shmem_kib=24, file_kib=4_000_000), 1024 * KB),
+        ("Name:\tkthreadd\nState:\tS (sleeping)\n", 0),  # a kernel thread: no Rss*
+        ("", 0),
+        ("RssAnon:\t\n", 0),
     ],
 )
-def test_rss_bytes_is_resident_pages_times_page_size(
-    tmp_path: Path, statm: str, expected: int | None
+def test_rss_bytes_is_anonymous_plus_shmem_from_status(
+    tmp_path: Path, text: str, expected: int
 ) -> None:
-    write(tmp_path / "proc" / "42" / "statm", statm)
+    write(tmp_path / "proc" / "42" / "status", text)
 
     actual = v2_fs(tmp_path).rss_bytes(42)
 
@@ -380,15 +530,110 @@ def test_top_ram_owners_sums_rss_per_unit_and_skips_vanished_pids(tmp_path: Path
     assert expected == actual
 
 
+@pytest.mark.parametrize("error", [errno.EACCES, errno.EIO], ids=["EACCES", "EIO"])
+def test_top_ram_owners_leaves_out_only_a_process_it_cannot_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: int
+) -> None:
+    """hidepid=1, ProtectProc=invisible, or running as the vramwatch user: one
+    process's status or cgroup refuses reads (issue 10, item 7)."""
+    proc = tmp_path / "proc"
+    add_pid(proc, 2, v2(SYSTEM_FOO), rss_pages=100)
+    add_pid(proc, 3, v2("/system.slice/secret.service"), rss_pages=500)
+    add_pid(proc, 4, v2(USER_X), rss_pages=120)
+    deny_reads(monkeypatch, proc / "3", error)
+
+    actual = v2_fs(tmp_path).top_ram_owners()
+
+    assert [("x.service (user@1000)", 120 * PAGE_SIZE), ("foo.service", 100 * PAGE_SIZE)] == actual
+
+
+def test_top_ram_owners_of_an_unlistable_proc_is_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "proc").mkdir()
+    real_scandir = os.scandir
+
+    def refusing_scandir(path: Any) -> Any:
+        if os.fspath(path) == os.fspath(tmp_path / "proc"):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing_scandir)
+
+    actual = v2_fs(tmp_path).top_ram_owners()
+
+    assert [] == actual
+
+
+def test_top_ram_owners_keeps_a_user_unit_apart_from_the_system_unit_of_its_name(
+    tmp_path: Path,
+) -> None:
+    """Issue 10, item 12: a user's llm.service is not the system's llm.service."""
+    proc = tmp_path / "proc"
+    add_pid(proc, 2, v2("/system.slice/llm.service"), rss_pages=300)
+    add_pid(proc, 3, v2(USER_X.replace("x.service", "llm.service")), rss_pages=200)
+    other_user = USER_X.replace("1000", "1001").replace("x.service", "llm.service")
+    add_pid(proc, 4, v2(other_user), rss_pages=100)
+
+    actual = v2_fs(tmp_path).top_ram_owners()
+
+    assert [
+        ("llm.service", 300 * PAGE_SIZE),
+        ("llm.service (user@1000)", 200 * PAGE_SIZE),
+        ("llm.service (user@1001)", 100 * PAGE_SIZE),
+    ] == actual
+
+
+def test_top_ram_owners_counts_no_file_backed_memory(tmp_path: Path) -> None:
+    """A server that maps an 8 GiB model file holds page cache the kernel can drop."""
+    proc = tmp_path / "proc"
+    add_pid(proc, 2, v2("/system.slice/llm.service"), rss_pages=10, file_kib=8 * 2**20)
+    add_pid(proc, 3, v2(SYSTEM_FOO), rss_pages=20)
+
+    actual = v2_fs(tmp_path).top_ram_owners()
+
+    assert [("foo.service", 20 * PAGE_SIZE), ("llm.service", 10 * PAGE_SIZE)] == actual
+
+
+def test_host_of_an_unreadable_meminfo_is_an_error_not_an_exception(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(tmp_path / "proc" / "meminfo", "MemTotal: 1000 kB\nMemAvailable: 500 kB\n")
+    deny_reads(monkeypatch, tmp_path / "proc", errno.EIO)
+
+    actual = v2_fs(tmp_path).host()
+
+    assert (False, True) == (actual.ok, "Input/output error" in (actual.error or ""))
+
+
 # units: locate, pids, RAM ---------------------------------------------------------------
 
 
-def unit_dir(root: Path, cgroup: str, procs: str = "", current: str | None = None) -> Path:
+def memory_stat_v2(anon: int, shmem: int, file: int = 0) -> str:
+    """A cgroup v2 memory.stat (the first fields of a 6.x kernel's)."""
+    return (
+        f"anon {anon}\nfile {file}\nkernel 1048576\nkernel_stack 65536\npagetables 131072\n"
+        f"sec_pagetables 0\npercpu 0\nsock 0\nvmalloc 0\nshmem {shmem}\n"
+        f"file_mapped {file}\nfile_dirty 0\nanon_thp 0\ninactive_anon {anon}\n"
+    )
+
+
+def memory_stat_v1(rss: int, shmem: int, cache: int = 0) -> str:
+    """A cgroup v1 memory.stat: its own counters, then the hierarchical total_* ones."""
+    return (
+        f"cache {cache}\nrss 4096\nrss_huge 0\nshmem 0\nmapped_file {cache}\n"
+        "swap 0\nhierarchical_memory_limit 9223372036854771712\n"
+        f"total_cache {cache}\ntotal_rss {rss}\ntotal_rss_huge 0\ntotal_shmem {shmem}\n"
+        f"total_mapped_file {cache}\ntotal_swap 0\n"
+    )
+
+
+def unit_dir(root: Path, cgroup: str, procs: str = "", stat: str | None = None) -> Path:
     directory = root / cgroup.lstrip("/")
     directory.mkdir(parents=True, exist_ok=True)
     write(directory / "cgroup.procs", procs)
-    if current is not None:
-        write(directory / "memory.current", current)
+    if stat is not None:
+        write(directory / "memory.stat", stat)
     return directory
 
 
@@ -407,6 +652,15 @@ def unit_dir(root: Path, cgroup: str, procs: str = "", current: str | None = Non
         ("x.service", "user@1001", None),
         ("worker", "system", None),  # a sub-cgroup of foo.service, not a unit
         ("absent.service", "system", None),
+        # a delegated unit's sub-cgroups are its payload, never a unit of their own
+        ("ollama.service", "system", None),
+        ("batch.service", "system", "/system.slice/batch.service"),
+        ("y.service", "user@1000", None),  # a user manager inside batch.service is no manager
+        # the user manager and a container are system units owning their whole tree
+        ("user@1000.service", "system", "/user.slice/user-1000.slice/user@1000.service"),
+        ("systemd-nspawn@c1.service", "system", "/machine.slice/systemd-nspawn@c1.service"),
+        ("inner.service", "system", None),
+        ("sshd.socket", "system", "/system.slice/sshd.socket"),
     ],
 )
 def test_locate_unit_finds_system_and_user_units(
@@ -423,6 +677,10 @@ def test_locate_unit_finds_system_and_user_units(
         "/user.slice/user-1001.slice/user@1001.service/app.slice",
         "/system.slice/docker-4f3c2a.scope",
         "/system.slice/a.slice/a-b.slice/nested.service",
+        "/system.slice/batch.service/ollama.service",
+        "/system.slice/batch.service/user@1000.service/app.slice/y.service",
+        "/machine.slice/systemd-nspawn@c1.service/payload/system.slice/inner.service",
+        "/system.slice/sshd.socket",
     ):
         unit_dir(root, cgroup)
 
@@ -491,43 +749,137 @@ def test_unit_pids_of_a_vanished_unit_is_empty(tmp_path: Path) -> None:
     assert () == actual
 
 
-def test_unit_ram_on_v2_is_memory_current(tmp_path: Path) -> None:
+def test_unit_ram_on_v2_is_anon_plus_shmem_of_memory_stat(tmp_path: Path) -> None:
+    """Page cache (a mapped model file) is not the unit's RAM: the kernel drops it."""
     fs = v2_fs(tmp_path)
-    unit_dir(fs.layout.tracking, SYSTEM_FOO, "10\n", current="734003200\n")
+    stat = memory_stat_v2(anon=700 * 2**20, shmem=2**30, file=8 * 2**30)
+    unit_dir(fs.layout.tracking, SYSTEM_FOO, "10\n", stat=stat)
     add_pid(fs.proc, 10, v2(SYSTEM_FOO), rss_pages=1)
 
     actual = fs.unit_ram(SYSTEM_FOO, [10])
 
-    assert (734003200, "memory.current") == actual
+    assert (700 * 2**20 + 2**30, "memory.stat") == actual
 
 
-@pytest.mark.parametrize("make", [v2_fs, v1_fs], ids=["v2 without memory.current", "v1"])
-def test_unit_ram_without_memory_current_is_summed_rss(tmp_path: Path, make: Any) -> None:
-    """Summed RSS: pages from statm times PAGE_SIZE; a PID that exited counts nothing."""
+def test_a_worker_pool_sharing_memory_reads_its_memory_cgroup_not_the_sum_per_worker(
+    tmp_path: Path,
+) -> None:
+    """Four workers mapping one 2 GiB shared segment: the cgroup charges it once,
+    where summing per process counts it four times (issue 10, item 11)."""
+    fs = v2_fs(tmp_path)
+    pids = [10, 11, 12, 13]
+    real = 4 * 130 * 2**20 + 2 * 2**30
+    stat = memory_stat_v2(anon=4 * 130 * 2**20, shmem=2 * 2**30, file=3 * 2**30)
+    unit_dir(fs.layout.tracking, SYSTEM_FOO, "".join(f"{p}\n" for p in pids), stat=stat)
+    for pid in pids:
+        add_pid(
+            fs.proc,
+            pid,
+            v2(SYSTEM_FOO),
+            rss_pages=130 * 2**20 // PAGE_SIZE,
+            shmem_kib=2 * 2**20,
+            file_kib=3 * 2**20,
+        )
+
+    ram, source = fs.unit_ram(SYSTEM_FOO, pids)
+
+    assert (real, "memory.stat") == (ram, source)
+
+
+@pytest.mark.parametrize("make", [v2_fs, v1_fs], ids=["v2 without memory.stat", "v1"])
+def test_unit_ram_without_a_memory_cgroup_is_anon_plus_shmem_of_its_processes(
+    tmp_path: Path, make: Any
+) -> None:
+    """RssAnon + RssShmem from status; a PID that exited counts nothing; RssFile never."""
     fs = make(tmp_path)
     unit_dir(fs.layout.tracking, SYSTEM_FOO, "10\n11\n12\n")
-    add_pid(fs.proc, 10, v1(SYSTEM_FOO), rss_pages=1000)
-    add_pid(fs.proc, 11, v1(SYSTEM_FOO), rss_pages=24)
+    add_pid(fs.proc, 10, v1(SYSTEM_FOO), rss_pages=1000, file_kib=4 * 2**20)
+    add_pid(fs.proc, 11, v1(SYSTEM_FOO), rss_pages=0, shmem_kib=24 * PAGE_SIZE // KB)
     add_pid(fs.proc, 12, v1(SYSTEM_FOO), rss_pages=None)
 
     actual = fs.unit_ram(SYSTEM_FOO, [10, 11, 12, 13])
 
-    assert (1024 * PAGE_SIZE, "rss") == actual
+    assert (1024 * PAGE_SIZE, "rss-anon+shmem") == actual
 
 
-def test_unit_ram_on_hybrid_reads_the_unified_tree_when_it_has_memory_current(
+def test_unit_ram_on_hybrid_reads_the_unified_tree_when_it_has_memory_stat(
     tmp_path: Path,
 ) -> None:
     root = tmp_path / "cgroup"
     fs = ProcFs(
-        tmp_path / "proc", layout=CgroupLayout("hybrid", root / "systemd", root / "unified")
+        tmp_path / "proc",
+        layout=CgroupLayout("hybrid", root / "systemd", root / "unified", root / "memory"),
     )
     unit_dir(root / "systemd", SYSTEM_FOO, "10\n")
-    unit_dir(root / "unified", SYSTEM_FOO, "10\n", current="4096\n")
+    unit_dir(root / "unified", SYSTEM_FOO, "10\n", stat=memory_stat_v2(4096, 8192))
+    unit_dir(root / "memory", SYSTEM_FOO, "10\n", stat=memory_stat_v1(1, 1))
 
     actual = fs.unit_ram(SYSTEM_FOO, [10])
 
-    assert (4096, "memory.current") == actual
+    assert (12288, "memory.stat") == actual
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "v1"])
+def test_unit_ram_on_v1_reads_total_rss_plus_total_shmem_of_the_memory_hierarchy(
+    tmp_path: Path, mode: str
+) -> None:
+    """total_* are hierarchical: a delegated unit's sub-cgroups count; cache never."""
+    root = tmp_path / "cgroup"
+    unified = root / "unified" if mode == "hybrid" else None
+    fs = ProcFs(
+        tmp_path / "proc", layout=CgroupLayout(mode, root / "systemd", unified, root / "memory")
+    )
+    unit_dir(root / "systemd", SYSTEM_FOO, "10\n")
+    if unified is not None:
+        unit_dir(unified, SYSTEM_FOO, "10\n")  # no memory controller on v2: no memory.stat
+    stat = memory_stat_v1(rss=3 * 2**30, shmem=2**30, cache=6 * 2**30)
+    unit_dir(root / "memory", SYSTEM_FOO, "", stat=stat)
+    add_pid(fs.proc, 10, v1(SYSTEM_FOO), rss_pages=1)
+
+    actual = fs.unit_ram(SYSTEM_FOO, [10])
+
+    assert (4 * 2**30, "memory.stat (v1)") == actual
+
+
+def test_unit_ram_on_v1_without_the_units_memory_cgroup_sums_its_processes(
+    tmp_path: Path,
+) -> None:
+    """systemd makes a v1 memory cgroup only for units with memory accounting on."""
+    root = tmp_path / "cgroup"
+    fs = ProcFs(
+        tmp_path / "proc", layout=CgroupLayout("v1", root / "systemd", None, root / "memory")
+    )
+    unit_dir(root / "systemd", SYSTEM_FOO, "10\n")
+    unit_dir(root / "memory", "/system.slice", "10\n", stat=memory_stat_v1(9 * 2**30, 0))
+    add_pid(fs.proc, 10, v1(SYSTEM_FOO), rss_pages=3)
+
+    actual = fs.unit_ram(SYSTEM_FOO, [10])
+
+    assert (3 * PAGE_SIZE, "rss-anon+shmem") == actual
+
+
+def test_an_unreadable_process_costs_only_itself_in_a_units_sum(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fs = v1_fs(tmp_path)
+    unit_dir(fs.layout.tracking, SYSTEM_FOO, "10\n11\n")
+    add_pid(fs.proc, 10, v1(SYSTEM_FOO), rss_pages=5)
+    add_pid(fs.proc, 11, v1(SYSTEM_FOO), rss_pages=7)
+    deny_reads(monkeypatch, fs.proc / "11")
+
+    actual = fs.unit_ram(SYSTEM_FOO, [10, 11])
+
+    assert (5 * PAGE_SIZE, "rss-anon+shmem (partial)") == actual
+
+
+def test_a_memory_stat_without_its_fields_is_unknown(tmp_path: Path) -> None:
+    fs = v2_fs(tmp_path)
+    unit_dir(fs.layout.tracking, SYSTEM_FOO, "10\n", stat="file 4096\n")
+    add_pid(fs.proc, 10, v2(SYSTEM_FOO), rss_pages=1)
+
+    actual = fs.unit_ram(SYSTEM_FOO, [10])
+
+    assert (None, "") == actual
 
 
 # CgroupLayout.detect ----------------------------------------------------------------------
@@ -548,7 +900,10 @@ def test_detect_hybrid(tmp_path: Path) -> None:
 
     actual = CgroupLayout.detect(tmp_path)
 
-    assert CgroupLayout("hybrid", tmp_path / "systemd", tmp_path / "unified") == actual
+    expected = CgroupLayout(
+        "hybrid", tmp_path / "systemd", tmp_path / "unified", tmp_path / "memory"
+    )
+    assert expected == actual
 
 
 def test_detect_legacy_v1(tmp_path: Path) -> None:
@@ -557,7 +912,7 @@ def test_detect_legacy_v1(tmp_path: Path) -> None:
 
     actual = CgroupLayout.detect(tmp_path)
 
-    assert CgroupLayout("v1", tmp_path / "systemd", None) == actual
+    assert CgroupLayout("v1", tmp_path / "systemd", None, tmp_path / "memory") == actual
 
 
 def test_detect_falls_back_to_v2_on_an_unknown_tree(tmp_path: Path) -> None:

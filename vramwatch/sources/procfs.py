@@ -19,8 +19,30 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 # /proc/uptime and /proc/PID/stat start times count in USER_HZ ticks.
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
+# UnitUsage.ram_source of a unit whose RAM is summed over its processes.
+RSS_SOURCE = "rss-anon+shmem"
+RSS_PARTIAL_SOURCE = "rss-anon+shmem (partial)"  # some of its processes were unreadable
+
 _USER_MANAGER_RE = re.compile(r"user@(\d+)\.service")
-_UNIT_SUFFIXES = (".service", ".scope")
+# systemd's unit types (unit_type_from_string) and the characters a unit name
+# may hold (VALID_CHARS in unit-name.h), "@" once for a template instance.
+_UNIT_TYPES = frozenset(
+    (
+        "service",
+        "socket",
+        "target",
+        "device",
+        "mount",
+        "automount",
+        "swap",
+        "timer",
+        "path",
+        "slice",
+        "scope",
+    )
+)
+_UNIT_NAME_RE = re.compile(r"[A-Za-z0-9:_.\\-]+(?:@[A-Za-z0-9:_.\\@-]+)?\.([a-z]+)")
+_UNIT_NAME_MAX = 255
 
 # Re-walking the cgroup tree to find a unit that is not running costs a
 # directory scan per slice: do it at most this often per unit.
@@ -94,25 +116,77 @@ def parse_psi(text: str) -> tuple[float | None, float | None]:
     return some, full
 
 
-def unit_of_cgroup_path(path: str) -> tuple[str | None, str]:
-    """The innermost ``*.service``/``*.scope`` of a cgroup path, and its manager.
+def _status_kib(text: str, key: str) -> int:
+    """A ``kB`` field of ``/proc/PID/status`` in bytes, 0 when absent (kernel threads)."""
+    at = text.find(key)
+    if at < 0:
+        return 0
+    end = text.find("\n", at)
+    fields = text[at + len(key) : end if end >= 0 else None].split()
+    return int(fields[0]) * 1024 if fields and fields[0].isdigit() else 0
 
-    ``/user.slice/user-1000.slice/user@1000.service/app.slice/x.service`` gives
-    ``("x.service", "user@1000")``; ``user@1000.service`` itself is the system
-    unit of the user manager.
+
+def _stat_fields(text: str, keys: tuple[str, ...]) -> list[int] | None:
+    """The values of ``keys`` in a cgroup ``memory.stat``; None when one is missing."""
+    found: dict[str, int] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in keys and value.strip().isdigit():
+            found[name] = int(value)
+    if len(found) != len(keys):
+        return None
+    return [found[k] for k in keys]
+
+
+def unit_name_is_valid(name: str) -> bool:
+    """systemd's ``unit_name_is_valid()`` for a plain or instance name (no template)."""
+    match = _UNIT_NAME_RE.fullmatch(name)
+    return match is not None and match[1] in _UNIT_TYPES and len(name) <= _UNIT_NAME_MAX
+
+
+def _is_slice(component: str) -> bool:
+    name = cg_unescape(component)
+    return name.endswith(".slice") and "@" not in name and unit_name_is_valid(name)
+
+
+def _unit_of(parts: list[str]) -> tuple[str | None, int]:
+    """systemd's ``cg_path_get_unit()`` over path components: skip the slices;
+    the first component after them is the unit (when it is a valid unit name
+    and no slice), owning everything below it. Returns the unit and the index
+    of the component after it."""
+    i = 0
+    while i < len(parts) and _is_slice(parts[i]):
+        i += 1
+    if i == len(parts):
+        return None, i
+    name = cg_unescape(parts[i])
+    if not unit_name_is_valid(name) or name.endswith(".slice"):
+        return None, i
+    return name, i + 1
+
+
+def unit_of_cgroup_path(path: str) -> tuple[str | None, str]:
+    """The unit systemd names for a cgroup path, and that unit's manager.
+
+    systemd's rule (``cg_path_get_unit``, ``cg_path_get_user_unit``): skip the
+    slices, the first unit after them owns every cgroup below it, whatever those
+    are called (``/system.slice/batch.service/ollama.service`` is batch.service:
+    a ``Delegate=yes`` unit's payload is its own). Only when that unit is
+    ``user@UID.service`` is the rule applied once more below it, naming the
+    user unit: ``/user.slice/user-1000.slice/user@1000.service/app.slice/x.service``
+    gives ``("x.service", "user@1000")``. A process of the user manager that no
+    user unit can be named for belongs to the system unit ``user@UID.service``.
     """
-    parts = [cg_unescape(p) for p in path.split("/") if p]
-    manager = "system"
-    unit: str | None = None
-    for i, part in enumerate(parts):
-        match = _USER_MANAGER_RE.fullmatch(part)
-        if match and i + 1 < len(parts):
-            manager = f"user@{match[1]}"
-            unit = None
-            continue
-        if part.endswith(_UNIT_SUFFIXES):
-            unit = part
-    return unit, manager
+    parts = [p for p in path.split("/") if p]
+    unit, rest = _unit_of(parts)
+    if unit is None:
+        return None, "system"
+    match = _USER_MANAGER_RE.fullmatch(unit)
+    if match is not None:
+        user_unit, _ = _unit_of(parts[rest:])
+        if user_unit is not None:
+            return user_unit, f"user@{match[1]}"
+    return unit, "system"
 
 
 def parse_proc_cgroup(text: str, unified: bool = False) -> Owner | None:
@@ -149,11 +223,13 @@ def parse_proc_cgroup(text: str, unified: bool = False) -> Owner | None:
 @dataclass(frozen=True, slots=True)
 class CgroupLayout:
     """Where units live: ``tracking`` is the hierarchy that mirrors units;
-    ``memory`` is where ``memory.current`` can be read (cgroup v2) or None."""
+    ``memory`` is the cgroup v2 tree where a unit's ``memory.stat`` may be read;
+    ``memory_v1`` the cgroup v1 memory controller's hierarchy, if mounted."""
 
     mode: str  # "v2", "hybrid" or "v1"
     tracking: Path
     memory: Path | None
+    memory_v1: Path | None = None
 
     @classmethod
     def detect(cls, root: Path = Path("/sys/fs/cgroup")) -> CgroupLayout:
@@ -161,10 +237,12 @@ class CgroupLayout:
             return cls("v2", root, root)
         unified = root / "unified"
         if (root / "systemd").is_dir():
-            # Hybrid: the unified tree exists but the memory controller stays on v1,
-            # so memory.current is usually missing; probe per unit.
+            # Hybrid: the unified tree exists but the memory controller usually
+            # stays on v1, where a unit has a cgroup only with memory accounting
+            # on; probe both per unit.
             mode = "hybrid" if unified.is_dir() else "v1"
-            return cls(mode, root / "systemd", unified if unified.is_dir() else None)
+            memory_v1 = root / "memory" if (root / "memory").is_dir() else None
+            return cls(mode, root / "systemd", unified if unified.is_dir() else None, memory_v1)
         return cls("v2", root, root)
 
 
@@ -186,7 +264,10 @@ class ProcFs:
     # host ----------------------------------------------------------------
 
     def host(self) -> HostSample:
-        text = _read(self.proc / "meminfo")
+        try:
+            text = _read(self.proc / "meminfo")
+        except OSError as err:  # EACCES, EIO: host RAM unknown, the GPUs still read
+            return HostSample(None, None, error=f"cannot read {self.proc / 'meminfo'}: {err}")
         if text is None:
             return HostSample(None, None, error=f"cannot read {self.proc / 'meminfo'}")
         info = parse_meminfo(text)
@@ -216,11 +297,13 @@ class ProcFs:
         return text.rstrip("\n") if text is not None else ""
 
     def rss_bytes(self, pid: int) -> int | None:
-        text = _read(f"{self._proc}/{pid}/statm")
-        if not text:
+        """A process's resident memory that cannot simply be dropped:
+        ``RssAnon`` + ``RssShmem`` of ``/proc/PID/status`` (no file-backed pages).
+        None when the process is gone; 0 for a kernel thread."""
+        text = _read(f"{self._proc}/{pid}/status")
+        if text is None:
             return None
-        fields = text.split()
-        return int(fields[1]) * PAGE_SIZE if len(fields) > 1 else None
+        return _status_kib(text, "RssAnon:") + _status_kib(text, "RssShmem:")
 
     def boot_ticks(self) -> int | None:
         """Now, in clock ticks since boot (``/proc/uptime``); None when it cannot be read."""
@@ -267,7 +350,7 @@ class ProcFs:
     def pids(self) -> Iterator[int]:
         try:
             entries = os.scandir(self.proc)
-        except _GONE:
+        except OSError:
             return
         with entries:
             for entry in entries:
@@ -275,19 +358,24 @@ class ProcFs:
                     yield int(entry.name)
 
     def top_ram_owners(self) -> list[tuple[str, int]]:
-        """Every owner (unit, or cgroup) with its summed RSS, biggest first.
+        """Every owner (unit, or cgroup) with its processes' RSS (anonymous +
+        shmem), biggest first; a user unit is labelled with its manager, so a
+        user's ``llm.service`` and the system's stay apart.
 
-        A full /proc scan: only called when the host floor is breached.
+        A full /proc scan: only called when the host floor is breached. A
+        process that cannot be read (EACCES under hidepid or as an unprivileged
+        user, EIO) costs only itself: it is left out, the rest is listed.
         """
         totals: dict[str, int] = {}
         for pid in self.pids():
-            rss = self.rss_bytes(pid)
-            owner = self.owner(pid)
+            try:
+                rss = self.rss_bytes(pid)
+                owner = self.owner(pid)
+            except OSError:
+                continue
             if not rss or owner is None:
                 continue
-            label = (
-                owner.label() if owner.manager == "system" else f"{owner.label()} ({owner.manager})"
-            )
+            label = owner.qualified_label()
             totals[label] = totals.get(label, 0) + rss
         return sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))
 
@@ -316,7 +404,12 @@ class ProcFs:
         self._not_found_until.pop((unit, manager), None)
 
     def _walk_for(self, unit: str, manager: str) -> str | None:
-        """Search slices (and for a user unit, its user manager) for the unit's cgroup."""
+        """Search slices (and for a user unit, its user manager) for the unit's cgroup.
+
+        The same rule as :func:`unit_of_cgroup_path`: only slices are descended,
+        never a unit, so a sub-cgroup named ``x.service`` of a delegated unit is
+        never taken for the unit ``x.service``.
+        """
         root = self.layout.tracking
         stack: list[tuple[Path, bool]] = [(root, manager == "system")]
         want_manager = f"{manager}.service" if manager != "system" else None
@@ -332,11 +425,15 @@ class ProcFs:
                     continue
                 if inside and cg_unescape(name) == unit:
                     return "/" + str(Path(entry.path).relative_to(root))
-                if name.endswith(".slice"):
+                if _is_slice(name):
                     stack.append((Path(entry.path), inside))
-                elif want_manager is not None and name == want_manager:
+                elif not inside and want_manager is not None and name == want_manager:
                     stack.append((Path(entry.path), True))
-                elif not inside and want_manager is not None and not name.endswith(_UNIT_SUFFIXES):
+                elif (
+                    not inside
+                    and want_manager is not None
+                    and not unit_name_is_valid(cg_unescape(name))
+                ):
                     # Test beds and containers put the user manager under a plain
                     # directory; keep looking for it there.
                     stack.append((Path(entry.path), inside))
@@ -352,22 +449,56 @@ class ProcFs:
         return tuple(pids)
 
     def unit_ram(self, cgroup: str, pids: Iterable[int]) -> tuple[int | None, str]:
-        """A unit's RAM: cgroup v2 ``memory.current``, or the summed RSS of its PIDs.
+        """A unit's RAM: its anonymous + shmem memory (SPEC), and where it came from.
 
-        Summed RSS counts shared pages once per process and misses page cache:
-        it is what cgroup v1 without the memory controller delegated can say.
+        From the unit's memory cgroup where there is one: cgroup v2
+        ``memory.stat`` ``anon`` + ``shmem`` (hierarchical: sub-cgroups count),
+        else a cgroup v1 memory hierarchy's ``memory.stat`` ``total_rss`` +
+        ``total_shmem``. Page cache and file-backed mappings (a mapped model
+        file) never count: the kernel can drop them. Without a memory cgroup:
+        the summed ``RssAnon`` + ``RssShmem`` of its processes, which counts
+        shared memory once per process that maps it (a worker pool sharing a
+        segment reads high) and misses swapped-out pages.
+
+        A memory.stat that is there but unreadable is unknown (None, ""), not
+        a fallback. A process that cannot be read is left out of the sum, which
+        then says so (``RSS_PARTIAL_SOURCE``).
         """
         if self.layout.memory is not None:
-            try:
-                text = _read(f"{self._under(self.layout.memory, cgroup)}/memory.current")
-            except OSError:
-                return None, ""  # there but unreadable (EACCES, EIO): unknown, not RSS
-            if text is not None and text.strip().isdigit():
-                return int(text), "memory.current"
+            v2 = self._memory_stat(self.layout.memory, cgroup, ("anon", "shmem"))
+            if v2 is not None:
+                return v2 if v2[0] is None else (v2[0], "memory.stat")
+        if self.layout.memory_v1 is not None:
+            v1 = self._memory_stat(self.layout.memory_v1, cgroup, ("total_rss", "total_shmem"))
+            if v1 is not None:
+                return v1 if v1[0] is None else (v1[0], "memory.stat (v1)")
         total = 0
+        unreadable = 0
         for pid in pids:
-            total += self.rss_bytes(pid) or 0
-        return total, "rss"
+            try:
+                total += self.rss_bytes(pid) or 0
+            except OSError:  # EACCES (hidepid, another user's process), EIO
+                unreadable += 1
+        # Unreadable processes cost only themselves: the rest is a lower bound,
+        # which can prove a unit over budget but is never cached as the whole.
+        return total, RSS_SOURCE if not unreadable else RSS_PARTIAL_SOURCE
+
+    def _memory_stat(
+        self, root: Path, cgroup: str, keys: tuple[str, str]
+    ) -> tuple[int | None, str] | None:
+        """The sum of two ``memory.stat`` fields of a cgroup; None when the cgroup
+        has no such file (no memory controller there), ``(None, "")`` when it
+        cannot be read or lacks a field."""
+        try:
+            text = _read(f"{self._under(root, cgroup)}/memory.stat")
+        except OSError:
+            return None, ""  # there but unreadable (EACCES, EIO): unknown
+        if text is None:
+            return None
+        values = _stat_fields(text, keys)
+        if values is None:
+            return None, ""
+        return sum(values), ""
 
     @staticmethod
     def _under(root: Path, cgroup: str) -> str:
