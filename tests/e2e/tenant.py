@@ -66,7 +66,10 @@ def escape_cgroup() -> None:
 
 
 def orphan(procdir: str, gpu: int, mib: float, seconds: float) -> int:
-    """A child that holds the VRAM and outlives the unit's stop for ``seconds``."""
+    """A child that holds the VRAM and, when the unit stops, hands it to a process
+    outside the unit that keeps it for ``seconds`` (a driver context that outlives the
+    unit's processes). The keeper is a new PID, so what is seen is its cgroup today,
+    not what the same PID was a moment ago."""
     child = os.fork()
     if child:
         return child
@@ -75,19 +78,20 @@ def orphan(procdir: str, gpu: int, mib: float, seconds: float) -> int:
 
         def on_term(_signum: int, _frame: FrameType | None) -> None:
             nonlocal escaped
-            if not escaped:
-                escaped = True
-                escape_cgroup()
+            escaped = True
 
         signal.signal(signal.SIGTERM, on_term)
         declare(procdir, gpu, mib)
-        deadline = None
-        while True:
-            time.sleep(0.1)
-            if escaped and deadline is None:
-                deadline = time.monotonic() + seconds
-            if deadline is not None and time.monotonic() >= deadline:
-                break
+        while not escaped:
+            time.sleep(0.05)
+        escape_cgroup()
+        if os.fork() == 0:  # the keeper, born outside the unit
+            try:
+                declare(procdir, gpu, mib)
+                time.sleep(seconds)
+            finally:
+                os._exit(0)
+        time.sleep(0.2)  # the keeper has declared: now the old holder goes
     finally:
         os._exit(0)
 
