@@ -36,6 +36,25 @@ BUSES = ("system", "user")
 # node_exporter's textfile collector reads only files named *.prom.
 TEXTFILE_SUFFIX = ".prom"
 
+MS = 10**6
+SECOND = 10**9
+HOUR = 3600 * SECOND
+DAY = 24 * HOUR
+# Sane ranges for every duration, as (key, lowest, highest) in ns. A value out
+# of range is a typo, and some would crash the loop (Event.wait overflows far
+# past a year). Below 100 ms a tick cannot finish its NVML and /proc reads;
+# over an hour between samples or of grace is not guarding. A week of cooldown
+# or restart window, a day to see memory reclaimed, are far past any job.
+INTERVAL_RANGE_NS = (100 * MS, HOUR)
+GRACE_RANGE_NS = (0, HOUR)
+COOLDOWN_RANGE_NS = (0, 7 * DAY)
+RESTART_WINDOW_RANGE_NS = (1, 7 * DAY)
+RECLAIM_TIMEOUT_RANGE_NS = (1, DAY)
+# max_restarts per restart_window: more than this is no limit at all.
+MAX_RESTARTS_MAX = 1000
+# No GPU and no host holds a pebibyte; a bigger floor or budget is a typo.
+MAX_SIZE_BYTES = 1024 * units.TIB
+
 
 class ConfigError(Exception):
     """A config that cannot be used; ``str()`` is the operator-facing message."""
@@ -211,22 +230,41 @@ def _did_you_mean(name: str, known: set[str]) -> str:
     return f' (did you mean "{close[0]}"?)' if close else ""
 
 
+def _size_ceiling(value: int, text: str) -> int:
+    if value > MAX_SIZE_BYTES:
+        raise units.UnitError(f'must be at most 1024TiB (1 PiB), got "{text}"')
+    return value
+
+
 def _positive_size(text: str) -> int:
     value = units.parse_size(text)
     if value <= 0:
         raise units.UnitError(f'must be greater than zero, got "{text}"')
-    return value
+    return _size_ceiling(value, text)
 
 
-def _positive_duration(text: str) -> int:
-    value = units.parse_duration_ns(text)
-    if value <= 0:
-        raise units.UnitError(f'must be greater than zero, got "{text}"')
-    return value
+def _duration_in(bounds: tuple[int, int]) -> Callable[[str], int]:
+    """A parser for a duration within ``bounds`` (ns, inclusive)."""
+    low, high = bounds
+
+    def parse(text: str) -> int:
+        value = units.parse_duration_ns(text)
+        if value < low or value > high:
+            if low == 0:
+                raise units.UnitError(f'must be at most {_span(high)}, got "{text}"')
+            if low == 1:
+                if value <= 0:
+                    raise units.UnitError(f'must be greater than zero, got "{text}"')
+                raise units.UnitError(f'must be at most {_span(high)}, got "{text}"')
+            raise units.UnitError(f'must be between {_span(low)} and {_span(high)}, got "{text}"')
+        return value
+
+    return parse
 
 
-def _duration(text: str) -> int:
-    return units.parse_duration_ns(text)
+def _span(ns: int) -> str:
+    """A bound for an error message, in the units the config takes (no "d")."""
+    return units.format_duration(ns)
 
 
 def _floor(text: str) -> Floor:
@@ -243,7 +281,7 @@ def _floor(text: str) -> Floor:
         ) from None
     if size <= 0:
         raise units.UnitError(f'must be greater than zero, got "{text}"')
-    return Floor(text, bytes=size)
+    return Floor(text, bytes=_size_ceiling(size, text))
 
 
 def _table(parent: _Table, name: str) -> _Table:
@@ -259,17 +297,19 @@ def _daemon(table: _Table) -> DaemonConfig:
     max_restarts = table.get("max_restarts", int, default.max_restarts)
     if max_restarts < 1:
         raise table.error("max_restarts", f"must be at least 1, got {max_restarts}")
+    if max_restarts > MAX_RESTARTS_MAX:
+        raise table.error("max_restarts", f"must be at most {MAX_RESTARTS_MAX}, got {max_restarts}")
     daemon = DaemonConfig(
-        interval_ns=table.parsed("interval", _positive_duration, default.interval_ns),
+        interval_ns=table.parsed("interval", _duration_in(INTERVAL_RANGE_NS), default.interval_ns),
         dry_run=table.get("dry_run", bool, default.dry_run),
         bus=bus,
-        cooldown_ns=table.parsed("cooldown", _duration, default.cooldown_ns),
+        cooldown_ns=table.parsed("cooldown", _duration_in(COOLDOWN_RANGE_NS), default.cooldown_ns),
         max_restarts=max_restarts,
         restart_window_ns=table.parsed(
-            "restart_window", _positive_duration, default.restart_window_ns
+            "restart_window", _duration_in(RESTART_WINDOW_RANGE_NS), default.restart_window_ns
         ),
         reclaim_timeout_ns=table.parsed(
-            "reclaim_timeout", _positive_duration, default.reclaim_timeout_ns
+            "reclaim_timeout", _duration_in(RECLAIM_TIMEOUT_RANGE_NS), default.reclaim_timeout_ns
         ),
     )
     table.finish()
@@ -279,7 +319,7 @@ def _daemon(table: _Table) -> DaemonConfig:
 def _floor_table(table: _Table, floor_key: str, default: FloorConfig) -> FloorConfig:
     floor = FloorConfig(
         floor=table.parsed(floor_key, _floor, default.floor),
-        grace_ns=table.parsed("grace", _duration, default.grace_ns),
+        grace_ns=table.parsed("grace", _duration_in(GRACE_RANGE_NS), default.grace_ns),
     )
     table.finish()
     return floor

@@ -3,8 +3,14 @@
 The daemon restarts a unit the way ``systemctl restart`` does: subscribe to
 ``JobRemoved`` from systemd's unique bus name, call ``RestartUnit(unit,
 "replace")`` and wait for the job's result. Every failure (bus gone, access
-denied, no such unit, job failed or timed out) comes back as a
+denied, no such unit, job failed or timed out, a bug) comes back as a
 :class:`JobOutcome` with ``ok=False``, never as an exception.
+
+Reads (``GetNameOwner``, ``LoadUnit``, ``GetAll``) and the subscription are
+idempotent and are retried once on a fresh connection after a dropped bus.
+The action itself (``RestartUnit``, ``StopUnit``) is never re-sent: a bus that
+drops once it is on the wire leaves the job's fate unknown, and a second
+restart of a tenant is exactly what vramwatch promises not to do.
 """
 
 from __future__ import annotations
@@ -44,6 +50,19 @@ _METHODS = {Verb.RESTART: "RestartUnit", Verb.STOP: "StopUnit"}
 
 @dataclass(frozen=True, slots=True)
 class JobOutcome:
+    """What became of one action.
+
+    ``accepted`` says whether systemd queued a job (``RestartUnit`` returned
+    a job path). An accepted job runs on in systemd whatever happens to
+    vramwatch's wait for it: with ``result`` "timeout" (still running after
+    the job timeout), "disconnected" (the bus dropped while waiting),
+    "interrupted" (vramwatch is stopping) or "unknown" (a bug while waiting),
+    the action is still in flight. ``accepted=False`` means systemd did not
+    confirm a job: refused ("org.freedesktop.systemd1.NoSuchUnit", ...), or
+    the bus dropped before the reply ("disconnected": it may or may not have
+    been queued). ``ok`` implies ``accepted``.
+    """
+
     ok: bool
     result: str  # the job result ("done", "failed", "timeout", ...) or an error name
     detail: str  # one sentence for the journal
@@ -51,6 +70,11 @@ class JobOutcome:
     # systemd accepted the job (returned its path): it runs, or ran, even if waiting
     # for its result timed out or the bus dropped.
     accepted: bool = False
+
+    def __post_init__(self) -> None:
+        if self.ok and not self.accepted:
+            # A job that finished "done" was accepted; spares callers saying so twice.
+            object.__setattr__(self, "accepted", True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +115,7 @@ def _short_error(exc: DBusErrorResponse) -> str:
 
 
 class SystemdClient:
-    """A connection to one systemd manager; reconnects once after a dropped bus."""
+    """A connection to one systemd manager; reads reconnect once after a dropped bus."""
 
     def __init__(self, bus: str = "system", job_timeout_s: float = JOB_TIMEOUT_S) -> None:
         self.bus = bus
@@ -100,6 +124,7 @@ class SystemdClient:
         self._owner: str | None = None
         self._subscribed = False  # Subscribe and AddMatch once per connection
         self._rule: MatchRule | None = None  # the JobRemoved match currently added
+        self._accepted = False  # whether the action in progress got a job path
 
     def close(self) -> None:
         if self._conn is not None:
@@ -120,8 +145,14 @@ class SystemdClient:
                 raise BusError("connect", f"cannot connect to the {self.bus} bus: {exc}") from None
         return self._conn
 
-    def _call(self, message: Message, timeout: float = CALL_TIMEOUT_S) -> tuple[Any, ...]:
-        """Send and unwrap; reconnect once if the connection was dropped."""
+    def _call(
+        self, message: Message, timeout: float = CALL_TIMEOUT_S, *, retry: bool = True
+    ) -> tuple[Any, ...]:
+        """Send and unwrap; with ``retry``, reconnect and re-send once if the bus dropped.
+
+        Only idempotent calls may be retried: a dropped connection does not
+        say whether the peer received and acted on the message.
+        """
         for attempt in (1, 2):
             conn = self._connection()
             try:
@@ -131,9 +162,10 @@ class SystemdClient:
                 raise BusError(str(exc.name), _short_error(exc)) from None
             except TimeoutError:
                 raise BusError("timeout", f"no reply from systemd within {timeout:g}s") from None
-            except (OSError, EOFError) as exc:
+            except (OSError, EOFError, ValueError) as exc:
+                # ValueError: jeepney on a socket or selector that is already closed.
                 self.close()
-                if attempt == 2:
+                if attempt == 2 or not retry:
                     raise BusError("disconnected", f"lost the {self.bus} bus: {exc}") from None
         raise AssertionError("unreachable")
 
@@ -173,14 +205,65 @@ class SystemdClient:
         should_stop: Callable[[], bool] = lambda: False,
         job_timeout_s: float | None = None,
     ) -> JobOutcome:
-        """Restart or stop a unit and wait for the job to finish."""
+        """Restart or stop a unit and wait for the job to finish; never raises.
+
+        The action call is sent at most once. After systemd accepted the job,
+        every way the wait can end is an outcome with ``accepted=True``.
+        """
         started = time.monotonic()
         if job_timeout_s is None:
             job_timeout_s = self.job_timeout_s
+        self._accepted = False
         try:
             return self._act(unit, verb, should_stop, job_timeout_s, started)
         except BusError as exc:
-            return JobOutcome(False, exc.name, exc.detail, time.monotonic() - started)
+            return JobOutcome(
+                False, exc.name, exc.detail, time.monotonic() - started, self._accepted
+            )
+        except Exception as exc:  # noqa: BLE001 - a bug here must not kill the guard
+            # The connection may be half-used: start the next action on a fresh one.
+            self.close()
+            state = "job state unknown" if self._accepted else "no job confirmed"
+            return JobOutcome(
+                False,
+                "unknown",
+                f"{_METHODS[verb]} {unit}: unexpected error, {state}: {exc!r}",
+                time.monotonic() - started,
+                self._accepted,
+            )
+
+    def _prepare(self) -> tuple[DBusConnection, MatchRule]:
+        """The connection to act on, subscribed to systemd's ``JobRemoved``.
+
+        Subscribe before the call: the job can finish before its reply arrives.
+        Everything here is idempotent, so after a dropped bus it is all done
+        again, once, on one fresh connection.
+        """
+        for attempt in (1, 2):
+            try:
+                owner = self._systemd_owner()
+                rule = MatchRule(
+                    type="signal",
+                    sender=owner,
+                    interface=MANAGER.interface,
+                    member="JobRemoved",
+                    path=MANAGER.object_path,
+                )
+                if not self._subscribed:
+                    try:
+                        self._call(new_method_call(MANAGER, "Subscribe"), retry=False)
+                    except BusError as exc:
+                        # A second Subscribe on one connection is an error, not a no-op.
+                        if exc.name != f"{SYSTEMD}.AlreadySubscribed":
+                            raise
+                    self._call(message_bus.AddMatch(rule), retry=False)
+                    self._rule = rule
+                    self._subscribed = True
+                return self._connection(), rule
+            except BusError as exc:
+                if exc.name != "disconnected" or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def _act(
         self,
@@ -190,28 +273,34 @@ class SystemdClient:
         job_timeout_s: float,
         started: float,
     ) -> JobOutcome:
-        # Subscribe before the call: the job can finish before its reply arrives.
-        owner = self._systemd_owner()
-        rule = MatchRule(
-            type="signal",
-            sender=owner,
-            interface=MANAGER.interface,
-            member="JobRemoved",
-            path=MANAGER.object_path,
-        )
-        if not self._subscribed:
-            try:
-                self._call(new_method_call(MANAGER, "Subscribe"))
-            except BusError as exc:
-                # A second Subscribe on one connection is an error, not a no-op.
-                if exc.name != f"{SYSTEMD}.AlreadySubscribed":
-                    raise
-            self._call(message_bus.AddMatch(rule))
-            self._rule = rule
-            self._subscribed = True
-        conn = self._connection()
+        conn, rule = self._prepare()
+        method = _METHODS[verb]
         with conn.filter(rule, queue=deque()) as queue:
-            (job,) = self._call(new_method_call(MANAGER, _METHODS[verb], "ss", (unit, "replace")))
+            try:
+                reply = conn.send_and_get_reply(
+                    new_method_call(MANAGER, method, "ss", (unit, "replace")),
+                    timeout=CALL_TIMEOUT_S,
+                )
+                (job,) = unwrap_msg(reply)
+            except DBusErrorResponse as exc:
+                raise BusError(str(exc.name), _short_error(exc)) from None
+            except TimeoutError:
+                # Sent, never answered: systemd may have queued the job. Keep it in flight
+                # (one incident, one victim) rather than act on a second tenant meanwhile.
+                self._accepted = True
+                raise BusError(
+                    "timeout",
+                    f"no reply to {method} within {CALL_TIMEOUT_S:g}s; job state unknown",
+                ) from None
+            except (OSError, EOFError, ValueError) as exc:
+                self._accepted = True  # as above: the call may have reached systemd
+                self.close()
+                raise BusError(
+                    "disconnected",
+                    f"lost the {self.bus} bus before systemd answered {method}; "
+                    f"not re-sent, job state unknown: {exc}",
+                ) from None
+            self._accepted = True
             deadline = started + job_timeout_s
             while True:
                 while queue:
@@ -220,29 +309,34 @@ class SystemdClient:
                         took = time.monotonic() - started
                         ok = result == "done"
                         detail = (
-                            f"{_METHODS[verb]} job {result} after {took:.1f}s"
+                            f"{method} job {result} after {took:.1f}s"
                             if ok
-                            else f"{_METHODS[verb]} job finished with result '{result}' "
+                            else f"{method} job finished with result '{result}' "
                             f"(see journalctl -u {unit})"
                         )
-                        return JobOutcome(ok, result, detail, took)
+                        return JobOutcome(ok, result, detail, took, True)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return JobOutcome(
                         False,
                         "timeout",
-                        f"{_METHODS[verb]} job still running after {job_timeout_s:g}s",
+                        f"{method} job still running after {job_timeout_s:g}s",
                         time.monotonic() - started,
+                        True,
                     )
                 if should_stop():
                     return JobOutcome(
-                        False, "interrupted", "vramwatch is stopping; job left to systemd"
+                        False,
+                        "interrupted",
+                        "vramwatch is stopping; job left to systemd",
+                        time.monotonic() - started,
+                        True,
                     )
                 try:
                     conn.recv_messages(timeout=min(WAIT_SLICE_S, left))
                 except TimeoutError:
                     continue
-                except (OSError, EOFError) as exc:
+                except (OSError, EOFError, ValueError) as exc:
                     self.close()
                     raise BusError(
                         "disconnected", f"lost the bus waiting for the job: {exc}"

@@ -89,6 +89,82 @@ def test_a_bus_dropped_while_waiting_for_the_job_is_an_outcome_then_reconnects(b
     assert (True, "done") == (again["ok"], again["result"])
 
 
+def counted_sleeper(bed: Bed, unit: str, **properties: str) -> Path:
+    """A unit that appends a line to a file each time it starts: counts the restarts sent."""
+    starts = bed.procdir / f"{unit}.starts"
+    bed.sb.start_unit(
+        unit,
+        ["/bin/sh", "-c", f"echo start >> {starts}; exec sleep infinity"],
+        properties=properties,
+    )
+    return starts
+
+
+def starts_of(path: Path) -> int:
+    return len(path.read_text().splitlines())
+
+
+def test_a_bus_dropped_after_systemd_accepted_the_restart_is_an_accepted_outcome(
+    bed: Bed,
+) -> None:
+    """The job runs on in systemd: the outcome says it was accepted, and it is not re-sent."""
+    starts = counted_sleeper(bed, "victim.service")
+    drive = Driver(bed)
+
+    dropped = drive("act_drop_accepted victim.service restart")
+    bed.sb.wait_for(lambda: starts_of(starts) >= 2)
+    again = drive("act victim.service restart")
+    bed.sb.wait_for(lambda: starts_of(starts) >= 3)
+
+    assert (False, "disconnected", True) == (
+        dropped["ok"],
+        dropped["result"],
+        dropped["accepted"],
+    ), dropped
+    assert dropped["detail"].startswith("lost the bus waiting for the job: ")
+    assert (True, "done", True) == (again["ok"], again["result"], again["accepted"])
+    assert 3 == starts_of(starts)  # the first start, the dropped restart, the next one
+
+
+def test_a_bus_dropped_before_the_reply_to_restart_is_never_re_sent(bed: Bed) -> None:
+    """Before this fix the client re-sent RestartUnit on a new connection, then died
+    waiting on the closed one (ValueError: I/O operation on closed epoll object)."""
+    starts = counted_sleeper(bed, "victim.service")
+    drive = Driver(bed)
+
+    dropped = drive("act_drop_sent victim.service restart")
+    bed.sb.wait_for(lambda: starts_of(starts) >= 2)
+    bed.sb.wait_for(lambda: bed.sb.unit_state("victim.service").active_state == "active")
+    restarts_sent = starts_of(starts) - 1
+    again = drive("act victim.service restart")
+
+    assert 1 == restarts_sent
+    # Sent, and here systemd did restart it: an answer lost with the bus may hide a
+    # queued job, so the outcome counts as accepted (in flight until settled).
+    assert (False, "disconnected", True) == (
+        dropped["ok"],
+        dropped["result"],
+        dropped["accepted"],
+    ), dropped
+    assert "not re-sent, job state unknown" in dropped["detail"]
+    assert (True, "done") == (again["ok"], again["result"])
+
+
+def test_an_unexpected_error_while_waiting_for_the_job_is_an_unknown_outcome(bed: Bed) -> None:
+    sleeper(bed, "victim.service")
+    drive = Driver(bed)
+
+    broken = drive("act_raise victim.service restart")
+    again = drive("act victim.service restart")
+
+    assert (False, "unknown", True) == (broken["ok"], broken["result"], broken["accepted"])
+    assert (
+        "RestartUnit victim.service: unexpected error, job state unknown: "
+        "RuntimeError('scripted bug while waiting')"
+    ) == broken["detail"]
+    assert (True, "done") == (again["ok"], again["result"])
+
+
 def test_a_job_that_outlives_the_job_timeout_is_a_timeout_outcome(bed: Bed) -> None:
     sleeper(bed, "slowstop.service", ExecStop="/bin/sleep 5", TimeoutStopSec="30")
     drive = Driver(bed, job_timeout_s=1)

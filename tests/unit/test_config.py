@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -202,6 +203,32 @@ def test_zero_durations_are_allowed_where_zero_means_none() -> None:
     assert (0, 0, 0) == (actual.daemon.cooldown_ns, actual.gpu.grace_ns, actual.host.grace_ns)
 
 
+@pytest.mark.parametrize(
+    ("text", "field", "expected"),
+    [
+        ('[daemon]\ninterval = "100ms"', lambda c: c.daemon.interval_ns, 10**8),
+        ('[daemon]\ninterval = "1h"', lambda c: c.daemon.interval_ns, 3600 * S),
+        ('[gpu]\ngrace = "60m"', lambda c: c.gpu.grace_ns, 3600 * S),
+        ('[daemon]\ncooldown = "168h"', lambda c: c.daemon.cooldown_ns, 168 * 3600 * S),
+        ('[daemon]\nrestart_window = "168h"', lambda c: c.daemon.restart_window_ns, 168 * 3600 * S),
+        ('[daemon]\nreclaim_timeout = "24h"', lambda c: c.daemon.reclaim_timeout_ns, 24 * 3600 * S),
+        ("[daemon]\nmax_restarts = 1000", lambda c: c.daemon.max_restarts, 1000),
+        ('[gpu]\nmin_free_vram = "1024TiB"', lambda c: c.gpu.floor.bytes, 1024**5),
+        (
+            tenant_toml(unit='"a.service"', ram='"1024TiB"'),
+            lambda c: c.tenants[0].ram_bytes,
+            1024**5,
+        ),
+    ],
+)
+def test_the_ends_of_each_sane_range_are_accepted(
+    text: str, field: Callable[[Config], int | None], expected: int
+) -> None:
+    actual = field(config.parse(text, PATH))
+
+    assert expected == actual
+
+
 def test_config_tenant_lookup_by_unit() -> None:
     loaded = config.parse(SPEC_EXAMPLE, PATH)
 
@@ -287,7 +314,7 @@ ERRORS = [
         "tenant[1].unit: expected a string, got an array",
     ),
     # impossible values
-    ('[daemon]\ninterval = "0s"', 'daemon.interval: must be greater than zero, got "0s"'),
+    ('[daemon]\ninterval = "0s"', 'daemon.interval: must be between 100ms and 1h, got "0s"'),
     (
         '[daemon]\nrestart_window = "0h"',
         'daemon.restart_window: must be greater than zero, got "0h"',
@@ -297,6 +324,33 @@ ERRORS = [
         'daemon.reclaim_timeout: must be greater than zero, got "0ms"',
     ),
     ('[daemon]\ninterval = "2"', "daemon.interval: " + DURATION_HINT.format("2")),
+    # durations out of their sane range (issue 10 item 14: "100000000000h" crashed run)
+    (
+        '[daemon]\ninterval = "100000000000h"',
+        'daemon.interval: must be between 100ms and 1h, got "100000000000h"',
+    ),
+    ('[daemon]\ninterval = "61m"', 'daemon.interval: must be between 100ms and 1h, got "61m"'),
+    ('[daemon]\ninterval = "99ms"', 'daemon.interval: must be between 100ms and 1h, got "99ms"'),
+    (
+        '[daemon]\ninterval = "0.0000001ms"',
+        'daemon.interval: must be between 100ms and 1h, got "0.0000001ms"',
+    ),
+    ('[gpu]\ngrace = "2h"', 'gpu.grace: must be at most 1h, got "2h"'),
+    ('[host]\ngrace = "3601s"', 'host.grace: must be at most 1h, got "3601s"'),
+    ('[daemon]\ncooldown = "169h"', 'daemon.cooldown: must be at most 168h, got "169h"'),
+    (
+        '[daemon]\nrestart_window = "100000000000h"',
+        'daemon.restart_window: must be at most 168h, got "100000000000h"',
+    ),
+    (
+        '[daemon]\nreclaim_timeout = "25h"',
+        'daemon.reclaim_timeout: must be at most 24h, got "25h"',
+    ),
+    ("[daemon]\nmax_restarts = 1001", "daemon.max_restarts: must be at most 1000, got 1001"),
+    (
+        "[daemon]\nmax_restarts = 9223372036854775807",
+        "daemon.max_restarts: must be at most 1000, got 9223372036854775807",
+    ),
     ('[daemon]\ncooldown = "-1m"', "daemon.cooldown: " + DURATION_HINT.format("-1m")),
     ('[gpu]\ngrace = "10 sec"', "gpu.grace: " + DURATION_HINT.format("10 sec")),
     ("[daemon]\nmax_restarts = 0", "daemon.max_restarts: must be at least 1, got 0"),
@@ -317,6 +371,14 @@ ERRORS = [
         'host.min_available_ram: a percentage must be above 0% and below 100%, got "150%"',
     ),
     ('[gpu]\nmin_free_vram = "0GiB"', 'gpu.min_free_vram: must be greater than zero, got "0GiB"'),
+    (
+        '[gpu]\nmin_free_vram = "1025TiB"',
+        'gpu.min_free_vram: must be at most 1024TiB (1 PiB), got "1025TiB"',
+    ),
+    (
+        '[host]\nmin_available_ram = "1125899906842625B"',
+        'host.min_available_ram: must be at most 1024TiB (1 PiB), got "1125899906842625B"',
+    ),
     ('[gpu]\nmin_free_vram = "1G"', "gpu.min_free_vram: " + FLOOR_HINT.format("1G")),
     ('[host]\nmin_available_ram = "-10%"', "host.min_available_ram: " + FLOOR_HINT.format("-10%")),
     (
@@ -349,6 +411,14 @@ ERRORS = [
         "tenant[0].vram: " + SIZE_HINT.format("-1GiB"),
     ),
     (tenant_toml(unit='"a.service"', vram='""'), "tenant[0].vram: " + SIZE_HINT.format("")),
+    (
+        tenant_toml(unit='"a.service"', vram='"2000TB"'),
+        'tenant[0].vram: must be at most 1024TiB (1 PiB), got "2000TB"',
+    ),
+    (
+        tenant_toml(unit='"a.service"', ram='"99999999999999999TiB"'),
+        "tenant[0].ram: " + SIZE_HINT.format("99999999999999999TiB"),
+    ),
     # tenants and their units
     (T0 + T0, 'tenant[1].unit: "a.service" is already configured as tenant[0]'),
     (
