@@ -14,6 +14,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pynvml
@@ -579,6 +580,42 @@ def test_removed_gpu_handle_is_lost(nvml: FakeNvmlState) -> None:
     assert UUID1 == pynvml.nvmlDeviceGetUUID(h1)
 
 
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        ("GPU_IS_LOST", pynvml.NVMLError_GpuIsLost),
+        ("RESET_REQUIRED", pynvml.NVMLError_ResetRequired),
+    ],
+)
+def test_a_lost_gpu_keeps_its_index_and_fails_every_call(
+    nvml: FakeNvmlState, code: str, error: type[Exception]
+) -> None:
+    h1 = pynvml.nvmlDeviceGetHandleByIndex(1)
+    nvml.write([two_gpus()[0], replace(two_gpus()[1], lost=code)])
+
+    assert 2 == pynvml.nvmlDeviceGetCount()
+    assert UUID0 == pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(0))
+    for call in (
+        lambda: pynvml.nvmlDeviceGetHandleByIndex(1),
+        lambda: pynvml.nvmlDeviceGetHandleByUUID(UUID1),
+        lambda: pynvml.nvmlDeviceGetUUID(h1),
+        lambda: pynvml.nvmlDeviceGetMemoryInfo(h1),
+        lambda: pynvml.nvmlDeviceGetComputeRunningProcesses(h1),
+    ):
+        with pytest.raises(error):
+            call()
+    # the reset is done: the same handle works again
+    nvml.write(two_gpus())
+    assert UUID1 == pynvml.nvmlDeviceGetUUID(h1)
+
+
+def test_lost_names_a_gpu_line(fake_nvml: FakeNvmlState) -> None:
+    fake_nvml.write_text(f"gpu {UUID0} 1GiB\nlost {UUID1}\n")
+    with pytest.raises(pynvml.NVMLError_Unknown):
+        pynvml.nvmlInit()
+    assert f"no gpu line for lost {UUID1}" in state_error()
+
+
 def test_handle_follows_its_uuid_when_indexes_shift(nvml: FakeNvmlState) -> None:
     h0 = pynvml.nvmlDeviceGetHandleByIndex(0)
     h1 = pynvml.nvmlDeviceGetHandleByIndex(1)
@@ -696,6 +733,7 @@ def test_render_state_text() -> None:
         lambda: FakeProcess(1, 0, "cuda"),
         lambda: FakeGpu("GPU has blanks", 1),
         lambda: FakeGpu(UUID0, -1),
+        lambda: FakeGpu(UUID0, 1, lost="GPU IS LOST"),
         lambda: render_state([], errors={"nvmlDeviceGetMemoryInfo": "GPU IS LOST"}),
         lambda: render_state([FakeGpu(UUID0, 1), FakeGpu(UUID0, 2)]),
     ],

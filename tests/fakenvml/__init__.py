@@ -29,6 +29,7 @@ top of ``fakenvml.c``).  One directive a line, blank-separated tokens,
     error FUNC[@IDX] CODE [COUNT]    # FUNC returns CODE (COUNT times, or always)
     grow FUNC[@IDX] N [SIZE|na]      # process list grows by N during the size race
     delay FUNC[@IDX] MS              # FUNC sleeps MS milliseconds
+    lost UUID [CODE]                 # that GPU keeps its index; every call on it fails
 
 SIZE is an integer with an optional unit B/KiB/MiB/GiB/TiB.  CODE is
 ``GPU_IS_LOST``, ``NVML_ERROR_GPU_IS_LOST`` or a number.  FUNC is an exported
@@ -249,7 +250,13 @@ class FakeProcess:
 
 @dataclass(frozen=True)
 class FakeGpu:
-    """A fake GPU.  Its index is its position in the list given to ``write``."""
+    """A fake GPU.  Its index is its position in the list given to ``write``.
+
+    ``lost``: ``"GPU_IS_LOST"`` (fallen off the bus) or ``"RESET_REQUIRED"``:
+    the GPU keeps its index and place in the count, but its handle and every
+    call on it fail with that code.  Leaving a GPU out of the list is a
+    hot-unplug (later GPUs shift down); adding one is a hot-add.
+    """
 
     uuid: str
     total_bytes: int
@@ -257,9 +264,12 @@ class FakeGpu:
     base_used_bytes: int = 0
     processes: tuple[FakeProcess, ...] = ()
     reserved_bytes: int = 0
+    lost: str | None = None
 
     def __post_init__(self) -> None:
         _token(self.uuid, "uuid")
+        if self.lost is not None and not _CODE_RE.fullmatch(self.lost):
+            raise ValueError(f"lost must be an NVML error name: {self.lost!r}")
         if '"' in self.name or "\n" in self.name or len(self.name) >= 95:
             raise ValueError(f"bad GPU name: {self.name!r}")
         for field in ("total_bytes", "base_used_bytes", "reserved_bytes"):
@@ -299,6 +309,8 @@ def render_state(
             raise ValueError(f"duplicate GPU uuid {gpu.uuid}")
         seen.add(gpu.uuid)
         lines.append(f'gpu {gpu.uuid} {gpu.total_bytes} "{gpu.name}"')
+        if gpu.lost is not None:
+            lines.append(f"lost {gpu.uuid} {gpu.lost}")
     for idx, gpu in enumerate(gpus):
         if gpu.base_used_bytes:
             lines.append(f"used {idx} {gpu.base_used_bytes}")

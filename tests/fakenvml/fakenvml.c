@@ -65,6 +65,16 @@
  *                               line applies.  FUNC may be a wildcard as above.
  *   delay FUNC[@IDX] MS         FUNC sleeps MS milliseconds before returning
  *                               (outside the library lock).
+ *   lost UUID [CODE]            the GPU with this UUID has fallen off the bus
+ *                               (an Xid 79) or needs a reset: it keeps its index
+ *                               and its place in the count, but getting its
+ *                               handle (by index or UUID) and every call on a
+ *                               handle to it return CODE (default GPU_IS_LOST;
+ *                               RESET_REQUIRED for a GPU that needs a reset).
+ *                               Drop the line and the GPU is back: old handles
+ *                               work again.  Removing its "gpu" line instead
+ *                               is a hot-unplug (indexes shift); adding a "gpu"
+ *                               line is a hot-add.
  *   reap                        processes whose PID no longer exists (no
  *                               /proc/PID) vanish from the lists and free their
  *                               memory, as on a real driver when a process exits.
@@ -212,6 +222,7 @@ struct fake_gpu {
     struct fake_proc *procs;
     size_t nprocs;
     size_t cap;
+    nvmlReturn_t lost; /* NVML_SUCCESS, or what every call on it returns */
 };
 
 enum rule_type { RULE_ERROR, RULE_GROW, RULE_DELAY };
@@ -573,6 +584,8 @@ static int parse_state(char *text, struct fake_state *st, char *err, size_t errl
     size_t npp = 0, cpp = 0;
     struct pending_gpu_value pv[FAKE_MAX_GPUS * 4];
     size_t npv = 0;
+    struct { int line; char uuid[FAKE_STR]; nvmlReturn_t code; } lost[FAKE_MAX_GPUS];
+    size_t nlost = 0;
     int rc = -1;
     int line = 0;
 
@@ -596,6 +609,17 @@ static int parse_state(char *text, struct fake_state *st, char *err, size_t errl
             if (n != 2 || strlen(tok[1]) >= 80)
                 { set_error(err, errlen, line, "usage: %s VERSION", kw); goto out; }
             strcpy(kw[0] == 'd' ? st->driver : st->nvml, tok[1]);
+        } else if (strcmp(kw, "lost") == 0) {
+            nvmlReturn_t code = NVML_ERROR_GPU_IS_LOST;
+            if (n < 2 || n > 3 || strlen(tok[1]) >= FAKE_STR || (n == 3 && parse_code(tok[2], &code) != 0) ||
+                code == NVML_SUCCESS)
+                { set_error(err, errlen, line, "usage: lost UUID [CODE]%s", NULL); goto out; }
+            if (nlost == FAKE_MAX_GPUS)
+                { set_error(err, errlen, line, "too many lost lines%s", NULL); goto out; }
+            lost[nlost].line = line;
+            strcpy(lost[nlost].uuid, tok[1]);
+            lost[nlost].code = code;
+            nlost++;
         } else if (strcmp(kw, "reap") == 0) {
             st->reap = 1;
         } else if (strcmp(kw, "procdir") == 0) {
@@ -741,6 +765,17 @@ static int parse_state(char *text, struct fake_state *st, char *err, size_t errl
             { set_error(err, errlen, pp[i].line, "no gpu line for this index%s", NULL); goto out; }
         if (add_proc(&st->gpus[pp[i].idx], &pp[i].p) != 0)
             { set_error(err, errlen, pp[i].line, "out of memory%s", NULL); goto out; }
+    }
+    for (size_t i = 0; i < nlost; i++) {
+        int found = 0;
+        for (int k = 0; k < st->ngpus; k++) {
+            if (strcmp(st->gpus[k].uuid, lost[i].uuid) == 0) {
+                st->gpus[k].lost = lost[i].code;
+                found = 1;
+            }
+        }
+        if (!found)
+            { set_error(err, errlen, lost[i].line, "no gpu line for lost %s", lost[i].uuid); goto out; }
     }
     for (int i = 0; i < st->nrules; i++) {
         if (st->rules[i].gpu >= st->ngpus)
@@ -1060,6 +1095,8 @@ static nvmlReturn_t resolve_device(const void *handle, struct fake_slot **slot, 
         return NVML_ERROR_INVALID_ARGUMENT;
     if (s->index < 0 || s->index >= g_state.ngpus)
         return NVML_ERROR_GPU_IS_LOST;
+    if (g_state.gpus[s->index].lost != NVML_SUCCESS)
+        return g_state.gpus[s->index].lost;
     if (slot)
         *slot = s;
     if (gpu)
@@ -1250,6 +1287,8 @@ static nvmlReturn_t handle_by_index(const char *fn, unsigned int index, void **d
         rc = NVML_ERROR_INVALID_ARGUMENT;
     if (rc == NVML_SUCCESS)
         rc = inject(&c, (int)index);
+    if (rc == NVML_SUCCESS)
+        rc = g_state.gpus[index].lost;
     if (rc == NVML_SUCCESS) {
         struct fake_slot *s = slot_for_uuid(g_state.gpus[index].uuid);
         if (!s)
@@ -1284,6 +1323,8 @@ nvmlReturn_t nvmlDeviceGetHandleByUUID(const char *uuid, void **device_out)
         rc = inject(&c, index);
         if (rc == NVML_SUCCESS && index < 0)
             rc = NVML_ERROR_NOT_FOUND;
+        if (rc == NVML_SUCCESS)
+            rc = g_state.gpus[index].lost;
     }
     if (rc == NVML_SUCCESS) {
         struct fake_slot *s = slot_for_uuid(uuid);

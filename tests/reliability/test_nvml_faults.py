@@ -7,12 +7,13 @@ is never acted on, and the next clean read guards it again.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from tests.fakenvml import FakeNvmlState
-from tests.sources.test_sampler import CONFIG, gpus, world
+from tests.fakenvml import FakeGpu, FakeNvmlState, mib
+from tests.sources.test_sampler import CONFIG, UUID, gpus, world
 from vramwatch import policy
 from vramwatch.sampler import Sampler
 from vramwatch.sources.nvml import INIT_RETRY_MAX_NS, NvmlSource
@@ -151,3 +152,58 @@ def test_a_size_race_that_never_settles_is_an_error_sample_not_a_hang(
 
     assert (snap.gpus[0].error or "").startswith("INSUFFICIENT_SIZE")
     assert None is snap.units[HOG].vram_bytes
+
+
+# --------------------------------------------------------------------------
+# One lost GPU costs only that GPU; GPUs are found again (issue 10, item 6b)
+
+SPARE = "GPU-00000000-1111-2222-3333-444444444444"
+
+
+def spare_and_hog_gpu(lost: str | None = None) -> list[FakeGpu]:
+    """GPU 0 idle and healthy; GPU 1 holds the hog (and may be lost)."""
+    return [FakeGpu(SPARE, mib(24576), name="NVIDIA A10"), replace(gpus()[0], lost=lost)]
+
+
+def test_while_one_gpu_is_lost_the_others_stay_in_every_snapshot(
+    fake_nvml: FakeNvmlState, tmp_path: Path
+) -> None:
+    fake_nvml.write(spare_and_hog_gpu())
+    sampler = Sampler(NvmlSource(), world(tmp_path, 900_000))
+    sampler.sample(CONFIG, 0)
+    fake_nvml.write(spare_and_hog_gpu(lost="GPU_IS_LOST"))
+
+    snaps = [sampler.sample(CONFIG, t * S) for t in range(2, 12, 2)]
+    sampler.close()
+
+    assert [[(SPARE, mib(24576), None), (UUID, None, "GPU_IS_LOST")]] * 5 == [
+        [(g.uuid, g.free_bytes, g.error.split(":")[0] if g.error else None) for g in s.gpus]
+        for s in snaps
+    ]
+    assert [None] * 5 == [s.nvml_error for s in snaps]
+
+
+def test_a_gpu_lost_then_back_is_guarded_again(fake_nvml: FakeNvmlState, tmp_path: Path) -> None:
+    fake_nvml.write(spare_and_hog_gpu(lost="GPU_IS_LOST"))
+    sampler = Sampler(NvmlSource(), world(tmp_path, 900_000))
+
+    lost = ticks(sampler, 0, 8)
+    fake_nvml.write(spare_and_hog_gpu())  # the reset brought it back
+    back = ticks(sampler, 16, 8)
+    sampler.close()
+
+    assert ([], [HOG]) == (vram_actions(lost), vram_actions(back))
+
+
+def test_a_hot_added_gpu_is_guarded_without_a_restart(
+    fake_nvml: FakeNvmlState, tmp_path: Path
+) -> None:
+    fake_nvml.write(spare_and_hog_gpu()[:1])
+    sampler = Sampler(NvmlSource(), world(tmp_path, 900_000))
+
+    before = ticks(sampler, 0, 8)
+    fake_nvml.write(spare_and_hog_gpu())  # the hog's GPU is hot-added
+    after = ticks(sampler, 16, 8)
+    sampler.close()
+
+    assert ([], [HOG]) == (vram_actions(before), vram_actions(after))

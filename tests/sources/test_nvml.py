@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 from tests.fakenvml import FakeGpu, FakeNvmlState, FakeProcess, build, mib, subprocess_env
 from vramwatch.model import GpuProcess, GpuSample
-from vramwatch.sources.nvml import INIT_RETRY_FIRST_NS, NvmlSource
+from vramwatch.sources.nvml import INIT_RETRY_FIRST_NS, REENUMERATE_NS, NvmlSource
 
 S = 10**9
 T4 = "GPU-8f1c2a3e-0000-0000-0000-000000000000"
@@ -185,3 +188,155 @@ def test_an_old_driver_without_v3_process_lists_falls_back_to_v2(tmp_path: Path)
     ).stdout
 
     assert [[4242, mib(10700)], [4343, None], [5000, mib(2000)], None] == json.loads(out)
+
+
+# --------------------------------------------------------------------------
+# Each GPU on its own, by UUID (issue 10, item 6b)
+
+
+def with_lost(gpus: list[FakeGpu], index: int, code: str = "GPU_IS_LOST") -> list[FakeGpu]:
+    return [replace(g, lost=code) if i == index else g for i, g in enumerate(gpus)]
+
+
+def summary(gpus: tuple[GpuSample, ...]) -> list[tuple[int, str, str | None]]:
+    """(index, UUID, error code or None) of each sample."""
+    return [(g.index, g.uuid, g.error.split(":")[0] if g.error else None) for g in gpus]
+
+
+@pytest.mark.parametrize("code", ["GPU_IS_LOST", "RESET_REQUIRED"])
+def test_a_lost_gpu_stays_one_error_sample_and_the_others_keep_being_sampled(
+    fake_nvml: FakeNvmlState, code: str
+) -> None:
+    fake_nvml.write(two_gpus())
+    source = NvmlSource()
+    source.sample(0)
+    fake_nvml.write(with_lost(two_gpus(), 1, code))
+
+    ticks = [source.sample(t * S) for t in range(1, 5)]
+    source.close()
+
+    assert [([(0, T4, None), (1, A10, code)], None)] * 4 == [
+        (summary(gpus), error) for gpus, error in ticks
+    ]
+    assert [mib(4360)] * 4 == [gpus[0].free_bytes for gpus, _ in ticks]
+
+
+def test_a_lost_gpu_that_comes_back_is_sampled_again(fake_nvml: FakeNvmlState) -> None:
+    fake_nvml.write(two_gpus())
+    source = NvmlSource()
+    source.sample(0)
+    fake_nvml.write(with_lost(two_gpus(), 1))
+    source.sample(S)
+    source.sample(2 * S)
+    fake_nvml.write(two_gpus())  # reset done: the GPU is back
+
+    back, error = source.sample(3 * S)
+    source.close()
+
+    assert ([(0, T4, None), (1, A10, None)], None) == (summary(back), error)
+    assert mib(22576) == back[1].free_bytes
+
+
+def test_a_gpu_lost_before_the_first_enumeration_costs_only_that_gpu(
+    fake_nvml: FakeNvmlState,
+) -> None:
+    fake_nvml.write(with_lost(two_gpus(), 0))
+    source = NvmlSource()
+
+    first, error = source.sample(0)
+    again, _ = source.sample(S)
+    fake_nvml.write(two_gpus())
+    back, _ = source.sample(2 * S)
+    source.close()
+
+    # Its UUID was never read: the GPU is known by its index until it is.
+    assert ([(0, "index:0", "GPU_IS_LOST"), (1, A10, None)], None) == (summary(first), error)
+    assert summary(first) == summary(again)
+    assert [(0, T4, None), (1, A10, None)] == summary(back)
+
+
+def test_a_gpu_whose_uuid_cannot_be_read_keeps_the_uuid_it_had(fake_nvml: FakeNvmlState) -> None:
+    fake_nvml.write(two_gpus())
+    source = NvmlSource()
+    source.sample(0)
+    fake_nvml.write(
+        two_gpus(),
+        errors={"nvmlDeviceGetMemoryInfo_v2@1": "UNKNOWN", "nvmlDeviceGetUUID@1": "UNKNOWN"},
+    )
+
+    broken, _ = source.sample(S)
+    enumerated_again, _ = source.sample(2 * S)
+    source.close()
+
+    assert [(0, T4, None), (1, A10, "UNKNOWN")] == summary(broken)
+    assert [(0, T4, None), (1, A10, "UNKNOWN")] == summary(enumerated_again)
+    assert "enumerating GPU 1" in (enumerated_again[1].error or "")
+
+
+def test_a_hot_added_gpu_is_sampled_from_the_next_tick(fake_nvml: FakeNvmlState) -> None:
+    fake_nvml.write(two_gpus()[:1])
+    source = NvmlSource()
+    before, _ = source.sample(0)
+    fake_nvml.write(two_gpus())
+
+    after, _ = source.sample(S)
+    source.close()
+
+    assert [(0, T4, None)] == summary(before)
+    assert [(0, T4, None), (1, A10, None)] == summary(after)
+
+
+def test_a_hot_unplugged_gpu_is_dropped_and_the_rest_renumbered(fake_nvml: FakeNvmlState) -> None:
+    fake_nvml.write(two_gpus())
+    source = NvmlSource()
+    source.sample(0)
+    fake_nvml.write(two_gpus()[1:])  # GPU 0 is gone; the A10 is index 0 now
+
+    gone, _ = source.sample(S)
+    then, _ = source.sample(2 * S)
+    source.close()
+
+    assert [(0, A10, None)] == summary(gone)
+    assert [(0, A10, None)] == summary(then)
+
+
+def test_devices_are_enumerated_again_about_once_a_minute(fake_nvml: FakeNvmlState) -> None:
+    """Index order can change without any error or count change: a periodic look fixes it."""
+    fake_nvml.write(two_gpus())
+    source = NvmlSource()
+    source.sample(0)
+    fake_nvml.write(list(reversed(two_gpus())))  # handles follow their GPU, indexes swapped
+
+    soon, _ = source.sample(S)
+    later, _ = source.sample(REENUMERATE_NS)
+    source.close()
+
+    assert [(0, T4, None), (1, A10, None)] == summary(soon)
+    assert [(0, A10, None), (1, T4, None)] == summary(later)
+
+
+def test_a_failing_device_count_makes_each_known_gpu_unknown_not_nvml(
+    fake_nvml: FakeNvmlState,
+) -> None:
+    fake_nvml.write(two_gpus())
+    source = NvmlSource()
+    source.sample(0)
+    fake_nvml.write(two_gpus(), errors={"nvmlDeviceGetCount_v2": "TIMEOUT 1"})
+
+    failed, error = source.sample(S)
+    healed, _ = source.sample(2 * S)
+    source.close()
+
+    assert ([(0, T4, "TIMEOUT"), (1, A10, "TIMEOUT")], None) == (summary(failed), error)
+    assert [(0, T4, None), (1, A10, None)] == summary(healed)
+
+
+def test_a_count_that_never_answered_is_retried_every_tick(fake_nvml: FakeNvmlState) -> None:
+    fake_nvml.write(two_gpus(), errors={"nvmlDeviceGetCount_v2": "UNKNOWN 2"})
+    source = NvmlSource()
+
+    results = [source.sample(t * S) for t in range(3)]
+    source.close()
+
+    assert [0, 0, 2] == [len(gpus) for gpus, _ in results]
+    assert [True, True, False] == [error is not None for _, error in results]

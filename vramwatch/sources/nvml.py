@@ -45,8 +45,9 @@ _PROCESS_LISTS: tuple[tuple[str, tuple[str, ...]], ...] = (
 # appear between its two calls it raises INSUFFICIENT_SIZE: ask again.
 LIST_RACE_RETRIES = 3
 
-# Errors after which a handle is not trusted any more: re-enumerate devices.
-_REACQUIRE = {"GPU_IS_LOST", "UNINITIALIZED", "INVALID_ARGUMENT", "NOT_FOUND", "RESET_REQUIRED"}
+# Devices are enumerated again at least this often, so a hot-added GPU or one
+# that came back after a reset is guarded without restarting vramwatch.
+REENUMERATE_NS = 60 * 10**9
 # Errors that mean the driver as a whole is unusable: shut down and re-init.
 _REINIT = {"DRIVER_NOT_LOADED", "LIB_RM_VERSION_MISMATCH", "UNINITIALIZED"}
 
@@ -97,17 +98,37 @@ def describe_init_failure(failure: NvmlFailure) -> str:
 @dataclass(slots=True)
 class _Device:
     index: int
-    uuid: str
+    uuid: str  # "index:N" when not even the UUID could be read
     name: str
-    handle: Any
+    handle: Any  # None: this GPU could not be enumerated (``error`` says why)
+    error: str | None = None
+
+
+def unreadable_uuid(index: int) -> str:
+    """The key of a GPU whose UUID cannot be read and was never known."""
+    return f"index:{index}"
 
 
 class NvmlSource:
-    """Samples every GPU's memory and processes; survives any NVML failure."""
+    """Samples every GPU's memory and processes; survives any NVML failure.
+
+    Each GPU is enumerated and sampled on its own and known by its UUID: a GPU
+    that fails (lost, needs a reset, times out) is one error sample, every
+    other GPU reads as usual. Devices are enumerated again after any error,
+    when the device count changes (hot-add, hot-unplug) and every
+    ``REENUMERATE_NS``, so a GPU that comes back is guarded again.
+    """
 
     def __init__(self) -> None:
         self._initialised = False
         self._devices: list[_Device] | None = None
+        self._count = -1
+        self._next_enum_ns = 0
+        self._stale = False
+        # Index -> UUID and name from the last enumeration that read them: a GPU
+        # that fails enumeration keeps its identity (and a GPU that comes back,
+        # its sampling_error/recovered pair) across re-enumerations and re-inits.
+        self._known: dict[int, tuple[str, str]] = {}
         self._init_error: str | None = None
         self._next_init_ns = 0
         self._backoff_ns = INIT_RETRY_FIRST_NS
@@ -117,15 +138,24 @@ class NvmlSource:
         """Every GPU as a sample (``error`` set on failure), or the reason NVML is unusable."""
         if not self._ensure_init(now_ns):
             return (), self._init_error
-        devices = self._ensure_devices()
-        if devices is None:
-            return (), self._init_error
-        samples = tuple(self._sample_device(dev) for dev in devices)
+        try:
+            count = int(_call(pynvml.nvmlDeviceGetCount))
+        except NvmlFailure as failure:
+            return self._count_failed(now_ns, failure)
+        if (
+            self._devices is None
+            or self._stale
+            or count != self._count
+            or now_ns >= self._next_enum_ns
+        ):
+            self._enumerate(count, now_ns)
+        assert self._devices is not None
+        samples = tuple(self._sample_device(dev) for dev in self._devices)
         errors = {s.error.split(":")[0] for s in samples if s.error}
         if errors & _REINIT:
             self._reset(now_ns)
-        elif errors & _REACQUIRE:
-            self._devices = None  # re-enumerate next tick: index order may change
+        elif errors:
+            self._stale = True  # handles may be stale, a lost GPU may come back: look again
         return samples, None
 
     def close(self) -> None:
@@ -158,26 +188,47 @@ class NvmlSource:
         self.close()
         self._next_init_ns = now_ns  # try again at once on the next tick
 
-    def _ensure_devices(self) -> list[_Device] | None:
-        if self._devices is not None:
-            return self._devices
-        try:
-            count = _call(pynvml.nvmlDeviceGetCount)
-            devices = []
-            for index in range(count):
-                handle = _call(pynvml.nvmlDeviceGetHandleByIndex, index)
-                uuid = _call(pynvml.nvmlDeviceGetUUID, handle)
-                name = _call(pynvml.nvmlDeviceGetName, handle)
-                devices.append(_Device(index, _text(uuid), _text(name), handle))
-        except NvmlFailure as failure:
-            self._init_error = f"cannot enumerate GPUs: {failure.detail}"
-            if failure.code in _REINIT:
-                self.close()
-            return None
+    def _count_failed(
+        self, now_ns: int, failure: NvmlFailure
+    ) -> tuple[tuple[GpuSample, ...], str | None]:
+        """No device count: every GPU known so far is unknown this tick, each on its own."""
+        if failure.code in _REINIT:
+            self._reset(now_ns)
+        else:
+            self._stale = True
+        if not self._known:
+            return (), f"cannot enumerate GPUs: {failure.detail}"
+        error = f"{failure.detail} (counting GPUs)"
+        return tuple(
+            GpuSample(index, uuid, name, None, None, None, (), error)
+            for index, (uuid, name) in sorted(self._known.items())
+        ), None
+
+    def _enumerate(self, count: int, now_ns: int) -> None:
+        devices = [self._enumerate_one(index) for index in range(count)]
+        readable = {dev.uuid for dev in devices if dev.handle is not None}
+        for dev in devices:
+            if dev.handle is None and dev.uuid in readable:
+                dev.uuid = unreadable_uuid(dev.index)  # its old UUID moved to another index
+        self._known = {dev.index: (dev.uuid, dev.name) for dev in devices}
         self._devices = devices
-        return devices
+        self._count = count
+        self._stale = False
+        self._next_enum_ns = now_ns + REENUMERATE_NS
+
+    def _enumerate_one(self, index: int) -> _Device:
+        uuid, name = self._known.get(index, (unreadable_uuid(index), ""))
+        try:
+            handle = _call(pynvml.nvmlDeviceGetHandleByIndex, index)
+            uuid = _text(_call(pynvml.nvmlDeviceGetUUID, handle))
+            name = _text(_call(pynvml.nvmlDeviceGetName, handle))
+        except NvmlFailure as failure:
+            return _Device(index, uuid, name, None, f"{failure.detail} (enumerating GPU {index})")
+        return _Device(index, uuid, name, handle)
 
     def _sample_device(self, dev: _Device) -> GpuSample:
+        if dev.handle is None:
+            return GpuSample(dev.index, dev.uuid, dev.name, None, None, None, (), dev.error)
         try:
             total, used, free = self._memory(dev.handle)
             processes = self._processes(dev.handle)
