@@ -16,7 +16,14 @@ import time
 from pathlib import Path
 
 from vramwatch import __version__
-from vramwatch.config import Config, ConfigError, budget_fit_warnings, default_path, load
+from vramwatch.config import (
+    Config,
+    ConfigError,
+    budget_fit_warnings,
+    default_path,
+    load,
+    reserve_fit_errors,
+)
 from vramwatch.events import FORMATS, TARGETS
 
 EXIT_OK = 0
@@ -171,6 +178,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     gpus, nvml_error = source.sample(time.monotonic_ns())
     source.close()
     totals = [g.total_bytes for g in gpus if g.total_bytes is not None]
+    present = [(g.index, g.uuid, g.total_bytes) for g in gpus if g.total_bytes is not None]
+    problems = reserve_fit_errors(config, present)
+    for problem in problems:
+        print(f"vramwatch: {path}: {problem}", file=sys.stderr)
+    if problems:
+        return EXIT_CONFIG
     print(
         f"{path}: valid: {len(config.tenants)} tenants, bus {config.daemon.bus}"
         + (", dry run" if config.daemon.dry_run else "")

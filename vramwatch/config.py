@@ -106,9 +106,17 @@ class Tenant:
     ram_bytes: int | None = None
     verb: Verb = Verb.RESTART
     protected: bool = False
+    # Keep the unused part of the VRAM budget free on its GPU (SPEC "Budgets that
+    # are guarantees"); ``gpu`` pins the tenant, and its VRAM budget, to one GPU.
+    reserve: bool = False
+    gpu: int | str | None = None  # an index, or a GPU-/MIG- UUID
 
     def budget(self, resource: str) -> int | None:
         return self.vram_bytes if resource == "vram" else self.ram_bytes
+
+    def pinned_to(self, index: int, uuid: str) -> bool:
+        """Whether this tenant is pinned to the GPU with this index and UUID."""
+        return self.gpu is not None and (self.gpu == index or self.gpu == uuid)
 
 
 # Sane defaults in the spirit of earlyoom (10 % of RAM available) and of the
@@ -397,15 +405,47 @@ def _tenant(table: _Table) -> Tenant:
         raise table.error("action", f'expected "restart" or "stop", got "{action}"') from None
     if verb is Verb.RESTART and unit.endswith(".scope"):
         raise table.error("action", 'a scope cannot be restarted by systemd; use action = "stop"')
+    vram = table.parsed("vram", _positive_size, None)
+    reserve = table.get("reserve", bool, False)
+    if reserve and vram is None:
+        raise table.error("reserve", "needs a vram budget: the unused part of it is reserved")
     tenant = Tenant(
         unit=unit,
-        vram_bytes=table.parsed("vram", _positive_size, None),
+        vram_bytes=vram,
         ram_bytes=table.parsed("ram", _positive_size, None),
         verb=verb,
         protected=table.get("protected", bool, False),
+        reserve=reserve,
+        gpu=_gpu_ref(table),
     )
     table.finish()
     return tenant
+
+
+# NVML UUIDs: "GPU-" or "MIG-" and hex digits, dashes (MIG-GPU-.../gi/ci on old drivers).
+_GPU_UUID_RE = re.compile(r"(GPU|MIG)-[0-9A-Za-z/-]{1,120}")
+MAX_GPU_INDEX = 63
+
+
+def _gpu_ref(table: _Table) -> int | str | None:
+    """``gpu``: an index (0..63) or a ``GPU-``/``MIG-`` UUID."""
+    table.seen.add("gpu")
+    if "gpu" not in table.data:
+        return None
+    value = table.data["gpu"]
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise table.error(
+            "gpu", f'expected an index such as 0 or a UUID "GPU-...", got {_describe(value)}'
+        )
+    if isinstance(value, int):
+        if not 0 <= value <= MAX_GPU_INDEX:
+            raise table.error("gpu", f"expected an index from 0 to {MAX_GPU_INDEX}, got {value}")
+        return value
+    if not _GPU_UUID_RE.fullmatch(value):
+        raise table.error(
+            "gpu", f'expected a UUID such as "GPU-8f1c2a3e-..." or "MIG-...", got "{value}"'
+        )
+    return value
 
 
 def parse(text: str, path: Path | str = "<config>") -> Config:
@@ -486,3 +526,37 @@ def budget_fit_warnings(config: Config, gpu_totals_bytes: list[int]) -> list[str
             "breach the floor, and then vramwatch can only warn"
         )
     ]
+
+
+def reserve_fit_errors(config: Config, gpus: list[tuple[int, str, int]]) -> list[str]:
+    """Why the reserving tenants cannot be honoured on the GPUs present (index, UUID,
+    total bytes): each GPU's floor plus the budgets reserved on it must fit the GPU,
+    and with more than one GPU a reserving tenant must say which (``gpu``)."""
+    problems: list[str] = []
+    reserving = [(i, t) for i, t in enumerate(config.tenants) if t.reserve]
+    if not reserving or not gpus:
+        return problems
+    for number, tenant in reserving:
+        if tenant.gpu is None and len(gpus) > 1:
+            problems.append(
+                f"tenant[{number}].gpu: {tenant.unit} reserves VRAM and {len(gpus)} GPUs are "
+                "present: say which one (an index or a GPU-/MIG- UUID)"
+            )
+        elif tenant.gpu is not None and not any(tenant.pinned_to(i, u) for i, u, _ in gpus):
+            problems.append(f"tenant[{number}].gpu: no GPU {tenant.gpu} is present")
+    for index, uuid, total in gpus:
+        on_it = [
+            t
+            for _, t in reserving
+            if t.pinned_to(index, uuid) or (t.gpu is None and len(gpus) == 1)
+        ]
+        reserved = sum(t.vram_bytes or 0 for t in on_it)
+        floor = config.gpu.floor.resolve(total)
+        if on_it and floor + reserved > total:
+            problems.append(
+                f"GPU {index}: min_free_vram ({units.format_size(floor)}) plus the budgets "
+                f"reserved on it ({units.format_size(reserved)} for "
+                f"{', '.join(t.unit for t in on_it)}) exceed its "
+                f"{units.format_size(total)}"
+            )
+    return problems

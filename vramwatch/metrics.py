@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 from vramwatch import __version__
 from vramwatch.config import Config, MetricsConfig
 from vramwatch.model import Event, Snapshot
+from vramwatch.policy import reservations
 
 GPU_LABELS = ("gpu", "uuid", "name")
 FLOOR_LABELS = ("resource", "gpu")  # gpu is "" for the host RAM floor
@@ -274,7 +275,13 @@ class _View:
         )
         floor = family(
             "vramwatch_gpu_memory_floor_bytes",
-            "[gpu] min_free_vram for this GPU: free below it for grace, vramwatch acts.",
+            "The effective floor of this GPU: [gpu] min_free_vram plus the unused budgets "
+            "of reserving tenants; free below it for grace, vramwatch acts.",
+            GPU_LABELS,
+        )
+        reserved = family(
+            "vramwatch_gpu_memory_reserved_bytes",
+            "The part of the floor reserved for idle budgets (tenants with reserve = true).",
             GPU_LABELS,
         )
         rest = family(
@@ -291,11 +298,13 @@ class _View:
             assert gpu.total_bytes is not None and gpu.free_bytes is not None
             total.add_metric(labels, gpu.total_bytes)
             free.add_metric(labels, gpu.free_bytes)
-            floor.add_metric(labels, config.gpu.floor.resolve(gpu.total_bytes))
+            kept = sum(r for _, r, _ in reservations(config, snap, gpu))
+            floor.add_metric(labels, config.gpu.floor.resolve(gpu.total_bytes) + kept)
+            reserved.add_metric(labels, kept)
             if gpu.used_bytes is not None and gpu.unattributed_bytes is not None:
                 used.add_metric(labels, gpu.used_bytes)
                 rest.add_metric(labels, gpu.unattributed_bytes)
-        yield from (up, total, used, free, floor, rest)
+        yield from (up, total, used, free, floor, reserved, rest)
 
         host = snap.host
         available = host.mem_available_bytes if host.ok else None

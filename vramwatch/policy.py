@@ -117,6 +117,28 @@ class _Resource:
     free_bytes: int
     floor_bytes: int
     settings: FloorConfig
+    # Reserving tenants' unused budgets included in floor_bytes: (unit, reserved, used).
+    reserved: tuple[tuple[str, int, int], ...] = ()
+
+    @property
+    def reserved_bytes(self) -> int:
+        return sum(r for _, r, _ in self.reserved)
+
+    def floor_text(self) -> str:
+        """The floor, and what it is made of when budgets are reserved on it."""
+        text = f"floor {format_size(self.floor_bytes)}"
+        if not self.reserved_bytes:
+            return text
+        base = self.floor_bytes - self.reserved_bytes
+        parts = ", ".join(
+            f"{unit}, " + ("idle" if used == 0 else f"uses {format_size(used)}")
+            for unit, reserved, used in self.reserved
+            if reserved
+        )
+        return (
+            f"{text} ({format_size(base)} + {format_size(self.reserved_bytes)} reserved for "
+            f"{parts})"
+        )
 
     def where(self) -> str:
         return f"GPU {self.gpu.index}" if self.gpu is not None else "host MemAvailable"
@@ -134,12 +156,15 @@ class _Resource:
         if self.gpu is not None:
             fields["gpu"] = self.gpu.index
             fields["gpu_uuid"] = self.gpu.uuid
+        if self.reserved_bytes:
+            fields["reserved_bytes"] = self.reserved_bytes
+            fields["reserved_for"] = [unit for unit, r, _ in self.reserved if r]
         return fields
 
     def breach_text(self, since_ns: int, now_ns: int) -> str:
         return (
-            f"{self.free_text()} {format_size(self.free_bytes)} < floor "
-            f"{format_size(self.floor_bytes)} for {format_duration(now_ns - since_ns)}"
+            f"{self.free_text()} {format_size(self.free_bytes)} < {self.floor_text()} "
+            f"for {format_duration(now_ns - since_ns)}"
         )
 
 
@@ -273,7 +298,7 @@ def still_justified(config: Config, snapshot: Snapshot, action: Action) -> str |
             f"{res.free_text()} {format_size(res.free_bytes)} is back above floor "
             f"{format_size(res.floor_bytes)}"
         )
-    used, complete = _used(snapshot.units.get(action.unit), action.resource)
+    used, complete = _tenant_used(config, snapshot, action.unit, action.resource)
     if used is None or (used <= action.budget_bytes and not complete):
         return f"{action.unit} {action.resource.upper()} usage is now unknown"
     if used <= action.budget_bytes:
@@ -288,6 +313,23 @@ def _where_key(snapshot: Snapshot, action: Action) -> str:
     if action.resource_key == RAM_KEY:
         return "host memory"
     return f"GPU {action.gpu}" if action.gpu is not None else action.resource_key
+
+
+def _tenant_used(
+    config: Config, snapshot: Snapshot, unit: str, resource: str
+) -> tuple[int | None, bool]:
+    """A tenant's usage as its budget counts it: a tenant pinned to one GPU (``gpu``)
+    has its VRAM budget on that GPU alone."""
+    usage = snapshot.units.get(unit)
+    tenant = config.tenant(unit)
+    if resource != VRAM or tenant is None or tenant.gpu is None or usage is None:
+        return _used(usage, resource)
+    for gpu in snapshot.gpus:
+        if tenant.pinned_to(gpu.index, gpu.uuid):
+            if not gpu.ok:
+                return 0, False
+            return usage.vram_by_gpu.get(gpu.uuid, 0), usage.vram_bytes is not None
+    return 0, False  # the GPU it is pinned to is not there
 
 
 def _used(usage: UnitUsage | None, resource: str) -> tuple[int | None, bool]:
@@ -413,7 +455,7 @@ def _settle_in_flight(b: _Builder, config: Config, snapshot: Snapshot) -> None:
                 del b.in_flight[key]
             continue
         res = b.readable.get(key)
-        used, complete = _used(snapshot.units.get(flight.unit), flight.resource)
+        used, complete = _tenant_used(config, snapshot, flight.unit, flight.resource)
         within = used is not None and complete and used <= flight.budget_bytes
         rise = _came_back(flight, res) if res is not None else None
         if flight.breached:
@@ -493,12 +535,43 @@ def _settled_event(
     b.event("not_reclaimed", "warning", message, **fields)
 
 
-def _gpu_resource(config: Config, gpu: GpuSample) -> _Resource | None:
+def reservations(
+    config: Config, snapshot: Snapshot, gpu: GpuSample
+) -> tuple[tuple[str, int, int], ...]:
+    """The reserving tenants on a GPU: (unit, unused budget kept free, used there).
+
+    A tenant reserves on the GPU it is pinned to, or on the only GPU there is.
+    """
+    found = []
+    for tenant in config.tenants:
+        if not tenant.reserve or tenant.vram_bytes is None:
+            continue
+        if not (
+            tenant.pinned_to(gpu.index, gpu.uuid)
+            or (tenant.gpu is None and len(snapshot.gpus) == 1)
+        ):
+            continue
+        usage = snapshot.units.get(tenant.unit)
+        used = usage.vram_by_gpu.get(gpu.uuid, 0) if usage is not None else 0
+        found.append((tenant.unit, max(0, tenant.vram_bytes - used), used))
+    return tuple(found)
+
+
+def gpu_floor(config: Config, snapshot: Snapshot, gpu: GpuSample) -> int | None:
+    """A GPU's effective floor: min_free_vram plus the budgets reserved on it."""
+    if gpu.total_bytes is None:
+        return None
+    reserved = sum(r for _, r, _ in reservations(config, snapshot, gpu))
+    return config.gpu.floor.resolve(gpu.total_bytes) + reserved
+
+
+def _gpu_resource(config: Config, snapshot: Snapshot, gpu: GpuSample) -> _Resource | None:
     if not gpu.ok:
         return None
     assert gpu.total_bytes is not None and gpu.free_bytes is not None
-    floor = config.gpu.floor.resolve(gpu.total_bytes)
-    return _Resource(gpu_key(gpu.uuid), VRAM, gpu, gpu.free_bytes, floor, config.gpu)
+    reserved = reservations(config, snapshot, gpu)
+    floor = config.gpu.floor.resolve(gpu.total_bytes) + sum(r for _, r, _ in reserved)
+    return _Resource(gpu_key(gpu.uuid), VRAM, gpu, gpu.free_bytes, floor, config.gpu, reserved)
 
 
 def _host_resource(config: Config, snapshot: Snapshot) -> _Resource | None:
@@ -518,7 +591,7 @@ def _reading(config: Config, snapshot: Snapshot, key: str) -> _Resource | None:
         return None
     for gpu in snapshot.gpus:
         if gpu_key(gpu.uuid) == key:
-            return _gpu_resource(config, gpu)
+            return _gpu_resource(config, snapshot, gpu)
     return None
 
 
@@ -528,7 +601,7 @@ def _resources(config: Config, snapshot: Snapshot, b: _Builder) -> list[_Resourc
     known_keys: set[str] = {RAM_KEY}
     for gpu in snapshot.gpus:
         known_keys.add(gpu_key(gpu.uuid))
-        res = _gpu_resource(config, gpu) if snapshot.nvml_error is None else None
+        res = _gpu_resource(config, snapshot, gpu) if snapshot.nvml_error is None else None
         if res is not None:
             readable.append(res)
     host = _host_resource(config, snapshot)
@@ -612,8 +685,14 @@ def _candidates(
         budget = tenant.budget(res.resource)
         if budget is None:
             continue
+        if (
+            res.gpu is not None
+            and tenant.gpu is not None
+            and not tenant.pinned_to(res.gpu.index, res.gpu.uuid)
+        ):
+            continue  # pinned to another GPU: its budget is there
         usage = snapshot.units.get(tenant.unit)
-        used, complete = _used(usage, res.resource)
+        used, complete = _tenant_used(config, snapshot, tenant.unit, res.resource)
         if used is None or used <= budget:
             if not complete:
                 unknown.append(tenant.unit)
@@ -626,7 +705,9 @@ def _candidates(
     return found, unknown
 
 
-def _holds(snapshot: Snapshot, tenant: Tenant) -> dict[str, tuple[str, int | None, int, int]]:
+def _holds(
+    config: Config, snapshot: Snapshot, tenant: Tenant
+) -> dict[str, tuple[str, int | None, int, int]]:
     """Every resource a tenant is proven over budget on: key -> (resource, gpu, used, budget).
 
     Acting on it frees all of them at once, so one action holds them all.
@@ -635,11 +716,11 @@ def _holds(snapshot: Snapshot, tenant: Tenant) -> dict[str, tuple[str, int | Non
     holds: dict[str, tuple[str, int | None, int, int]] = {}
     if usage is None:
         return holds
-    vram, _ = _used(usage, VRAM)
+    vram, _ = _tenant_used(config, snapshot, tenant.unit, VRAM)
     if tenant.vram_bytes is not None and vram is not None and vram > tenant.vram_bytes:
         index = {g.uuid: g.index for g in snapshot.gpus}
         for uuid, n in usage.vram_by_gpu.items():
-            if n > 0:
+            if n > 0 and (tenant.gpu is None or tenant.pinned_to(index.get(uuid, -1), uuid)):
                 holds[gpu_key(uuid)] = (VRAM, index.get(uuid), vram, tenant.vram_bytes)
     ram = usage.ram_bytes
     if tenant.ram_bytes is not None and ram is not None and ram > tenant.ram_bytes:
@@ -666,7 +747,7 @@ def _refusal(
         times = tuple(sorted(times + b.dry_actions_ns.get(unit, ())))
     held_by = {
         key: b.in_flight[key].unit
-        for key in _holds(snapshot, cand.tenant)
+        for key in _holds(config, snapshot, cand.tenant)
         if key != res.key and key in b.in_flight and b.in_flight[key].unit != unit
     }
     if unit == snapshot.self_unit:
@@ -741,7 +822,7 @@ def _act(
         f"{_usage_text(cand.used_bytes, cand.complete)} {res.resource.upper()}, budget "
         f"{format_size(cand.budget_bytes)}" + (" (dry run)" if dry else "")
     )
-    holds = _holds(snapshot, tenant)
+    holds = _holds(config, snapshot, tenant)
     holds[res.key] = (
         res.resource,
         res.gpu.index if res.gpu is not None else None,

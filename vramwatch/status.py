@@ -9,6 +9,7 @@ import psutil
 
 from vramwatch.config import Config
 from vramwatch.model import Snapshot
+from vramwatch.policy import gpu_floor, reservations
 from vramwatch.sampler import Sampler, manager_for
 from vramwatch.sources.nvml import NvmlSource
 from vramwatch.sources.procfs import ProcFs
@@ -58,7 +59,8 @@ def report(
     tenant_units = {t.unit for t in config.tenants}
     gpus = []
     for gpu in snapshot.gpus:
-        floor = config.gpu.floor.resolve(gpu.total_bytes) if gpu.total_bytes else None
+        floor = gpu_floor(config, snapshot, gpu) if gpu.total_bytes else None
+        kept = reservations(config, snapshot, gpu)
         others = [
             {
                 "pid": p.pid,
@@ -80,6 +82,8 @@ def report(
                 "used_bytes": gpu.used_bytes,
                 "free_bytes": gpu.free_bytes,
                 "floor_bytes": floor,
+                "reserved_bytes": sum(r for _, r, _ in kept),
+                "reserved_for": [unit for unit, r, _ in kept if r],
                 "below_floor": (
                     gpu.free_bytes < floor if gpu.free_bytes is not None and floor else None
                 ),
@@ -164,7 +168,14 @@ def render_text(rep: dict[str, Any]) -> str:
         mark = "  BELOW FLOOR" if gpu["below_floor"] else ""
         lines.append(
             f"GPU {gpu['index']} {gpu['name']}: free {format_size(gpu['free_bytes'])} of "
-            f"{format_size(gpu['total_bytes'])}, floor {format_size(gpu['floor_bytes'])}{mark}"
+            f"{format_size(gpu['total_bytes'])}, floor {format_size(gpu['floor_bytes'])}"
+            + (
+                f" ({format_size(gpu['reserved_bytes'])} reserved for "
+                f"{', '.join(gpu['reserved_for'])})"
+                if gpu.get("reserved_bytes")
+                else ""
+            )
+            + mark
         )
         if gpu["unattributed_bytes"]:
             lines.append(

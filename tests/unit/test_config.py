@@ -288,7 +288,10 @@ ERRORS = [
         T0 + tenant_toml(unit='"b.service"', protect="true"),
         'tenant[1].protect: unknown key (did you mean "protected"?)',
     ),
-    (T0 + tenant_toml(unit='"b.service"', gpu="0"), "tenant[1].gpu: unknown key"),
+    (
+        T0 + tenant_toml(unit='"b.service"', gpus="0"),
+        'tenant[1].gpus: unknown key (did you mean "gpu"?)',
+    ),
     # wrong types
     ('[daemon]\ndry_run = "yes"', 'daemon.dry_run: expected true or false, got "yes"'),
     ("[daemon]\ndry_run = 1", "daemon.dry_run: expected true or false, got 1"),

@@ -1,0 +1,211 @@
+"""Budgets that are guarantees (SPEC; issue 14 part 1): ``reserve`` and ``gpu``.
+
+The incident: on a 16 GB T4 the LLM server needed 4.4 GiB free to load its model
+while free VRAM sat at 2.2 GiB for hours, above any plain 1-2 GiB floor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from tests.unit.test_policy import (
+    GIB,
+    MIB,
+    UUID0,
+    UUID1,
+    acted,
+    cfg,
+    gpu,
+    named,
+    proc,
+    run,
+    snap,
+    tenant,
+    usage,
+)
+from vramwatch import config as config_mod
+from vramwatch.config import Config, Tenant
+from vramwatch.policy import gpu_floor
+
+LLAMA, IMMICH, FRIGATE = "llama-swap.service", "immich-ml.service", "frigate.service"
+T4 = 15360 * MIB
+BASE = 300 * MIB
+
+
+def t4_snap(now_s: float, immich_mib: int, llama_mib: int = 0, frigate_mib: int = 1500) -> object:
+    units = [
+        usage(LLAMA, vram=llama_mib * MIB),
+        usage(IMMICH, vram=immich_mib * MIB),
+        usage(FRIGATE, vram=frigate_mib * MIB),
+    ]
+    used = BASE + (immich_mib + llama_mib + frigate_mib) * MIB
+    procs = [proc(100 + i, u.vram_bytes, u.unit) for i, u in enumerate(units) if u.vram_bytes]
+    return snap(now_s, units=units, gpus=[gpu(T4 - used, total=T4, processes=procs)])
+
+
+def incident_config(reserve: bool) -> Config:
+    llama = replace(tenant(LLAMA, vram=5000 * MIB), reserve=reserve)
+    return cfg(
+        llama,
+        tenant(IMMICH, vram=3000 * MIB),
+        tenant(FRIGATE, vram=2000 * MIB),
+        gpu_floor="1GiB",
+    )
+
+
+def test_an_idle_reserving_tenant_keeps_its_budget_free_and_the_hog_is_restarted() -> None:
+    decisions = run(incident_config(True), t4_snap(0, 10700), t4_snap(10, 10700))
+
+    assert [IMMICH] == acted(decisions)
+    assert (
+        f"restarting {IMMICH}: GPU 0 free 2.8 GiB < floor 5.9 GiB (1 GiB + 4.9 GiB reserved "
+        f"for {LLAMA}, idle) for 10s; unit uses 10.4 GiB VRAM, budget 2.9 GiB"
+    ) == decisions[-1].actions[0].message
+    breached = named(decisions, "floor_breached")[0]
+    assert (5000 * MIB, [LLAMA]) == (
+        breached.fields["reserved_bytes"],
+        breached.fields["reserved_for"],
+    )
+
+
+def test_without_reserve_nothing_is_restarted_which_is_why_reserve_exists() -> None:
+    decisions = run(incident_config(False), t4_snap(0, 10700), t4_snap(10, 10700))
+
+    assert [] == acted(decisions)
+    assert [] == named(decisions, "floor_breached")
+
+
+def test_only_the_unused_part_of_the_budget_is_reserved() -> None:
+    """llama-swap loaded 4000 of its 5000 MiB: 1000 MiB more are reserved, no more."""
+    config = incident_config(True)
+    s = t4_snap(0, 1000, llama_mib=4000)
+
+    assert 1 * GIB + 1000 * MIB == gpu_floor(config, s, s.gpus[0])  # type: ignore[attr-defined]
+
+
+def test_a_reserving_tenant_within_budget_is_never_the_victim() -> None:
+    """An unlisted process breaches the reserved floor; every tenant is within budget."""
+    config = incident_config(True)
+    units = [usage(LLAMA, vram=100 * MIB), usage(IMMICH, vram=2900 * MIB)]
+    procs = [
+        proc(1, 100 * MIB, LLAMA),
+        proc(2, 2900 * MIB, IMMICH),
+        proc(3, 8 * GIB, "ollama.service"),
+    ]
+    gpus = [gpu(T4 - BASE - 100 * MIB - 2900 * MIB - 8 * GIB, total=T4, processes=procs)]
+
+    decisions = run(config, snap(0, units=units, gpus=gpus), snap(10, units=units, gpus=gpus))
+
+    assert [] == acted(decisions)
+    assert 1 == len(named(decisions, "no_candidate"))
+
+
+def test_a_pinned_tenant_reserves_on_its_gpu_and_its_budget_counts_only_there() -> None:
+    """llama-swap pinned to GPU 1 reserves there; its 4 GiB on GPU 0 do not count."""
+    llama = replace(tenant(LLAMA, vram=5000 * MIB), reserve=True, gpu=UUID1)
+    config = cfg(llama, tenant(IMMICH, vram=3000 * MIB), gpu_floor="1GiB")
+    units = [
+        usage(LLAMA, vram=8 * GIB, by_gpu={UUID0: 4 * GIB, UUID1: 4 * GIB}),
+        usage(IMMICH, vram=9 * GIB, by_gpu={UUID1: 9 * GIB}),
+    ]
+    gpus = [
+        gpu(12 * GIB, processes=[proc(1, 4 * GIB, LLAMA)]),
+        gpu(1536 * MIB, 1, UUID1, processes=[proc(2, 4 * GIB, LLAMA), proc(3, 9 * GIB, IMMICH)]),
+    ]
+
+    decisions = run(config, snap(0, units=units, gpus=gpus), snap(10, units=units, gpus=gpus))
+
+    assert [IMMICH] == acted(decisions)
+    assert "(1 GiB + 904 MiB reserved for llama-swap.service, uses 4 GiB)" in (
+        decisions[-1].actions[0].message
+    )
+    assert (12 * GIB // 10 * 0 + 1 * GIB) == gpu_floor(
+        config, snap(0, units=units, gpus=gpus), gpus[0]
+    )
+
+
+CHECK = """
+[gpu]
+min_free_vram = "1GiB"
+[[tenant]]
+unit = "llama-swap.service"
+vram = "{budget}"
+reserve = true
+{gpu}
+"""
+
+
+@pytest.mark.parametrize(
+    ("budget", "pin", "gpus", "expected"),
+    [
+        ("5000MiB", "", [(0, "GPU-a", T4)], []),
+        (
+            "15000MiB",
+            "",
+            [(0, "GPU-a", T4)],
+            [
+                (
+                    "GPU 0: min_free_vram (1 GiB) plus the budgets reserved on it (14.6 GiB "
+                    "for llama-swap.service) exceed its 15 GiB"
+                )
+            ],
+        ),
+        (
+            "5000MiB",
+            "",
+            [(0, "GPU-a", T4), (1, "GPU-b", T4)],
+            [
+                (
+                    "tenant[0].gpu: llama-swap.service reserves VRAM and 2 GPUs are present: "
+                    "say which one (an index or a GPU-/MIG- UUID)"
+                )
+            ],
+        ),
+        ("5000MiB", 'gpu = "GPU-b"', [(0, "GPU-a", T4), (1, "GPU-b", T4)], []),
+        ("5000MiB", "gpu = 3", [(0, "GPU-a", T4)], ["tenant[0].gpu: no GPU 3 is present"]),
+    ],
+)
+def test_check_refuses_reservations_that_cannot_be_honoured(
+    budget: str, pin: str, gpus: list[tuple[int, str, int]], expected: list[str]
+) -> None:
+    config = config_mod.parse(CHECK.format(budget=budget, gpu=pin), "/etc/vramwatch.toml")
+
+    assert expected == config_mod.reserve_fit_errors(config, gpus)
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (
+            "reserve = true",
+            "tenant[0].reserve: needs a vram budget: the unused part of it is reserved",
+        ),
+        ("gpu = -1", "tenant[0].gpu: expected an index from 0 to 63, got -1"),
+        ("gpu = true", 'tenant[0].gpu: expected an index such as 0 or a UUID "GPU-...", got true'),
+        (
+            'gpu = "0"',
+            'tenant[0].gpu: expected a UUID such as "GPU-8f1c2a3e-..." or "MIG-...", got "0"',
+        ),
+    ],
+)
+def test_reserve_and_gpu_mistakes_name_the_key(body: str, problem: str) -> None:
+    text = f'[[tenant]]\nunit = "a.service"\n{body}\n'
+
+    with pytest.raises(config_mod.ConfigError) as caught:
+        config_mod.parse(text, "/etc/vramwatch.toml")
+
+    assert f"/etc/vramwatch.toml: {problem}" == str(caught.value)
+
+
+def test_a_mig_uuid_is_a_gpu() -> None:
+    mig = "MIG-4d6a2c1e-0000-1111-2222-333344445555"
+    text = f'[[tenant]]\nunit = "a.service"\nvram = "1GiB"\ngpu = "{mig}"\n'
+
+    actual = config_mod.parse(text, "/etc/vramwatch.toml").tenants[0]
+
+    assert (
+        Tenant("a.service", vram_bytes=GIB, gpu="MIG-4d6a2c1e-0000-1111-2222-333344445555")
+        == actual
+    )
