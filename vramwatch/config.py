@@ -50,6 +50,10 @@ GRACE_RANGE_NS = (0, HOUR)
 COOLDOWN_RANGE_NS = (0, 7 * DAY)
 RESTART_WINDOW_RANGE_NS = (1, 7 * DAY)
 RECLAIM_TIMEOUT_RANGE_NS = (1, DAY)
+# [trend]: "0s" turns forecasts off; a window needs a few samples per bucket.
+TREND_WINDOW_RANGE_NS = (0, 7 * DAY)
+TREND_WINDOW_MIN_NS = 10 * 10**9
+WARN_WITHIN_RANGE_NS = (1, 30 * DAY)
 # max_restarts per restart_window: more than this is no limit at all.
 MAX_RESTARTS_MAX = 1000
 # No GPU and no host holds a pebibyte; a bigger floor or budget is a typo.
@@ -143,6 +147,14 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TrendConfig:
+    """[trend]: leak forecasts from the troughs of each tenant's usage (vramwatch.trend)."""
+
+    window_ns: int = 30 * 60 * 10**9  # how far back the trend looks; 0: off
+    warn_within_ns: int = 2 * 3600 * 10**9  # warn when a budget is reached within this
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: str
     daemon: DaemonConfig
@@ -150,6 +162,7 @@ class Config:
     host: FloorConfig
     tenants: tuple[Tenant, ...]
     metrics: MetricsConfig = MetricsConfig()
+    trend: TrendConfig = TrendConfig()
 
     def tenant(self, unit: str) -> Tenant | None:
         for tenant in self.tenants:
@@ -324,6 +337,21 @@ def _daemon(table: _Table) -> DaemonConfig:
     return daemon
 
 
+def _trend(table: _Table) -> TrendConfig:
+    default = TrendConfig()
+    window = table.parsed("window", _duration_in(TREND_WINDOW_RANGE_NS), default.window_ns)
+    if 0 < window < TREND_WINDOW_MIN_NS:
+        raise table.error("window", 'must be at least 10s, or "0s" to turn forecasts off')
+    trend = TrendConfig(
+        window_ns=window,
+        warn_within_ns=table.parsed(
+            "warn_within", _duration_in(WARN_WITHIN_RANGE_NS), default.warn_within_ns
+        ),
+    )
+    table.finish()
+    return trend
+
+
 def _floor_table(table: _Table, floor_key: str, default: FloorConfig) -> FloorConfig:
     floor = FloorConfig(
         floor=table.parsed(floor_key, _floor, default.floor),
@@ -462,6 +490,7 @@ def parse(text: str, path: Path | str = "<config>") -> Config:
     gpu = _floor_table(_table(root, "gpu"), "min_free_vram", DEFAULT_GPU)
     host = _floor_table(_table(root, "host"), "min_available_ram", DEFAULT_HOST)
     metrics = _metrics(_table(root, "metrics"))
+    trend = _trend(_table(root, "trend"))
     raw_tenants = root.get("tenant", list, [])
     tenants: list[Tenant] = []
     for i, raw in enumerate(raw_tenants):
@@ -476,7 +505,7 @@ def parse(text: str, path: Path | str = "<config>") -> Config:
                 )
         tenants.append(tenant)
     root.finish()
-    return Config(str(path), daemon, gpu, host, tuple(tenants), metrics)
+    return Config(str(path), daemon, gpu, host, tuple(tenants), metrics, trend)
 
 
 def load(path: Path | str, *, trusted: bool = False) -> Config:

@@ -24,7 +24,11 @@ from vramwatch.metrics import WITHDRAWN, Metrics
 from vramwatch.model import Action, Snapshot, Verb
 from vramwatch.state import StateError, StateStore
 from vramwatch.systemd import JobOutcome, notify, watchdog_interval_ns
+from vramwatch.trend import Trends
 from vramwatch.units import format_duration, format_size
+
+# Outcomes of an accepted job whose end vramwatch did not see (systemd.JobOutcome.result).
+UNSEEN_RESULTS = frozenset({"timeout", "disconnected", "interrupted", "unknown"})
 
 
 class Actuator(Protocol):
@@ -61,6 +65,7 @@ class Daemon:
         self.clock = clock
         self.notify = notifier
         self.history = policy.History()
+        self.trends = Trends()  # leak forecasts, fed the same snapshots as the policy
         self._failing = Failing(policy.REMINDER_NS)
         self.metrics = metrics if metrics is not None else Metrics()
         # SIGHUP re-applies the ownership check that `vramwatch run` made at start.
@@ -204,9 +209,26 @@ class Daemon:
         self.metrics.observe_events(decision.events)
         for action in decision.actions:
             self._apply(action)
+        self._observe_trends(snapshot)
         self._flush_metrics()
         self.save_state()
         self.notify("STATUS=" + status_line(snapshot) + "\nWATCHDOG=1")
+
+    def _observe_trends(self, snapshot: Snapshot) -> None:
+        try:
+            growing = self.trends.observe(self.config, snapshot)
+        except Exception as exc:  # noqa: BLE001 - a forecast must never stop guarding
+            if self._failing.start("trend", repr(exc), snapshot.now_ns):
+                self.events.say(
+                    "internal_error",
+                    "error",
+                    f"trend failed: {exc!r}; no forecasts until it works again",
+                    traceback=traceback.format_exc(limit=5),
+                )
+            return
+        self._failing.end("trend")
+        self.events.emit(growing)
+        self.metrics.observe_trends(self.trends.estimates())
 
     def _tell_ready(self) -> None:
         if not self._ready:
@@ -268,14 +290,26 @@ class Daemon:
         )
         if outcome.accepted:
             # The job exists (or may): it is in flight until reclaimed or reclaim_timeout.
-            self.events.say(
-                "action_unconfirmed",
-                "warning",
-                f"{action.verb.value} {action.unit}: {outcome.detail}; the job was accepted, "
+            still = (
                 "so it counts as in flight until the memory comes back or reclaim_timeout "
-                f"({format_duration(self.config.daemon.reclaim_timeout_ns)}) passes",
-                **fields,
+                f"({format_duration(self.config.daemon.reclaim_timeout_ns)}) passes"
             )
+            if outcome.result in UNSEEN_RESULTS:
+                self.events.say(
+                    "action_unconfirmed",
+                    "warning",
+                    f"{action.verb.value} {action.unit}: {outcome.detail}; the job was "
+                    f"accepted, {still}",
+                    **fields,
+                )
+            else:  # the job ran and ended badly (failed, canceled, dependency)
+                self.events.say(
+                    "action_failed",
+                    "error",
+                    f"{action.verb.value} {action.unit} failed: {outcome.detail}; the job ran, "
+                    f"{still}",
+                    **fields,
+                )
             return
         self.history = policy.action_failed(self.history, action)
         self.events.say(

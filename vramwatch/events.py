@@ -36,6 +36,7 @@ MESSAGE_IDS: dict[str, str] = {
     "action_cancelled": "3737379beca34f94903dd33a556b41de",
     "action_unconfirmed": "4e8b2f6a1c3d4b5e8f7a9c0d2e4f6a81",
     "waiting": "c1d6e0b2a4f84e6e9a0f3b5d7c9e1a23",
+    "growing": "7a1f3c5e9b2d4f6a8c0e1b3d5f7a9c2e",
     "reclaimed": "9f78dc31aea44dceaf216ab5d5075349",
     "not_reclaimed": "ad3dbcc5a3244f4480842fdcb2f03a96",
     "no_candidate": "dc975d5eb4834883847b0eb7d5903f6a",

@@ -27,6 +27,7 @@ from vramwatch import __version__
 from vramwatch.config import Config, MetricsConfig
 from vramwatch.model import Event, Snapshot
 from vramwatch.policy import reservations
+from vramwatch.trend import Estimate
 
 GPU_LABELS = ("gpu", "uuid", "name")
 FLOOR_LABELS = ("resource", "gpu")  # gpu is "" for the host RAM floor
@@ -71,6 +72,7 @@ class Metrics:
         # What the gauges show, replaced whole on each tick and read whole by a
         # scrape (from the HTTP server's thread): a scrape never sees half a tick.
         self._view: _View | None = None
+        self._trends: list[Estimate] = []
         self._last_good_s: float | None = None
         self._last_sample_s: float | None = None
         self._breached: dict[tuple[str, str], int] = {("ram", ""): 0}
@@ -137,6 +139,10 @@ class Metrics:
             self._last_good_s = now
         self._view = _View(config, snapshot)
 
+    def observe_trends(self, estimates: Iterable[Estimate]) -> None:
+        """The leak forecasts (vramwatch.trend) as of the last closed bucket."""
+        self._trends = list(estimates)
+
     def sampling_failed(self) -> None:
         """The sampler raised: nothing was read this tick."""
         self.sampling_errors.labels("sampler").inc()
@@ -172,6 +178,24 @@ class Metrics:
         view = self._view
         if view is not None:
             yield from view.families()
+        growth = GaugeMetricFamily(
+            "vramwatch_tenant_growth_bytes_per_second",
+            "Steady growth of the tenant's usage, from the troughs over [trend] window "
+            "(0: not growing).",
+            labels=("unit", "resource"),
+        )
+        eta = GaugeMetricFamily(
+            "vramwatch_tenant_seconds_to_budget",
+            "At the current growth, seconds until the tenant reaches its budget "
+            "(absent when it is not growing or has no budget).",
+            labels=("unit", "resource"),
+        )
+        for est in self._trends:
+            growth.add_metric((est.unit, est.resource), est.rate_bytes_per_s)
+            if est.seconds_to_budget is not None:
+                eta.add_metric((est.unit, est.resource), est.seconds_to_budget)
+        yield growth
+        yield eta
 
     # decisions -----------------------------------------------------------
 

@@ -151,6 +151,7 @@ class Bed:
         leak_max_mib: int = 12000,
         gpu: int = 0,
         orphan_s: float = 0,
+        extra: tuple[str, ...] = (),
         properties: Mapping[str, str] | None = None,
     ) -> UnitState:
         """A unit holding real RAM and declaring fake VRAM (tests/e2e/tenant.py).
@@ -174,6 +175,7 @@ class Bed:
         ]
         if orphan_s:
             argv += ["--orphan-s", str(orphan_s)]
+        argv += extra  # more tenant.py options (RAM growth, sawtooth)
         if once:
             argv += ["--vram-once", str(self.procdir / f".once-{unit}")]
         if leak_mib_per_s:

@@ -3,6 +3,7 @@
 
     tenant.py --procdir DIR [--vram-mib N] [--vram-grow-mib-per-s X] [--vram-max-mib M]
               [--gpu I] [--vram-once MARKER] [--ram-mib R] [--orphan-s T]
+              [--ram-grow-mib-per-s G] [--ram-sawtooth-mib A --sawtooth-s P]
 
 Holds R MiB of real, touched RAM and declares N MiB of VRAM on fake GPU I for
 its own PID (a "proc" line in DIR/<pid>, which the fake libnvidia-ml.so.1
@@ -13,9 +14,11 @@ without it every start re-grabs its VRAM at once (a restart storm). With
 --orphan-s, the VRAM is held by a child that, when the unit is stopped,
 leaves the unit's cgroup for a plain sibling directory (as a double-forked
 helper of a delegated unit can) and keeps the memory for T more seconds: an
-orphan outside the unit. Sends READY=1 when $NOTIFY_SOCKET is set; exits 0
-on SIGTERM. Runs from the sandbox's work directory, beside
-tests/sandbox/hog.py.
+orphan outside the unit. --ram-grow-mib-per-s G adds G MiB of touched RAM
+a second (a leak); --ram-sawtooth-mib A takes up to A MiB and gives it all
+back every P seconds (a worker pool's batches, no leak). Sends READY=1 when
+$NOTIFY_SOCKET is set; exits 0 on SIGTERM. Runs from the sandbox's work
+directory, beside tests/sandbox/hog.py.
 """
 
 from __future__ import annotations
@@ -106,6 +109,9 @@ def main() -> None:
     ap.add_argument("--vram-once")
     ap.add_argument("--ram-mib", type=float, default=8)
     ap.add_argument("--orphan-s", type=float, default=0)
+    ap.add_argument("--ram-grow-mib-per-s", type=float, default=0)
+    ap.add_argument("--ram-sawtooth-mib", type=float, default=0)
+    ap.add_argument("--sawtooth-s", type=float, default=4)
     args = ap.parse_args()
 
     stop = False
@@ -133,8 +139,25 @@ def main() -> None:
         declare(args.procdir, args.gpu, vram)
     sd_notify("READY=1")
     last = time.monotonic()
+    started = last
+    grown: list[bytearray] = []  # the leak, never given back
+    batch: list[bytearray] = []  # the sawtooth, given back every --sawtooth-s
+    leaked = 0.0
     while not stop:
         time.sleep(0.25)
+        now = time.monotonic()
+        if args.ram_grow_mib_per_s:
+            due = args.ram_grow_mib_per_s * (now - started) - leaked
+            if due >= 1:
+                grown.append(touch(int(due * MIB)))
+                leaked += int(due)
+        if args.ram_sawtooth_mib:
+            phase = ((now - started) % args.sawtooth_s) / args.sawtooth_s
+            want = int(args.ram_sawtooth_mib * phase)
+            if want < len(batch):
+                batch.clear()  # the batch is done: all of it goes back
+            while len(batch) < want:
+                batch.append(touch(MIB))
         if grabs and args.vram_grow_mib_per_s > 0 and vram < args.vram_max_mib:
             now = time.monotonic()
             vram = min(args.vram_max_mib, vram + args.vram_grow_mib_per_s * (now - last))

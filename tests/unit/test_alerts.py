@@ -27,6 +27,7 @@ EXPECTED_ALERTS = [
     "VramwatchDown",
     "VramwatchStalled",
     "VramwatchRestartStorm",
+    "VramwatchTenantLeaking",
 ]
 
 
