@@ -54,6 +54,9 @@ RECLAIM_TIMEOUT_RANGE_NS = (1, DAY)
 TREND_WINDOW_RANGE_NS = (0, 7 * DAY)
 TREND_WINDOW_MIN_NS = 10 * 10**9
 WARN_WITHIN_RANGE_NS = (1, 30 * DAY)
+# Commands (a tenant's release, [hooks]): a time limit, and a sane argv.
+COMMAND_TIMEOUT_RANGE_NS = (10**9, 10 * 60 * 10**9)
+ARGV_MAX = 64
 # max_restarts per restart_window: more than this is no limit at all.
 MAX_RESTARTS_MAX = 1000
 # No GPU and no host holds a pebibyte; a bigger floor or budget is a typo.
@@ -114,6 +117,9 @@ class Tenant:
     # are guarantees"); ``gpu`` pins the tenant, and its VRAM budget, to one GPU.
     reserve: bool = False
     gpu: int | str | None = None  # an index, or a GPU-/MIG- UUID
+    # Release before restart: run this argv (no shell) and wait for the memory.
+    release: tuple[str, ...] = ()
+    release_timeout_ns: int = 20 * 10**9
 
     def budget(self, resource: str) -> int | None:
         return self.vram_bytes if resource == "vram" else self.ram_bytes
@@ -155,6 +161,14 @@ class TrendConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HooksConfig:
+    """[hooks]: a command run after every action, release and growing event."""
+
+    after_action: tuple[str, ...] = ()
+    timeout_ns: int = 10 * 10**9
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: str
     daemon: DaemonConfig
@@ -163,6 +177,7 @@ class Config:
     tenants: tuple[Tenant, ...]
     metrics: MetricsConfig = MetricsConfig()
     trend: TrendConfig = TrendConfig()
+    hooks: HooksConfig = HooksConfig()
 
     def tenant(self, unit: str) -> Tenant | None:
         for tenant in self.tenants:
@@ -393,6 +408,39 @@ def _textfile(text: str) -> str:
     return text
 
 
+def _argv(table: _Table, name: str) -> tuple[str, ...]:
+    """An argv list: run without a shell, so its first word is an absolute path."""
+    value = table.get(name, list, [])
+    if not value:
+        if name in table.data:
+            raise table.error(
+                name, 'expected a command as a list, e.g. ["/usr/bin/curl", "-fsS", URL]'
+            )
+        return ()
+    if len(value) > ARGV_MAX or not all(isinstance(v, str) for v in value):
+        raise table.error(name, f"expected a list of at most {ARGV_MAX} strings")
+    if any("\0" in v for v in value):
+        raise table.error(name, "a NUL character cannot be passed to a command")
+    if not value[0].startswith("/"):
+        raise table.error(
+            name,
+            f'the command must be an absolute path (no shell, no PATH search), got "{value[0]}"',
+        )
+    return tuple(value)
+
+
+def _hooks(table: _Table) -> HooksConfig:
+    default = HooksConfig()
+    hooks = HooksConfig(
+        after_action=_argv(table, "after_action"),
+        timeout_ns=table.parsed(
+            "timeout", _duration_in(COMMAND_TIMEOUT_RANGE_NS), default.timeout_ns
+        ),
+    )
+    table.finish()
+    return hooks
+
+
 def _metrics(table: _Table) -> MetricsConfig:
     listen = table.parsed("listen", _listen, None)
     metrics = MetricsConfig(
@@ -445,6 +493,10 @@ def _tenant(table: _Table) -> Tenant:
         protected=table.get("protected", bool, False),
         reserve=reserve,
         gpu=_gpu_ref(table),
+        release=_argv(table, "release"),
+        release_timeout_ns=table.parsed(
+            "release_timeout", _duration_in(COMMAND_TIMEOUT_RANGE_NS), 20 * 10**9
+        ),
     )
     table.finish()
     return tenant
@@ -491,6 +543,7 @@ def parse(text: str, path: Path | str = "<config>") -> Config:
     host = _floor_table(_table(root, "host"), "min_available_ram", DEFAULT_HOST)
     metrics = _metrics(_table(root, "metrics"))
     trend = _trend(_table(root, "trend"))
+    hooks = _hooks(_table(root, "hooks"))
     raw_tenants = root.get("tenant", list, [])
     tenants: list[Tenant] = []
     for i, raw in enumerate(raw_tenants):
@@ -505,7 +558,7 @@ def parse(text: str, path: Path | str = "<config>") -> Config:
                 )
         tenants.append(tenant)
     root.finish()
-    return Config(str(path), daemon, gpu, host, tuple(tenants), metrics, trend)
+    return Config(str(path), daemon, gpu, host, tuple(tenants), metrics, trend, hooks)
 
 
 def load(path: Path | str, *, trusted: bool = False) -> Config:

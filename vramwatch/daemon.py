@@ -17,15 +17,21 @@ from pathlib import Path
 from types import FrameType
 from typing import Protocol
 
-from vramwatch import policy
+from vramwatch import commands, policy
+from vramwatch.commands import Hooks
 from vramwatch.config import Config, ConfigError, load
-from vramwatch.events import EventLog
+from vramwatch.events import EventLog, event_dict, journal_fields
 from vramwatch.metrics import WITHDRAWN, Metrics
-from vramwatch.model import Action, Snapshot, Verb
+from vramwatch.model import Action, Event, Snapshot, Verb
 from vramwatch.state import StateError, StateStore
 from vramwatch.systemd import JobOutcome, notify, watchdog_interval_ns
 from vramwatch.trend import Trends
 from vramwatch.units import format_duration, format_size
+
+# Events that start the [hooks] after_action command.
+HOOK_EVENTS = frozenset({"restart", "stop", "released", "release_failed", "growing"})
+# How often the memory is looked at while a release command's effect is awaited.
+RELEASE_POLL_S = 0.5
 
 # Outcomes of an accepted job whose end vramwatch did not see (systemd.JobOutcome.result).
 UNSEEN_RESULTS = frozenset({"timeout", "disconnected", "interrupted", "unknown"})
@@ -66,6 +72,8 @@ class Daemon:
         self.notify = notifier
         self.history = policy.History()
         self.trends = Trends()  # leak forecasts, fed the same snapshots as the policy
+        self.hooks = Hooks()
+        self.events.listeners.append(self._on_event)
         self._failing = Failing(policy.REMINDER_NS)
         self.metrics = metrics if metrics is not None else Metrics()
         # SIGHUP re-applies the ownership check that `vramwatch run` made at start.
@@ -140,6 +148,7 @@ class Daemon:
             self._sleep_until(next_tick, self._watchdog_ns)
         self.events.say("stopping", "info", "vramwatch stopping on request")
         self.notify("STOPPING=1")
+        self.hooks.close()
         self.sampler.close()
         return 0
 
@@ -210,6 +219,7 @@ class Daemon:
         for action in decision.actions:
             self._apply(action)
         self._observe_trends(snapshot)
+        self._reap_hooks(now)
         self._flush_metrics()
         self.save_state()
         self.notify("STATUS=" + status_line(snapshot) + "\nWATCHDOG=1")
@@ -229,6 +239,84 @@ class Daemon:
         self._failing.end("trend")
         self.events.emit(growing)
         self.metrics.observe_trends(self.trends.estimates())
+
+    def _on_event(self, event: Event) -> None:
+        """[hooks] after_action: started in the background for actions, releases, growing."""
+        argv = self.config.hooks.after_action
+        if not argv or event.name not in HOOK_EVENTS:
+            return
+        env = {k: v for k, v in journal_fields(event_dict(event)).items() if k != "PRIORITY"}
+        problem = self.hooks.start(argv, self.config.hooks.timeout_ns / 1e9, event.name, env)
+        if problem is not None:
+            self._hook_failed(event.name, problem, "")
+
+    def _reap_hooks(self, now_ns: int) -> None:
+        for name, why, output in self.hooks.reap():
+            if why:
+                self._hook_failed(name, why, output, now_ns)
+            else:
+                self._failing.end("hook")  # it works again: the next failure is news
+
+    def _hook_failed(self, name: str, why: str, output: str, now_ns: int | None = None) -> None:
+        now = self.clock() if now_ns is None else now_ns
+        if self._failing.start("hook", why, now):  # once per distinct failure, then reminders
+            self.events.say(
+                "hook_failed",
+                "warning",
+                f"after_action hook for {name} failed: {why}"
+                + (f"; output: {output}" if output else ""),
+                hook=" ".join(self.config.hooks.after_action),
+                for_event=name,
+                error=why,
+                output=output or None,
+            )
+
+    def _release(self, action: Action, argv: tuple[str, ...], timeout_ns: int) -> bool:
+        """Run the tenant's release command and wait for the memory; True when it came back."""
+        started = time.monotonic_ns()  # real time: the command and the wait are real
+        result = commands.run(argv, timeout_ns / 1e9)
+        fields = dict(
+            unit=action.unit,
+            resource=action.resource,
+            gpu=action.gpu,
+            command=" ".join(argv),
+            returncode=result.returncode,
+            output=result.output or None,
+        )
+        if result.ok:
+            deadline = started + timeout_ns
+            while True:
+                try:
+                    fresh = self.sampler.sample(self.config, self.clock())
+                    back = policy.released(self.config, fresh, action)
+                except Exception:  # noqa: BLE001 - unsure means not released
+                    back = False
+                took = format_duration(time.monotonic_ns() - started)
+                if back:
+                    self.events.say(
+                        "released",
+                        "warning",
+                        f"released {action.unit} without a restart: its release command "
+                        f"gave the {action.resource.upper()} back within {took}",
+                        **fields,
+                    )
+                    return True
+                if time.monotonic_ns() >= deadline or self._waiting_for_job():
+                    problem = f"the memory did not come back within {took}"
+                    break
+                self._wake.wait(RELEASE_POLL_S)
+        else:
+            problem = result.problem
+        self.events.say(
+            "release_failed",
+            "warning",
+            f"release of {action.unit} did not free it ({problem}); "
+            f"{'stopping' if action.verb is Verb.STOP else 'restarting'} it instead"
+            + (f"; output: {result.output}" if result.output else ""),
+            error=problem,
+            **fields,
+        )
+        return False
 
     def _tell_ready(self) -> None:
         if not self._ready:
@@ -256,6 +344,11 @@ class Daemon:
                 reason=reason,
             )
             return
+        tenant = self.config.tenant(action.unit)
+        if tenant is not None and tenant.release:
+            if self._release(action, tenant.release, tenant.release_timeout_ns):
+                self.metrics.observe_action(action.unit, "release", "released")
+                return
         self.events.say(
             action.verb.value,
             "warning",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -37,6 +37,9 @@ MESSAGE_IDS: dict[str, str] = {
     "action_unconfirmed": "4e8b2f6a1c3d4b5e8f7a9c0d2e4f6a81",
     "waiting": "c1d6e0b2a4f84e6e9a0f3b5d7c9e1a23",
     "growing": "7a1f3c5e9b2d4f6a8c0e1b3d5f7a9c2e",
+    "released": "5c2e8a4f1b3d4e6f9a7c0b2d4e6f8a13",
+    "release_failed": "e3b5d7f9a1c24e6b8d0f2a4c6e8b0d25",
+    "hook_failed": "9d1f3b5a7c2e4f6a8b0d2f4a6c8e0b37",
     "reclaimed": "9f78dc31aea44dceaf216ab5d5075349",
     "not_reclaimed": "ad3dbcc5a3244f4480842fdcb2f03a96",
     "no_candidate": "dc975d5eb4834883847b0eb7d5903f6a",
@@ -58,6 +61,12 @@ _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
 TARGETS = ("auto", "journal", "stderr")
 FORMATS = ("auto", "console", "json")
+
+
+def event_dict(event: Event) -> dict[str, Any]:
+    """An Event as structlog's event dict, the input of :func:`journal_fields`."""
+    fields = {k: v for k, v in event.fields.items() if v is not None}
+    return {**fields, "event": event.name, "level": event.level, "message": event.message}
 
 
 def journal_fields(event: Mapping[str, Any]) -> dict[str, str]:
@@ -164,6 +173,8 @@ class EventLog:
                 processors += [_order_for_json, structlog.processors.JSONRenderer(sort_keys=False)]
             factory = structlog.PrintLoggerFactory(stream)
         self.format = fmt
+        # Called with every event after it is logged (the after_action hook).
+        self.listeners: list[Callable[[Event], None]] = []
         self._logger = structlog.wrap_logger(
             factory(),
             processors=processors,
@@ -174,6 +185,8 @@ class EventLog:
     def emit(self, events: Iterable[Event]) -> None:
         for event in events:
             self.one(event)
+            for listener in self.listeners:
+                listener(event)
 
     def one(self, event: Event) -> None:
         fields = {k: v for k, v in event.fields.items() if v is not None}
@@ -182,3 +195,5 @@ class EventLog:
 
     def say(self, name: str, level: str, message: str, **fields: Any) -> None:
         self.one(Event(name, level, message, fields))
+        for listener in self.listeners:
+            listener(Event(name, level, message, fields))

@@ -29,6 +29,7 @@ Rules (SPEC.md "Decision rules"):
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -307,6 +308,21 @@ def still_justified(config: Config, snapshot: Snapshot, action: Action) -> str |
             f"within budget {format_size(action.budget_bytes)}"
         )
     return None
+
+
+def released(config: Config, snapshot: Snapshot, action: Action) -> bool:
+    """After a tenant's release command: did the memory come back (SPEC "Release before
+    restart", as "reclaimed")? The floor is no longer breached, or the unit is within
+    budget and its overage is visible as free memory."""
+    res = _reading(config, snapshot, action.resource_key)
+    if res is None:
+        return False
+    if res.free_bytes >= res.floor_bytes:
+        return True
+    used, complete = _tenant_used(config, snapshot, action.unit, action.resource)
+    if used is None or not complete or used > action.budget_bytes:
+        return False
+    return res.free_bytes - action.free_bytes >= action.used_bytes - action.budget_bytes
 
 
 def _where_key(snapshot: Snapshot, action: Action) -> str:
@@ -844,6 +860,8 @@ def _act(
         fields["usage_complete"] = False
     if also:
         message += f"; also over budget on {', '.join(also)}, held until this settles"
+    if dry and tenant.release:
+        message += f"; would first run release: {shlex.join(tenant.release)}"
     b.acted.add(tenant.unit)
     table = b.dry_actions_ns if dry else b.actions_ns
     table[tenant.unit] = table.get(tenant.unit, ()) + (now,)

@@ -128,6 +128,18 @@ class World:
         p.ram = max(0, p.ram + ram)
         self.sync()
 
+    def release_marker(self, unit: str) -> Path:
+        """A release command touches this file; the unit then gives its VRAM back."""
+        return self.root / f"released-{unit}"
+
+    def absorb_releases(self) -> None:
+        for marker in self.root.glob("released-*"):
+            unit = marker.name.removeprefix("released-")
+            for pid in self.unit_pids(unit):
+                self.procs[pid].vram = {}
+            marker.unlink()
+            self.sync()
+
     def gpu_free(self, index: int) -> int:
         key = uuid_of(index)
         used = GPU_BASE + sum(p.vram.get(key, 0) for p in self.procs.values())
@@ -232,6 +244,7 @@ class WorldGpus:
 
     def sample(self, now_ns: int) -> tuple[tuple[GpuSample, ...], str | None]:
         w = self.world
+        w.absorb_releases()
         if w.sampler_raises:
             raise ValueError("sampler fault injected by the test")
         samples = []

@@ -138,7 +138,18 @@ def test_watchdog_outlasts_the_longest_silence_between_keepalives() -> None:
     assert seconds > 8 * 3 + CALL_TIMEOUT_S + 10
 
 
-@pytest.mark.parametrize("name", ["least-privilege.conf", "metrics.conf"])
+def test_release_dropin_opens_only_loopback_ip_sockets(tmp_path: Path) -> None:
+    """Release commands reach tenants on loopback: the same cost as the exporter."""
+    root = security(unit_with(tmp_path / "r", "release.conf"), threshold=16)
+    least = security(
+        unit_with(tmp_path / "l", "release.conf", "least-privilege.conf"), threshold=13
+    )
+
+    assert (0, 1.6) == root[:2]
+    assert (0, 1.3) == least[:2]
+
+
+@pytest.mark.parametrize("name", ["least-privilege.conf", "metrics.conf", "release.conf"])
 def test_dropins_are_service_sections(name: str) -> None:
     text = (SYSTEMD_DIR / name).read_text()
 
