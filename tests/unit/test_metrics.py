@@ -245,7 +245,7 @@ def test_every_sampling_source_and_refusal_reason_starts_at_zero() -> None:
     )
     assert {
         (("reason", r),): 0
-        for r in ("no_candidate", "protected", "cooldown", "rate_limited", "self")
+        for r in ("no_candidate", "protected", "cooldown", "rate_limited", "self", "held")
     } == series(m, "vramwatch_refusals_total")
 
 
@@ -291,6 +291,7 @@ def test_refusals_are_counted_by_reason() -> None:
             Event("skipped", "info", "", {"reason": "cooldown", "unit": "a.service"}),
             Event("skipped", "info", "", {"reason": "cooldown", "unit": "b.service"}),
             Event("skipped", "warning", "", {"reason": "self", "unit": "vramwatch.service"}),
+            Event("skipped", "info", "", {"reason": "held", "unit": "b.service"}),
             Event("rate_limited", "error", "", {"unit": "a.service"}),
             Event("no_candidate", "warning", "", {"resource": "vram"}),
             Event("reclaimed", "info", "", {"unit": "a.service"}),
@@ -303,6 +304,7 @@ def test_refusals_are_counted_by_reason() -> None:
         (("reason", "cooldown"),): 2,
         (("reason", "rate_limited"),): 1,
         (("reason", "self"),): 1,
+        (("reason", "held"),): 1,
     } == series(m, "vramwatch_refusals_total")
 
 
