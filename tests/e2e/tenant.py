@@ -149,7 +149,7 @@ def main() -> None:
         if args.ram_grow_mib_per_s:
             due = args.ram_grow_mib_per_s * (now - started) - leaked
             if due >= 1:
-                grown.append(touch(int(due * MIB)))
+                grown.append(touch(int(due) * MIB))  # whole MiB: what is counted is what is held
                 leaked += int(due)
         if args.ram_sawtooth_mib:
             phase = ((now - started) % args.sawtooth_s) / args.sawtooth_s

@@ -48,6 +48,9 @@ def test_a_steady_leak_is_forecast_and_a_sawtooth_is_not(bed: Bed) -> None:
             ram_mib=32,
             extra=("--ram-sawtooth-mib", "200", "--sawtooth-s", "4"),
         )
+        # Past start-up (the interpreter and the first 32 MiB): the window holds the leak
+        # alone, not the steeper ramp of a process coming up.
+        time.sleep(3)
         daemon = bed.run_daemon(bed.config(CONFIG))
         growing = daemon.wait_event("growing", timeout=60, unit="leaky.service")
         time.sleep(10)
