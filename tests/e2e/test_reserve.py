@@ -83,3 +83,17 @@ def test_without_reserve_the_same_host_is_left_alone(bed: Bed) -> None:
     assert [] == daemon.named("restart")
     assert [] == daemon.named("floor_breached")
     assert immich == bed.sb.unit_state("immich-ml.service")
+
+
+def test_check_exits_78_when_the_reservations_cannot_fit_the_gpu(bed: Bed) -> None:
+    """min_free_vram 1 GiB + 15000 MiB reserved do not fit a 15360 MiB T4."""
+    text = incident(bed, reserve=True).replace('vram = "5000MiB"', 'vram = "15000MiB"', 1)
+    path = bed.config(text)
+
+    check = bed.cli("check", "-c", str(path))
+
+    assert (78, "") == (check.returncode, check.stdout)
+    assert (
+        f"vramwatch: {path}: GPU 0: min_free_vram (1 GiB) plus the budgets reserved on it "
+        "(14.6 GiB for llama-swap.service) exceed its 15 GiB\n"
+    ) == check.stderr
