@@ -332,12 +332,13 @@ def _where_key(snapshot: Snapshot, action: Action) -> str:
 
 
 def _tenant_used(
-    config: Config, snapshot: Snapshot, unit: str, resource: str
+    config: Config | Tenant | None, snapshot: Snapshot, unit: str, resource: str
 ) -> tuple[int | None, bool]:
     """A tenant's usage as its budget counts it: a tenant pinned to one GPU (``gpu``)
-    has its VRAM budget on that GPU alone."""
+    has its VRAM budget on that GPU alone. Pass the Tenant when it is at hand: finding
+    it in the Config is a scan, and this runs per tenant per resource per tick."""
     usage = snapshot.units.get(unit)
-    tenant = config.tenant(unit)
+    tenant = config.tenant(unit) if isinstance(config, Config) else config
     if resource != VRAM or tenant is None or tenant.gpu is None or usage is None:
         return _used(usage, resource)
     for gpu in snapshot.gpus:
@@ -708,7 +709,7 @@ def _candidates(
         ):
             continue  # pinned to another GPU: its budget is there
         usage = snapshot.units.get(tenant.unit)
-        used, complete = _tenant_used(config, snapshot, tenant.unit, res.resource)
+        used, complete = _tenant_used(tenant, snapshot, tenant.unit, res.resource)
         if used is None or used <= budget:
             if not complete:
                 unknown.append(tenant.unit)
@@ -732,7 +733,7 @@ def _holds(
     holds: dict[str, tuple[str, int | None, int, int]] = {}
     if usage is None:
         return holds
-    vram, _ = _tenant_used(config, snapshot, tenant.unit, VRAM)
+    vram, _ = _tenant_used(tenant, snapshot, tenant.unit, VRAM)
     if tenant.vram_bytes is not None and vram is not None and vram > tenant.vram_bytes:
         index = {g.uuid: g.index for g in snapshot.gpus}
         for uuid, n in usage.vram_by_gpu.items():
