@@ -317,13 +317,18 @@ class Daemon:
         self.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             new = self._effective(load(self.config_path, trusted=self.trusted_config))
-        except ConfigError as exc:
+        except Exception as exc:  # noqa: BLE001 - a reload must never kill the guard
+            error = (
+                str(exc)
+                if isinstance(exc, ConfigError)
+                else f"{self.config_path}: cannot load: {exc!r}"
+            )
             self.events.say(
                 "config_rejected",
                 "error",
-                f"reload rejected, keeping the running config: {exc}",
+                f"reload rejected, keeping the running config: {error}",
                 config=str(self.config_path),
-                error=str(exc),
+                error=error,
             )
         else:
             self.config = new

@@ -795,3 +795,21 @@ def test_load_returns_a_config_or_raises_config_error_for_any_bytes(
         assert str(exc).startswith(f"{path}: ")
     else:
         assert isinstance(result, Config)
+
+
+def test_an_exception_a_validator_forgot_is_still_a_config_error_naming_the_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The last line of defence: check prints no traceback, run exits 78."""
+
+    def forgot(_table: object) -> None:
+        raise ValueError("invalid literal for int() with base 10: '²'")
+
+    monkeypatch.setattr(config, "_daemon", forgot)
+
+    actual = parse_error("")
+
+    assert (
+        f'{PATH}: cannot be read as a config: ValueError("invalid literal for int() with '
+        "base 10: '²'\"); this is a bug in vramwatch, please report it"
+    ) == actual
