@@ -107,8 +107,9 @@ def _parser() -> argparse.ArgumentParser:
         "check",
         parents=[common],
         help="validate the config",
-        description="Validate the config; exit 0 when valid, 78 with the file, key and "
-        "problem otherwise. Warns when the VRAM budgets cannot fit the GPUs present.",
+        description="Validate the config as run would (including who may write it and "
+        "every directory above it); exit 0 when valid, 78 with the file, key and problem "
+        "otherwise. Warns when the VRAM budgets cannot fit the GPUs present.",
     )
     status = sub.add_parser(
         "status",
@@ -164,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    path, config = _load(args)
+    # The same trust rules as run: "valid" must mean that run will take it.
+    path, config = _load(args, trusted=True)
     from vramwatch.sources.nvml import NvmlSource
 
     source = NvmlSource()

@@ -464,12 +464,14 @@ def load(path: Path | str, *, trusted: bool = False) -> Config:
     """
     path = Path(path)
     try:
-        with path.open("rb") as handle:
-            if trusted:
-                problem = security.config_problem(path, os.fstat(handle.fileno()))
-                if problem is not None:
-                    raise ConfigError(path, None, problem)
+        if trusted:
+            fd = security.open_config(path)
+        else:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as handle:
             raw = handle.read(MAX_CONFIG_BYTES + 1)
+    except security.Untrusted as exc:
+        raise ConfigError(path, None, f"refusing an untrusted config: {exc}") from None
     except FileNotFoundError:
         raise ConfigError(path, None, "no such file (write one, see vramwatch.toml(5))") from None
     except IsADirectoryError:
