@@ -16,7 +16,14 @@ import time
 from pathlib import Path
 
 from vramwatch import __version__
-from vramwatch.config import Config, ConfigError, budget_fit_warnings, default_path, load
+from vramwatch.config import (
+    Config,
+    ConfigError,
+    budget_fit_warnings,
+    default_path,
+    floor_warnings,
+    load,
+)
 from vramwatch.events import FORMATS, TARGETS
 
 EXIT_OK = 0
@@ -173,17 +180,28 @@ def cmd_check(args: argparse.Namespace) -> int:
     gpus, nvml_error = source.sample(time.monotonic_ns())
     source.close()
     totals = [g.total_bytes for g in gpus if g.total_bytes is not None]
+    warnings = floor_warnings(config, [g.total_bytes for g in gpus], _mem_total())
     print(
         f"{path}: valid: {len(config.tenants)} tenants, bus {config.daemon.bus}"
         + (", dry run" if config.daemon.dry_run else "")
     )
     if nvml_error:
         print(f"vramwatch: note: {nvml_error}", file=sys.stderr)
-    for warning in budget_fit_warnings(config, totals):
+    for warning in warnings + budget_fit_warnings(config, totals):
         print(f"vramwatch: warning: {warning}", file=sys.stderr)
     if config.tenants:
         _report_protections(config)
     return EXIT_OK
+
+
+def _mem_total() -> int | None:
+    """MemTotal of this host, or None when /proc/meminfo cannot be read."""
+    from vramwatch.sources.procfs import ProcFs
+
+    try:
+        return ProcFs().host().mem_total_bytes
+    except Exception:  # noqa: BLE001 - a warning's input; check must not fail on it
+        return None
 
 
 def _report_protections(config: Config) -> None:
@@ -237,7 +255,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     problem = start_exporter(metrics, config.metrics)
     if problem is not None:  # no metrics is no reason to stop guarding
         events.say("metrics_error", "error", problem, error=problem)
-    sampler = Sampler(NvmlSource(), ProcFs())
+    nvml = NvmlSource()
+    try:
+        gpus, _error = nvml.sample(time.monotonic_ns())
+        totals: list[int | None] = [g.total_bytes for g in gpus]
+    except Exception:  # noqa: BLE001 - only for the warnings below; the loop reports errors
+        totals = []
+    for warning in floor_warnings(config, totals, _mem_total()):
+        events.say(
+            "config_warning", "warning", f"{path}: {warning}", config=str(path), warning=warning
+        )
+    sampler = Sampler(nvml, ProcFs())
     daemon = Daemon(
         path,
         config,

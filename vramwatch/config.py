@@ -505,3 +505,30 @@ def budget_fit_warnings(config: Config, gpu_totals_bytes: list[int]) -> list[str
             "breach the floor, and then vramwatch can only warn"
         )
     ]
+
+
+def floor_warnings(
+    config: Config, gpu_totals_bytes: list[int | None], mem_total_bytes: int | None
+) -> list[str]:
+    """Warnings for floors at or above what exists: such a floor is breached on every tick.
+
+    ``gpu_totals_bytes`` by GPU index (``None``: unknown). Percentages are
+    always below the total (the parser keeps them under 100 %).
+    """
+    warnings = []
+    host_floor = config.host.floor.bytes
+    if host_floor is not None and mem_total_bytes and host_floor >= mem_total_bytes:
+        warnings.append(
+            f"host.min_available_ram {config.host.floor.text} is at or above this host's "
+            f"MemTotal ({units.format_size(mem_total_bytes)}): MemAvailable is always under "
+            "it, so every tick is a breach"
+        )
+    gpu_floor = config.gpu.floor.bytes
+    for index, total in enumerate(gpu_totals_bytes):
+        if gpu_floor is not None and total and gpu_floor >= total:
+            warnings.append(
+                f"gpu.min_free_vram {config.gpu.floor.text} is at or above GPU {index}'s "
+                f"memory ({units.format_size(total)}): its free VRAM is always under it, so "
+                "every tick is a breach"
+            )
+    return warnings

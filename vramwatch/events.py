@@ -49,6 +49,7 @@ MESSAGE_IDS: dict[str, str] = {
     "state_saved": "809a504330694436a24ee79187f2c4c7",
     "log_fallback": "12cbd34822cd48d2a5e04b4de0bf1c52",
     "log_recovered": "4281a4dd91754d9ab67d1e2df23b224a",
+    "config_warning": "76d3b3dac8e34fcbb4e89ce79bbcec65",
 }
 
 # syslog priorities, as journald expects them in PRIORITY=.
