@@ -28,6 +28,16 @@ LOCATE_RETRY_NS = 10 * 10**9
 
 _GONE = (FileNotFoundError, ProcessLookupError, NotADirectoryError)
 
+# A kernel counter in decimal: ASCII digits only (str.isdigit() takes "²", which
+# int() refuses) and at most 20 of them (2**64; int() refuses over 4300 digits).
+_COUNTER_RE = re.compile(r"[0-9]{1,20}")
+
+
+def _counter(text: str) -> int | None:
+    """A decimal counter from a kernel file, or None when it is not one."""
+    return int(text) if _COUNTER_RE.fullmatch(text) else None
+
+
 # /proc/PID files and cgroup.procs of a unit fit in one read; bigger ones loop.
 _READ_CHUNK = 65536
 
@@ -73,10 +83,11 @@ def parse_meminfo(text: str) -> dict[str, int]:
     for line in text.splitlines():
         name, _, rest = line.partition(":")
         parts = rest.split()
-        if not parts or not parts[0].isdigit():
+        value = _counter(parts[0]) if parts else None
+        if value is None:
             continue
         scale = 1024 if len(parts) > 1 and parts[1] == "kB" else 1
-        values[name.strip()] = int(parts[0]) * scale
+        values[name.strip()] = value * scale
     return values
 
 
@@ -87,10 +98,14 @@ def parse_psi(text: str) -> tuple[float | None, float | None]:
         fields = dict(f.split("=", 1) for f in line.split()[1:] if "=" in f)
         if "avg10" not in fields:
             continue
+        try:
+            value = float(fields["avg10"])
+        except ValueError:
+            continue  # not a number: unknown, like a missing line
         if line.startswith("some"):
-            some = float(fields["avg10"])
+            some = value
         elif line.startswith("full"):
-            full = float(fields["avg10"])
+            full = value
     return some, full
 
 
@@ -186,7 +201,12 @@ class ProcFs:
     # host ----------------------------------------------------------------
 
     def host(self) -> HostSample:
-        text = _read(self.proc / "meminfo")
+        try:
+            text = _read(self.proc / "meminfo")
+        except OSError as exc:  # EACCES, EIO: host RAM unknown, the GPUs still read
+            return HostSample(
+                None, None, error=f"cannot read {self.proc / 'meminfo'}: {exc.strerror or exc}"
+            )
         if text is None:
             return HostSample(None, None, error=f"cannot read {self.proc / 'meminfo'}")
         info = parse_meminfo(text)
@@ -220,14 +240,15 @@ class ProcFs:
         if not text:
             return None
         fields = text.split()
-        return int(fields[1]) * PAGE_SIZE if len(fields) > 1 else None
+        pages = _counter(fields[1]) if len(fields) > 1 else None
+        return pages * PAGE_SIZE if pages is not None else None
 
     def boot_ticks(self) -> int | None:
         """Now, in clock ticks since boot (``/proc/uptime``); None when it cannot be read."""
         text = _read_optional(self.proc / "uptime")
         try:
             return int(float(text.split()[0]) * CLK_TCK) if text else None
-        except (ValueError, IndexError):
+        except (ValueError, IndexError, OverflowError):  # OverflowError: "inf"
             return None
 
     def start_ticks(self, pid: int) -> int | None:
@@ -281,8 +302,11 @@ class ProcFs:
         """
         totals: dict[str, int] = {}
         for pid in self.pids():
-            rss = self.rss_bytes(pid)
-            owner = self.owner(pid)
+            try:
+                rss = self.rss_bytes(pid)
+                owner = self.owner(pid)
+            except OSError:
+                continue  # unreadable (hidepid, EACCES): that process only
             if not rss or owner is None:
                 continue
             label = (
@@ -348,7 +372,7 @@ class ProcFs:
         for directory in self._subtree(self._under(self.layout.tracking, cgroup)):
             text = _read(f"{directory}/cgroup.procs")
             if text:
-                pids.extend(int(p) for p in text.split())
+                pids.extend(pid for p in text.split() if (pid := _counter(p)) is not None)
         return tuple(pids)
 
     def unit_ram(self, cgroup: str, pids: Iterable[int]) -> tuple[int | None, str]:
@@ -362,8 +386,9 @@ class ProcFs:
                 text = _read(f"{self._under(self.layout.memory, cgroup)}/memory.current")
             except OSError:
                 return None, ""  # there but unreadable (EACCES, EIO): unknown, not RSS
-            if text is not None and text.strip().isdigit():
-                return int(text), "memory.current"
+            current = _counter(text.strip()) if text is not None else None
+            if current is not None:
+                return current, "memory.current"
         total = 0
         for pid in pids:
             total += self.rss_bytes(pid) or 0
