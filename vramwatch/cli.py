@@ -21,6 +21,7 @@ from vramwatch.config import (
     ConfigError,
     budget_fit_warnings,
     default_path,
+    floor_warnings,
     load,
     reserve_fit_errors,
 )
@@ -114,8 +115,9 @@ def _parser() -> argparse.ArgumentParser:
         "check",
         parents=[common],
         help="validate the config",
-        description="Validate the config; exit 0 when valid, 78 with the file, key and "
-        "problem otherwise. Warns when the VRAM budgets cannot fit the GPUs present.",
+        description="Validate the config as run would (including who may write it and "
+        "every directory above it); exit 0 when valid, 78 with the file, key and problem "
+        "otherwise. Warns when the VRAM budgets cannot fit the GPUs present.",
     )
     status = sub.add_parser(
         "status",
@@ -171,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    path, config = _load(args)
+    # The same trust rules as run: "valid" must mean that run will take it.
+    path, config = _load(args, trusted=True)
     from vramwatch.sources.nvml import NvmlSource
 
     source = NvmlSource()
@@ -184,17 +187,28 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"vramwatch: {path}: {problem}", file=sys.stderr)
     if problems:
         return EXIT_CONFIG
+    warnings = floor_warnings(config, [g.total_bytes for g in gpus], _mem_total())
     print(
         f"{path}: valid: {len(config.tenants)} tenants, bus {config.daemon.bus}"
         + (", dry run" if config.daemon.dry_run else "")
     )
     if nvml_error:
         print(f"vramwatch: note: {nvml_error}", file=sys.stderr)
-    for warning in budget_fit_warnings(config, totals):
+    for warning in warnings + budget_fit_warnings(config, totals):
         print(f"vramwatch: warning: {warning}", file=sys.stderr)
     if config.tenants:
         _report_protections(config)
     return EXIT_OK
+
+
+def _mem_total() -> int | None:
+    """MemTotal of this host, or None when /proc/meminfo cannot be read."""
+    from vramwatch.sources.procfs import ProcFs
+
+    try:
+        return ProcFs().host().mem_total_bytes
+    except Exception:  # noqa: BLE001 - a warning's input; check must not fail on it
+        return None
 
 
 def _report_protections(config: Config) -> None:
@@ -248,7 +262,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     problem = start_exporter(metrics, config.metrics)
     if problem is not None:  # no metrics is no reason to stop guarding
         events.say("metrics_error", "error", problem, error=problem)
-    sampler = Sampler(NvmlSource(), ProcFs())
+    nvml = NvmlSource()
+    try:
+        gpus, _error = nvml.sample(time.monotonic_ns())
+        totals: list[int | None] = [g.total_bytes for g in gpus]
+    except Exception:  # noqa: BLE001 - only for the warnings below; the loop reports errors
+        totals = []
+    for warning in floor_warnings(config, totals, _mem_total()):
+        events.say(
+            "config_warning", "warning", f"{path}: {warning}", config=str(path), warning=warning
+        )
+    sampler = Sampler(nvml, ProcFs())
     daemon = Daemon(
         path,
         config,

@@ -380,7 +380,8 @@ def _listen(text: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:9835`` for IPv6) -> (host, port)."""
     example = 'expected an address such as "127.0.0.1:9835" or "[::1]:9835"'
     host, sep, port_text = text.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
+    # ASCII digits only: str.isdigit() accepts "²" and "٣", which int() then refuses.
+    if not sep or not host or not re.fullmatch(r"[0-9]+", port_text):
         raise units.UnitError(f'{example}, got "{text}"')
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -392,9 +393,11 @@ def _listen(text: str) -> tuple[str, int]:
         raise units.UnitError(f'{example} (IPv6 in brackets), got "{text}"')
     elif not re.fullmatch(r"[A-Za-z0-9.-]+", host):
         raise units.UnitError(f'{example}, got "{text}"')
-    port = int(port_text)
+    # Bounded before int(): Python refuses to convert more than 4300 digits.
+    port = int(port_text) if len(port_text) <= 5 else 0
     if not 1 <= port <= 65535:
-        raise units.UnitError(f"the port must be 1 to 65535, got {port}")
+        shown = port_text if len(port_text) <= 20 else port_text[:20] + "…"
+        raise units.UnitError(f"the port must be 1 to 65535, got {shown}")
     return host, port
 
 
@@ -528,9 +531,23 @@ def _gpu_ref(table: _Table) -> int | str | None:
     return value
 
 
+# The last line of defence, never expected to fire (the config fuzzer checks
+# that it does not): an exception a validator forgot still becomes a
+# ConfigError, so check prints no traceback and run exits 78.
+UNEXPECTED = "cannot be read as a config: {error}; this is a bug in vramwatch, please report it"
+
+
 def parse(text: str, path: Path | str = "<config>") -> Config:
     """Parse and validate TOML text; raise :class:`ConfigError` on any mistake."""
-    path = Path(path)
+    try:
+        return _parse(text, Path(path))
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see UNEXPECTED
+        raise ConfigError(path, None, UNEXPECTED.format(error=repr(exc))) from None
+
+
+def _parse(text: str, path: Path) -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -569,12 +586,14 @@ def load(path: Path | str, *, trusted: bool = False) -> Config:
     """
     path = Path(path)
     try:
-        with path.open("rb") as handle:
-            if trusted:
-                problem = security.config_problem(path, os.fstat(handle.fileno()))
-                if problem is not None:
-                    raise ConfigError(path, None, problem)
+        if trusted:
+            fd = security.open_config(path)
+        else:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as handle:
             raw = handle.read(MAX_CONFIG_BYTES + 1)
+    except security.Untrusted as exc:
+        raise ConfigError(path, None, f"refusing an untrusted config: {exc}") from None
     except FileNotFoundError:
         raise ConfigError(path, None, "no such file (write one, see vramwatch.toml(5))") from None
     except IsADirectoryError:
@@ -642,3 +661,30 @@ def reserve_fit_errors(config: Config, gpus: list[tuple[int, str, int]]) -> list
                 f"{units.format_size(total)}"
             )
     return problems
+
+
+def floor_warnings(
+    config: Config, gpu_totals_bytes: list[int | None], mem_total_bytes: int | None
+) -> list[str]:
+    """Warnings for floors at or above what exists: such a floor is breached on every tick.
+
+    ``gpu_totals_bytes`` by GPU index (``None``: unknown). Percentages are
+    always below the total (the parser keeps them under 100 %).
+    """
+    warnings = []
+    host_floor = config.host.floor.bytes
+    if host_floor is not None and mem_total_bytes and host_floor >= mem_total_bytes:
+        warnings.append(
+            f"host.min_available_ram {config.host.floor.text} is at or above this host's "
+            f"MemTotal ({units.format_size(mem_total_bytes)}): MemAvailable is always under "
+            "it, so every tick is a breach"
+        )
+    gpu_floor = config.gpu.floor.bytes
+    for index, total in enumerate(gpu_totals_bytes):
+        if gpu_floor is not None and total and gpu_floor >= total:
+            warnings.append(
+                f"gpu.min_free_vram {config.gpu.floor.text} is at or above GPU {index}'s "
+                f"memory ({units.format_size(total)}): its free VRAM is always under it, so "
+                "every tick is a breach"
+            )
+    return warnings

@@ -484,13 +484,18 @@ class Daemon:
                     f'cannot change from "{self.config.daemon.bus}" to "{new.daemon.bus}" '
                     "on reload; restart vramwatch to use another bus",
                 )
-        except ConfigError as exc:
+        except Exception as exc:  # noqa: BLE001 - a reload must never kill the guard
+            error = (
+                str(exc)
+                if isinstance(exc, ConfigError)
+                else f"{self.config_path}: cannot load: {exc!r}"
+            )
             self.events.say(
                 "config_rejected",
                 "error",
-                f"reload rejected, keeping the running config: {exc}",
+                f"reload rejected, keeping the running config: {error}",
                 config=str(self.config_path),
-                error=str(exc),
+                error=error,
             )
         else:
             self.config = new

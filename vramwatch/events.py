@@ -53,6 +53,9 @@ MESSAGE_IDS: dict[str, str] = {
     "state_corrupt": "aab8bdbb7b074d559f315956e3d6333c",
     "state_unavailable": "6cd627add41643b9954815b957933343",
     "state_saved": "809a504330694436a24ee79187f2c4c7",
+    "log_fallback": "12cbd34822cd48d2a5e04b4de0bf1c52",
+    "log_recovered": "4281a4dd91754d9ab67d1e2df23b224a",
+    "config_warning": "76d3b3dac8e34fcbb4e89ce79bbcec65",
 }
 
 # syslog priorities, as journald expects them in PRIORITY=.
@@ -124,6 +127,13 @@ def _order_for_json(_logger: Any, _name: str, event: MutableMapping[str, Any]) -
     return {**head, **event}
 
 
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (OSError, ValueError):  # a closed stream
+        return False
+
+
 def journal_available() -> bool:
     try:
         from systemd import journal  # noqa: F401
@@ -145,8 +155,32 @@ def under_systemd() -> bool:
     return f"{stat.st_dev}:{stat.st_ino}" == f"{device}:{inode}"
 
 
+def _stderr_logger(stream: TextIO, fmt: str, min_level: str) -> Any:
+    processors: list[Any] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if fmt == "console":
+        processors += [_message_first, structlog.dev.ConsoleRenderer(colors=False)]
+    else:
+        processors += [_order_for_json, structlog.processors.JSONRenderer(sort_keys=False)]
+    return structlog.wrap_logger(
+        structlog.PrintLoggerFactory(stream)(),
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[min_level]),
+        cache_logger_on_first_use=True,
+    )
+
+
 class EventLog:
-    """Emits events through structlog to the chosen target."""
+    """Emits events through structlog to the chosen target.
+
+    Logging never kills the guard: when the journal cannot take an entry
+    (journald restarting, its socket full, systemd-python missing), the event
+    goes to stderr instead, and ``log_fallback`` says so once; ``log_recovered``
+    when the journal takes entries again. A failing stderr is given up on
+    silently: there is nowhere left to say it.
+    """
 
     def __init__(
         self,
@@ -156,31 +190,38 @@ class EventLog:
         min_level: str = "info",
     ) -> None:
         stream = stream or sys.stderr
+        self._stream = stream
+        self._min_level = min_level
+        unavailable = False
         if target == "auto":
             target = "journal" if under_systemd() and journal_available() else "stderr"
+        elif target == "journal" and not journal_available():
+            target, unavailable = "stderr", True
         self.target = target
-        processors: list[Any] = [structlog.processors.add_log_level]
-        if target == "journal":
-            processors.append(_JournalRenderer())
-            factory: Any = structlog.PrintLoggerFactory(stream)
-        else:
-            if fmt == "auto":
-                fmt = "console" if stream.isatty() else "json"
-            processors.append(structlog.processors.TimeStamper(fmt="iso", utc=True))
-            if fmt == "console":
-                processors += [_message_first, structlog.dev.ConsoleRenderer(colors=False)]
-            else:
-                processors += [_order_for_json, structlog.processors.JSONRenderer(sort_keys=False)]
-            factory = structlog.PrintLoggerFactory(stream)
+        if fmt == "auto":
+            fmt = "console" if _isatty(stream) else "json"
         self.format = fmt
         # Called with every event after it is logged (the after_action hook).
         self.listeners: list[Callable[[Event], None]] = []
-        self._logger = structlog.wrap_logger(
-            factory(),
-            processors=processors,
-            wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[min_level]),
-            cache_logger_on_first_use=True,
-        )
+        self._fallback: Any = None  # the stderr logger, built on the first failure
+        self._failing: str | None = None  # the error that made the journal fail
+        if target == "journal":
+            self._logger = structlog.wrap_logger(
+                structlog.PrintLoggerFactory(stream)(),
+                processors=[structlog.processors.add_log_level, _JournalRenderer()],
+                wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[min_level]),
+                cache_logger_on_first_use=True,
+            )
+        else:
+            self._logger = _stderr_logger(stream, fmt, min_level)
+        if unavailable:
+            self.say(
+                "log_fallback",
+                "warning",
+                "cannot log to the journal: systemd-python (python3-systemd) is not "
+                "installed; logging to stderr",
+                error="systemd-python is not installed",
+            )
 
     def emit(self, events: Iterable[Event]) -> None:
         for event in events:
@@ -190,8 +231,33 @@ class EventLog:
 
     def one(self, event: Event) -> None:
         fields = {k: v for k, v in event.fields.items() if v is not None}
-        log = getattr(self._logger, event.level)
-        log(event.name, message=event.message, **fields)
+        try:
+            getattr(self._logger, event.level)(event.name, message=event.message, **fields)
+        except Exception as exc:  # noqa: BLE001 - logging must never kill the guard
+            self._to_stderr(event.name, event.level, event.message, fields, exc)
+            return
+        if self._failing is not None and self.target == "journal":
+            self._failing = None
+            self.say("log_recovered", "info", "logging to the journal works again")
+
+    def _to_stderr(
+        self, name: str, level: str, message: str, fields: dict[str, Any], exc: Exception
+    ) -> None:
+        try:
+            if self._fallback is None:
+                self._fallback = _stderr_logger(self._stream, self.format, self._min_level)
+            if self._failing is None and self.target == "journal":
+                error = f"{type(exc).__name__}: {exc}"
+                self._failing = error
+                self._fallback.warning(
+                    "log_fallback",
+                    message=f"cannot log to the journal ({error}); writing to stderr "
+                    "until it works again",
+                    error=error,
+                )
+            getattr(self._fallback, level)(name, message=message, **fields)
+        except Exception:  # noqa: BLE001, S110 - stderr failed too: nowhere left to say it
+            pass
 
     def say(self, name: str, level: str, message: str, **fields: Any) -> None:
         self.one(Event(name, level, message, fields))

@@ -20,11 +20,12 @@ from typing import Any
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.exposition import start_http_server, write_to_textfile
+from prometheus_client.exposition import generate_latest, start_http_server
 from prometheus_client.registry import Collector
 
 from vramwatch import __version__
 from vramwatch.config import Config, MetricsConfig
+from vramwatch.files import UnsafeWrite, write_atomically
 from vramwatch.model import Event, Snapshot
 from vramwatch.policy import reservations
 from vramwatch.trend import Estimate
@@ -45,6 +46,8 @@ REFUSAL_REASONS = ("no_candidate", "protected", "cooldown", "rate_limited", "sel
 # "failed", "timeout", "canceled", ...) or the D-Bus error name, and
 # "dry_run" for would_restart / would_stop.
 WITHDRAWN = "withdrawn"
+# node_exporter runs as its own user: the textfile must be readable by others.
+TEXTFILE_MODE = 0o644
 DRY_RUN = "dry_run"
 
 
@@ -225,17 +228,18 @@ class Metrics:
     # outputs -------------------------------------------------------------
 
     def flush(self) -> str | None:
-        """Write the textfile (atomically: a temporary file, then rename).
+        """Write the textfile, safely (:func:`vramwatch.files.write_atomically`).
 
         Returns a message the first time writing fails (or fails differently),
-        so the caller logs a failure once, not every tick.
+        so the caller logs a failure once, not every tick. A collector
+        directory others can write is refused: no textfile while it stays so.
         """
         if self.textfile is None:
             return None
         try:
-            write_to_textfile(self.textfile, self.registry)
-        except OSError as exc:
-            message = f"cannot write metrics to {self.textfile}: {exc.strerror or exc}"
+            write_atomically(self.textfile, generate_latest(self.registry), TEXTFILE_MODE)
+        except UnsafeWrite as exc:
+            message = f"cannot write metrics to {self.textfile}: {exc}"
             if message == self._textfile_error:
                 return None
             self._textfile_error = message

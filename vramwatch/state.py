@@ -13,7 +13,8 @@ that jumps changes nothing), and as wall-clock ns (converted back after a
 reboot). A wall time in the future (the clock was set back) counts as "now":
 the cooldown is then as long as it can be, never shorter.
 
-Writes are atomic (temporary file, fsync, rename, fsync of the directory). A
+Writes are atomic and safe (:mod:`vramwatch.files`: a randomly named new file
+created with ``O_EXCL|O_NOFOLLOW``, fsync, rename, fsync of the directory). A
 file that cannot be parsed, or that anybody but root or vramwatch's own user
 could have written, is set aside as ``state.json.corrupt`` and reported; the
 next save replaces it. Nothing here is fatal.
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vramwatch.config import validate_unit_name
+from vramwatch.files import UnsafeWrite, write_atomically
 
 DEFAULT_DIR = Path("/var/lib/vramwatch")
 STATE_DIR_ENV = "STATE_DIRECTORY"  # set by systemd for StateDirectory=
@@ -190,26 +192,11 @@ class StateStore:
             "units": units,
         }
         data = (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
-        tmp = self.directory / f".{FILE_NAME}.{os.getpid()}.tmp"
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-            dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
         except OSError as exc:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
             raise StateError(f"{self.path}: cannot save: {exc.strerror or exc}") from None
+        try:
+            write_atomically(self.path, data, 0o600)
+        except UnsafeWrite as exc:
+            raise StateError(f"{self.path}: cannot save: {exc}") from None

@@ -1,8 +1,16 @@
-"""``vramwatch status``: one look at the host, as text or JSON."""
+"""``vramwatch status``: one look at the host, as text or JSON.
+
+Process names, command lines and cgroup names belong to whoever started the
+process: in text output every control or formatting character is escaped
+(``\\n``, ``\\x1b``, ``\\u202e``) and long values are cut, so nobody can
+draw a fake line or send escape sequences to root's terminal. JSON carries
+them exactly (JSON escapes control characters itself).
+"""
 
 from __future__ import annotations
 
 import time
+import unicodedata
 from typing import Any
 
 import psutil
@@ -136,17 +144,53 @@ def report(
     }
 
 
-# Enough of a command line to tell two python3 workers apart.
+# Enough of a command line to tell two python3 workers apart (text output).
 CMDLINE_MAX = 120
+# Names (comm is 15 bytes; a cgroup name up to 255) and errors, in text output.
+NAME_MAX = 64
+TEXT_MAX = 200
+# Characters that move the cursor, change the terminal or reorder text:
+# C0/C1 controls, format characters (bidi overrides), line/paragraph
+# separators, surrogates, private use and unassigned code points.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+
+
+def printable(text: str, limit: int = TEXT_MAX) -> str:
+    """``text`` safe for a terminal: unsafe characters escaped, at most ``limit`` characters.
+
+    A cut value ends in "…"; an escape is never cut in half.
+    """
+    pieces: list[str] = []
+    length = 0
+    for ch in text:
+        if ch in _NAMED:
+            piece = _NAMED[ch]
+        elif unicodedata.category(ch) in _UNSAFE_CATEGORIES:
+            code = ord(ch)
+            if code < 0x100:
+                piece = f"\\x{code:02x}"
+            elif code < 0x10000:
+                piece = f"\\u{code:04x}"
+            else:
+                piece = f"\\U{code:08x}"
+        else:
+            piece = ch
+        pieces.append(piece)
+        length += len(piece)
+        if length > limit:
+            while length > limit - 1:
+                length -= len(pieces.pop())
+            return "".join(pieces) + "…"
+    return "".join(pieces)
 
 
 def _cmdline(pid: int) -> str:
-    """The command line of a process that holds VRAM, for people ("" if it is gone)."""
+    """The command line of a process that holds VRAM, exact ("" if it is gone)."""
     try:
-        text = " ".join(psutil.Process(pid).cmdline())
+        return " ".join(psutil.Process(pid).cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return ""
-    return text if len(text) <= CMDLINE_MAX else text[: CMDLINE_MAX - 1] + "…"
 
 
 def _vs(used: int | None, limit: int | None) -> str:
@@ -158,20 +202,25 @@ def _vs(used: int | None, limit: int | None) -> str:
 
 
 def render_text(rep: dict[str, Any]) -> str:
+    """The report for people; every string that came from outside goes through printable()."""
     lines: list[str] = []
     if rep["nvml_error"]:
-        lines.append(f"GPUs: {rep['nvml_error']}")
+        lines.append(f"GPUs: {printable(rep['nvml_error'])}")
     for gpu in rep["gpus"]:
+        name = printable(gpu["name"] or "", NAME_MAX)
         if gpu["error"]:
-            lines.append(f"GPU {gpu['index']} {gpu['name']} ({gpu['uuid']}): ERROR {gpu['error']}")
+            lines.append(
+                f"GPU {gpu['index']} {name} ({printable(gpu['uuid'] or '', NAME_MAX)}): "
+                f"ERROR {printable(gpu['error'])}"
+            )
             continue
         mark = "  BELOW FLOOR" if gpu["below_floor"] else ""
         lines.append(
-            f"GPU {gpu['index']} {gpu['name']}: free {format_size(gpu['free_bytes'])} of "
+            f"GPU {gpu['index']} {name}: free {format_size(gpu['free_bytes'])} of "
             f"{format_size(gpu['total_bytes'])}, floor {format_size(gpu['floor_bytes'])}"
             + (
                 f" ({format_size(gpu['reserved_bytes'])} reserved for "
-                f"{', '.join(gpu['reserved_for'])})"
+                f"{printable(', '.join(gpu['reserved_for']), NAME_MAX)})"
                 if gpu.get("reserved_bytes")
                 else ""
             )
@@ -182,15 +231,16 @@ def render_text(rep: dict[str, Any]) -> str:
                 f"  unattributed (no process claims it): {format_size(gpu['unattributed_bytes'])}"
             )
         for proc in gpu["other_processes"]:
+            owner = printable(proc["owner"], NAME_MAX) if proc["owner"] else "unknown"
             lines.append(
-                f"  not a tenant: pid {proc['pid']} {proc['name']!r} "
-                f"{format_size(proc['used_bytes'])} in {proc['owner'] or 'unknown'}"
+                f"  not a tenant: pid {proc['pid']} '{printable(proc['name'], NAME_MAX)}' "
+                f"{format_size(proc['used_bytes'])} in {owner}"
                 + (f" ({proc['manager']})" if proc["manager"] not in (None, "system") else "")
-                + (f": {proc['cmdline']}" if proc["cmdline"] else "")
+                + (f": {printable(proc['cmdline'], CMDLINE_MAX)}" if proc["cmdline"] else "")
             )
     host = rep["host"]
     if host["error"]:
-        lines.append(f"host RAM: ERROR {host['error']}")
+        lines.append(f"host RAM: ERROR {printable(host['error'])}")
     else:
         mark = "  BELOW FLOOR" if host["below_floor"] else ""
         lines.append(
@@ -199,13 +249,15 @@ def render_text(rep: dict[str, Any]) -> str:
             f"floor {format_size(host['floor_bytes'])}{mark}"
         )
     if rep["bus_error"]:
-        lines.append(f"systemd: {rep['bus_error']} (unit states unknown)")
+        lines.append(f"systemd: {printable(rep['bus_error'])} (unit states unknown)")
     if rep["tenants"]:
         lines.append("")
         header = f"{'UNIT':<36} {'STATE':<22} {'VRAM / BUDGET':<28} {'RAM / BUDGET':<28} RAM FROM"
         lines.append(header)
         for t in rep["tenants"]:
-            state = t.get("active_state", "unknown") + (" (protected)" if t["protected"] else "")
+            state = printable(t.get("active_state", "unknown"), NAME_MAX) + (
+                " (protected)" if t["protected"] else ""
+            )
             lines.append(
                 f"{t['unit']:<36} {state:<22} {_vs(t['vram_bytes'], t['vram_budget_bytes']):<28} "
                 f"{_vs(t['ram_bytes'], t['ram_budget_bytes']):<28} {t['ram_source'] or '-'}"

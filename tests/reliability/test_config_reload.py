@@ -42,9 +42,15 @@ def directory(path: Path) -> str:
     return "is a directory, expected a TOML file"
 
 
+def unicode_port(path: Path) -> str:
+    """str.isdigit() took "²", int() raised ValueError, and the reload killed the daemon."""
+    path.write_text(path.read_text() + '\n[metrics]\nlisten = "127.0.0.1:\u00b2"\n')
+    return 'metrics.listen: expected an address such as "127.0.0.1:9835"'
+
+
 @pytest.mark.parametrize(
     "spoil",
-    [garbage, not_toml, huge, vanished, world_writable, directory],
+    [garbage, not_toml, huge, vanished, world_writable, directory, unicode_port],
     ids=lambda f: f.__name__,
 )
 def test_a_spoiled_config_on_sighup_is_rejected_and_the_old_one_guards_on(
@@ -85,3 +91,30 @@ def test_an_emptied_config_is_valid_and_means_the_defaults_no_tenants(tmp_path: 
 
     assert () == daemon.config.tenants
     assert [] == actuator.calls
+
+
+def test_a_reload_that_fails_unexpectedly_is_rejected_and_the_old_config_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever loading raises, SIGHUP must not kill the guard."""
+    tmp_path.chmod(0o755)
+    actuator = RecordingActuator(JobOutcome(True, "done", "ok"))
+    sampler = ScriptedSampler(lambda _n, now: snapshot(now, hog_vram_mib=12000, free_mib=1000))
+    daemon, out, clock = make(tmp_path, sampler, actuator)
+    before = daemon.config
+
+    def broken(*_args: object, **_kw: object) -> None:
+        raise MemoryError("scripted")
+
+    monkeypatch.setattr("vramwatch.daemon.load", broken)
+    daemon.reload()
+    for s in (1, 2, 3, 4):
+        clock.now = s * 10**9
+        daemon.tick()
+
+    rejected = [e for e in events(out) if e["event"] == "config_rejected"]
+    assert [f"{daemon.config_path}: cannot load: MemoryError('scripted')"] == [
+        e["error"] for e in rejected
+    ]
+    assert before is daemon.config
+    assert [("hog.service", "restart")] == [(u, v.value) for u, v in actuator.calls]

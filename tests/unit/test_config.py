@@ -798,3 +798,70 @@ def test_load_returns_a_config_or_raises_config_error_for_any_bytes(
         assert str(exc).startswith(f"{path}: ")
     else:
         assert isinstance(result, Config)
+
+
+def test_an_exception_a_validator_forgot_is_still_a_config_error_naming_the_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The last line of defence: check prints no traceback, run exits 78."""
+
+    def forgot(_table: object) -> None:
+        raise ValueError("invalid literal for int() with base 10: '²'")
+
+    monkeypatch.setattr(config, "_daemon", forgot)
+
+    actual = parse_error("")
+
+    assert (
+        f'{PATH}: cannot be read as a config: ValueError("invalid literal for int() with '
+        "base 10: '²'\"); this is a bug in vramwatch, please report it"
+    ) == actual
+
+
+GIB_FLOORS = "[gpu]\nmin_free_vram = {gpu}\n[host]\nmin_available_ram = {host}\n"
+
+
+@pytest.mark.parametrize(
+    ("gpu", "host", "totals", "mem_total", "expected"),
+    [
+        ('"1GiB"', '"4GiB"', [16 * GIB], 64 * GIB, []),
+        ('"99%"', '"99%"', [16 * GIB], 64 * GIB, []),  # a percentage is always below
+        ('"1GiB"', '"4GiB"', [None], None, []),  # nothing known: nothing to say
+        (
+            '"1GiB"',
+            '"1TiB"',
+            [16 * GIB],
+            64 * GIB,
+            [
+                (
+                    "host.min_available_ram 1TiB is at or above this host's MemTotal (64 GiB): "
+                    "MemAvailable is always under it, so every tick is a breach"
+                )
+            ],
+        ),
+        (
+            '"16GiB"',
+            '"64GiB"',
+            [24 * GIB, 16 * GIB],
+            64 * GIB,
+            [
+                (
+                    "host.min_available_ram 64GiB is at or above this host's MemTotal (64 GiB): "
+                    "MemAvailable is always under it, so every tick is a breach"
+                ),
+                (
+                    "gpu.min_free_vram 16GiB is at or above GPU 1's memory (16 GiB): its free "
+                    "VRAM is always under it, so every tick is a breach"
+                ),
+            ],
+        ),
+    ],
+)
+def test_floors_at_or_above_what_exists_are_warned_about(
+    gpu: str, host: str, totals: list[int | None], mem_total: int | None, expected: list[str]
+) -> None:
+    loaded = config.parse(GIB_FLOORS.format(gpu=gpu, host=host), PATH)
+
+    actual = config.floor_warnings(loaded, totals, mem_total)
+
+    assert expected == actual

@@ -73,6 +73,14 @@ def test_listen_forms(text: str, host: str, port: int, listen: str) -> None:
         ),
         ('listen = "127.0.0.1:0"', "metrics.listen: the port must be 1 to 65535, got 0"),
         ('listen = "127.0.0.1:70000"', "metrics.listen: the port must be 1 to 65535, got 70000"),
+        # str.isdigit() took these, then int() raised: a traceback in check, exit 1 in run
+        ('listen = "127.0.0.1:\u00b2"', ADDR + ', got "127.0.0.1:\u00b2"'),
+        ('listen = "127.0.0.1:\u0663\u0663"', ADDR + ', got "127.0.0.1:\u0663\u0663"'),
+        ('listen = "127.0.0.1:\uff19\uff18"', ADDR + ', got "127.0.0.1:\uff19\uff18"'),
+        (
+            'listen = "127.0.0.1:' + "9" * 5000 + '"',
+            "metrics.listen: the port must be 1 to 65535, got " + "9" * 20 + "…",
+        ),
         (
             'listen = "::1:9835"',
             f'{ADDR} (IPv6 in brackets), got "::1:9835"',

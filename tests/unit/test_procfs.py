@@ -938,3 +938,86 @@ def test_on_a_v2_host_the_0_line_wins_over_a_stray_name_systemd_hierarchy() -> N
 
     assert "llama.service" == unified.unit  # type: ignore[union-attr]
     assert None is hybrid.unit  # type: ignore[union-attr]
+
+
+# hostile contents (found by tests/fuzz/procfs_grammar.py) --------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("MemTotal: ² kB\nMemAvailable: 5 kB\n", {"MemAvailable": 5 * KB}),  # isdigit() took it
+        ("MemTotal: ١٠ kB\n", {}),
+        ("MemTotal: " + "9" * 5000 + " kB\n", {}),  # int() refuses over 4300 digits
+        ("MemTotal: 18446744073709551615\n", {"MemTotal": 2**64 - 1}),
+    ],
+)
+def test_parse_meminfo_skips_what_is_not_a_counter(text: str, expected: dict[str, int]) -> None:
+    actual = procfs.parse_meminfo(text)
+
+    assert expected == actual
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["some avg10=x avg60=0\nfull avg10= avg60=0\n", "some avg10=ýµ\n", "full avg10=1e\n"],
+)
+def test_parse_psi_skips_a_value_that_is_not_a_number(text: str) -> None:
+    actual = procfs.parse_psi(text)
+
+    assert (None, None) == actual
+
+
+def test_garbage_status_cgroup_procs_and_memory_stat_are_unknown_not_errors(
+    tmp_path: Path,
+) -> None:
+    """Unicode digits ("٣", "²" pass str.isdigit()), words and 5000-digit numbers."""
+    fs = v2_fs(tmp_path)
+    add_pid(tmp_path / "proc", 42, v2(SYSTEM_FOO), rss_pages=None)
+    write(tmp_path / "proc" / "42" / "status", "RssAnon:\t²\tkB\nRssShmem:\tJ kB\n")
+    unit = tmp_path / "cgroup" / "system.slice" / "foo.service"
+    write(unit / "cgroup.procs", "42\n٣\nx\n" + "9" * 5000 + "\n")
+    write(unit / "memory.stat", "anon " + "9" * 5000 + "\nshmem ٣\n")
+
+    pids = fs.unit_pids(SYSTEM_FOO)
+    ram = fs.unit_ram(SYSTEM_FOO, pids)
+
+    assert ((42,), 0, (None, "")) == (pids, fs.rss_bytes(42), ram)
+
+
+def deny(monkeypatch: pytest.MonkeyPatch, *suffixes: str) -> None:
+    """os.open of paths ending in ``suffixes`` fails with EACCES (root ignores modes)."""
+    real_open = procfs.os.open
+
+    def refusing(path: Any, *args: Any, **kwargs: Any) -> int:
+        if str(path).endswith(suffixes):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(procfs.os, "open", refusing)
+
+
+def test_an_unreadable_meminfo_is_a_host_error_not_an_exception(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(tmp_path / "proc" / "meminfo", "MemTotal: 1000 kB\nMemAvailable: 500 kB\n")
+    fs = v2_fs(tmp_path)
+    deny(monkeypatch, "meminfo")
+
+    actual = fs.host()
+
+    assert f"cannot read {tmp_path / 'proc' / 'meminfo'}: Permission denied" == actual.error
+
+
+def test_an_unreadable_process_costs_only_that_process_in_top_ram_owners(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """hidepid or ProtectProc=invisible: the others are still counted."""
+    fs = v2_fs(tmp_path)
+    add_pid(tmp_path / "proc", 42, v2(SYSTEM_FOO), rss_pages=10)
+    add_pid(tmp_path / "proc", 43, v2("/system.slice/bar.service"), rss_pages=20)
+    deny(monkeypatch, "/43/cgroup")
+
+    actual = fs.top_ram_owners()
+
+    assert [("foo.service", 10 * PAGE_SIZE)] == actual

@@ -10,7 +10,7 @@ import pytest
 
 from vramwatch import config
 from vramwatch.config import ConfigError
-from vramwatch.security import config_problem, directory_problem, file_problem
+from vramwatch.security import directory_problem, file_problem
 
 ROOT = 0
 DAEMON_UID = 998  # an unprivileged "vramwatch" system user
@@ -174,9 +174,130 @@ def test_a_symlink_into_a_world_writable_directory_is_refused(tmp_path: Path) ->
     link = tmp_path / "vramwatch.toml"
     link.symlink_to(target)
 
-    problem = config_problem(link, os.stat(link))
+    problem = trusted_load_error(link)
 
-    assert problem is not None and f"its directory {shared} is writable" in problem
+    assert f"its directory {shared} is writable" in problem
+
+
+def trusted_load_error(path: Path) -> str:
+    with pytest.raises(ConfigError) as err:
+        config.load(path, trusted=True)
+    return str(err.value)
+
+
+def test_a_world_writable_ancestor_is_refused_naming_it(tmp_path: Path) -> None:
+    """Before: only the config's own directory was checked. With /w world-writable, a
+    local user renames /w/etc away and puts a link to another root-owned file there."""
+    tmp_path.chmod(0o755)
+    world = tmp_path / "w"
+    (world / "etc").mkdir(parents=True)
+    path = write(world / "etc" / "vramwatch.toml")
+    world.chmod(0o777)
+
+    problem = trusted_load_error(path)
+
+    assert (
+        f"{path}: refusing an untrusted config: the directory {world} on its path is writable "
+        "by group and others (mode 0777); anyone who can write there can swap what lies "
+        "below it"
+    ) == problem
+
+
+def test_the_swap_through_a_world_writable_ancestor_is_refused(tmp_path: Path) -> None:
+    """The attack itself: the directory renamed away and a link to a root-owned decoy."""
+    tmp_path.chmod(0o755)
+    world = tmp_path / "w"
+    (world / "etc").mkdir(parents=True)
+    path = write(world / "etc" / "vramwatch.toml", '[daemon]\nbus = "user"\n')
+    decoy = tmp_path / "decoy"
+    decoy.mkdir()
+    write(decoy / "vramwatch.toml", "[[tenant]]\nunit = 'db.service'\naction = 'stop'\n")
+    world.chmod(0o777)
+    (world / "etc").rename(world / "old")
+    (world / "etc").symlink_to(decoy)
+
+    problem = trusted_load_error(path)
+
+    assert f"the directory {world} on its path is writable by group and others" in problem
+
+
+def test_a_sticky_world_writable_ancestor_is_accepted(tmp_path: Path) -> None:
+    """Like /tmp: nobody else can rename what it holds."""
+    tmp_path.chmod(0o755)
+    sticky = tmp_path / "tmp"
+    (sticky / "etc").mkdir(parents=True)
+    path = write(sticky / "etc" / "vramwatch.toml", '[daemon]\nbus = "user"\n')
+    sticky.chmod(0o1777)
+
+    assert "user" == config.load(path, trusted=True).daemon.bus
+
+
+def test_a_group_writable_directory_reached_through_dotdot_is_checked(tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)
+    (tmp_path / "a").mkdir()
+    loose = tmp_path / "loose"
+    (loose / "etc").mkdir(parents=True)
+    write(loose / "etc" / "vramwatch.toml")
+    loose.chmod(0o775)
+
+    problem = trusted_load_error(tmp_path / "a" / ".." / "loose" / "etc" / "vramwatch.toml")
+
+    assert f"the directory {loose} on its path is writable by group (mode 0775)" in problem
+
+
+def test_a_relative_path_with_links_and_dotdot_is_followed_like_the_kernel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tmp_path.chmod(0o755)
+    (tmp_path / "real" / "etc").mkdir(parents=True)
+    write(tmp_path / "real" / "etc" / "vramwatch.toml", '[daemon]\nbus = "user"\n')
+    (tmp_path / "link").symlink_to("real/etc")
+    monkeypatch.chdir(tmp_path)
+
+    loaded = config.load(Path("link/../etc/vramwatch.toml"), trusted=True)
+
+    assert "user" == loaded.daemon.bus
+
+
+def test_a_symlink_loop_is_a_config_error(tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+
+    problem = trusted_load_error(tmp_path / "a")
+
+    assert f"{tmp_path / 'a'}: cannot read: Too many levels of symbolic links" == problem
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)
+    os.mkfifo(tmp_path / "vramwatch.toml", 0o644)
+
+    problem = trusted_load_error(tmp_path / "vramwatch.toml")
+
+    assert f"{tmp_path}/vramwatch.toml: refusing an untrusted config: not a regular file" == (
+        problem
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_a_symlink_owned_by_another_user_in_a_sticky_directory_is_refused(
+    tmp_path: Path,
+) -> None:
+    """/tmp/etc -> /somewhere: whoever owns the link picks the file that is read."""
+    tmp_path.chmod(0o755)
+    sticky = tmp_path / "tmp"
+    sticky.mkdir()
+    (tmp_path / "real").mkdir()
+    write(tmp_path / "real" / "vramwatch.toml")
+    link = sticky / "etc"
+    link.symlink_to(tmp_path / "real")
+    os.chown(link, 65534, 65534, follow_symlinks=False)
+    sticky.chmod(0o1777)
+
+    problem = trusted_load_error(link / "vramwatch.toml")
+
+    assert f"the symbolic link {link} is owned by uid 65534" in problem
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")

@@ -50,6 +50,16 @@ LOCATE_RETRY_NS = 10 * 10**9
 
 _GONE = (FileNotFoundError, ProcessLookupError, NotADirectoryError)
 
+# A kernel counter in decimal: ASCII digits only (str.isdigit() takes "²", which
+# int() refuses) and at most 20 of them (2**64; int() refuses over 4300 digits).
+_COUNTER_RE = re.compile(r"[0-9]{1,20}")
+
+
+def _counter(text: str) -> int | None:
+    """A decimal counter from a kernel file, or None when it is not one."""
+    return int(text) if _COUNTER_RE.fullmatch(text) else None
+
+
 # /proc/PID files and cgroup.procs of a unit fit in one read; bigger ones loop.
 _READ_CHUNK = 65536
 
@@ -95,10 +105,11 @@ def parse_meminfo(text: str) -> dict[str, int]:
     for line in text.splitlines():
         name, _, rest = line.partition(":")
         parts = rest.split()
-        if not parts or not parts[0].isdigit():
+        value = _counter(parts[0]) if parts else None
+        if value is None:
             continue
         scale = 1024 if len(parts) > 1 and parts[1] == "kB" else 1
-        values[name.strip()] = int(parts[0]) * scale
+        values[name.strip()] = value * scale
     return values
 
 
@@ -109,10 +120,14 @@ def parse_psi(text: str) -> tuple[float | None, float | None]:
         fields = dict(f.split("=", 1) for f in line.split()[1:] if "=" in f)
         if "avg10" not in fields:
             continue
+        try:
+            value = float(fields["avg10"])
+        except ValueError:
+            continue  # not a number: unknown, like a missing line
         if line.startswith("some"):
-            some = float(fields["avg10"])
+            some = value
         elif line.startswith("full"):
-            full = float(fields["avg10"])
+            full = value
     return some, full
 
 
@@ -123,7 +138,8 @@ def _status_kib(text: str, key: str) -> int:
         return 0
     end = text.find("\n", at)
     fields = text[at + len(key) : end if end >= 0 else None].split()
-    return int(fields[0]) * 1024 if fields and fields[0].isdigit() else 0
+    kib = _counter(fields[0]) if fields else None  # not str.isdigit(): "²" is a digit to it
+    return kib * 1024 if kib is not None else 0
 
 
 def _stat_fields(text: str, keys: tuple[str, ...]) -> list[int] | None:
@@ -131,8 +147,9 @@ def _stat_fields(text: str, keys: tuple[str, ...]) -> list[int] | None:
     found: dict[str, int] = {}
     for line in text.splitlines():
         name, _, value = line.partition(" ")
-        if name in keys and value.strip().isdigit():
-            found[name] = int(value)
+        number = _counter(value.strip()) if name in keys else None
+        if number is not None:
+            found[name] = number
     if len(found) != len(keys):
         return None
     return [found[k] for k in keys]
@@ -266,8 +283,10 @@ class ProcFs:
     def host(self) -> HostSample:
         try:
             text = _read(self.proc / "meminfo")
-        except OSError as err:  # EACCES, EIO: host RAM unknown, the GPUs still read
-            return HostSample(None, None, error=f"cannot read {self.proc / 'meminfo'}: {err}")
+        except OSError as exc:  # EACCES, EIO: host RAM unknown, the GPUs still read
+            return HostSample(
+                None, None, error=f"cannot read {self.proc / 'meminfo'}: {exc.strerror or exc}"
+            )
         if text is None:
             return HostSample(None, None, error=f"cannot read {self.proc / 'meminfo'}")
         info = parse_meminfo(text)
@@ -310,7 +329,7 @@ class ProcFs:
         text = _read_optional(self.proc / "uptime")
         try:
             return int(float(text.split()[0]) * CLK_TCK) if text else None
-        except (ValueError, IndexError):
+        except (ValueError, IndexError, OverflowError):  # OverflowError: "inf"
             return None
 
     def start_ticks(self, pid: int) -> int | None:
@@ -372,7 +391,7 @@ class ProcFs:
                 rss = self.rss_bytes(pid)
                 owner = self.owner(pid)
             except OSError:
-                continue
+                continue  # unreadable (hidepid, EACCES): that process only
             if not rss or owner is None:
                 continue
             label = owner.qualified_label()
@@ -445,7 +464,7 @@ class ProcFs:
         for directory in self._subtree(self._under(self.layout.tracking, cgroup)):
             text = _read(f"{directory}/cgroup.procs")
             if text:
-                pids.extend(int(p) for p in text.split())
+                pids.extend(pid for p in text.split() if (pid := _counter(p)) is not None)
         return tuple(pids)
 
     def unit_ram(self, cgroup: str, pids: Iterable[int]) -> tuple[int | None, str]:
