@@ -108,6 +108,9 @@ class Snapshot:
     # The biggest RAM holders host-wide (label, bytes), read only while the host
     # floor is breached, so no_candidate can name users that are not tenants.
     ram_top: tuple[tuple[str, int], ...] = ()
+    # How long the NVML worker has been stuck in one call (None: it answered in
+    # time). The GPUs are then unknown this tick; host RAM is guarded as usual.
+    nvml_hung_ns: int | None = None
 
 
 class Verb(StrEnum):

@@ -229,7 +229,10 @@ def _track_errors(b: _Builder, snapshot: Snapshot) -> None:
     current: dict[str, tuple[str, dict[str, Any]]] = {}
     if snapshot.nvml_error is not None:
         current["nvml"] = (snapshot.nvml_error, {"resource": VRAM})
+    hung = _track_hung(b, snapshot)
     for gpu in snapshot.gpus:
+        if hung:
+            break  # every GPU is unknown because NVML is stuck: nvml_hung says it once
         if gpu.error is not None:
             current[gpu_key(gpu.uuid)] = (
                 gpu.error,
@@ -260,7 +263,9 @@ def _track_errors(b: _Builder, snapshot: Snapshot) -> None:
                 **fields,
             )
     for key in sorted(set(b.errors) - set(current)):
-        if key.startswith("gpu:") and snapshot.nvml_error is not None:
+        if key == HUNG_KEY:
+            continue
+        if key.startswith("gpu:") and (snapshot.nvml_error is not None or hung):
             continue  # NVML as a whole is down: nothing can be said of this GPU yet
         del b.errors[key]
         b.errors_told.pop(key, None)
@@ -271,6 +276,45 @@ def _track_errors(b: _Builder, snapshot: Snapshot) -> None:
             f"{_source_name(key, fields)} reads cleanly again",
             **fields,
         )
+
+
+HUNG_KEY = "nvml_hung"
+
+
+def _track_hung(b: _Builder, snapshot: Snapshot) -> bool:
+    """nvml_hung when an NVML call misses its deadline, then reminders; recovered when it
+    answers. True while it is stuck (every GPU in the snapshot is then unknown)."""
+    hung_ns = snapshot.nvml_hung_ns
+    now = snapshot.now_ns
+    if hung_ns is None:
+        if HUNG_KEY in b.errors:
+            del b.errors[HUNG_KEY]
+            b.errors_told.pop(HUNG_KEY, None)
+            since = int(b.error_fields.pop(HUNG_KEY, {}).get("since_ns", now))
+            b.event(
+                "sampling_recovered",
+                "info",
+                f"NVML answers again after {format_duration(now - since)}; GPUs guarded again",
+                resource=VRAM,
+                hung_ns=now - since,
+            )
+        return False
+    told = b.errors_told.get(HUNG_KEY)
+    if told is None or now - told >= REMINDER_NS:
+        b.errors[HUNG_KEY] = "hung"
+        b.error_fields.setdefault(HUNG_KEY, {"since_ns": now - hung_ns})
+        b.errors_told[HUNG_KEY] = now
+        b.event(
+            "nvml_hung",
+            "error",
+            ("still: " if told is not None else "")
+            + f"NVML has not answered for {format_duration(hung_ns)}: every GPU is unknown "
+            "and GPU sampling is skipped until it answers; host RAM is still guarded",
+            resource=VRAM,
+            hung_ns=hung_ns,
+            gpus=len(snapshot.gpus),
+        )
+    return True
 
 
 def _source_name(key: str, fields: Mapping[str, Any]) -> str:

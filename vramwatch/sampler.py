@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 import select
 from dataclasses import dataclass
-from typing import Protocol
 
 from vramwatch.config import Config
 from vramwatch.model import GpuProcess, GpuSample, HostSample, Owner, Snapshot, UnitUsage
 from vramwatch.sources.procfs import ProcFs
+from vramwatch.sources.worker import DeadlineGpuSource, GpuSource
 
 # How many of the biggest RAM holders a breached host floor reports.
 RAM_TOP = 5
@@ -51,12 +51,6 @@ class _Identity:
     read_at_ns: int
 
 
-class GpuSource(Protocol):
-    def sample(self, now_ns: int) -> tuple[tuple[GpuSample, ...], str | None]: ...
-
-    def close(self) -> None: ...
-
-
 def manager_for(bus: str) -> str:
     """The manager whose units the config names: ``system`` or ``user@UID``."""
     return "system" if bus == "system" else f"user@{os.getuid()}"
@@ -65,6 +59,9 @@ def manager_for(bus: str) -> str:
 class Sampler:
     def __init__(self, gpus: GpuSource, procfs: ProcFs) -> None:
         self.gpus = gpus
+        # NVML runs on one worker thread with a per-tick deadline: a hung driver
+        # costs the GPUs, never host-RAM guarding.
+        self.nvml = DeadlineGpuSource(gpus)
         self.procfs = procfs
         self._identities: dict[int, _Identity] = {}
         self._rss: dict[str, tuple[tuple[int, ...], int, int]] = {}  # unit -> pids, sum, at
@@ -75,7 +72,8 @@ class Sampler:
         host = self.procfs.host()
         # Any PID that starts after this instant is not the one NVML lists (PID reuse).
         before_ticks = self.procfs.boot_ticks()
-        raw_gpus, nvml_error = self.gpus.sample(now_ns)
+        reading = self.nvml.sample(now_ns, config.nvml_timeout_ns)
+        raw_gpus, nvml_error = reading.gpus, reading.nvml_error
         self._forget_exited()
         gpus = tuple(self._attribute(gpu, before_ticks, now_ns) for gpu in raw_gpus)
         listed = {p.pid for gpu in gpus for p in gpu.processes}
@@ -103,10 +101,11 @@ class Sampler:
             nvml_error=nvml_error,
             self_unit=self.self_unit,
             ram_top=ram_top,
+            nvml_hung_ns=reading.hung_ns,
         )
 
     def close(self) -> None:
-        self.gpus.close()
+        self.nvml.close()
         for pid in list(self._identities):
             self._forget(pid)
 
