@@ -123,15 +123,20 @@ class Bed:
         total_mib: int = 15360,
         others: Mapping[int, int] | None = None,
         errors: Mapping[str, str] | None = None,
+        delays: Mapping[str, int] | None = None,
     ) -> None:
         """One fake GPU; ``others`` are extra (pid -> MiB) processes; tenants declare theirs."""
         procs = tuple(FakeProcess(pid, mib(n)) for pid, n in (others or {}).items())
-        self.state.write(
-            [FakeGpu(T4_UUID, mib(total_mib), processes=procs)],
-            errors=errors,
-            reap=True,
-            procdir=self.procdir,
-        )
+        self.gpus([FakeGpu(T4_UUID, mib(total_mib), processes=procs)], errors, delays)
+
+    def gpus(
+        self,
+        gpus: list[FakeGpu],
+        errors: Mapping[str, str] | None = None,
+        delays: Mapping[str, int] | None = None,
+    ) -> None:
+        """Any fake GPUs (lost ones, MIG instances); tenants declare their VRAM."""
+        self.state.write(gpus, errors=errors, delays=delays, reap=True, procdir=self.procdir)
         os.chmod(self.state.path, 0o644)
 
     def config(self, text: str, name: str = "vramwatch.toml") -> Path:

@@ -136,3 +136,43 @@ def test_decisions_are_native_journal_entries(bed: Bed) -> None:
         )
     }
     assert entry["MESSAGE"].startswith("restarting immich-ml.service: GPU 0 free 1.3 GiB < floor")
+
+
+# NVML hangs for this long (issue 11): longer than any deadline, as after an Xid.
+HANG_S = 60
+HUNG_CONFIG = RAM_CONFIG.replace(
+    'grace = "1s"\n\n[host]', 'grace = "1s"\nnvml_timeout = "500ms"\n\n[host]'
+)
+GRACE_S, INTERVAL_S = 1, 1
+
+
+def test_a_hung_nvml_never_stops_host_ram_guarding_and_vram_guarding_resumes(bed: Bed) -> None:
+    """NVML calls hang for 60 s while MemAvailable is under its floor: the RAM tenant is
+    restarted within grace + 2 intervals; once NVML answers, VRAM is guarded again."""
+    bed.gpu(total_mib=15360)
+    ram_hog = bed.tenant("stt-workers.service", ram_mib=300)
+    daemon = bed.run_daemon(bed.config(HUNG_CONFIG))
+    daemon.wait_event("started", timeout=5)
+    time.sleep(1.5)  # a clean GPU sample or two first
+
+    bed.gpu(total_mib=15360, delays={"nvmlDeviceGetMemoryInfo_v2": HANG_S * 1000})
+    hung = daemon.wait_event("nvml_hung", timeout=5)
+    bed.gpu(total_mib=15360)  # later calls are quick again; the stuck one sleeps on
+    vram_hog = bed.tenant("immich-ml.service", vram_mib=14000, ram_mib=20)
+    breach_at = time.monotonic()
+    bed.sb.set_mem_available(512 * 1024 * 1024)
+    ram_restart = daemon.wait_event("restart", timeout=10, unit="stt-workers.service")
+    bed.restarted("stt-workers.service", ram_hog)
+    bed.sb.restore_meminfo()
+    vram_restart = daemon.wait_event("restart", timeout=HANG_S + 15, unit="immich-ml.service")
+    recovered = daemon.named("sampling_recovered")
+
+    assert ("vram", 0) == (hung["resource"], len(daemon.named("sampling_error")))
+    assert "ram" == ram_restart["resource"]
+    assert ram_restart["_t"] - breach_at <= GRACE_S + 2 * INTERVAL_S + 0.5
+    assert "vram" == vram_restart["resource"]
+    assert vram_restart["_t"] >= hung["_t"] + HANG_S - 5  # not before the stuck call returned
+    assert ["NVML answers again"] == [e["message"][:18] for e in recovered]
+    assert 1 == len(daemon.named("nvml_hung"))
+    bed.restarted("immich-ml.service", vram_hog)
+    assert None is daemon.proc.poll()
