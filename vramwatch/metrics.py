@@ -265,6 +265,11 @@ class _View:
             1 if config.daemon.dry_run else 0,
         )
         up = family("vramwatch_gpu_up", "1 when the last sample read this GPU cleanly.", GPU_LABELS)
+        lost = family(
+            "vramwatch_gpu_lost",
+            "1 while NVML says this GPU is lost (GPU_IS_LOST, RESET_REQUIRED): no enforcement.",
+            GPU_LABELS,
+        )
         total = family("vramwatch_gpu_memory_total_bytes", "GPU memory size (NVML).", GPU_LABELS)
         used = family("vramwatch_gpu_memory_used_bytes", "GPU memory in use (NVML).", GPU_LABELS)
         free = family(
@@ -286,6 +291,7 @@ class _View:
             labels = (str(gpu.index), gpu.uuid, gpu.name)
             ok = gpu.ok and snap.nvml_error is None
             up.add_metric(labels, 1 if ok else 0)
+            lost.add_metric(labels, 1 if gpu.lost else 0)
             if not ok:
                 continue  # a failed or partial read says nothing reliable
             assert gpu.total_bytes is not None and gpu.free_bytes is not None
@@ -295,7 +301,7 @@ class _View:
             if gpu.used_bytes is not None and gpu.unattributed_bytes is not None:
                 used.add_metric(labels, gpu.used_bytes)
                 rest.add_metric(labels, gpu.unattributed_bytes)
-        yield from (up, total, used, free, floor, rest)
+        yield from (up, lost, total, used, free, floor, rest)
 
         host = snap.host
         available = host.mem_available_bytes if host.ok else None

@@ -51,6 +51,9 @@ class GpuSample:
     free_bytes: int | None
     processes: tuple[GpuProcess, ...] = ()
     error: str | None = None  # a failed or partial read: never act on it
+    # GPU_IS_LOST or RESET_REQUIRED: the GPU fell off the bus or needs a reset;
+    # restarting tenants cannot help, so nothing is ever enforced on it.
+    lost: bool = False
 
     @property
     def ok(self) -> bool:

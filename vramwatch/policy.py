@@ -234,13 +234,16 @@ def _track_errors(b: _Builder, snapshot: Snapshot) -> None:
         if hung:
             break  # every GPU is unknown because NVML is stuck: nvml_hung says it once
         if gpu.error is not None:
-            current[gpu_key(gpu.uuid)] = (
-                gpu.error,
-                {"resource": VRAM, "gpu": gpu.index, "gpu_uuid": gpu.uuid},
-            )
+            fields: dict[str, Any] = {"resource": VRAM, "gpu": gpu.index, "gpu_uuid": gpu.uuid}
+            if gpu.lost:
+                fields["lost"] = True
+            current[gpu_key(gpu.uuid)] = (gpu.error, fields)
     if snapshot.host.error is not None:
         current["host"] = (snapshot.host.error, {"resource": RAM})
     for key, (error, fields) in sorted(current.items()):
+        if fields.get("lost"):
+            _track_lost(b, key, error, fields)
+            continue
         told = b.errors_told.get(key)
         changed = b.errors.get(key) != error
         # A lasting fault of one GPU or of host memory is repeated like a lasting breach.
@@ -276,6 +279,25 @@ def _track_errors(b: _Builder, snapshot: Snapshot) -> None:
             f"{_source_name(key, fields)} reads cleanly again",
             **fields,
         )
+
+
+def _track_lost(b: _Builder, key: str, error: str, fields: dict[str, Any]) -> None:
+    """A lost GPU (GPU_IS_LOST, RESET_REQUIRED) is said once: restarting tenants cannot
+    bring it back, nothing is enforced on it, and a person must reset the GPU or reboot."""
+    if b.error_fields.get(key, {}).get("lost"):
+        b.errors[key] = error  # still lost; the wording of NVML's error may vary
+        return
+    b.errors[key] = error
+    b.error_fields[key] = fields
+    b.errors_told[key] = 0
+    b.event(
+        "gpu_lost",
+        "error",
+        f"{_source_name(key, fields)} is lost ({error}): no VRAM enforcement on it until it "
+        "reads cleanly again; it needs a GPU reset or a reboot (check dmesg for Xid errors)",
+        error=error,
+        **fields,
+    )
 
 
 HUNG_KEY = "nvml_hung"

@@ -85,6 +85,7 @@ def report(
                 ),
                 "unattributed_bytes": gpu.unattributed_bytes,
                 "error": gpu.error,
+                "lost": gpu.lost,
                 "other_processes": others,
             }
         )
@@ -159,7 +160,8 @@ def render_text(rep: dict[str, Any]) -> str:
         lines.append(f"GPUs: {rep['nvml_error']}")
     for gpu in rep["gpus"]:
         if gpu["error"]:
-            lines.append(f"GPU {gpu['index']} {gpu['name']} ({gpu['uuid']}): ERROR {gpu['error']}")
+            what = "LOST (no enforcement; reset the GPU or reboot)" if gpu["lost"] else "ERROR"
+            lines.append(f"GPU {gpu['index']} {gpu['name']} ({gpu['uuid']}): {what} {gpu['error']}")
             continue
         mark = "  BELOW FLOOR" if gpu["below_floor"] else ""
         lines.append(

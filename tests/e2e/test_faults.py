@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from tests.e2e.conftest import Bed
-from tests.fakenvml import mib
+from tests.e2e.harness import T4_UUID
+from tests.fakenvml import FakeGpu, mib
 
 RAM_CONFIG = """
 [daemon]
@@ -62,18 +64,18 @@ def test_a_lost_gpu_is_logged_ram_is_still_guarded_and_the_gpu_recovers(bed: Bed
     bed.sb.set_mem_available(512 * 1024 * 1024)
     daemon = bed.run_daemon(bed.config(RAM_CONFIG))
 
-    error = daemon.wait_event("sampling_error", timeout=5)
+    error = daemon.wait_event("gpu_lost", timeout=5)
     daemon.wait_event("restart", timeout=6, unit="stt-workers.service")
     bed.gpu(total_mib=15360)  # the fault clears
     recovered = daemon.wait_event("sampling_recovered", timeout=6)
 
-    assert (0, "vram") == (error["gpu"], error["resource"])
+    assert (0, "vram", True) == (error["gpu"], error["resource"], error["lost"])
     assert error["error"].startswith("GPU_IS_LOST")
     assert (0, "GPU 0 (GPU-8f1c2a3e-0000-0000-0000-000000000000) reads cleanly again") == (
         recovered["gpu"],
         recovered["message"],
     )
-    assert 1 == len(daemon.named("sampling_error"))
+    assert (1, 0) == (len(daemon.named("gpu_lost")), len(daemon.named("sampling_error")))
     assert None is daemon.proc.poll()
 
 
@@ -176,3 +178,38 @@ def test_a_hung_nvml_never_stops_host_ram_guarding_and_vram_guarding_resumes(bed
     assert 1 == len(daemon.named("nvml_hung"))
     bed.restarted("immich-ml.service", vram_hog)
     assert None is daemon.proc.poll()
+
+
+def test_a_gpu_lost_then_back_is_guarded_again_without_a_restart_of_vramwatch(bed: Bed) -> None:
+    """The GPU falls off the bus (it keeps its index, every call on it fails GPU_IS_LOST)
+    while a tenant is over its VRAM budget: nothing is enforced on it; after the reset the
+    same daemon guards it again and restarts the tenant."""
+    healthy = FakeGpu(T4_UUID, mib(15360))
+    bed.gpus([healthy])
+    daemon = bed.run_daemon(bed.config(RAM_CONFIG))
+    daemon.wait_event("started", timeout=5)
+    time.sleep(1.5)  # the GPU is known by its UUID
+
+    bed.gpus([replace(healthy, lost="GPU_IS_LOST")])
+    told = daemon.wait_event("gpu_lost", timeout=5)
+    hog = bed.tenant("immich-ml.service", vram_mib=14000, ram_mib=20)
+    time.sleep(3)  # grace is 1 s: a lost GPU would have been acted on by now
+    assert [] == daemon.named("restart")
+    bed.gpus([healthy])  # reset done: the GPU is back
+    back = daemon.wait_event("sampling_recovered", timeout=6)
+    restart = daemon.wait_event("restart", timeout=6)
+
+    assert ("vram", T4_UUID, "GPU_IS_LOST") == (
+        told["resource"],
+        told["gpu_uuid"],
+        told["error"].split(":")[0],
+    )
+    assert 0 == back["gpu"]
+    assert ("immich-ml.service", "vram", 0) == (
+        restart["unit"],
+        restart["resource"],
+        restart["gpu"],
+    )
+    bed.restarted("immich-ml.service", hog)
+    assert 1 == len(daemon.named("gpu_lost"))
+    assert 1 == len(daemon.named("started"))

@@ -207,3 +207,32 @@ def test_a_hot_added_gpu_is_guarded_without_a_restart(
     sampler.close()
 
     assert ([], [HOG]) == (vram_actions(before), vram_actions(after))
+
+
+@pytest.mark.parametrize("code", ["GPU_IS_LOST", "RESET_REQUIRED"])
+def test_a_lost_gpu_is_told_once_never_enforced_on_and_recovers(
+    fake_nvml: FakeNvmlState, tmp_path: Path, code: str
+) -> None:
+    fake_nvml.write(spare_and_hog_gpu())
+    sampler = Sampler(NvmlSource(), world(tmp_path, 900_000))
+    history = policy.decide(CONFIG, sampler.sample(CONFIG, 0), policy.History()).history
+    fake_nvml.write(spare_and_hog_gpu(lost=code))
+    events, actions = [], []
+    for t in [*range(2, 20, 2), policy.REMINDER_NS // S + 10, 2 * policy.REMINDER_NS // S]:
+        snap = sampler.sample(CONFIG, t * S)
+        decision = policy.decide(CONFIG, snap, history)
+        history = decision.history
+        events += [e for e in decision.events]
+        actions += decision.actions
+    lost_flags = [g.lost for g in snap.gpus]
+    fake_nvml.write(spare_and_hog_gpu())
+    back = policy.decide(CONFIG, sampler.sample(CONFIG, 700 * S), history)
+    sampler.close()
+
+    assert [("gpu_lost", 1, UUID, code)] == [
+        (e.name, e.fields["gpu"], e.fields["gpu_uuid"], e.fields["error"].split(":")[0])
+        for e in events
+        if e.level == "error"
+    ]
+    assert ([], [False, True]) == (actions, lost_flags)
+    assert ["sampling_recovered"] == [e.name for e in back.events]

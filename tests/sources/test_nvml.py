@@ -219,6 +219,7 @@ def test_a_lost_gpu_stays_one_error_sample_and_the_others_keep_being_sampled(
         (summary(gpus), error) for gpus, error in ticks
     ]
     assert [mib(4360)] * 4 == [gpus[0].free_bytes for gpus, _ in ticks]
+    assert [[False, True]] * 4 == [[g.lost for g in gpus] for gpus, _ in ticks]
 
 
 def test_a_lost_gpu_that_comes_back_is_sampled_again(fake_nvml: FakeNvmlState) -> None:
@@ -271,6 +272,7 @@ def test_a_gpu_whose_uuid_cannot_be_read_keeps_the_uuid_it_had(fake_nvml: FakeNv
     assert [(0, T4, None), (1, A10, "UNKNOWN")] == summary(broken)
     assert [(0, T4, None), (1, A10, "UNKNOWN")] == summary(enumerated_again)
     assert "enumerating GPU 1" in (enumerated_again[1].error or "")
+    assert [False, False] == [g.lost for g in enumerated_again]  # UNKNOWN is not lost
 
 
 def test_a_hot_added_gpu_is_sampled_from_the_next_tick(fake_nvml: FakeNvmlState) -> None:

@@ -6,6 +6,7 @@ exposition text a scrape or node_exporter would read), never from internals.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import socket
 import stat
@@ -205,6 +206,19 @@ def test_a_gpu_in_error_has_no_memory_series_only_up_0_and_counts_errors() -> No
     )
     # NVML cannot attribute: the tenant's VRAM is unknown, so absent, not zero.
     assert {(("unit", "llama.service"),): 0} == series(m, "vramwatch_tenant_vram_used_bytes")
+
+
+def test_a_lost_gpu_is_gpu_lost_1_and_a_healthy_or_failing_one_0() -> None:
+    m = metrics()
+    m.observe_snapshot(CONFIG, snap())
+    healthy = value(m, "vramwatch_gpu_lost", **GPU0)
+    m.observe_snapshot(CONFIG, snap((gpu(error="TIMEOUT: Timeout"),), hog_vram_mib=None))
+    failing = value(m, "vramwatch_gpu_lost", **GPU0)
+    lost = dataclasses.replace(gpu(error="GPU_IS_LOST: GPU is lost"), lost=True)
+    m.observe_snapshot(CONFIG, snap((lost,), hog_vram_mib=None))
+
+    assert (0, 0, 1) == (healthy, failing, value(m, "vramwatch_gpu_lost", **GPU0))
+    assert 0 == value(m, "vramwatch_gpu_up", **GPU0)
 
 
 def test_no_driver_counts_nvml_errors_and_host_gauges_stay() -> None:

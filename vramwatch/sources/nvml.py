@@ -48,6 +48,9 @@ LIST_RACE_RETRIES = 3
 # Devices are enumerated again at least this often, so a hot-added GPU or one
 # that came back after a reset is guarded without restarting vramwatch.
 REENUMERATE_NS = 60 * 10**9
+# Errors that mean the GPU itself is gone until a reset or reboot (it fell off
+# the bus, Xid 79; or it needs a reset): the sample is marked lost.
+LOST = {"GPU_IS_LOST", "RESET_REQUIRED"}
 # Errors that mean the driver as a whole is unusable: shut down and re-init.
 _REINIT = {"DRIVER_NOT_LOADED", "LIB_RM_VERSION_MISMATCH", "UNINITIALIZED"}
 
@@ -102,6 +105,7 @@ class _Device:
     name: str
     handle: Any  # None: this GPU could not be enumerated (``error`` says why)
     error: str | None = None
+    lost: bool = False
 
 
 def unreadable_uuid(index: int) -> str:
@@ -223,17 +227,30 @@ class NvmlSource:
             uuid = _text(_call(pynvml.nvmlDeviceGetUUID, handle))
             name = _text(_call(pynvml.nvmlDeviceGetName, handle))
         except NvmlFailure as failure:
-            return _Device(index, uuid, name, None, f"{failure.detail} (enumerating GPU {index})")
+            error = f"{failure.detail} (enumerating GPU {index})"
+            return _Device(index, uuid, name, None, error, failure.code in LOST)
         return _Device(index, uuid, name, handle)
 
     def _sample_device(self, dev: _Device) -> GpuSample:
         if dev.handle is None:
-            return GpuSample(dev.index, dev.uuid, dev.name, None, None, None, (), dev.error)
+            return GpuSample(
+                dev.index, dev.uuid, dev.name, None, None, None, (), dev.error, lost=dev.lost
+            )
         try:
             total, used, free = self._memory(dev.handle)
             processes = self._processes(dev.handle)
         except NvmlFailure as failure:
-            return GpuSample(dev.index, dev.uuid, dev.name, None, None, None, (), failure.detail)
+            return GpuSample(
+                dev.index,
+                dev.uuid,
+                dev.name,
+                None,
+                None,
+                None,
+                (),
+                failure.detail,
+                lost=failure.code in LOST,
+            )
         return GpuSample(dev.index, dev.uuid, dev.name, total, used, free, processes)
 
     def _memory(self, handle: Any) -> tuple[int, int, int]:

@@ -110,7 +110,13 @@ class DeadlineGpuSource:
         )
         gpus = tuple(
             replace(
-                g, total_bytes=None, used_bytes=None, free_bytes=None, processes=(), error=error
+                g,
+                total_bytes=None,
+                used_bytes=None,
+                free_bytes=None,
+                processes=(),
+                error=error,
+                lost=False,
             )
             for g in self._known
         )
