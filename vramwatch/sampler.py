@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import os
 import select
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from vramwatch.config import Config
 from vramwatch.model import GpuProcess, GpuSample, HostSample, Owner, Snapshot, UnitUsage
 from vramwatch.sources.procfs import ProcFs
 from vramwatch.sources.worker import DeadlineGpuSource, GpuSource
+
+# The error code of a GPU sample with impossible values (a PID that does not
+# exist, a process holding more than the device): never attributed.
+BAD_SAMPLE = "BAD_SAMPLE"
 
 # How many of the biggest RAM holders a breached host floor reports.
 RAM_TOP = 5
@@ -65,6 +69,10 @@ class Sampler:
         self.procfs = procfs
         self._identities: dict[int, _Identity] = {}
         self._rss: dict[str, tuple[tuple[int, ...], int, int]] = {}  # unit -> pids, sum, at
+        # PIDs NVML listed that were not in /proc: once is a process that just
+        # exited; twice in a row is a garbage PID (driver/library mismatch).
+        self._missing: set[int] = set()
+        self._missing_now: set[int] = set()
         own = procfs.owner(os.getpid())
         self.self_unit = own.unit if own is not None else None
 
@@ -75,7 +83,9 @@ class Sampler:
         reading = self.nvml.sample(now_ns, config.nvml_timeout_ns)
         raw_gpus, nvml_error = reading.gpus, reading.nvml_error
         self._forget_exited()
+        self._missing_now = set()
         gpus = tuple(self._attribute(gpu, before_ticks, now_ns) for gpu in raw_gpus)
+        self._missing = self._missing_now
         listed = {p.pid for gpu in gpus for p in gpu.processes}
         for pid in self._identities.keys() - listed:
             self._forget(pid)
@@ -129,18 +139,24 @@ class Sampler:
         if gpu.error is not None:
             return gpu
         procs = []
+        garbage: int | None = None
         for p in gpu.processes:
             owner, comm = self._identify(p.pid, before_ticks, now_ns)
+            if owner is None and not (self.procfs.proc / str(p.pid)).exists():
+                self._missing_now.add(p.pid)
+                if p.pid in self._missing and garbage is None:
+                    garbage = p.pid
             procs.append(GpuProcess(p.pid, p.used_bytes, p.kind, comm, owner))
-        return GpuSample(
-            gpu.index,
-            gpu.uuid,
-            gpu.name,
-            gpu.total_bytes,
-            gpu.used_bytes,
-            gpu.free_bytes,
-            tuple(procs),
-        )
+        if garbage is not None:
+            # Never attribute a sample with a PID that does not exist: the whole
+            # list may be garbage (a binding/driver mismatch). The GPU is unknown.
+            return replace(
+                gpu,
+                processes=(),
+                error=f"{BAD_SAMPLE}: NVML keeps listing PID {garbage}, which does not exist "
+                "(NVML library and driver mismatched?)",
+            )
+        return replace(gpu, processes=tuple(procs))
 
     def _identify(
         self, pid: int, before_ticks: int | None, now_ns: int

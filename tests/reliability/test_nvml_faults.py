@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakenvml import FakeGpu, FakeNvmlState, mib
+from tests.fakenvml import FakeGpu, FakeNvmlState, FakeProcess, mib
 from tests.sources.test_sampler import CONFIG, UUID, gpus, world
 from vramwatch import policy
 from vramwatch.sampler import Sampler
@@ -236,3 +236,52 @@ def test_a_lost_gpu_is_told_once_never_enforced_on_and_recovers(
     ]
     assert ([], [False, True]) == (actions, lost_flags)
     assert ["sampling_recovered"] == [e.name for e in back.events]
+
+
+# --------------------------------------------------------------------------
+# Garbage values (a binding/driver mismatch): a bad sample, never attributed
+
+
+def with_extra(*extra: FakeProcess) -> list[FakeGpu]:
+    gpu = gpus()[0]
+    return [replace(gpu, processes=gpu.processes + extra)]
+
+
+@pytest.mark.parametrize("pid", [31337, 4194305])
+def test_a_pid_that_does_not_exist_twice_in_a_row_makes_the_gpu_a_bad_sample(
+    fake_nvml: FakeNvmlState, tmp_path: Path, pid: int
+) -> None:
+    fake_nvml.write(with_extra(FakeProcess(pid, mib(10))))
+    sampler = Sampler(NvmlSource(), world(tmp_path, 900_000))
+
+    first = sampler.sample(CONFIG, 0)  # could be a process that just exited
+    second = sampler.sample(CONFIG, 2 * S)
+    decisions = ticks(sampler, 4, 8)
+    fake_nvml.write(gpus())  # the garbage is gone
+    healed = sampler.sample(CONFIG, 30 * S)
+    sampler.close()
+
+    assert (None, None) == (first.gpus[0].error, [p.owner for p in first.gpus[0].processes][-1])
+    assert (second.gpus[0].error or "").startswith(f"BAD_SAMPLE: NVML keeps listing PID {pid}")
+    assert ((), None) == (second.gpus[0].processes, second.units[HOG].vram_bytes)
+    assert [] == vram_actions(decisions)
+    assert "sampling_error" in [e.name for d in decisions[:1] for e in d.events]
+    assert (None, mib(10700)) == (healed.gpus[0].error, healed.units[HOG].vram_bytes)
+
+
+def test_a_process_holding_more_than_the_device_makes_the_gpu_a_bad_sample(
+    fake_nvml: FakeNvmlState, tmp_path: Path
+) -> None:
+    fake_nvml.write(with_extra(FakeProcess(5001, mib(16000))))
+    sampler = Sampler(NvmlSource(), world(tmp_path, 900_000))
+
+    snap = sampler.sample(CONFIG, 0)
+    decisions = ticks(sampler, 2, 8)
+    sampler.close()
+
+    assert (
+        "BAD_SAMPLE: PID 5001 reportedly holds 15.6 GiB on a 15 GiB GPU "
+        "(NVML library and driver mismatched?)"
+    ) == snap.gpus[0].error
+    assert ((), None) == (snap.gpus[0].processes, snap.units[HOG].vram_bytes)
+    assert [] == vram_actions(decisions)

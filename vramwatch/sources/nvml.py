@@ -15,6 +15,7 @@ from typing import Any
 import pynvml
 
 from vramwatch.model import GpuProcess, GpuSample
+from vramwatch.units import format_size
 
 # Retry a failed nvmlInit (no driver yet, driver being upgraded) with backoff,
 # so a driver that appears later is picked up without restarting vramwatch.
@@ -250,6 +251,21 @@ class NvmlSource:
                 (),
                 failure.detail,
                 lost=failure.code in LOST,
+            )
+        too_big = [p for p in processes if p.used_bytes is not None and p.used_bytes > total]
+        if too_big:
+            # Garbage (a binding/driver mismatch): never attribute any of this list.
+            p = too_big[0]
+            return GpuSample(
+                dev.index,
+                dev.uuid,
+                dev.name,
+                None,
+                None,
+                None,
+                (),
+                f"BAD_SAMPLE: PID {p.pid} reportedly holds {format_size(p.used_bytes)} on a "
+                f"{format_size(total)} GPU (NVML library and driver mismatched?)",
             )
         return GpuSample(dev.index, dev.uuid, dev.name, total, used, free, processes)
 
