@@ -2,7 +2,7 @@
 """A tenant's main process for the end-to-end tests and the demo (stdlib only).
 
     tenant.py --procdir DIR [--vram-mib N] [--vram-grow-mib-per-s X] [--vram-max-mib M]
-              [--gpu I] [--vram-once MARKER] [--ram-mib R]
+              [--gpu I[:M]] [--vram-once MARKER] [--ram-mib R]
 
 Holds R MiB of real, touched RAM and declares N MiB of VRAM on fake GPU I for
 its own PID (a "proc" line in DIR/<pid>, which the fake libnvidia-ml.so.1
@@ -28,7 +28,7 @@ from hog import sd_notify, touch
 MIB = 1024 * 1024
 
 
-def declare(procdir: str, gpu: int, mib: float) -> None:
+def declare(procdir: str, gpu: str, mib: float) -> None:
     pid = os.getpid()
     tmp = os.path.join(procdir, f".{pid}.tmp")
     with open(tmp, "w") as handle:
@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--vram-mib", type=float, default=0)
     ap.add_argument("--vram-grow-mib-per-s", type=float, default=0)
     ap.add_argument("--vram-max-mib", type=float, default=float("inf"))
-    ap.add_argument("--gpu", type=int, default=0)
+    ap.add_argument("--gpu", default="0", help="GPU index, or INDEX:MIG for a MIG device")
     ap.add_argument("--vram-once")
     ap.add_argument("--ram-mib", type=float, default=8)
     args = ap.parse_args()
