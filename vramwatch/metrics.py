@@ -27,7 +27,7 @@ from vramwatch import __version__
 from vramwatch.config import Config, MetricsConfig
 from vramwatch.model import Event, Snapshot
 
-GPU_LABELS = ("gpu", "uuid", "name")
+GPU_LABELS = ("gpu", "uuid", "name")  # gpu: "0", or "0:1" for MIG device 1 of GPU 0
 FLOOR_LABELS = ("resource", "gpu")  # gpu is "" for the host RAM floor
 
 # Where a failed read came from: the NVML library/driver as a whole, one GPU,
@@ -118,13 +118,13 @@ class Metrics:
         for gpu in snapshot.gpus:
             if gpu.error is not None:
                 self.sampling_errors.labels("gpu").inc()
-            key = ("vram", str(gpu.index))
+            key = ("vram", gpu.label)
             if key not in self._breached:
                 self._breached[key] = 0
                 self.breaches.labels(*key)
         if snapshot.host.error is not None:
             self.sampling_errors.labels("host").inc()
-        present = {str(g.index) for g in snapshot.gpus}
+        present = {g.label for g in snapshot.gpus}
         for key in [k for k in self._breached if k[0] == "vram" and k[1] not in present]:
             del self._breached[key]  # the GPU is gone (driver reset, hot unplug)
         clean = (
@@ -235,8 +235,11 @@ def start_exporter(metrics: Metrics, config: MetricsConfig) -> str | None:
 
 
 def _gpu_label(fields: Mapping[str, Any]) -> str:
+    """GpuSample.label from an event's fields: "0", "0:1" for MIG 1 on GPU 0, "" for RAM."""
     gpu = fields.get("gpu")
-    return "" if gpu is None else str(gpu)
+    if gpu is None:
+        return ""
+    return f"{gpu}:{fields['mig']}" if fields.get("mig") is not None else str(gpu)
 
 
 def _scalar(name: str, doc: str, value: float | None) -> GaugeMetricFamily:
@@ -288,7 +291,7 @@ class _View:
             GPU_LABELS,
         )
         for gpu in snap.gpus:
-            labels = (str(gpu.index), gpu.uuid, gpu.name)
+            labels = (gpu.label, gpu.uuid, gpu.name)
             ok = gpu.ok and snap.nvml_error is None
             up.add_metric(labels, 1 if ok else 0)
             lost.add_metric(labels, 1 if gpu.lost else 0)

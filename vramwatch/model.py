@@ -54,6 +54,21 @@ class GpuSample:
     # GPU_IS_LOST or RESET_REQUIRED: the GPU fell off the bus or needs a reset;
     # restarting tenants cannot help, so nothing is ever enforced on it.
     lost: bool = False
+    # A MIG device (a GPU instance): its GPU's UUID and its MIG index there. It
+    # is guarded on its own (memory, processes, floor); ``index`` is its GPU's.
+    parent_uuid: str | None = None
+    mig_index: int | None = None
+
+    @property
+    def label(self) -> str:
+        """The device for metrics labels and fields: ``"0"``, or ``"0:1"`` for MIG 1 on GPU 0."""
+        return str(self.index) if self.mig_index is None else f"{self.index}:{self.mig_index}"
+
+    @property
+    def where(self) -> str:
+        """The device for people: ``GPU 0``, or ``GPU 0 MIG 1``."""
+        mig = "" if self.mig_index is None else f" MIG {self.mig_index}"
+        return f"GPU {self.index}{mig}"
 
     @property
     def ok(self) -> bool:

@@ -96,7 +96,7 @@ class _Resource:
     settings: FloorConfig
 
     def where(self) -> str:
-        return f"GPU {self.gpu.index}" if self.gpu is not None else "host MemAvailable"
+        return self.gpu.where if self.gpu is not None else "host MemAvailable"
 
     def fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {
@@ -105,13 +105,13 @@ class _Resource:
             "floor_bytes": self.floor_bytes,
         }
         if self.gpu is not None:
-            fields["gpu"] = self.gpu.index
+            fields.update(_gpu_fields(self.gpu))
             fields["gpu_uuid"] = self.gpu.uuid
         return fields
 
     def breach_text(self, since_ns: int, now_ns: int) -> str:
         # "free" for a GPU; MemAvailable is not MemFree, so no "free" for the host.
-        what = f"GPU {self.gpu.index} free" if self.gpu is not None else "host MemAvailable"
+        what = f"{self.gpu.where} free" if self.gpu is not None else "host MemAvailable"
         return (
             f"{what} {format_size(self.free_bytes)} < floor "
             f"{format_size(self.floor_bytes)} for {format_duration(now_ns - since_ns)}"
@@ -234,7 +234,7 @@ def _track_errors(b: _Builder, snapshot: Snapshot) -> None:
         if hung:
             break  # every GPU is unknown because NVML is stuck: nvml_hung says it once
         if gpu.error is not None:
-            fields: dict[str, Any] = {"resource": VRAM, "gpu": gpu.index, "gpu_uuid": gpu.uuid}
+            fields: dict[str, Any] = {"resource": VRAM, **_gpu_fields(gpu)}
             if gpu.lost:
                 fields["lost"] = True
             current[gpu_key(gpu.uuid)] = (gpu.error, fields)
@@ -339,11 +339,23 @@ def _track_hung(b: _Builder, snapshot: Snapshot) -> bool:
     return True
 
 
+def _gpu_fields(gpu: GpuSample) -> dict[str, Any]:
+    """Which device, for events: its index and UUID; a MIG device adds its MIG index
+    and its GPU's UUID."""
+    fields: dict[str, Any] = {"gpu": gpu.index, "gpu_uuid": gpu.uuid}
+    if gpu.mig_index is not None:
+        fields["mig"] = gpu.mig_index
+        fields["parent_uuid"] = gpu.parent_uuid
+    return fields
+
+
 def _source_name(key: str, fields: Mapping[str, Any]) -> str:
     if key == "nvml":
         return "NVML"
     if key == "host":
         return "host memory"
+    if "mig" in fields:
+        return f"GPU {fields['gpu']} MIG {fields['mig']} ({key[4:]})"
     if "gpu" in fields:
         return f"GPU {fields['gpu']} ({key[4:]})"
     return f"GPU {key[4:]}"

@@ -86,6 +86,8 @@ def report(
                 "unattributed_bytes": gpu.unattributed_bytes,
                 "error": gpu.error,
                 "lost": gpu.lost,
+                "parent_uuid": gpu.parent_uuid,
+                "mig_index": gpu.mig_index,
                 "other_processes": others,
             }
         )
@@ -158,23 +160,33 @@ def render_text(rep: dict[str, Any]) -> str:
     lines: list[str] = []
     if rep["nvml_error"]:
         lines.append(f"GPUs: {rep['nvml_error']}")
+    parent = None
     for gpu in rep["gpus"]:
+        # MIG devices are listed under their GPU, each with its own floor.
+        indent, title = "", f"GPU {gpu['index']}"
+        if gpu.get("parent_uuid") is not None:
+            if gpu["parent_uuid"] != parent:
+                parent = gpu["parent_uuid"]
+                lines.append(f"GPU {gpu['index']} ({parent}): MIG mode")
+            indent, title = "  ", f"MIG {gpu['mig_index']}"
         if gpu["error"]:
             what = "LOST (no enforcement; reset the GPU or reboot)" if gpu["lost"] else "ERROR"
-            lines.append(f"GPU {gpu['index']} {gpu['name']} ({gpu['uuid']}): {what} {gpu['error']}")
+            lines.append(f"{indent}{title} {gpu['name']} ({gpu['uuid']}): {what} {gpu['error']}")
             continue
         mark = "  BELOW FLOOR" if gpu["below_floor"] else ""
+        uuid = f" ({gpu['uuid']})" if indent else ""
         lines.append(
-            f"GPU {gpu['index']} {gpu['name']}: free {format_size(gpu['free_bytes'])} of "
+            f"{indent}{title} {gpu['name']}{uuid}: free {format_size(gpu['free_bytes'])} of "
             f"{format_size(gpu['total_bytes'])}, floor {format_size(gpu['floor_bytes'])}{mark}"
         )
         if gpu["unattributed_bytes"]:
             lines.append(
-                f"  unattributed (no process claims it): {format_size(gpu['unattributed_bytes'])}"
+                f"{indent}  unattributed (no process claims it): "
+                f"{format_size(gpu['unattributed_bytes'])}"
             )
         for proc in gpu["other_processes"]:
             lines.append(
-                f"  not a tenant: pid {proc['pid']} {proc['name']!r} "
+                f"{indent}  not a tenant: pid {proc['pid']} {proc['name']!r} "
                 f"{format_size(proc['used_bytes'])} in {proc['owner'] or 'unknown'}"
                 + (f": {proc['cmdline']}" if proc["cmdline"] else "")
             )

@@ -155,11 +155,13 @@ class Bed:
         leak_mib_per_s: float = 0,
         leak_max_mib: int = 12000,
         properties: Mapping[str, str] | None = None,
+        gpu: str = "0",
     ) -> UnitState:
         """A unit holding real RAM and declaring fake VRAM (tests/e2e/tenant.py).
 
         ``once``: only the first process declares VRAM, so a restart frees it;
-        ``leak_mib_per_s``: the VRAM grows (a CUDA arena that never shrinks).
+        ``leak_mib_per_s``: the VRAM grows (a CUDA arena that never shrinks);
+        ``gpu``: its GPU index, or ``"I:M"`` for MIG device M of GPU I.
         """
         argv = [
             self.sb.python,
@@ -170,6 +172,8 @@ class Bed:
             str(vram_mib),
             "--ram-mib",
             str(ram_mib),
+            "--gpu",
+            gpu,
         ]
         if once:
             argv += ["--vram-once", str(self.procdir / f".once-{unit}")]

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from tests.e2e.conftest import Bed
 from tests.e2e.harness import T4_UUID
-from tests.fakenvml import FakeGpu, mib
+from tests.fakenvml import FakeGpu, FakeMig, gib, mib
 
 RAM_CONFIG = """
 [daemon]
@@ -213,3 +213,63 @@ def test_a_gpu_lost_then_back_is_guarded_again_without_a_restart_of_vramwatch(be
     bed.restarted("immich-ml.service", hog)
     assert 1 == len(daemon.named("gpu_lost"))
     assert 1 == len(daemon.named("started"))
+
+
+MIG_CONFIG = """
+[daemon]
+interval = "1s"
+bus = "user"
+reclaim_timeout = "5s"
+
+[gpu]
+min_free_vram = "10%"
+grace = "1s"
+
+[[tenant]]
+unit = "immich-ml.service"
+vram = "3000MiB"
+
+[[tenant]]
+unit = "llm.service"
+vram = "1000MiB"
+"""
+A100_UUID = "GPU-a1000000-0000-0000-0000-000000000000"
+MIG0_UUID = "MIG-a1000000-0000-0000-0000-000000000000"
+MIG1_UUID = "MIG-a1000000-0000-0000-0000-000000000001"
+
+
+def test_a_breached_mig_instance_restarts_only_its_own_tenant(bed: Bed) -> None:
+    """MIG 0 (20 GiB, floor 10% = 2 GiB) is breached by immich-ml; llm is over its budget
+    on MIG 1, which is fine: only immich-ml is restarted, llm is left alone."""
+    bed.gpus(
+        [
+            FakeGpu(
+                A100_UUID,
+                gib(80),
+                name="NVIDIA A100-SXM4-80GB",
+                mig=(
+                    FakeMig(MIG0_UUID, gib(20), "MIG 2g.20gb"),
+                    FakeMig(MIG1_UUID, gib(40), "MIG 3g.40gb"),
+                ),
+            )
+        ]
+    )
+    hog = bed.tenant("immich-ml.service", vram_mib=19 * 1024, gpu="0:0")
+    other = bed.tenant("llm.service", vram_mib=5 * 1024, gpu="0:1")
+    daemon = bed.run_daemon(bed.config(MIG_CONFIG))
+
+    restart = daemon.wait_event("restart", timeout=8)
+    bed.restarted("immich-ml.service", hog)
+    time.sleep(2)
+
+    assert ("immich-ml.service", "vram", 0, gib(2), gib(1)) == (
+        restart["unit"],
+        restart["resource"],
+        restart["gpu"],
+        restart["floor_bytes"],
+        restart["free_bytes"],
+    )
+    assert restart["message"].startswith("restarting immich-ml.service: GPU 0 MIG 0 free 1 GiB")
+    assert [MIG0_UUID] == [e["gpu_uuid"] for e in daemon.named("floor_breached")]
+    assert ["immich-ml.service"] == [e["unit"] for e in daemon.named("restart")]
+    assert other == bed.sb.unit_state("llm.service")

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakenvml import FakeGpu, FakeNvmlState, FakeProcess, mib
+from tests.fakenvml import FakeGpu, FakeMig, FakeNvmlState, FakeProcess, gib, mib
 from tests.sources.test_sampler import CONFIG, UUID, gpus, world
+from vramwatch import config as cfg
 from vramwatch import policy
 from vramwatch.sampler import Sampler
 from vramwatch.sources.nvml import INIT_RETRY_MAX_NS, NvmlSource
@@ -285,3 +286,63 @@ def test_a_process_holding_more_than_the_device_makes_the_gpu_a_bad_sample(
     ) == snap.gpus[0].error
     assert ((), None) == (snap.gpus[0].processes, snap.units[HOG].vram_bytes)
     assert [] == vram_actions(decisions)
+
+
+# --------------------------------------------------------------------------
+# MIG: each instance is a guarded device with its own floor (issue 11, item 3)
+
+MIG_CONFIG = cfg.parse(
+    """
+[gpu]
+min_free_vram = "10%"
+[host]
+min_available_ram = "50%"
+[[tenant]]
+unit = "immich-ml.service"
+vram = "3000MiB"
+[[tenant]]
+unit = "llama.service"
+vram = "1000MiB"
+""",
+    "/etc/vramwatch.toml",
+)
+PARENT = "GPU-a1000000-0000-0000-0000-000000000000"
+MIG0 = "MIG-a1000000-0000-0000-0000-000000000000"
+MIG1 = "MIG-a1000000-0000-0000-0000-000000000001"
+
+
+def test_a_breached_mig_instance_restarts_only_its_over_budget_tenant(
+    fake_nvml: FakeNvmlState, tmp_path: Path
+) -> None:
+    """MIG 0 (20 GiB, floor 10% = 2 GiB) has 1 GiB free, held by immich-ml; MIG 1 is
+    fine although llama is over its budget there: only immich-ml is acted on."""
+    fake_nvml.write(
+        [
+            FakeGpu(
+                PARENT,
+                gib(80),
+                mig=(
+                    FakeMig(MIG0, gib(20), processes=(FakeProcess(4242, gib(19)),)),
+                    FakeMig(MIG1, gib(40), processes=(FakeProcess(5000, gib(5)),)),
+                ),
+            )
+        ]
+    )
+    sampler = Sampler(NvmlSource(), world(tmp_path, 900_000))
+    history = policy.History()
+    actions, breaches = [], []
+    for i in range(8):
+        decision = policy.decide(MIG_CONFIG, sampler.sample(MIG_CONFIG, 2 * i * S), history)
+        history = decision.history
+        actions += decision.actions
+        breaches += [e for e in decision.events if e.name == "floor_breached"]
+    sampler.close()
+
+    assert [("immich-ml.service", f"gpu:{MIG0}", gib(2), gib(1))] == [
+        (a.unit, a.resource_key, a.floor_bytes, a.free_bytes) for a in actions
+    ]
+    assert actions[0].message.startswith("restarting immich-ml.service: GPU 0 MIG 0 free 1 GiB")
+    assert [(0, 0, MIG0, PARENT)] == [
+        (e.fields["gpu"], e.fields["mig"], e.fields["gpu_uuid"], e.fields["parent_uuid"])
+        for e in breaches
+    ]

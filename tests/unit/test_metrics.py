@@ -221,6 +221,33 @@ def test_a_lost_gpu_is_gpu_lost_1_and_a_healthy_or_failing_one_0() -> None:
     assert 0 == value(m, "vramwatch_gpu_up", **GPU0)
 
 
+MIG0 = "MIG-a1000000-0000-0000-0000-000000000000"
+MIG1 = "MIG-a1000000-0000-0000-0000-000000000001"
+
+
+def test_mig_devices_carry_their_mig_uuid_and_a_gpu_label_of_their_own() -> None:
+    base = dataclasses.replace(gpu(), parent_uuid=UUID, mig_index=0)
+    migs = (
+        dataclasses.replace(base, uuid=MIG0, name="MIG 2g.20gb"),
+        dataclasses.replace(base, uuid=MIG1, name="MIG 3g.40gb", mig_index=1),
+    )
+    m = metrics()
+    m.observe_snapshot(CONFIG, snap(migs))
+    m.observe_events(
+        [Event("floor_breached", "warning", "", {"resource": "vram", "gpu": 0, "mig": 1})]
+    )
+
+    assert {
+        (("gpu", "0:0"), ("name", "MIG 2g.20gb"), ("uuid", MIG0)): 1,
+        (("gpu", "0:1"), ("name", "MIG 3g.40gb"), ("uuid", MIG1)): 1,
+    } == series(m, "vramwatch_gpu_up")
+    assert {
+        (("gpu", ""), ("resource", "ram")): 0,
+        (("gpu", "0:0"), ("resource", "vram")): 0,
+        (("gpu", "0:1"), ("resource", "vram")): 1,
+    } == series(m, "vramwatch_floor_breached")
+
+
 def test_no_driver_counts_nvml_errors_and_host_gauges_stay() -> None:
     m = metrics()
 
