@@ -36,7 +36,7 @@ SOURCES = ("nvml", "gpu", "host", "sampler")
 
 # Why an over-budget tenant (or a breach) led to no action; policy.py's
 # "skipped" reasons plus rate_limited and no_candidate.
-REFUSAL_REASONS = ("no_candidate", "protected", "cooldown", "rate_limited", "self")
+REFUSAL_REASONS = ("no_candidate", "protected", "cooldown", "rate_limited", "self", "mps")
 
 # The action result for an action dropped by the re-check right before acting
 # (event action_cancelled); other results are systemd's job results ("done",

@@ -129,6 +129,9 @@ class Snapshot:
     # How long the NVML worker has been stuck in one call (None: it answered in
     # time). The GPUs are then unknown this tick; host RAM is guarded as usual.
     nvml_hung_ns: int | None = None
+    # Units running an MPS server: it holds GPU memory for its clients, so
+    # restarting it would kill every client; never acted on.
+    mps_units: frozenset[str] = frozenset()
 
 
 class Verb(StrEnum):

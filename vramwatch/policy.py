@@ -526,6 +526,12 @@ def _refusal(
         reason, text = "self", f"not acting on {unit}: it is vramwatch's own unit"
     elif cand.tenant.protected:
         reason, text = "protected", f"not acting on {unit}: protected; it {usage_text}"
+    elif unit in snapshot.mps_units:
+        reason = "mps"
+        text = (
+            f"not acting on {unit}: it runs the MPS server, which holds GPU memory for its "
+            f"clients (restarting it would kill them all); it {usage_text}"
+        )
     elif times and now - times[-1] < config.daemon.cooldown_ns:
         left = config.daemon.cooldown_ns - (now - times[-1])
         reason = "cooldown"

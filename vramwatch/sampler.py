@@ -92,6 +92,7 @@ class Sampler:
         manager = manager_for(config.daemon.bus)
         vram_known = nvml_error is None and all(g.error is None for g in gpus)
         vram = _vram_by_unit(gpus, manager)
+        mps_units = _mps_units(gpus, manager)
         room = _host_room(config, host)  # (MemAvailable, its floor), or None
         relaxed = room is not None and room[0] >= RSS_RELAXED_HEADROOM * room[1]
         units: dict[str, UnitUsage] = {}
@@ -112,6 +113,7 @@ class Sampler:
             self_unit=self.self_unit,
             ram_top=ram_top,
             nvml_hung_ns=reading.hung_ns,
+            mps_units=mps_units,
         )
 
     def close(self) -> None:
@@ -241,6 +243,29 @@ def _host_room(config: Config, host: HostSample) -> tuple[int, int] | None:
     return host.mem_available_bytes, config.host.floor.resolve(host.mem_total_bytes)
 
 
+# /proc/PID/comm of the MPS control daemon and server (nvidia-cuda-mps-control,
+# nvidia-cuda-mps-server), cut to 15 characters by the kernel.
+MPS_COMM = "nvidia-cuda-mps"
+
+
+def is_mps_daemon(proc: GpuProcess) -> bool:
+    """The MPS server holds GPU memory on behalf of its clients: never theirs, never a victim."""
+    return proc.name.startswith(MPS_COMM)
+
+
+def _mps_units(gpus: tuple[GpuSample, ...], manager: str) -> frozenset[str]:
+    """The units of ``manager`` that run an MPS server."""
+    return frozenset(
+        proc.owner.unit
+        for gpu in gpus
+        for proc in gpu.processes
+        if is_mps_daemon(proc)
+        and proc.owner is not None
+        and proc.owner.unit is not None
+        and proc.owner.manager == manager
+    )
+
+
 def _vram_by_unit(
     gpus: tuple[GpuSample, ...], manager: str
 ) -> dict[str, tuple[dict[str, int], bool]]:
@@ -255,6 +280,8 @@ def _vram_by_unit(
             owner = proc.owner
             if owner is None or owner.unit is None or owner.manager != manager:
                 continue
+            if is_mps_daemon(proc):
+                continue  # memory held for MPS clients (listed on their own): no unit's
             by_gpu, unknown = found.setdefault(owner.unit, ({}, False))
             if proc.used_bytes is None:
                 found[owner.unit] = (by_gpu, True)  # NVML_VALUE_NOT_AVAILABLE: never read as zero

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 
 from tests.fakenvml import FakeGpu, FakeMig, FakeNvmlState, FakeProcess, gib, mib
-from tests.sources.test_sampler import CONFIG, UUID, gpus, world
+from tests.sources.test_sampler import CONFIG, UUID, gpus, proc, world
 from vramwatch import config as cfg
 from vramwatch import policy
 from vramwatch.sampler import Sampler
 from vramwatch.sources.nvml import INIT_RETRY_MAX_NS, NvmlSource
+from vramwatch.sources.procfs import ProcFs
 
 S = 10**9
 
@@ -346,3 +347,84 @@ def test_a_breached_mig_instance_restarts_only_its_over_budget_tenant(
         (e.fields["gpu"], e.fields["mig"], e.fields["gpu_uuid"], e.fields["parent_uuid"])
         for e in breaches
     ]
+
+
+# --------------------------------------------------------------------------
+# MPS: the server holds memory for its clients; never theirs, never a victim
+
+MPS_CONFIG = cfg.parse(
+    """
+[gpu]
+min_free_vram = "2GiB"
+[host]
+min_available_ram = "50%"
+[[tenant]]
+unit = "immich-ml.service"
+vram = "3000MiB"
+ram = "1GiB"
+[[tenant]]
+unit = "nvidia-mps.service"
+vram = "100MiB"
+ram = "100MiB"
+""",
+    "/etc/vramwatch.toml",
+)
+
+
+def mps_world(tmp_path: Path, available_kib: int) -> ProcFs:
+    procfs = world(tmp_path, available_kib)
+    proc(tmp_path, 700, "/system.slice/nvidia-mps.service", "nvidia-cuda-mps")
+    unit = tmp_path / "cgroup" / "system.slice" / "nvidia-mps.service"
+    unit.mkdir()
+    (unit / "memory.current").write_text(f"{gib(3)}\n")
+    (unit / "cgroup.procs").write_text("700\n")
+    return procfs
+
+
+def mps_gpu() -> list[FakeGpu]:
+    """The MPS server holds 9 GiB; its client immich-ml is listed (MPS list) with 8 GiB."""
+    return [
+        FakeGpu(
+            UUID,
+            gib(80),
+            processes=(FakeProcess(700, gib(9)), FakeProcess(4242, gib(8), "mps")),
+        )
+    ]
+
+
+def test_the_mps_server_is_never_charged_for_its_clients_memory(
+    fake_nvml: FakeNvmlState, tmp_path: Path
+) -> None:
+    fake_nvml.write(mps_gpu())
+    sampler = Sampler(NvmlSource(), mps_world(tmp_path, 900_000))
+
+    snap = sampler.sample(MPS_CONFIG, 0)
+    sampler.close()
+
+    assert (0, gib(8)) == (
+        snap.units["nvidia-mps.service"].vram_bytes,
+        snap.units["immich-ml.service"].vram_bytes,
+    )
+    assert frozenset({"nvidia-mps.service"}) == snap.mps_units
+
+
+def test_the_unit_running_the_mps_server_is_never_a_victim(
+    fake_nvml: FakeNvmlState, tmp_path: Path
+) -> None:
+    """RAM breached: nvidia-mps.service is the most over its RAM budget, but restarting
+    it would kill every MPS client: it is skipped (reason mps), the next tenant acted on."""
+    fake_nvml.write(mps_gpu())
+    sampler = Sampler(NvmlSource(), mps_world(tmp_path, 100_000))
+    history = policy.History()
+    actions, skipped = [], []
+    for i in range(8):
+        decision = policy.decide(MPS_CONFIG, sampler.sample(MPS_CONFIG, 2 * i * S), history)
+        history = decision.history
+        actions += [(a.unit, a.resource) for a in decision.actions]
+        skipped += [
+            (e.fields["unit"], e.fields["reason"]) for e in decision.events if e.name == "skipped"
+        ]
+    sampler.close()
+
+    assert [("immich-ml.service", "ram")] == actions
+    assert [("nvidia-mps.service", "mps")] == skipped

@@ -286,7 +286,7 @@ def test_every_sampling_source_and_refusal_reason_starts_at_zero() -> None:
     )
     assert {
         (("reason", r),): 0
-        for r in ("no_candidate", "protected", "cooldown", "rate_limited", "self")
+        for r in ("no_candidate", "protected", "cooldown", "rate_limited", "self", "mps")
     } == series(m, "vramwatch_refusals_total")
 
 
@@ -344,6 +344,7 @@ def test_refusals_are_counted_by_reason() -> None:
         (("reason", "cooldown"),): 2,
         (("reason", "rate_limited"),): 1,
         (("reason", "self"),): 1,
+        (("reason", "mps"),): 0,
     } == series(m, "vramwatch_refusals_total")
 
 
