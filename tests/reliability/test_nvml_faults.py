@@ -7,6 +7,8 @@ is never acted on, and the next clean read guards it again.
 
 from __future__ import annotations
 
+import io
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +18,9 @@ from tests.fakenvml import FakeGpu, FakeMig, FakeNvmlState, FakeProcess, gib, mi
 from tests.sources.test_sampler import CONFIG, UUID, gpus, proc, world
 from vramwatch import config as cfg
 from vramwatch import policy
+from vramwatch.daemon import Daemon
+from vramwatch.events import EventLog
+from vramwatch.metrics import Metrics
 from vramwatch.sampler import Sampler
 from vramwatch.sources.nvml import INIT_RETRY_MAX_NS, NvmlSource
 from vramwatch.sources.procfs import ProcFs
@@ -428,3 +433,48 @@ def test_the_unit_running_the_mps_server_is_never_a_victim(
 
     assert [("immich-ml.service", "ram")] == actions
     assert [("nvidia-mps.service", "mps")] == skipped
+
+
+# --------------------------------------------------------------------------
+# A hung driver, through the real Daemon loop (issue 11, item 1)
+
+
+def test_while_nvml_hangs_every_tick_feeds_the_watchdog_and_gpu_up_is_0(
+    fake_nvml: FakeNvmlState, tmp_path: Path
+) -> None:
+    """The keep-alive reflects the loop, not NVML: each tick ends with WATCHDOG=1 after at
+    most one deadline, while the NVML call stays stuck."""
+    path = tmp_path / "vramwatch.toml"
+    path.write_text('[gpu]\nnvml_timeout = "200ms"\n[[tenant]]\nunit = "immich-ml.service"\n')
+    fake_nvml.write(gpus())
+    sampler = Sampler(NvmlSource(), world(tmp_path, 900_000))
+    notes: list[str] = []
+    metrics = Metrics()
+    daemon = Daemon(
+        path,
+        cfg.load(path),
+        sampler,
+        actuator=None,  # type: ignore[arg-type]  # nothing is over budget: never called
+        events=EventLog("stderr", "json", stream=io.StringIO()),
+        notifier=lambda state: notes.append(state) or True,
+        metrics=metrics,
+    )
+    daemon.tick()
+    fake_nvml.write(gpus(), delays={"nvmlDeviceGetMemoryInfo_v2": 1500})
+
+    walls = []
+    for _ in range(4):
+        t0 = time.monotonic()
+        daemon.tick()
+        walls.append(time.monotonic() - t0)
+    up = metrics.registry.get_sample_value(
+        "vramwatch_gpu_up", {"gpu": "0", "uuid": UUID, "name": "Tesla T4"}
+    )
+    fake_nvml.write(gpus())
+    while sampler.nvml.busy:
+        time.sleep(0.02)
+    sampler.close()
+
+    assert 5 == sum(1 for n in notes if n.endswith("WATCHDOG=1"))
+    assert max(walls) < 0.5 and max(walls[1:]) < 0.1
+    assert 0 == up
