@@ -166,10 +166,14 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     path, config = _load(args)
     from vramwatch.sources.nvml import NvmlSource
+    from vramwatch.sources.worker import DeadlineGpuSource
 
-    source = NvmlSource()
-    gpus, nvml_error = source.sample(time.monotonic_ns())
+    source = DeadlineGpuSource(NvmlSource())  # a hung driver must not hang `check` too
+    reading = source.sample(time.monotonic_ns(), config.nvml_timeout_ns)
     source.close()
+    gpus, nvml_error = reading.gpus, reading.nvml_error
+    if reading.hung_ns is not None:
+        nvml_error = f"NVML did not answer within nvml_timeout ({reading.hung_ns / 1e9:g}s)"
     totals = [g.total_bytes for g in gpus if g.total_bytes is not None]
     print(
         f"{path}: valid: {len(config.tenants)} tenants, bus {config.daemon.bus}"
