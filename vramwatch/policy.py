@@ -106,7 +106,6 @@ class _Resource:
         }
         if self.gpu is not None:
             fields.update(_gpu_fields(self.gpu))
-            fields["gpu_uuid"] = self.gpu.uuid
         return fields
 
     def breach_text(self, since_ns: int, now_ns: int) -> str:

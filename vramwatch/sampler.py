@@ -22,6 +22,11 @@ from vramwatch.sources.worker import DeadlineGpuSource, GpuSource
 # exist, a process holding more than the device): never attributed.
 BAD_SAMPLE = "BAD_SAMPLE"
 
+# A process's GPU context is gone from NVML's lists before its /proc entry
+# (the driver frees it while the process exits): a PID NVML still lists this
+# long after it left /proc never existed as far as NVML's figures go.
+MISSING_PID_NS = 10**9
+
 # How many of the biggest RAM holders a breached host floor reports.
 RAM_TOP = 5
 
@@ -69,10 +74,10 @@ class Sampler:
         self.procfs = procfs
         self._identities: dict[int, _Identity] = {}
         self._rss: dict[str, tuple[tuple[int, ...], int, int]] = {}  # unit -> pids, sum, at
-        # PIDs NVML listed that were not in /proc: once is a process that just
-        # exited; twice in a row is a garbage PID (driver/library mismatch).
-        self._missing: set[int] = set()
-        self._missing_now: set[int] = set()
+        # PIDs NVML listed that were not in /proc, and since when: a process that
+        # just exited, or, still listed MISSING_PID_NS later, a garbage PID.
+        self._missing: dict[int, int] = {}
+        self._missing_now: dict[int, int] = {}
         own = procfs.owner(os.getpid())
         self.self_unit = own.unit if own is not None else None
 
@@ -83,7 +88,7 @@ class Sampler:
         reading = self.nvml.sample(now_ns, config.nvml_timeout_ns)
         raw_gpus, nvml_error = reading.gpus, reading.nvml_error
         self._forget_exited()
-        self._missing_now = set()
+        self._missing_now = {}
         gpus = tuple(self._attribute(gpu, before_ticks, now_ns) for gpu in raw_gpus)
         self._missing = self._missing_now
         listed = {p.pid for gpu in gpus for p in gpu.processes}
@@ -145,8 +150,8 @@ class Sampler:
         for p in gpu.processes:
             owner, comm = self._identify(p.pid, before_ticks, now_ns)
             if owner is None and not (self.procfs.proc / str(p.pid)).exists():
-                self._missing_now.add(p.pid)
-                if p.pid in self._missing and garbage is None:
+                since = self._missing_now[p.pid] = self._missing.get(p.pid, now_ns)
+                if now_ns - since >= MISSING_PID_NS and garbage is None:
                     garbage = p.pid
             procs.append(GpuProcess(p.pid, p.used_bytes, p.kind, comm, owner))
         if garbage is not None:

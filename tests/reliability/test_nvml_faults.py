@@ -255,13 +255,14 @@ def with_extra(*extra: FakeProcess) -> list[FakeGpu]:
 
 
 @pytest.mark.parametrize("pid", [31337, 4194305])
-def test_a_pid_that_does_not_exist_twice_in_a_row_makes_the_gpu_a_bad_sample(
+def test_a_pid_that_stays_missing_from_proc_makes_the_gpu_a_bad_sample(
     fake_nvml: FakeNvmlState, tmp_path: Path, pid: int
 ) -> None:
     fake_nvml.write(with_extra(FakeProcess(pid, mib(10))))
     sampler = Sampler(NvmlSource(), world(tmp_path, 900_000))
 
     first = sampler.sample(CONFIG, 0)  # could be a process that just exited
+    recheck = sampler.sample(CONFIG, S // 10)  # the re-check right before an action
     second = sampler.sample(CONFIG, 2 * S)
     decisions = ticks(sampler, 4, 8)
     fake_nvml.write(gpus())  # the garbage is gone
@@ -269,6 +270,7 @@ def test_a_pid_that_does_not_exist_twice_in_a_row_makes_the_gpu_a_bad_sample(
     sampler.close()
 
     assert (None, None) == (first.gpus[0].error, [p.owner for p in first.gpus[0].processes][-1])
+    assert None is recheck.gpus[0].error
     assert (second.gpus[0].error or "").startswith(f"BAD_SAMPLE: NVML keeps listing PID {pid}")
     assert ((), None) == (second.gpus[0].processes, second.units[HOG].vram_bytes)
     assert [] == vram_actions(decisions)
