@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from vramwatch import config as cfg
+from vramwatch.daemon import status_line
 from vramwatch.model import GpuSample, HostSample, Snapshot
 from vramwatch.status import render_text, report
 
@@ -48,3 +49,17 @@ def test_a_lost_gpu_says_lost_not_just_error() -> None:
         f"GPU 0 Tesla T4 ({T4}): LOST (no enforcement; reset the GPU or reboot) "
         "GPU_IS_LOST: GPU is lost"
     ) == text.splitlines()[0]
+
+
+def test_the_systemctl_status_line_names_mig_devices_and_lost_gpus_apart() -> None:
+    snap = snapshot(
+        GpuSample(0, MIG0, "MIG 2g.20gb", 20 * GIB, 19 * GIB, GIB, parent_uuid=PARENT, mig_index=0),
+        GpuSample(
+            0, MIG1, "MIG 3g.40gb", 40 * GIB, 6 * GIB, 34 * GIB, parent_uuid=PARENT, mig_index=1
+        ),
+        GpuSample(1, T4, "Tesla T4", None, None, None, (), "GPU_IS_LOST: GPU is lost", lost=True),
+    )
+
+    assert "GPU0:0 free 1 GiB; GPU0:1 free 34 GiB; GPU1 lost; RAM available 32 GiB" == (
+        status_line(snap)
+    )
