@@ -13,8 +13,9 @@ import psutil
 
 from vramwatch.config import Config
 from vramwatch.model import GpuProcess, GpuSample, HostSample, Owner, Snapshot, UnitUsage
-from vramwatch.sampler import GpuSource, manager_for
+from vramwatch.sampler import manager_for
 from vramwatch.sources.procfs import parse_proc_cgroup
+from vramwatch.sources.worker import GpuSource
 
 
 class NaiveSampler:

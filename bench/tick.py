@@ -150,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                         print(row, flush=True)
                         world.place("idle.service", gpu_pool[: gpus * per_gpu])
         sys.stdout.flush()
+        gpus, per_gpu = max(args.gpus), 64 if 64 in args.procs else max(args.procs)
+        print(worker_row(world, state, gpu_pool, gpus, per_gpu, args.ticks), flush=True)
         print(
             f"\nfake NVML: one nvmlDeviceGetCount call costs {fake_call_us():.1f} us "
             "(re-reading the state file); a tick makes 7 calls per GPU",
@@ -216,6 +218,64 @@ def run_row(
         f"| {procs} | {gpus} | {per_gpu} | {tenants} | {ours.wall_ms:.2f} | {ours.cpu_ms:.2f} "
         f"| {nvml.cpu_ms:.2f} {naive_cell}"
     )
+
+
+def worker_row(
+    world: World, state: FakeNvmlState, pool: list[int], gpus: int, per_gpu: int, ticks: int
+) -> str:
+    """What running NVML on the worker thread (with its deadline) adds to a tick: the
+    same GPU sample called directly and handed to the worker, wall time (the worker's
+    CPU is another thread's)."""
+    from vramwatch.sources.nvml import NvmlSource
+    from vramwatch.sources.worker import DeadlineGpuSource
+
+    fake = [
+        FakeGpu(
+            f"GPU-bench-{g}",
+            gib(80),
+            processes=tuple(
+                FakeProcess(pid, mib(64)) for pid in pool[g * per_gpu : (g + 1) * per_gpu]
+            ),
+        )
+        for g in range(gpus)
+    ]
+    state.write(fake)
+    source = NvmlSource()
+    worker = DeadlineGpuSource(source)
+    for _ in range(3):
+        source.sample(time.monotonic_ns())
+        worker.sample(time.monotonic_ns(), 3 * 10**9)
+    # Paired, alternating calls: the load of the machine changes both alike.
+    direct: list[int] = []
+    extra: list[int] = []
+    gc.collect()
+    for _ in range(max(ticks, 10) * 10):
+        t0 = time.perf_counter_ns()
+        source.sample(time.monotonic_ns())
+        t1 = time.perf_counter_ns()
+        worker.sample(time.monotonic_ns(), 3 * 10**9)
+        t2 = time.perf_counter_ns()
+        direct.append(t1 - t0)
+        extra.append((t2 - t1) - (t1 - t0))
+    worker.close()
+    # The hand-off alone: a source that returns at once.
+    null = DeadlineGpuSource(_NullGpus())
+    handoff = measure(lambda now: null.sample(now, 3 * 10**9), 1000)
+    null.close()
+    return (
+        f"\nNVML worker thread, {gpus} GPUs x {per_gpu} processes: the GPU sample takes "
+        f"{statistics.median(direct) / 1e6:.3f} ms wall called directly; handing it to the "
+        f"worker adds {statistics.median(extra) / 1e6:+.3f} ms per tick (median of "
+        f"{len(extra)} paired calls; the hand-off alone {handoff.wall_ms:.3f} ms)"
+    )
+
+
+class _NullGpus:
+    def sample(self, now_ns: int) -> tuple[tuple[()], None]:
+        return (), None
+
+    def close(self) -> None:
+        pass
 
 
 if __name__ == "__main__":

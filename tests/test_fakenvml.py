@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from tests.fakenvml import (
     SONAME,
     FakeGpu,
+    FakeMig,
     FakeNvmlState,
     FakeProcess,
     build,
@@ -741,6 +742,99 @@ def test_render_state_text() -> None:
 def test_writer_rejects_bad_input(make: Callable[[], object]) -> None:
     with pytest.raises(ValueError):
         make()
+
+
+# --------------------------------------------------------------------------
+# MIG
+
+MIG0 = "MIG-11111111-0000-0000-0000-000000000000"
+MIG1 = "MIG-11111111-0000-0000-0000-000000000001"
+
+
+def a100_in_mig_mode() -> list[FakeGpu]:
+    return [
+        FakeGpu(
+            UUID0,
+            gib(80),
+            name="NVIDIA A100-SXM4-80GB",
+            mig=(
+                FakeMig(MIG0, gib(40), "MIG 3g.40gb", (FakeProcess(10, gib(30)),)),
+                FakeMig(
+                    MIG1,
+                    gib(20),
+                    "MIG 2g.20gb",
+                    (FakeProcess(11, gib(5)), FakeProcess(10, gib(1))),
+                ),
+            ),
+        )
+    ]
+
+
+def test_a_gpu_in_mig_mode_has_mig_devices_with_their_own_memory_and_processes(
+    fake_nvml: FakeNvmlState,
+) -> None:
+    fake_nvml.write(a100_in_mig_mode())
+    pynvml.nvmlInit()
+    parent = pynvml.nvmlDeviceGetHandleByIndex(0)
+
+    mode = pynvml.nvmlDeviceGetMigMode(parent)
+    count = pynvml.nvmlDeviceGetMaxMigDeviceCount(parent)
+    migs = [pynvml.nvmlDeviceGetMigDeviceHandleByIndex(parent, i) for i in range(2)]
+    with pytest.raises(pynvml.NVMLError_NotFound):
+        pynvml.nvmlDeviceGetMigDeviceHandleByIndex(parent, 2)
+    seen = [
+        (
+            pynvml.nvmlDeviceGetUUID(m),
+            pynvml.nvmlDeviceGetName(m),
+            pynvml.nvmlDeviceIsMigDeviceHandle(m).value,
+            pynvml.nvmlDeviceGetMemoryInfo(m).total,
+            pynvml.nvmlDeviceGetMemoryInfo(m).used,
+            [
+                (p.pid, p.usedGpuMemory, p.gpuInstanceId)
+                for p in pynvml.nvmlDeviceGetComputeRunningProcesses(m)
+            ],
+        )
+        for m in migs
+    ]
+    back = pynvml.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(migs[1])
+    on_parent = [
+        (p.pid, p.usedGpuMemory) for p in pynvml.nvmlDeviceGetComputeRunningProcesses(parent)
+    ]
+    parent_used = pynvml.nvmlDeviceGetMemoryInfo(parent).used
+    pynvml.nvmlShutdown()
+
+    assert ([1, 1], 7) == (mode, count)
+    assert [
+        (MIG0, "MIG 3g.40gb", 1, gib(40), gib(30), [(10, gib(30), 0)]),
+        (MIG1, "MIG 2g.20gb", 1, gib(20), gib(6), [(11, gib(5), 1), (10, gib(1), 1)]),
+    ] == seen
+    assert ctypes.addressof(parent.contents) == ctypes.addressof(back.contents)
+    # On the parent: every instance's processes, usage not available, once per instance.
+    assert [(10, None), (11, None), (10, None)] == on_parent
+    assert gib(36) == parent_used
+
+
+def test_a_mig_device_of_a_lost_gpu_is_lost(fake_nvml: FakeNvmlState) -> None:
+    fake_nvml.write(a100_in_mig_mode())
+    pynvml.nvmlInit()
+    mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(pynvml.nvmlDeviceGetHandleByIndex(0), 0)
+    fake_nvml.write([replace(a100_in_mig_mode()[0], lost="GPU_IS_LOST")])
+
+    with pytest.raises(pynvml.NVMLError_GpuIsLost):
+        pynvml.nvmlDeviceGetMemoryInfo(mig)
+    pynvml.nvmlShutdown()
+
+
+def test_a_mig_device_handle_is_not_a_parent(fake_nvml: FakeNvmlState) -> None:
+    fake_nvml.write(a100_in_mig_mode())
+    pynvml.nvmlInit()
+    mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(pynvml.nvmlDeviceGetHandleByIndex(0), 0)
+
+    with pytest.raises(pynvml.NVMLError_NotSupported):
+        pynvml.nvmlDeviceGetMigMode(mig)
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):
+        pynvml.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(pynvml.nvmlDeviceGetHandleByIndex(0))
+    pynvml.nvmlShutdown()
 
 
 # --------------------------------------------------------------------------

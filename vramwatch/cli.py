@@ -176,10 +176,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     # The same trust rules as run: "valid" must mean that run will take it.
     path, config = _load(args, trusted=True)
     from vramwatch.sources.nvml import NvmlSource
+    from vramwatch.sources.worker import DeadlineGpuSource
 
-    source = NvmlSource()
-    gpus, nvml_error = source.sample(time.monotonic_ns())
+    source = DeadlineGpuSource(NvmlSource())  # a hung driver must not hang `check` too
+    reading = source.sample(time.monotonic_ns(), config.nvml_timeout_ns)
     source.close()
+    gpus, nvml_error = reading.gpus, reading.nvml_error
+    if reading.hung_ns is not None:
+        nvml_error = f"NVML did not answer within nvml_timeout ({reading.hung_ns / 1e9:g}s)"
     totals = [g.total_bytes for g in gpus if g.total_bytes is not None]
     present = [(g.index, g.uuid, g.total_bytes) for g in gpus if g.total_bytes is not None]
     problems = reserve_fit_errors(config, present)

@@ -178,6 +178,7 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     trend: TrendConfig = TrendConfig()
     hooks: HooksConfig = HooksConfig()
+    nvml_timeout_ns: int = 3 * 10**9  # [gpu] nvml_timeout (DEFAULT_NVML_TIMEOUT_NS)
 
     def tenant(self, unit: str) -> Tenant | None:
         for tenant in self.tenants:
@@ -318,6 +319,20 @@ def _floor(text: str) -> Floor:
     if size <= 0:
         raise units.UnitError(f'must be greater than zero, got "{text}"')
     return Floor(text, bytes=_size_ceiling(size, text))
+
+
+# [gpu] nvml_timeout: long enough for a slow but healthy driver (the first call
+# after a GPU reset), short enough that a hung one costs one tick, not minutes.
+DEFAULT_NVML_TIMEOUT_NS = 3 * 10**9
+NVML_TIMEOUT_MIN_NS = 100 * 10**6
+NVML_TIMEOUT_MAX_NS = 60 * 10**9
+
+
+def _nvml_timeout(text: str) -> int:
+    value = units.parse_duration_ns(text)
+    if not NVML_TIMEOUT_MIN_NS <= value <= NVML_TIMEOUT_MAX_NS:
+        raise units.UnitError(f'must be between 100ms and 60s, got "{text}"')
+    return value
 
 
 def _table(parent: _Table, name: str) -> _Table:
@@ -556,7 +571,9 @@ def _parse(text: str, path: Path) -> Config:
         raise ConfigError(path, None, "not valid TOML: nested too deeply") from None
     root = _Table(path, "", data)
     daemon = _daemon(_table(root, "daemon"))
-    gpu = _floor_table(_table(root, "gpu"), "min_free_vram", DEFAULT_GPU)
+    gpu_table = _table(root, "gpu")
+    nvml_timeout_ns = gpu_table.parsed("nvml_timeout", _nvml_timeout, DEFAULT_NVML_TIMEOUT_NS)
+    gpu = _floor_table(gpu_table, "min_free_vram", DEFAULT_GPU)
     host = _floor_table(_table(root, "host"), "min_available_ram", DEFAULT_HOST)
     metrics = _metrics(_table(root, "metrics"))
     trend = _trend(_table(root, "trend"))
@@ -575,7 +592,9 @@ def _parse(text: str, path: Path) -> Config:
                 )
         tenants.append(tenant)
     root.finish()
-    return Config(str(path), daemon, gpu, host, tuple(tenants), metrics, trend, hooks)
+    return Config(
+        str(path), daemon, gpu, host, tuple(tenants), metrics, trend, hooks, nvml_timeout_ns
+    )
 
 
 def load(path: Path | str, *, trusted: bool = False) -> Config:

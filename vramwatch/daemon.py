@@ -537,9 +537,9 @@ def status_line(snapshot: Snapshot) -> str:
     parts = []
     for gpu in snapshot.gpus:
         if gpu.ok:
-            parts.append(f"GPU{gpu.index} free {format_size(gpu.free_bytes)}")
+            parts.append(f"GPU{gpu.label} free {format_size(gpu.free_bytes)}")
         else:
-            parts.append(f"GPU{gpu.index} error")
+            parts.append(f"GPU{gpu.label} {'lost' if gpu.lost else 'error'}")
     if snapshot.nvml_error:
         parts.append("no GPU telemetry")
     if snapshot.host.ok:

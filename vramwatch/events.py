@@ -47,6 +47,8 @@ MESSAGE_IDS: dict[str, str] = {
     "rate_limited": "f45641d341154e47aacc81315d6670c4",
     "sampling_error": "2da4bec0eff849b2af1a5b8e17f5924c",
     "sampling_recovered": "0aba4c52e53b4fd0b3617e049f26cbdf",
+    "gpu_lost": "d67451b91ed141bea52bac44b1365155",
+    "nvml_hung": "18299dd549974786b85f0314ef3cbe05",
     "internal_error": "5b3f0e1c8a7d4e2f9c6b1a0d3e4f5a6b",
     "metrics_error": "5d3db05459254a7abdb468982b80b7b5",
     "state_restored": "bf663e9feea3481fae79050dd8472359",

@@ -30,7 +30,7 @@ from vramwatch.model import Event, Snapshot
 from vramwatch.policy import reservations
 from vramwatch.trend import Estimate
 
-GPU_LABELS = ("gpu", "uuid", "name")
+GPU_LABELS = ("gpu", "uuid", "name")  # gpu: "0", or "0:1" for MIG device 1 of GPU 0
 FLOOR_LABELS = ("resource", "gpu")  # gpu is "" for the host RAM floor
 
 # Where a failed read came from: the NVML library/driver as a whole, one GPU,
@@ -39,7 +39,15 @@ SOURCES = ("nvml", "gpu", "host", "sampler")
 
 # Why an over-budget tenant (or a breach) led to no action; policy.py's
 # "skipped" reasons plus rate_limited and no_candidate.
-REFUSAL_REASONS = ("no_candidate", "protected", "cooldown", "rate_limited", "self", "held")
+REFUSAL_REASONS = (
+    "no_candidate",
+    "protected",
+    "cooldown",
+    "rate_limited",
+    "self",
+    "held",
+    "mps",
+)
 
 # The action result for an action dropped by the re-check right before acting
 # (event action_cancelled); other results are systemd's job results ("done",
@@ -124,13 +132,13 @@ class Metrics:
         for gpu in snapshot.gpus:
             if gpu.error is not None:
                 self.sampling_errors.labels("gpu").inc()
-            key = ("vram", str(gpu.index))
+            key = ("vram", gpu.label)
             if key not in self._breached:
                 self._breached[key] = 0
                 self.breaches.labels(*key)
         if snapshot.host.error is not None:
             self.sampling_errors.labels("host").inc()
-        present = {str(g.index) for g in snapshot.gpus}
+        present = {g.label for g in snapshot.gpus}
         for key in [k for k in self._breached if k[0] == "vram" and k[1] not in present]:
             del self._breached[key]  # the GPU is gone (driver reset, hot unplug)
         clean = (
@@ -264,8 +272,11 @@ def start_exporter(metrics: Metrics, config: MetricsConfig) -> str | None:
 
 
 def _gpu_label(fields: Mapping[str, Any]) -> str:
+    """GpuSample.label from an event's fields: "0", "0:1" for MIG 1 on GPU 0, "" for RAM."""
     gpu = fields.get("gpu")
-    return "" if gpu is None else str(gpu)
+    if gpu is None:
+        return ""
+    return f"{gpu}:{fields['mig']}" if fields.get("mig") is not None else str(gpu)
 
 
 def _scalar(name: str, doc: str, value: float | None) -> GaugeMetricFamily:
@@ -294,6 +305,11 @@ class _View:
             1 if config.daemon.dry_run else 0,
         )
         up = family("vramwatch_gpu_up", "1 when the last sample read this GPU cleanly.", GPU_LABELS)
+        lost = family(
+            "vramwatch_gpu_lost",
+            "1 while NVML says this GPU is lost (GPU_IS_LOST, RESET_REQUIRED): no enforcement.",
+            GPU_LABELS,
+        )
         total = family("vramwatch_gpu_memory_total_bytes", "GPU memory size (NVML).", GPU_LABELS)
         used = family("vramwatch_gpu_memory_used_bytes", "GPU memory in use (NVML).", GPU_LABELS)
         free = family(
@@ -318,9 +334,10 @@ class _View:
             GPU_LABELS,
         )
         for gpu in snap.gpus:
-            labels = (str(gpu.index), gpu.uuid, gpu.name)
+            labels = (gpu.label, gpu.uuid, gpu.name)
             ok = gpu.ok and snap.nvml_error is None
             up.add_metric(labels, 1 if ok else 0)
+            lost.add_metric(labels, 1 if gpu.lost else 0)
             if not ok:
                 continue  # a failed or partial read says nothing reliable
             assert gpu.total_bytes is not None and gpu.free_bytes is not None
@@ -332,7 +349,7 @@ class _View:
             if gpu.used_bytes is not None and gpu.unattributed_bytes is not None:
                 used.add_metric(labels, gpu.used_bytes)
                 rest.add_metric(labels, gpu.unattributed_bytes)
-        yield from (up, total, used, free, floor, reserved, rest)
+        yield from (up, lost, total, used, free, floor, reserved, rest)
 
         host = snap.host
         available = host.mem_available_bytes if host.ok else None

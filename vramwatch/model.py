@@ -75,6 +75,24 @@ class GpuSample:
     free_bytes: int | None
     processes: tuple[GpuProcess, ...] = ()
     error: str | None = None  # a failed or partial read: never act on it
+    # GPU_IS_LOST or RESET_REQUIRED: the GPU fell off the bus or needs a reset;
+    # restarting tenants cannot help, so nothing is ever enforced on it.
+    lost: bool = False
+    # A MIG device (a GPU instance): its GPU's UUID and its MIG index there. It
+    # is guarded on its own (memory, processes, floor); ``index`` is its GPU's.
+    parent_uuid: str | None = None
+    mig_index: int | None = None
+
+    @property
+    def label(self) -> str:
+        """The device for metrics labels and fields: ``"0"``, or ``"0:1"`` for MIG 1 on GPU 0."""
+        return str(self.index) if self.mig_index is None else f"{self.index}:{self.mig_index}"
+
+    @property
+    def where(self) -> str:
+        """The device for people: ``GPU 0``, or ``GPU 0 MIG 1``."""
+        mig = "" if self.mig_index is None else f" MIG {self.mig_index}"
+        return f"GPU {self.index}{mig}"
 
     @property
     def ok(self) -> bool:
@@ -136,6 +154,12 @@ class Snapshot:
     # The biggest RAM holders host-wide (label, bytes), read only while the host
     # floor is breached, so no_candidate can name users that are not tenants.
     ram_top: tuple[tuple[str, int], ...] = ()
+    # How long the NVML worker has been stuck in one call (None: it answered in
+    # time). The GPUs are then unknown this tick; host RAM is guarded as usual.
+    nvml_hung_ns: int | None = None
+    # Units running an MPS server: it holds GPU memory for its clients, so
+    # restarting it would kill every client; never acted on.
+    mps_units: frozenset[str] = frozenset()
 
 
 class Verb(StrEnum):

@@ -142,11 +142,11 @@ class _Resource:
         )
 
     def where(self) -> str:
-        return f"GPU {self.gpu.index}" if self.gpu is not None else "host MemAvailable"
+        return self.gpu.where if self.gpu is not None else "host MemAvailable"
 
     def free_text(self) -> str:
         # "free" for a GPU; MemAvailable is not MemFree, so no "free" for the host.
-        return f"GPU {self.gpu.index} free" if self.gpu is not None else "host MemAvailable"
+        return f"{self.gpu.where} free" if self.gpu is not None else "host MemAvailable"
 
     def fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {
@@ -155,8 +155,7 @@ class _Resource:
             "floor_bytes": self.floor_bytes,
         }
         if self.gpu is not None:
-            fields["gpu"] = self.gpu.index
-            fields["gpu_uuid"] = self.gpu.uuid
+            fields.update(_gpu_fields(self.gpu))
         if self.reserved_bytes:
             fields["reserved_bytes"] = self.reserved_bytes
             fields["reserved_for"] = [unit for unit, r, _ in self.reserved if r]
@@ -374,15 +373,21 @@ def _track_errors(b: _Builder, snapshot: Snapshot) -> None:
     current: dict[str, tuple[str, dict[str, Any]]] = {}
     if snapshot.nvml_error is not None:
         current["nvml"] = (snapshot.nvml_error, {"resource": VRAM})
+    hung = _track_hung(b, snapshot)
     for gpu in snapshot.gpus:
+        if hung:
+            break  # every GPU is unknown because NVML is stuck: nvml_hung says it once
         if gpu.error is not None:
-            current[gpu_key(gpu.uuid)] = (
-                gpu.error,
-                {"resource": VRAM, "gpu": gpu.index, "gpu_uuid": gpu.uuid},
-            )
+            fields: dict[str, Any] = {"resource": VRAM, **_gpu_fields(gpu)}
+            if gpu.lost:
+                fields["lost"] = True
+            current[gpu_key(gpu.uuid)] = (gpu.error, fields)
     if snapshot.host.error is not None:
         current["host"] = (snapshot.host.error, {"resource": RAM})
     for key, (error, fields) in sorted(current.items()):
+        if fields.get("lost"):
+            _track_lost(b, key, error, fields)
+            continue
         told = b.errors_told.get(key)
         changed = b.errors.get(key) != error
         # A lasting fault of one GPU or of host memory is repeated like a lasting breach.
@@ -405,7 +410,9 @@ def _track_errors(b: _Builder, snapshot: Snapshot) -> None:
                 **fields,
             )
     for key in sorted(set(b.errors) - set(current)):
-        if key.startswith("gpu:") and snapshot.nvml_error is not None:
+        if key == HUNG_KEY:
+            continue
+        if key.startswith("gpu:") and (snapshot.nvml_error is not None or hung):
             continue  # NVML as a whole is down: nothing can be said of this GPU yet
         del b.errors[key]
         b.errors_told.pop(key, None)
@@ -418,11 +425,81 @@ def _track_errors(b: _Builder, snapshot: Snapshot) -> None:
         )
 
 
+def _track_lost(b: _Builder, key: str, error: str, fields: dict[str, Any]) -> None:
+    """A lost GPU (GPU_IS_LOST, RESET_REQUIRED) is said once: restarting tenants cannot
+    bring it back, nothing is enforced on it, and a person must reset the GPU or reboot."""
+    if b.error_fields.get(key, {}).get("lost"):
+        b.errors[key] = error  # still lost; the wording of NVML's error may vary
+        return
+    b.errors[key] = error
+    b.error_fields[key] = fields
+    b.errors_told[key] = 0
+    b.event(
+        "gpu_lost",
+        "error",
+        f"{_source_name(key, fields)} is lost ({error}): no VRAM enforcement on it until it "
+        "reads cleanly again; it needs a GPU reset or a reboot (check dmesg for Xid errors)",
+        error=error,
+        **fields,
+    )
+
+
+HUNG_KEY = "nvml_hung"
+
+
+def _track_hung(b: _Builder, snapshot: Snapshot) -> bool:
+    """nvml_hung when an NVML call misses its deadline, then reminders; recovered when it
+    answers. True while it is stuck (every GPU in the snapshot is then unknown)."""
+    hung_ns = snapshot.nvml_hung_ns
+    now = snapshot.now_ns
+    if hung_ns is None:
+        if HUNG_KEY in b.errors:
+            del b.errors[HUNG_KEY]
+            b.errors_told.pop(HUNG_KEY, None)
+            since = int(b.error_fields.pop(HUNG_KEY, {}).get("since_ns", now))
+            b.event(
+                "sampling_recovered",
+                "info",
+                f"NVML answers again after {format_duration(now - since)}; GPUs guarded again",
+                resource=VRAM,
+                hung_ns=now - since,
+            )
+        return False
+    told = b.errors_told.get(HUNG_KEY)
+    if told is None or now - told >= REMINDER_NS:
+        b.errors[HUNG_KEY] = "hung"
+        b.error_fields.setdefault(HUNG_KEY, {"since_ns": now - hung_ns})
+        b.errors_told[HUNG_KEY] = now
+        b.event(
+            "nvml_hung",
+            "error",
+            ("still: " if told is not None else "")
+            + f"NVML has not answered for {format_duration(hung_ns)}: every GPU is unknown "
+            "and GPU sampling is skipped until it answers; host RAM is still guarded",
+            resource=VRAM,
+            hung_ns=hung_ns,
+            gpus=len(snapshot.gpus),
+        )
+    return True
+
+
+def _gpu_fields(gpu: GpuSample) -> dict[str, Any]:
+    """Which device, for events: its index and UUID; a MIG device adds its MIG index
+    and its GPU's UUID."""
+    fields: dict[str, Any] = {"gpu": gpu.index, "gpu_uuid": gpu.uuid}
+    if gpu.mig_index is not None:
+        fields["mig"] = gpu.mig_index
+        fields["parent_uuid"] = gpu.parent_uuid
+    return fields
+
+
 def _source_name(key: str, fields: Mapping[str, Any]) -> str:
     if key == "nvml":
         return "NVML"
     if key == "host":
         return "host memory"
+    if "mig" in fields:
+        return f"GPU {fields['gpu']} MIG {fields['mig']} ({key[4:]})"
     if "gpu" in fields:
         return f"GPU {fields['gpu']} ({key[4:]})"
     return f"GPU {key[4:]}"
@@ -771,6 +848,12 @@ def _refusal(
         reason, text = "self", f"not acting on {unit}: it is vramwatch's own unit"
     elif cand.tenant.protected:
         reason, text = "protected", f"not acting on {unit}: protected; it {usage_text}"
+    elif unit in snapshot.mps_units:
+        reason = "mps"
+        text = (
+            f"not acting on {unit}: it runs the MPS server, which holds GPU memory for its "
+            f"clients (restarting it would kill them all); it {usage_text}"
+        )
     elif times and now - times[-1] < config.daemon.cooldown_ns:
         left = config.daemon.cooldown_ns - (now - times[-1])
         reason = "cooldown"
@@ -821,7 +904,7 @@ def _key_text(snapshot: Snapshot, key: str) -> str:
         return "RAM"
     for gpu in snapshot.gpus:
         if gpu_key(gpu.uuid) == key:
-            return f"GPU {gpu.index}"
+            return gpu.where
     return key
 
 

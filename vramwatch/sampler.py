@@ -11,12 +11,21 @@ from __future__ import annotations
 
 import os
 import select
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, replace
 
 from vramwatch.config import Config
 from vramwatch.model import GpuProcess, GpuSample, HostSample, Owner, Snapshot, UnitUsage
 from vramwatch.sources.procfs import RSS_SOURCE, ProcFs
+from vramwatch.sources.worker import DeadlineGpuSource, GpuSource
+
+# The error code of a GPU sample with impossible values (a PID that does not
+# exist, a process holding more than the device): never attributed.
+BAD_SAMPLE = "BAD_SAMPLE"
+
+# A process's GPU context is gone from NVML's lists before its /proc entry
+# (the driver frees it while the process exits): a PID NVML still lists this
+# long after it left /proc never existed as far as NVML's figures go.
+MISSING_PID_NS = 10**9
 
 # How many of the biggest RAM holders a breached host floor reports.
 RAM_TOP = 5
@@ -51,12 +60,6 @@ class _Identity:
     read_at_ns: int
 
 
-class GpuSource(Protocol):
-    def sample(self, now_ns: int) -> tuple[tuple[GpuSample, ...], str | None]: ...
-
-    def close(self) -> None: ...
-
-
 def manager_for(bus: str) -> str:
     """The manager whose units the config names: ``system`` or ``user@UID``."""
     return "system" if bus == "system" else f"user@{os.getuid()}"
@@ -65,9 +68,16 @@ def manager_for(bus: str) -> str:
 class Sampler:
     def __init__(self, gpus: GpuSource, procfs: ProcFs) -> None:
         self.gpus = gpus
+        # NVML runs on one worker thread with a per-tick deadline: a hung driver
+        # costs the GPUs, never host-RAM guarding.
+        self.nvml = DeadlineGpuSource(gpus)
         self.procfs = procfs
         self._identities: dict[int, _Identity] = {}
         self._rss: dict[str, tuple[tuple[int, ...], int, int]] = {}  # unit -> pids, sum, at
+        # PIDs NVML listed that were not in /proc, and since when: a process that
+        # just exited, or, still listed MISSING_PID_NS later, a garbage PID.
+        self._missing: dict[int, int] = {}
+        self._missing_now: dict[int, int] = {}
         own = procfs.owner(os.getpid())
         self.self_unit = own.unit if own is not None else None
 
@@ -75,15 +85,19 @@ class Sampler:
         host = self.procfs.host()
         # Any PID that starts after this instant is not the one NVML lists (PID reuse).
         before_ticks = self.procfs.boot_ticks()
-        raw_gpus, nvml_error = self.gpus.sample(now_ns)
+        reading = self.nvml.sample(now_ns, config.nvml_timeout_ns)
+        raw_gpus, nvml_error = reading.gpus, reading.nvml_error
         self._forget_exited()
+        self._missing_now = {}
         gpus = tuple(self._attribute(gpu, before_ticks, now_ns) for gpu in raw_gpus)
+        self._missing = self._missing_now
         listed = {p.pid for gpu in gpus for p in gpu.processes}
         for pid in self._identities.keys() - listed:
             self._forget(pid)
         manager = manager_for(config.daemon.bus)
         vram_known = nvml_error is None and all(g.error is None for g in gpus)
         vram = _vram_by_unit(gpus, manager)
+        mps_units = _mps_units(gpus, manager)
         room = _host_room(config, host)  # (MemAvailable, its floor), or None
         relaxed = room is not None and room[0] >= RSS_RELAXED_HEADROOM * room[1]
         units: dict[str, UnitUsage] = {}
@@ -103,10 +117,12 @@ class Sampler:
             nvml_error=nvml_error,
             self_unit=self.self_unit,
             ram_top=ram_top,
+            nvml_hung_ns=reading.hung_ns,
+            mps_units=mps_units,
         )
 
     def close(self) -> None:
-        self.gpus.close()
+        self.nvml.close()
         for pid in list(self._identities):
             self._forget(pid)
 
@@ -130,18 +146,24 @@ class Sampler:
         if gpu.error is not None:
             return gpu
         procs = []
+        garbage: int | None = None
         for p in gpu.processes:
             owner, comm = self._identify(p.pid, before_ticks, now_ns)
+            if owner is None and not (self.procfs.proc / str(p.pid)).exists():
+                since = self._missing_now[p.pid] = self._missing.get(p.pid, now_ns)
+                if now_ns - since >= MISSING_PID_NS and garbage is None:
+                    garbage = p.pid
             procs.append(GpuProcess(p.pid, p.used_bytes, p.kind, comm, owner))
-        return GpuSample(
-            gpu.index,
-            gpu.uuid,
-            gpu.name,
-            gpu.total_bytes,
-            gpu.used_bytes,
-            gpu.free_bytes,
-            tuple(procs),
-        )
+        if garbage is not None:
+            # Never attribute a sample with a PID that does not exist: the whole
+            # list may be garbage (a binding/driver mismatch). The GPU is unknown.
+            return replace(
+                gpu,
+                processes=(),
+                error=f"{BAD_SAMPLE}: NVML keeps listing PID {garbage}, which does not exist "
+                "(NVML library and driver mismatched?)",
+            )
+        return replace(gpu, processes=tuple(procs))
 
     def _identify(
         self, pid: int, before_ticks: int | None, now_ns: int
@@ -226,6 +248,29 @@ def _host_room(config: Config, host: HostSample) -> tuple[int, int] | None:
     return host.mem_available_bytes, config.host.floor.resolve(host.mem_total_bytes)
 
 
+# /proc/PID/comm of the MPS control daemon and server (nvidia-cuda-mps-control,
+# nvidia-cuda-mps-server), cut to 15 characters by the kernel.
+MPS_COMM = "nvidia-cuda-mps"
+
+
+def is_mps_daemon(proc: GpuProcess) -> bool:
+    """The MPS server holds GPU memory on behalf of its clients: never theirs, never a victim."""
+    return proc.name.startswith(MPS_COMM)
+
+
+def _mps_units(gpus: tuple[GpuSample, ...], manager: str) -> frozenset[str]:
+    """The units of ``manager`` that run an MPS server."""
+    return frozenset(
+        proc.owner.unit
+        for gpu in gpus
+        for proc in gpu.processes
+        if is_mps_daemon(proc)
+        and proc.owner is not None
+        and proc.owner.unit is not None
+        and proc.owner.manager == manager
+    )
+
+
 def _vram_by_unit(
     gpus: tuple[GpuSample, ...], manager: str
 ) -> dict[str, tuple[dict[str, int], bool]]:
@@ -241,6 +286,8 @@ def _vram_by_unit(
             unit = owner.unit_for(manager) if owner is not None else None
             if unit is None:
                 continue
+            if is_mps_daemon(proc):
+                continue  # memory held for MPS clients (listed on their own): no unit's
             by_gpu, unknown = found.setdefault(unit, ({}, False))
             if proc.used_bytes is None:
                 found[unit] = (by_gpu, True)  # NVML_VALUE_NOT_AVAILABLE: never read as zero

@@ -97,6 +97,9 @@ def report(
                 ),
                 "unattributed_bytes": gpu.unattributed_bytes,
                 "error": gpu.error,
+                "lost": gpu.lost,
+                "parent_uuid": gpu.parent_uuid,
+                "mig_index": gpu.mig_index,
                 "other_processes": others,
             }
         )
@@ -206,17 +209,27 @@ def render_text(rep: dict[str, Any]) -> str:
     lines: list[str] = []
     if rep["nvml_error"]:
         lines.append(f"GPUs: {printable(rep['nvml_error'])}")
+    parent = None
     for gpu in rep["gpus"]:
         name = printable(gpu["name"] or "", NAME_MAX)
+        # MIG devices are listed under their GPU, each with its own floor.
+        indent, title = "", f"GPU {gpu['index']}"
+        if gpu.get("parent_uuid") is not None:
+            if gpu["parent_uuid"] != parent:
+                parent = gpu["parent_uuid"]
+                lines.append(f"GPU {gpu['index']} ({printable(parent, NAME_MAX)}): MIG mode")
+            indent, title = "  ", f"MIG {gpu['mig_index']}"
         if gpu["error"]:
+            what = "LOST (no enforcement; reset the GPU or reboot)" if gpu["lost"] else "ERROR"
             lines.append(
-                f"GPU {gpu['index']} {name} ({printable(gpu['uuid'] or '', NAME_MAX)}): "
-                f"ERROR {printable(gpu['error'])}"
+                f"{indent}{title} {name} ({printable(gpu['uuid'] or '', NAME_MAX)}): "
+                f"{what} {printable(gpu['error'])}"
             )
             continue
         mark = "  BELOW FLOOR" if gpu["below_floor"] else ""
+        uuid = f" ({gpu['uuid']})" if indent else ""
         lines.append(
-            f"GPU {gpu['index']} {name}: free {format_size(gpu['free_bytes'])} of "
+            f"{indent}{title} {name}{uuid}: free {format_size(gpu['free_bytes'])} of "
             f"{format_size(gpu['total_bytes'])}, floor {format_size(gpu['floor_bytes'])}"
             + (
                 f" ({format_size(gpu['reserved_bytes'])} reserved for "
@@ -228,12 +241,13 @@ def render_text(rep: dict[str, Any]) -> str:
         )
         if gpu["unattributed_bytes"]:
             lines.append(
-                f"  unattributed (no process claims it): {format_size(gpu['unattributed_bytes'])}"
+                f"{indent}  unattributed (no process claims it): "
+                f"{format_size(gpu['unattributed_bytes'])}"
             )
         for proc in gpu["other_processes"]:
             owner = printable(proc["owner"], NAME_MAX) if proc["owner"] else "unknown"
             lines.append(
-                f"  not a tenant: pid {proc['pid']} '{printable(proc['name'], NAME_MAX)}' "
+                f"{indent}  not a tenant: pid {proc['pid']} '{printable(proc['name'], NAME_MAX)}' "
                 f"{format_size(proc['used_bytes'])} in {owner}"
                 + (f" ({proc['manager']})" if proc["manager"] not in (None, "system") else "")
                 + (f": {printable(proc['cmdline'], CMDLINE_MAX)}" if proc["cmdline"] else "")

@@ -123,15 +123,20 @@ class Bed:
         total_mib: int = 15360,
         others: Mapping[int, int] | None = None,
         errors: Mapping[str, str] | None = None,
+        delays: Mapping[str, int] | None = None,
     ) -> None:
         """One fake GPU; ``others`` are extra (pid -> MiB) processes; tenants declare theirs."""
         procs = tuple(FakeProcess(pid, mib(n)) for pid, n in (others or {}).items())
-        self.state.write(
-            [FakeGpu(T4_UUID, mib(total_mib), processes=procs)],
-            errors=errors,
-            reap=True,
-            procdir=self.procdir,
-        )
+        self.gpus([FakeGpu(T4_UUID, mib(total_mib), processes=procs)], errors, delays)
+
+    def gpus(
+        self,
+        gpus: list[FakeGpu],
+        errors: Mapping[str, str] | None = None,
+        delays: Mapping[str, int] | None = None,
+    ) -> None:
+        """Any fake GPUs (lost ones, MIG instances); tenants declare their VRAM."""
+        self.state.write(gpus, errors=errors, delays=delays, reap=True, procdir=self.procdir)
         os.chmod(self.state.path, 0o644)
 
     def config(self, text: str, name: str = "vramwatch.toml") -> Path:
@@ -149,7 +154,7 @@ class Bed:
         once: bool = True,
         leak_mib_per_s: float = 0,
         leak_max_mib: int = 12000,
-        gpu: int = 0,
+        gpu: int | str = 0,
         orphan_s: float = 0,
         extra: tuple[str, ...] = (),
         properties: Mapping[str, str] | None = None,
@@ -158,8 +163,8 @@ class Bed:
 
         ``once``: only the first process declares VRAM, so a restart frees it;
         ``leak_mib_per_s``: the VRAM grows (a CUDA arena that never shrinks);
-        ``gpu``: the fake GPU's index; ``orphan_s``: a child holds the VRAM and
-        outlives the unit's stop by that long, outside the unit.
+        ``gpu``: its GPU index, or ``"I:M"`` for MIG device M of GPU I; ``orphan_s``: a
+        child holds the VRAM and outlives the unit's stop by that long, outside the unit.
         """
         argv = [
             self.sb.python,

@@ -2,7 +2,7 @@
 """A tenant's main process for the end-to-end tests and the demo (stdlib only).
 
     tenant.py --procdir DIR [--vram-mib N] [--vram-grow-mib-per-s X] [--vram-max-mib M]
-              [--gpu I] [--vram-once MARKER] [--ram-mib R] [--orphan-s T]
+              [--gpu I[:M]] [--vram-once MARKER] [--ram-mib R] [--orphan-s T]
               [--ram-grow-mib-per-s G] [--ram-sawtooth-mib A --sawtooth-s P]
 
 Holds R MiB of real, touched RAM and declares N MiB of VRAM on fake GPU I for
@@ -35,7 +35,7 @@ from hog import sd_notify, touch
 MIB = 1024 * 1024
 
 
-def declare(procdir: str, gpu: int, mib: float) -> None:
+def declare(procdir: str, gpu: str, mib: float) -> None:
     pid = os.getpid()
     tmp = os.path.join(procdir, f".{pid}.tmp")
     with open(tmp, "w") as handle:
@@ -68,7 +68,7 @@ def escape_cgroup() -> None:
             pass  # that hierarchy does not track this unit (e.g. v2 line on a hybrid host)
 
 
-def orphan(procdir: str, gpu: int, mib: float, seconds: float) -> int:
+def orphan(procdir: str, gpu: str, mib: float, seconds: float) -> int:
     """A child that holds the VRAM and, when the unit stops, hands it to a process
     outside the unit that keeps it for ``seconds`` (a driver context that outlives the
     unit's processes). The keeper is a new PID, so what is seen is its cgroup today,
@@ -105,7 +105,7 @@ def main() -> None:
     ap.add_argument("--vram-mib", type=float, default=0)
     ap.add_argument("--vram-grow-mib-per-s", type=float, default=0)
     ap.add_argument("--vram-max-mib", type=float, default=float("inf"))
-    ap.add_argument("--gpu", type=int, default=0)
+    ap.add_argument("--gpu", default="0", help="GPU index, or INDEX:MIG for a MIG device")
     ap.add_argument("--vram-once")
     ap.add_argument("--ram-mib", type=float, default=8)
     ap.add_argument("--orphan-s", type=float, default=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import time
 
 from tests.e2e.conftest import Bed, venv
 from tests.fakenvml import mib
@@ -98,6 +99,19 @@ def test_check_accepts_a_valid_config_and_warns_when_budgets_do_not_fit(bed: Bed
     assert "warning: VRAM budgets sum to 8.8 GiB but the 1 GPU(s) present leave 6 GiB" in (
         result.stderr
     )
+
+
+def test_check_with_a_hung_driver_answers_after_nvml_timeout(bed: Bed) -> None:
+    bed.gpu(total_mib=15360, delays={"nvmlDeviceGetMemoryInfo_v2": 20_000})
+    path = bed.config(CONFIG.replace('min_free_vram = "2GiB"', 'nvml_timeout = "500ms"'))
+
+    t0 = time.monotonic()
+    result = bed.cli("check", "-c", str(path))
+    took = time.monotonic() - t0
+
+    assert 0 == result.returncode, result.stderr
+    assert "vramwatch: note: NVML did not answer within nvml_timeout (0.5s)\n" in result.stderr
+    assert took < 10
 
 
 def test_check_and_run_refuse_a_bad_config_with_exit_78(bed: Bed) -> None:

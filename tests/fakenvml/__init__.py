@@ -25,11 +25,12 @@ top of ``fakenvml.c``).  One directive a line, blank-separated tokens,
     gpu UUID TOTAL ["NAME"]          # index = order of gpu lines; name "Tesla T4"
     used IDX SIZE                    # used memory not owned by a listed process
     reserved IDX SIZE                # driver/firmware reservation (memory info v2)
-    proc IDX PID SIZE|na [KINDS]     # KINDS: compute,graphics,mps (default compute)
+    proc IDX[:M] PID SIZE|na [KINDS] # on MIG device M with :M; KINDS: compute,graphics,mps
     error FUNC[@IDX] CODE [COUNT]    # FUNC returns CODE (COUNT times, or always)
     grow FUNC[@IDX] N [SIZE|na]      # process list grows by N during the size race
     delay FUNC[@IDX] MS              # FUNC sleeps MS milliseconds
     lost UUID [CODE]                 # that GPU keeps its index; every call on it fails
+    mig IDX MIG_UUID TOTAL ["NAME"]  # a MIG device on GPU IDX (which is then in MIG mode)
 
 SIZE is an integer with an optional unit B/KiB/MiB/GiB/TiB.  CODE is
 ``GPU_IS_LOST``, ``NVML_ERROR_GPU_IS_LOST`` or a number.  FUNC is an exported
@@ -60,6 +61,7 @@ __all__ = [
     "SOURCE",
     "STATE_ENV",
     "FakeGpu",
+    "FakeMig",
     "FakeNvmlBuildError",
     "FakeNvmlState",
     "FakeProcess",
@@ -249,6 +251,23 @@ class FakeProcess:
 
 
 @dataclass(frozen=True)
+class FakeMig:
+    """A MIG device (GPU instance) of a :class:`FakeGpu`; its MIG index is its position."""
+
+    uuid: str
+    total_bytes: int
+    name: str = "MIG 1g.10gb"
+    processes: tuple[FakeProcess, ...] = ()
+
+    def __post_init__(self) -> None:
+        _token(self.uuid, "uuid")
+        if '"' in self.name or "\n" in self.name or len(self.name) >= 95:
+            raise ValueError(f"bad MIG device name: {self.name!r}")
+        if not 0 <= self.total_bytes < 2**64 - 1:
+            raise ValueError(f"total_bytes out of range: {self.total_bytes}")
+
+
+@dataclass(frozen=True)
 class FakeGpu:
     """A fake GPU.  Its index is its position in the list given to ``write``.
 
@@ -256,6 +275,9 @@ class FakeGpu:
     the GPU keeps its index and place in the count, but its handle and every
     call on it fail with that code.  Leaving a GPU out of the list is a
     hot-unplug (later GPUs shift down); adding one is a hot-add.
+
+    ``mig``: MIG devices (at most 7): the GPU is then in MIG mode, reports the
+    sum of its instances and lists their processes with usage not available.
     """
 
     uuid: str
@@ -265,8 +287,11 @@ class FakeGpu:
     processes: tuple[FakeProcess, ...] = ()
     reserved_bytes: int = 0
     lost: str | None = None
+    mig: tuple[FakeMig, ...] = ()
 
     def __post_init__(self) -> None:
+        if len(self.mig) > 7:
+            raise ValueError(f"at most 7 MIG devices per GPU, got {len(self.mig)}")
         _token(self.uuid, "uuid")
         if self.lost is not None and not _CODE_RE.fullmatch(self.lost):
             raise ValueError(f"lost must be an NVML error name: {self.lost!r}")
@@ -319,6 +344,14 @@ def render_state(
         for p in gpu.processes:
             used = "na" if p.used_bytes is None else str(p.used_bytes)
             lines.append(f"proc {idx} {p.pid} {used} {p.kind}")
+        for k, m in enumerate(gpu.mig):
+            if m.uuid in seen:
+                raise ValueError(f"duplicate GPU uuid {m.uuid}")
+            seen.add(m.uuid)
+            lines.append(f'mig {idx} {m.uuid} {m.total_bytes} "{m.name}"')
+            for p in m.processes:
+                used = "na" if p.used_bytes is None else str(p.used_bytes)
+                lines.append(f"proc {idx}:{k} {p.pid} {used} {p.kind}")
     for func, code in (errors or {}).items():
         parts = code.split()
         if not (

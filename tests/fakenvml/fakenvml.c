@@ -36,8 +36,9 @@
  *   used IDX SIZE               memory used on GPU IDX but by no listed process
  *                               (default 0)
  *   reserved IDX SIZE           memory reserved by driver/firmware (default 0)
- *   proc IDX PID SIZE|na [KINDS]
- *                               a process on GPU IDX; "na" = usage not available
+ *   proc IDX[:M] PID SIZE|na [KINDS]
+ *                               a process on GPU IDX (on its MIG device M with
+ *                               ":M"); "na" = usage not available
  *                               (NVML_VALUE_NOT_AVAILABLE, None in pynvml).
  *                               KINDS: comma list of compute, graphics, mps
  *                               (default compute); the process appears in each
@@ -75,6 +76,16 @@
  *                               work again.  Removing its "gpu" line instead
  *                               is a hot-unplug (indexes shift); adding a "gpu"
  *                               line is a hot-add.
+ *   mig IDX MIG_UUID TOTAL ["NAME"]
+ *                               a MIG device on GPU IDX (which then has MIG mode
+ *                               enabled); its MIG index follows the order of the
+ *                               mig lines of that GPU. It has its own handle
+ *                               (nvmlDeviceGetMigDeviceHandleByIndex), memory
+ *                               (TOTAL) and process lists; NAME defaults to
+ *                               "MIG 1g.10gb". The parent reports the sum of
+ *                               its instances and lists their processes with
+ *                               usage not available (once per instance), as
+ *                               the real driver does.
  *   reap                        processes whose PID no longer exists (no
  *                               /proc/PID) vanish from the lists and free their
  *                               memory, as on a real driver when a process exits.
@@ -101,7 +112,11 @@
  *     (e.g. its index no longer exists).  Slots are never freed (up to
  *     FAKE_MAX_SLOTS distinct UUIDs per process, then absent ones are reused).
  *   - NULL or foreign pointers give NVML_ERROR_INVALID_ARGUMENT.
- *   - MIG is not emulated: nvmlDeviceGetMigMode returns NOT_SUPPORTED.
+ *   - A GPU without mig lines does not support MIG: nvmlDeviceGetMigMode
+ *     returns NOT_SUPPORTED (a T4). One with mig lines reports MIG enabled,
+ *     nvmlDeviceGetMaxMigDeviceCount 7, and NOT_FOUND for MIG indexes that
+ *     have no device.  Errors injected with @IDX on a MIG device's calls
+ *     use its parent's index.
  *   - One mutex serialises every call.
  *   - Test hooks (not NVML API): fakeNvmlReset() drops the init refcount and
  *     the cached state; fakeNvmlStateError() returns the last parse error.
@@ -223,7 +238,12 @@ struct fake_gpu {
     size_t nprocs;
     size_t cap;
     nvmlReturn_t lost; /* NVML_SUCCESS, or what every call on it returns */
+    int parent;        /* a MIG device: its GPU's index; a GPU: -1 */
+    int nmig;          /* a GPU: how many MIG devices it has */
 };
+
+#define FAKE_MAX_MIGS_PER_GPU 7
+#define FAKE_MAX_MIGS (FAKE_MAX_GPUS * FAKE_MAX_MIGS_PER_GPU)
 
 enum rule_type { RULE_ERROR, RULE_GROW, RULE_DELAY };
 
@@ -249,6 +269,8 @@ struct fake_state {
     int cuda;
     int ngpus;
     struct fake_gpu gpus[FAKE_MAX_GPUS];
+    int nmigs;
+    struct fake_gpu migs[FAKE_MAX_MIGS]; /* in file order; parent says whose */
     int nrules;
     struct fake_rule rules[FAKE_MAX_RULES];
     int reap; /* dead PIDs disappear */
@@ -268,7 +290,8 @@ static int proc_alive(int reap, unsigned pid)
 struct fake_slot {
     unsigned int magic;
     char uuid[FAKE_STR];
-    int index; /* current index in the state, -1 = absent (lost) */
+    int index; /* current index in the state, -1 = absent (lost); a MIG device: its GPU's */
+    int mig;   /* a MIG device: its index in g_state.migs; a GPU: -1 */
 };
 #define SLOT_MAGIC 0x4e564d4cu
 
@@ -427,6 +450,10 @@ static void state_free(struct fake_state *st)
         free(st->gpus[i].procs);
         st->gpus[i].procs = NULL;
     }
+    for (int i = 0; i < FAKE_MAX_MIGS; i++) {
+        free(st->migs[i].procs);
+        st->migs[i].procs = NULL;
+    }
     memset(st, 0, sizeof(*st));
 }
 
@@ -562,8 +589,18 @@ static int add_proc(struct fake_gpu *g, const struct fake_proc *p)
 struct pending_proc {
     int line;
     unsigned idx;
+    int mig; /* -1: on the GPU itself */
     struct fake_proc p;
 };
+
+/* The k-th MIG device of GPU idx in st, or NULL. */
+static struct fake_gpu *mig_of(struct fake_state *st, int idx, int k)
+{
+    for (int i = 0; i < st->nmigs; i++)
+        if (st->migs[i].parent == idx && k-- == 0)
+            return &st->migs[i];
+    return NULL;
+}
 
 struct pending_gpu_value {
     int line;
@@ -609,6 +646,27 @@ static int parse_state(char *text, struct fake_state *st, char *err, size_t errl
             if (n != 2 || strlen(tok[1]) >= 80)
                 { set_error(err, errlen, line, "usage: %s VERSION", kw); goto out; }
             strcpy(kw[0] == 'd' ? st->driver : st->nvml, tok[1]);
+        } else if (strcmp(kw, "mig") == 0) {
+            unsigned long long idx;
+            if (n < 4 || n > 5 || parse_uint(tok[1], FAKE_MAX_GPUS - 1, &idx) != 0)
+                { set_error(err, errlen, line, "usage: mig IDX MIG_UUID TOTAL [\"NAME\"]%s", NULL); goto out; }
+            if (st->nmigs == FAKE_MAX_MIGS)
+                { set_error(err, errlen, line, "too many MIG devices%s", NULL); goto out; }
+            struct fake_gpu *m = &st->migs[st->nmigs];
+            if (strlen(tok[2]) == 0 || strlen(tok[2]) >= 80)
+                { set_error(err, errlen, line, "bad MIG UUID %s", tok[2]); goto out; }
+            for (int i = 0; i < st->nmigs; i++)
+                if (strcmp(st->migs[i].uuid, tok[2]) == 0)
+                    { set_error(err, errlen, line, "duplicate UUID %s", tok[2]); goto out; }
+            if (parse_size(tok[3], &m->total) != 0)
+                { set_error(err, errlen, line, "bad size %s", tok[3]); goto out; }
+            const char *name = n == 5 ? tok[4] : "MIG 1g.10gb";
+            if (strlen(name) >= FAKE_STR - 1)
+                { set_error(err, errlen, line, "name too long: %s", name); goto out; }
+            strcpy(m->uuid, tok[2]);
+            strcpy(m->name, name);
+            m->parent = (int)idx;
+            st->nmigs++;
         } else if (strcmp(kw, "lost") == 0) {
             nvmlReturn_t code = NVML_ERROR_GPU_IS_LOST;
             if (n < 2 || n > 3 || strlen(tok[1]) >= FAKE_STR || (n == 3 && parse_code(tok[2], &code) != 0) ||
@@ -661,11 +719,15 @@ static int parse_state(char *text, struct fake_state *st, char *err, size_t errl
             pv[npv].v = v;
             npv++;
         } else if (strcmp(kw, "proc") == 0) {
-            unsigned long long idx, pid;
+            unsigned long long idx, pid, migk = 0;
             struct fake_proc p = {0, 0, KIND_COMPUTE};
+            char *colon = n >= 2 ? strchr(tok[1], ':') : NULL;
+            if (colon)
+                *colon++ = '\0';
             if (n < 4 || n > 5 || parse_uint(tok[1], FAKE_MAX_GPUS - 1, &idx) != 0 ||
+                (colon && parse_uint(colon, FAKE_MAX_MIGS_PER_GPU - 1, &migk) != 0) ||
                 parse_uint(tok[2], 0xffffffffULL, &pid) != 0)
-                { set_error(err, errlen, line, "usage: proc IDX PID SIZE|na [KINDS]%s", NULL); goto out; }
+                { set_error(err, errlen, line, "usage: proc IDX[:MIG] PID SIZE|na [KINDS]%s", NULL); goto out; }
             p.pid = (unsigned)pid;
             if (strcmp(tok[3], "na") == 0)
                 p.used = NVML_VALUE_NOT_AVAILABLE_ULL;
@@ -701,6 +763,7 @@ static int parse_state(char *text, struct fake_state *st, char *err, size_t errl
             }
             pp[npp].line = line;
             pp[npp].idx = (unsigned)idx;
+            pp[npp].mig = colon ? (int)migk : -1;
             pp[npp].p = p;
             npp++;
         } else if (strcmp(kw, "error") == 0 || strcmp(kw, "grow") == 0 ||
@@ -760,10 +823,23 @@ static int parse_state(char *text, struct fake_state *st, char *err, size_t errl
         else
             st->gpus[pv[i].idx].base_used = pv[i].v;
     }
+    for (int i = 0; i < st->nmigs; i++) {
+        int parent = st->migs[i].parent;
+        if (parent >= st->ngpus)
+            { set_error(err, errlen, 0, "mig line for GPU %s without a gpu line", "?"); goto out; }
+        if (st->gpus[parent].nmig == FAKE_MAX_MIGS_PER_GPU)
+            { set_error(err, errlen, 0, "more than 7 MIG devices on one GPU%s", NULL); goto out; }
+        st->gpus[parent].nmig++;
+    }
+    for (int i = 0; i < st->ngpus; i++)
+        st->gpus[i].parent = -1;
     for (size_t i = 0; i < npp; i++) {
         if ((int)pp[i].idx >= st->ngpus)
             { set_error(err, errlen, pp[i].line, "no gpu line for this index%s", NULL); goto out; }
-        if (add_proc(&st->gpus[pp[i].idx], &pp[i].p) != 0)
+        struct fake_gpu *target = &st->gpus[pp[i].idx];
+        if (pp[i].mig >= 0 && !(target = mig_of(st, (int)pp[i].idx, pp[i].mig)))
+            { set_error(err, errlen, pp[i].line, "no mig line for this MIG index%s", NULL); goto out; }
+        if (add_proc(target, &pp[i].p) != 0)
             { set_error(err, errlen, pp[i].line, "out of memory%s", NULL); goto out; }
     }
     for (size_t i = 0; i < nlost; i++) {
@@ -816,6 +892,7 @@ static struct fake_slot *slot_for_uuid(const char *uuid)
     s->magic = SLOT_MAGIC;
     strcpy(s->uuid, uuid);
     s->index = -1;
+    s->mig = -1;
     return s;
 }
 
@@ -835,8 +912,23 @@ static void slots_update(void)
                     s = &g_slots[k];
             if (!s && pass == 1)
                 s = slot_for_uuid(uuid);
-            if (s)
+            if (s) {
                 s->index = i;
+                s->mig = -1;
+            }
+        }
+        for (int i = 0; i < g_state.nmigs; i++) {
+            const char *uuid = g_state.migs[i].uuid;
+            struct fake_slot *s = NULL;
+            for (int k = 0; k < g_nslots && !s; k++)
+                if (strcmp(g_slots[k].uuid, uuid) == 0)
+                    s = &g_slots[k];
+            if (!s && pass == 1)
+                s = slot_for_uuid(uuid);
+            if (s) {
+                s->index = g_state.migs[i].parent;
+                s->mig = i;
+            }
         }
     }
 }
@@ -1095,12 +1187,14 @@ static nvmlReturn_t resolve_device(const void *handle, struct fake_slot **slot, 
         return NVML_ERROR_INVALID_ARGUMENT;
     if (s->index < 0 || s->index >= g_state.ngpus)
         return NVML_ERROR_GPU_IS_LOST;
+    if (s->mig >= g_state.nmigs)
+        return NVML_ERROR_GPU_IS_LOST;
     if (g_state.gpus[s->index].lost != NVML_SUCCESS)
         return g_state.gpus[s->index].lost;
     if (slot)
         *slot = s;
     if (gpu)
-        *gpu = &g_state.gpus[s->index];
+        *gpu = s->mig >= 0 ? &g_state.migs[s->mig] : &g_state.gpus[s->index];
     return NVML_SUCCESS;
 }
 
@@ -1373,7 +1467,8 @@ nvmlReturn_t nvmlDeviceGetName(void *device, char *name, unsigned int length)
     return end(&c, rc);
 }
 
-/* allocated = base used + processes (na = 0), excluding reserved */
+/* allocated = base used + processes (na = 0), excluding reserved; a GPU in MIG
+ * mode adds what its MIG devices have allocated */
 static unsigned long long gpu_allocated(const struct fake_gpu *g)
 {
     unsigned long long sum = g->base_used;
@@ -1382,6 +1477,15 @@ static unsigned long long gpu_allocated(const struct fake_gpu *g)
         if (u == NVML_VALUE_NOT_AVAILABLE_ULL || !proc_alive(g_state.reap, g->procs[i].pid))
             continue;
         sum = (sum + u < sum) ? ~0ULL - 1 : sum + u;
+    }
+    if (g->parent < 0 && g->nmig > 0) {
+        int idx = (int)(g - g_state.gpus);
+        for (int i = 0; i < g_state.nmigs; i++) {
+            if (g_state.migs[i].parent != idx)
+                continue;
+            unsigned long long u = gpu_allocated(&g_state.migs[i]);
+            sum = (sum + u < sum) ? ~0ULL - 1 : sum + u;
+        }
     }
     return sum;
 }
@@ -1419,10 +1523,44 @@ nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(void *device, nvmlMemory_v2_t *memory)
     return end(&c, rc);
 }
 
+/* One entry of a process list as the driver fills it. */
+struct entry {
+    unsigned pid;
+    unsigned long long used;
+    unsigned gi, ci; /* GPU/compute instance ids, NVML_VALUE_NOT_AVAILABLE_UINT if not MIG */
+};
+
+/* Append g's live processes of this kind to *out (grown as needed). */
+static int collect(const struct fake_gpu *g, int kind, int na, unsigned gi, struct entry **out,
+                   size_t *n, size_t *cap)
+{
+    for (size_t i = 0; i < g->nprocs; i++) {
+        const struct fake_proc *p = &g->procs[i];
+        if (!(p->kinds & kind) || !proc_alive(g_state.reap, p->pid))
+            continue;
+        if (*n == *cap) {
+            size_t c = *cap ? *cap * 2 : 16;
+            struct entry *ne = realloc(*out, c * sizeof(*ne));
+            if (!ne)
+                return -1;
+            *out = ne;
+            *cap = c;
+        }
+        struct entry *e = &(*out)[(*n)++];
+        e->pid = p->pid;
+        e->used = na ? NVML_VALUE_NOT_AVAILABLE_ULL : p->used;
+        e->gi = gi;
+        e->ci = gi == NVML_VALUE_NOT_AVAILABLE_UINT ? gi : 0;
+    }
+    return 0;
+}
+
 /* The process-list protocol of the real driver:
  *   no processes              -> *count = 0, SUCCESS (infos may be NULL)
  *   infos NULL or *count < n  -> *count = n, INSUFFICIENT_SIZE
- *   otherwise                 -> fill n entries, *count = n, SUCCESS */
+ *   otherwise                 -> fill n entries, *count = n, SUCCESS
+ * A MIG device lists its own processes (with their instance ids); a GPU in MIG
+ * mode lists every instance's processes with usage not available. */
 static nvmlReturn_t process_list(const char *fn, void *device, unsigned int *count, void *infos,
                                  int kind, int v1)
 {
@@ -1431,10 +1569,24 @@ static nvmlReturn_t process_list(const char *fn, void *device, unsigned int *cou
         return end(&c, rc);
 
     int idx = slot->index;
-    size_t n = 0;
-    for (size_t i = 0; i < gpu->nprocs; i++)
-        if ((gpu->procs[i].kinds & kind) && proc_alive(g_state.reap, gpu->procs[i].pid))
-            n++;
+    struct entry *list = NULL;
+    size_t n = 0, cap = 0;
+    int bad = 0;
+    if (slot->mig >= 0) {
+        int k = 0; /* its MIG index on the parent */
+        for (int i = 0; i < slot->mig; i++)
+            k += g_state.migs[i].parent == idx;
+        bad = collect(gpu, kind, 0, (unsigned)k, &list, &n, &cap);
+    } else {
+        bad = collect(gpu, kind, 0, NVML_VALUE_NOT_AVAILABLE_UINT, &list, &n, &cap);
+        for (int i = 0, k = 0; i < g_state.nmigs && !bad; i++)
+            if (g_state.migs[i].parent == idx)
+                bad = collect(&g_state.migs[i], kind, 1, (unsigned)k++, &list, &n, &cap);
+    }
+    if (bad) {
+        free(list);
+        return end(&c, NVML_ERROR_MEMORY);
+    }
 
     /* grow rules armed by an earlier INSUFFICIENT_SIZE answer */
     struct fake_rule *grow = NULL;
@@ -1451,49 +1603,39 @@ static nvmlReturn_t process_list(const char *fn, void *device, unsigned int *cou
 
     if (total == 0) {
         *count = 0;
+        free(list);
         return end(&c, NVML_SUCCESS);
     }
     if (!infos || *count < total) {
         *count = (unsigned)total;
         if (grow)
             grow->armed[idx] = me;
+        free(list);
         return end(&c, NVML_ERROR_INSUFFICIENT_SIZE);
     }
 
-    size_t k = 0;
-    for (size_t i = 0; i < gpu->nprocs; i++) {
-        const struct fake_proc *p = &gpu->procs[i];
-        if (!(p->kinds & kind) || !proc_alive(g_state.reap, p->pid))
-            continue;
-        if (k == total)
-            break; /* a reaped process came back to life? never overrun the buffer */
+    for (size_t k = 0; k < total; k++) {
+        struct entry e;
+        if (k < n) {
+            e = list[k];
+        } else {
+            e.pid = FAKE_GROW_PID_BASE + (unsigned)(k - n);
+            e.used = grow->grow_used;
+            e.gi = e.ci = NVML_VALUE_NOT_AVAILABLE_UINT;
+        }
         if (v1) {
             nvmlProcessInfo_v1_t *o = (nvmlProcessInfo_v1_t *)infos + k;
-            o->pid = p->pid;
-            o->usedGpuMemory = p->used;
+            o->pid = e.pid;
+            o->usedGpuMemory = e.used;
         } else {
             nvmlProcessInfo_v2_t *o = (nvmlProcessInfo_v2_t *)infos + k;
-            o->pid = p->pid;
-            o->usedGpuMemory = p->used;
-            o->gpuInstanceId = NVML_VALUE_NOT_AVAILABLE_UINT; /* not a MIG device */
-            o->computeInstanceId = NVML_VALUE_NOT_AVAILABLE_UINT;
-        }
-        k++;
-    }
-    for (size_t e = 0; e < extra; e++, k++) {
-        unsigned pid = FAKE_GROW_PID_BASE + (unsigned)e;
-        if (v1) {
-            nvmlProcessInfo_v1_t *o = (nvmlProcessInfo_v1_t *)infos + k;
-            o->pid = pid;
-            o->usedGpuMemory = grow->grow_used;
-        } else {
-            nvmlProcessInfo_v2_t *o = (nvmlProcessInfo_v2_t *)infos + k;
-            o->pid = pid;
-            o->usedGpuMemory = grow->grow_used;
-            o->gpuInstanceId = NVML_VALUE_NOT_AVAILABLE_UINT;
-            o->computeInstanceId = NVML_VALUE_NOT_AVAILABLE_UINT;
+            o->pid = e.pid;
+            o->usedGpuMemory = e.used;
+            o->gpuInstanceId = e.gi;
+            o->computeInstanceId = e.ci;
         }
     }
+    free(list);
     *count = (unsigned)total;
     if (grow)
         grow->armed[idx] = 0;
@@ -1517,14 +1659,16 @@ PROCESS_FN(nvmlDeviceGetMPSComputeRunningProcesses_v2, KIND_MPS, 0)
 PROCESS_FN(nvmlDeviceGetMPSComputeRunningProcesses_v3, KIND_MPS, 0)
 
 /* ------------------------------------------------------------------------ */
-/* MIG: not emulated (a T4-like GPU without MIG support)                     */
+/* MIG                                                                       */
 
 nvmlReturn_t nvmlDeviceGetMigMode(void *device, unsigned int *currentMode,
                                   unsigned int *pendingMode)
 {
     DEVICE_PROLOGUE("nvmlDeviceGetMigMode", device, currentMode && pendingMode)
+    if (rc == NVML_SUCCESS && (slot->mig >= 0 || gpu->nmig == 0))
+        rc = NVML_ERROR_NOT_SUPPORTED; /* a MIG device itself, or a GPU without MIG */
     if (rc == NVML_SUCCESS)
-        rc = NVML_ERROR_NOT_SUPPORTED;
+        *currentMode = *pendingMode = 1; /* NVML_DEVICE_MIG_ENABLE */
     return end(&c, rc);
 }
 
@@ -1532,7 +1676,7 @@ nvmlReturn_t nvmlDeviceIsMigDeviceHandle(void *device, unsigned int *isMigDevice
 {
     DEVICE_PROLOGUE("nvmlDeviceIsMigDeviceHandle", device, isMigDevice)
     if (rc == NVML_SUCCESS)
-        *isMigDevice = 0;
+        *isMigDevice = slot->mig >= 0;
     return end(&c, rc);
 }
 
@@ -1540,24 +1684,45 @@ nvmlReturn_t nvmlDeviceGetMaxMigDeviceCount(void *device, unsigned int *count)
 {
     DEVICE_PROLOGUE("nvmlDeviceGetMaxMigDeviceCount", device, count)
     if (rc == NVML_SUCCESS)
-        *count = 0;
+        *count = (slot->mig < 0 && gpu->nmig > 0) ? FAKE_MAX_MIGS_PER_GPU : 0;
     return end(&c, rc);
 }
 
 nvmlReturn_t nvmlDeviceGetMigDeviceHandleByIndex(void *device, unsigned int index,
                                                  void **migDevice)
 {
-    (void)index;
     DEVICE_PROLOGUE("nvmlDeviceGetMigDeviceHandleByIndex", device, migDevice)
-    if (rc == NVML_SUCCESS)
+    if (rc == NVML_SUCCESS && (slot->mig >= 0 || gpu->nmig == 0))
         rc = NVML_ERROR_NOT_SUPPORTED;
+    if (rc == NVML_SUCCESS && index >= FAKE_MAX_MIGS_PER_GPU)
+        rc = NVML_ERROR_INVALID_ARGUMENT;
+    struct fake_gpu *m = NULL;
+    if (rc == NVML_SUCCESS && !(m = mig_of(&g_state, slot->index, (int)index)))
+        rc = NVML_ERROR_NOT_FOUND; /* no MIG device in that slot */
+    if (rc == NVML_SUCCESS) {
+        struct fake_slot *ms = slot_for_uuid(m->uuid);
+        if (!ms) {
+            rc = NVML_ERROR_UNKNOWN;
+        } else {
+            ms->index = slot->index;
+            ms->mig = (int)(m - g_state.migs);
+            *migDevice = ms;
+        }
+    }
     return end(&c, rc);
 }
 
 nvmlReturn_t nvmlDeviceGetDeviceHandleFromMigDeviceHandle(void *migDevice, void **device)
 {
     DEVICE_PROLOGUE("nvmlDeviceGetDeviceHandleFromMigDeviceHandle", migDevice, device)
-    if (rc == NVML_SUCCESS)
-        rc = NVML_ERROR_INVALID_ARGUMENT; /* no handle here is a MIG device */
+    if (rc == NVML_SUCCESS && slot->mig < 0)
+        rc = NVML_ERROR_INVALID_ARGUMENT; /* not a MIG device */
+    if (rc == NVML_SUCCESS) {
+        struct fake_slot *ps = slot_for_uuid(g_state.gpus[slot->index].uuid);
+        if (!ps)
+            rc = NVML_ERROR_UNKNOWN;
+        else
+            *device = ps;
+    }
     return end(&c, rc);
 }

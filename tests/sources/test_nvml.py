@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakenvml import FakeGpu, FakeNvmlState, FakeProcess, build, mib, subprocess_env
+from tests.fakenvml import (
+    FakeGpu,
+    FakeMig,
+    FakeNvmlState,
+    FakeProcess,
+    build,
+    gib,
+    mib,
+    subprocess_env,
+)
 from vramwatch.model import GpuProcess, GpuSample
 from vramwatch.sources.nvml import INIT_RETRY_FIRST_NS, REENUMERATE_NS, NvmlSource
 
@@ -219,6 +228,7 @@ def test_a_lost_gpu_stays_one_error_sample_and_the_others_keep_being_sampled(
         (summary(gpus), error) for gpus, error in ticks
     ]
     assert [mib(4360)] * 4 == [gpus[0].free_bytes for gpus, _ in ticks]
+    assert [[False, True]] * 4 == [[g.lost for g in gpus] for gpus, _ in ticks]
 
 
 def test_a_lost_gpu_that_comes_back_is_sampled_again(fake_nvml: FakeNvmlState) -> None:
@@ -271,6 +281,7 @@ def test_a_gpu_whose_uuid_cannot_be_read_keeps_the_uuid_it_had(fake_nvml: FakeNv
     assert [(0, T4, None), (1, A10, "UNKNOWN")] == summary(broken)
     assert [(0, T4, None), (1, A10, "UNKNOWN")] == summary(enumerated_again)
     assert "enumerating GPU 1" in (enumerated_again[1].error or "")
+    assert [False, False] == [g.lost for g in enumerated_again]  # UNKNOWN is not lost
 
 
 def test_a_hot_added_gpu_is_sampled_from_the_next_tick(fake_nvml: FakeNvmlState) -> None:
@@ -340,3 +351,72 @@ def test_a_count_that_never_answered_is_retried_every_tick(fake_nvml: FakeNvmlSt
 
     assert [0, 0, 2] == [len(gpus) for gpus, _ in results]
     assert [True, True, False] == [error is not None for _, error in results]
+
+
+# --------------------------------------------------------------------------
+# MIG (issue 11, item 3)
+
+A100 = "GPU-a1000000-0000-0000-0000-000000000000"
+MIG0 = "MIG-a1000000-0000-0000-0000-000000000000"
+MIG1 = "MIG-a1000000-0000-0000-0000-000000000001"
+
+
+def a100_in_mig_mode() -> list[FakeGpu]:
+    return [
+        FakeGpu(
+            A100,
+            gib(80),
+            name="NVIDIA A100-SXM4-80GB",
+            mig=(
+                FakeMig(MIG0, gib(20), "MIG 2g.20gb", (FakeProcess(10, gib(19)),)),
+                FakeMig(
+                    MIG1,
+                    gib(40),
+                    "MIG 3g.40gb",
+                    (FakeProcess(11, gib(5)), FakeProcess(10, gib(1), "compute,graphics")),
+                ),
+            ),
+        ),
+        two_gpus()[0],
+    ]
+
+
+def test_a_gpu_in_mig_mode_is_sampled_as_its_mig_devices(fake_nvml: FakeNvmlState) -> None:
+    fake_nvml.write(a100_in_mig_mode())
+    source = NvmlSource()
+
+    gpus, error = source.sample(0)
+    source.close()
+
+    assert None is error
+    assert [
+        (0, MIG0, "MIG 2g.20gb", A100, 0, gib(20), gib(1), [(10, gib(19))]),
+        # PID 10 is in both instances: counted in each, once per instance.
+        (0, MIG1, "MIG 3g.40gb", A100, 1, gib(40), gib(34), [(11, gib(5)), (10, gib(1))]),
+        (1, T4, "Tesla T4", None, None, mib(15360), mib(4360), [(4242, mib(10700)), (4343, None)]),
+    ] == [
+        (
+            g.index,
+            g.uuid,
+            g.name,
+            g.parent_uuid,
+            g.mig_index,
+            g.total_bytes,
+            g.free_bytes,
+            [(p.pid, p.used_bytes) for p in g.processes],
+        )
+        for g in gpus
+    ]
+    assert ["0:0", "0:1", "1"] == [g.label for g in gpus]
+
+
+def test_a_failing_mig_enumeration_is_one_error_sample_for_that_gpu(
+    fake_nvml: FakeNvmlState,
+) -> None:
+    fake_nvml.write(a100_in_mig_mode(), errors={"nvmlDeviceGetMigDeviceHandleByIndex@0": "UNKNOWN"})
+    source = NvmlSource()
+
+    gpus, _ = source.sample(0)
+    source.close()
+
+    assert [(0, A100, "UNKNOWN"), (1, T4, None)] == summary(gpus)

@@ -64,6 +64,9 @@ def world(tmp_path: Path, available_kib: int) -> ProcFs:
         "/user.slice/user-1000.slice/user@1000.service/app.slice/immich-ml.service",
         "impostor",
     )
+    # 9999 is exiting: NVML still lists it, its /proc entry is an empty shell (a
+    # zombie whose files are gone), so it is left unattributed.
+    (tmp_path / "proc" / "9999").mkdir()
     cg = tmp_path / "cgroup"
     for unit, anon in (("immich-ml.service", mib(1500)), ("llama.service", mib(200))):
         (cg / "system.slice" / unit).mkdir(parents=True)

@@ -23,6 +23,7 @@ EXPECTED_ALERTS = [
     "VramwatchFloorBreachedNoRelief",
     "VramwatchHostMemoryLow",
     "VramwatchGpuTelemetryDown",
+    "VramwatchGpuLost",
     "VramwatchSamplingErrors",
     "VramwatchDown",
     "VramwatchStalled",

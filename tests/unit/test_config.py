@@ -865,3 +865,19 @@ def test_floors_at_or_above_what_exists_are_warned_about(
     actual = config.floor_warnings(loaded, totals, mem_total)
 
     assert expected == actual
+
+
+@pytest.mark.parametrize(
+    ("text", "expected_ns"),
+    [("", 3 * S), ('nvml_timeout = "500ms"', S // 2), ('nvml_timeout = "60s"', 60 * S)],
+)
+def test_nvml_timeout_is_a_bounded_duration_in_the_gpu_table(text: str, expected_ns: int) -> None:
+    assert expected_ns == config.parse(f"[gpu]\n{text}\n", PATH).nvml_timeout_ns
+
+
+@pytest.mark.parametrize("value", ["10ms", "0s", "61s", "1h", "soon"])
+def test_nvml_timeout_out_of_range_names_the_key(value: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        config.parse(f'[gpu]\nnvml_timeout = "{value}"\n', PATH)
+
+    assert ("gpu.nvml_timeout", PATH) == (err.value.key, err.value.path)

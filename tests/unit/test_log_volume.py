@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from tests.unit.builders import S, one_gpu
@@ -171,3 +172,32 @@ def test_a_sampler_that_keeps_raising_is_logged_every_5_minutes_not_every_tick(
     assert (
         "sampling failed: PermissionError('/proc/meminfo'); skipping ticks until it works again"
     ) == events[0]["message"]
+
+
+def test_a_lost_gpu_is_logged_once_and_when_it_reads_again() -> None:
+    end = MINUTES * 60
+
+    def lost(t: int) -> Snapshot:
+        s = snap(t, free_mib=9000, error="GPU_IS_LOST: GPU is lost" if t < end else None)
+        return replace(s, gpus=tuple(replace(g, lost=g.error is not None) for g in s.gpus))
+
+    seen = timeline(lost, end + 4)
+
+    assert [(0, "gpu_lost"), (end, "sampling_recovered")] == seen
+
+
+def test_a_hung_nvml_is_logged_at_start_every_5_minutes_and_when_it_answers() -> None:
+    end = MINUTES * 60
+
+    def hung(t: int) -> Snapshot:
+        s = snap(t, free_mib=9000, error="NVML_HUNG: ..." if t < end else None)
+        return replace(s, nvml_hung_ns=(t + 3) * S) if t < end else s
+
+    seen = timeline(hung, end + 4)
+
+    assert [
+        (0, "nvml_hung"),
+        (300, "nvml_hung"),
+        (600, "nvml_hung"),
+        (end, "sampling_recovered"),
+    ] == seen

@@ -6,6 +6,7 @@ exposition text a scrape or node_exporter would read), never from internals.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import socket
 import stat
@@ -207,6 +208,46 @@ def test_a_gpu_in_error_has_no_memory_series_only_up_0_and_counts_errors() -> No
     assert {(("unit", "llama.service"),): 0} == series(m, "vramwatch_tenant_vram_used_bytes")
 
 
+def test_a_lost_gpu_is_gpu_lost_1_and_a_healthy_or_failing_one_0() -> None:
+    m = metrics()
+    m.observe_snapshot(CONFIG, snap())
+    healthy = value(m, "vramwatch_gpu_lost", **GPU0)
+    m.observe_snapshot(CONFIG, snap((gpu(error="TIMEOUT: Timeout"),), hog_vram_mib=None))
+    failing = value(m, "vramwatch_gpu_lost", **GPU0)
+    lost = dataclasses.replace(gpu(error="GPU_IS_LOST: GPU is lost"), lost=True)
+    m.observe_snapshot(CONFIG, snap((lost,), hog_vram_mib=None))
+
+    assert (0, 0, 1) == (healthy, failing, value(m, "vramwatch_gpu_lost", **GPU0))
+    assert 0 == value(m, "vramwatch_gpu_up", **GPU0)
+
+
+MIG0 = "MIG-a1000000-0000-0000-0000-000000000000"
+MIG1 = "MIG-a1000000-0000-0000-0000-000000000001"
+
+
+def test_mig_devices_carry_their_mig_uuid_and_a_gpu_label_of_their_own() -> None:
+    base = dataclasses.replace(gpu(), parent_uuid=UUID, mig_index=0)
+    migs = (
+        dataclasses.replace(base, uuid=MIG0, name="MIG 2g.20gb"),
+        dataclasses.replace(base, uuid=MIG1, name="MIG 3g.40gb", mig_index=1),
+    )
+    m = metrics()
+    m.observe_snapshot(CONFIG, snap(migs))
+    m.observe_events(
+        [Event("floor_breached", "warning", "", {"resource": "vram", "gpu": 0, "mig": 1})]
+    )
+
+    assert {
+        (("gpu", "0:0"), ("name", "MIG 2g.20gb"), ("uuid", MIG0)): 1,
+        (("gpu", "0:1"), ("name", "MIG 3g.40gb"), ("uuid", MIG1)): 1,
+    } == series(m, "vramwatch_gpu_up")
+    assert {
+        (("gpu", ""), ("resource", "ram")): 0,
+        (("gpu", "0:0"), ("resource", "vram")): 0,
+        (("gpu", "0:1"), ("resource", "vram")): 1,
+    } == series(m, "vramwatch_floor_breached")
+
+
 def test_no_driver_counts_nvml_errors_and_host_gauges_stay() -> None:
     m = metrics()
 
@@ -245,7 +286,7 @@ def test_every_sampling_source_and_refusal_reason_starts_at_zero() -> None:
     )
     assert {
         (("reason", r),): 0
-        for r in ("no_candidate", "protected", "cooldown", "rate_limited", "self", "held")
+        for r in ("no_candidate", "protected", "cooldown", "rate_limited", "self", "held", "mps")
     } == series(m, "vramwatch_refusals_total")
 
 
@@ -305,6 +346,7 @@ def test_refusals_are_counted_by_reason() -> None:
         (("reason", "rate_limited"),): 1,
         (("reason", "self"),): 1,
         (("reason", "held"),): 1,
+        (("reason", "mps"),): 0,
     } == series(m, "vramwatch_refusals_total")
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import pynvml
 
 from vramwatch.model import GpuProcess, GpuSample
+from vramwatch.units import format_size
 
 # Retry a failed nvmlInit (no driver yet, driver being upgraded) with backoff,
 # so a driver that appears later is picked up without restarting vramwatch.
@@ -48,6 +49,9 @@ LIST_RACE_RETRIES = 3
 # Devices are enumerated again at least this often, so a hot-added GPU or one
 # that came back after a reset is guarded without restarting vramwatch.
 REENUMERATE_NS = 60 * 10**9
+# Errors that mean the GPU itself is gone until a reset or reboot (it fell off
+# the bus, Xid 79; or it needs a reset): the sample is marked lost.
+LOST = {"GPU_IS_LOST", "RESET_REQUIRED"}
 # Errors that mean the driver as a whole is unusable: shut down and re-init.
 _REINIT = {"DRIVER_NOT_LOADED", "LIB_RM_VERSION_MISMATCH", "UNINITIALIZED"}
 
@@ -102,6 +106,26 @@ class _Device:
     name: str
     handle: Any  # None: this GPU could not be enumerated (``error`` says why)
     error: str | None = None
+    lost: bool = False
+    parent_uuid: str | None = None  # a MIG device: its GPU
+    mig_index: int | None = None
+
+    def sample(self, *figures: Any, error: str | None = None, lost: bool = False) -> GpuSample:
+        """A sample of this device: (total, used, free, processes), or an error."""
+        total, used, free, processes = figures or (None, None, None, ())
+        return GpuSample(
+            self.index,
+            self.uuid,
+            self.name,
+            total,
+            used,
+            free,
+            processes,
+            error,
+            lost=lost,
+            parent_uuid=self.parent_uuid,
+            mig_index=self.mig_index,
+        )
 
 
 def unreadable_uuid(index: int) -> str:
@@ -205,36 +229,73 @@ class NvmlSource:
         ), None
 
     def _enumerate(self, count: int, now_ns: int) -> None:
-        devices = [self._enumerate_one(index) for index in range(count)]
-        readable = {dev.uuid for dev in devices if dev.handle is not None}
-        for dev in devices:
+        gpus = [self._enumerate_one(index) for index in range(count)]
+        readable = {dev.uuid for dev, _ in gpus if dev.handle is not None}
+        for dev, _ in gpus:
             if dev.handle is None and dev.uuid in readable:
                 dev.uuid = unreadable_uuid(dev.index)  # its old UUID moved to another index
-        self._known = {dev.index: (dev.uuid, dev.name) for dev in devices}
+        self._known = {dev.index: (dev.uuid, dev.name) for dev, _ in gpus}
+        # A GPU in MIG mode is guarded as its MIG devices: each has its own memory,
+        # processes and floor; the parent's per-process usage is not available.
+        devices = [d for dev, migs in gpus for d in (migs if migs is not None else [dev])]
         self._devices = devices
         self._count = count
         self._stale = False
         self._next_enum_ns = now_ns + REENUMERATE_NS
 
-    def _enumerate_one(self, index: int) -> _Device:
+    def _enumerate_one(self, index: int) -> tuple[_Device, list[_Device] | None]:
+        """GPU ``index`` and, when it is in MIG mode, its MIG devices (else None)."""
         uuid, name = self._known.get(index, (unreadable_uuid(index), ""))
         try:
             handle = _call(pynvml.nvmlDeviceGetHandleByIndex, index)
             uuid = _text(_call(pynvml.nvmlDeviceGetUUID, handle))
             name = _text(_call(pynvml.nvmlDeviceGetName, handle))
+            migs = self._mig_devices(index, uuid, handle)
         except NvmlFailure as failure:
-            return _Device(index, uuid, name, None, f"{failure.detail} (enumerating GPU {index})")
-        return _Device(index, uuid, name, handle)
+            error = f"{failure.detail} (enumerating GPU {index})"
+            return _Device(index, uuid, name, None, error, failure.code in LOST), None
+        return _Device(index, uuid, name, handle), migs
+
+    def _mig_devices(self, index: int, parent_uuid: str, handle: Any) -> list[_Device] | None:
+        """The MIG devices of a GPU in MIG mode, or None for a GPU not in MIG mode."""
+        try:
+            current, _pending = _call(pynvml.nvmlDeviceGetMigMode, handle)
+        except NvmlFailure as failure:
+            if failure.code in {"NOT_SUPPORTED", "FUNCTION_NOT_FOUND"}:
+                return None  # no MIG on this GPU (or this driver)
+            raise
+        if current != pynvml.NVML_DEVICE_MIG_ENABLE:
+            return None
+        devices = []
+        for mig_index in range(int(_call(pynvml.nvmlDeviceGetMaxMigDeviceCount, handle))):
+            try:
+                mig = _call(pynvml.nvmlDeviceGetMigDeviceHandleByIndex, handle, mig_index)
+            except NvmlFailure as failure:
+                if failure.code == "NOT_FOUND":
+                    continue  # no instance in this slot
+                raise
+            uuid = _text(_call(pynvml.nvmlDeviceGetUUID, mig))
+            name = _text(_call(pynvml.nvmlDeviceGetName, mig))
+            devices.append(_Device(index, uuid, name, mig, None, False, parent_uuid, mig_index))
+        return devices
 
     def _sample_device(self, dev: _Device) -> GpuSample:
         if dev.handle is None:
-            return GpuSample(dev.index, dev.uuid, dev.name, None, None, None, (), dev.error)
+            return dev.sample(error=dev.error, lost=dev.lost)
         try:
             total, used, free = self._memory(dev.handle)
             processes = self._processes(dev.handle)
         except NvmlFailure as failure:
-            return GpuSample(dev.index, dev.uuid, dev.name, None, None, None, (), failure.detail)
-        return GpuSample(dev.index, dev.uuid, dev.name, total, used, free, processes)
+            return dev.sample(error=failure.detail, lost=failure.code in LOST)
+        too_big = [p for p in processes if p.used_bytes is not None and p.used_bytes > total]
+        if too_big:
+            # Garbage (a binding/driver mismatch): never attribute any of this list.
+            p = too_big[0]
+            return dev.sample(
+                error=f"BAD_SAMPLE: PID {p.pid} reportedly holds {format_size(p.used_bytes)} "
+                f"on a {format_size(total)} GPU (NVML library and driver mismatched?)"
+            )
+        return dev.sample(total, used, free, processes)
 
     def _memory(self, handle: Any) -> tuple[int, int, int]:
         if self._memory_v2:
