@@ -112,7 +112,7 @@ def test_a_lost_gpu_leaves_the_healthy_one_guarded(bed: Bed) -> None:
     tenants = '\n[[tenant]]\nunit = "a.service"\nvram = "3000MiB"\n'
     daemon = bed.run_daemon(bed.config(config(tenants=tenants)))
 
-    error = daemon.wait_event("sampling_error", timeout=5)
+    error = daemon.wait_event("gpu_lost", timeout=5)
     restart = daemon.wait_event("restart", timeout=INTERVAL_S + GRACE_S + 3)
     bed.restarted("a.service", a)
 
