@@ -218,6 +218,8 @@ def cmd_polkit_rule(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from vramwatch.actuators import Router
+    from vramwatch.actuators.containers import ContainerActuator
     from vramwatch.daemon import Daemon
     from vramwatch.events import EventLog
     from vramwatch.metrics import Metrics, start_exporter
@@ -236,16 +238,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     if problem is not None:  # no metrics is no reason to stop guarding
         events.say("metrics_error", "error", problem, error=problem)
     sampler = Sampler(NvmlSource(), ProcFs())
+    running: list[Daemon] = []
+    # Containers are acted on with the running config's socket and stop_timeout
+    # (they follow a reload); the Engine API is only reached for a container tenant.
+    containers = ContainerActuator(lambda: running[0].config)
     daemon = Daemon(
         path,
         config,
         sampler,
-        SystemdClient(config.daemon.bus),
+        Router(SystemdClient(config.daemon.bus), containers),
         events,
         force_dry_run=args.dry_run,
         state=StateStore(args.state_dir or default_dir()),
         metrics=metrics,
     )
+    running.append(daemon)
     daemon.install_signal_handlers()
     return daemon.run()
 

@@ -24,6 +24,7 @@ from vramwatch.metrics import WITHDRAWN, Metrics
 from vramwatch.model import Action, Snapshot, Verb
 from vramwatch.state import StateError, StateStore
 from vramwatch.systemd import JobOutcome, notify, watchdog_interval_ns
+from vramwatch.tenants import tenant_fields, with_tenant
 from vramwatch.units import format_duration, format_size
 
 
@@ -200,10 +201,10 @@ class Daemon:
             return
         self._failing.end("policy")
         self.history = decision.history
-        self.events.emit(decision.events)
+        self.events.emit(with_tenant(e, snapshot) for e in decision.events)
         self.metrics.observe_events(decision.events)
         for action in decision.actions:
-            self._apply(action)
+            self._apply(action, snapshot)
         self._flush_metrics()
         self.save_state()
         self.notify("STATUS=" + status_line(snapshot) + "\nWATCHDOG=1")
@@ -213,8 +214,9 @@ class Daemon:
             self._ready = True
             self.notify("READY=1")
 
-    def _apply(self, action: Action) -> None:
+    def _apply(self, action: Action, snapshot: Snapshot) -> None:
         # Samples go stale: re-read right before acting; the tenant may have shrunk.
+        tenant = tenant_fields(action.unit, snapshot.units.get(action.unit))
         try:
             fresh = self.sampler.sample(self.config, self.clock())
             reason = policy.still_justified(self.config, fresh, action)
@@ -228,7 +230,7 @@ class Daemon:
                 "info",
                 f"not {'stopping' if action.verb is Verb.STOP else 'restarting'} "
                 f"{action.unit} after all: {reason}",
-                unit=action.unit,
+                **tenant,
                 resource=action.resource,
                 gpu=action.gpu,
                 reason=reason,
@@ -238,7 +240,7 @@ class Daemon:
             action.verb.value,
             "warning",
             action.message,
-            unit=action.unit,
+            **tenant,
             resource=action.resource,
             gpu=action.gpu,
             used_bytes=action.used_bytes,
@@ -259,7 +261,7 @@ class Daemon:
         if outcome.ok:
             return
         fields = dict(
-            unit=action.unit,
+            tenant,
             resource=action.resource,
             gpu=action.gpu,
             action=action.verb.value,

@@ -323,6 +323,9 @@ def _track_errors(b: _Builder, snapshot: Snapshot) -> None:
             )
     if snapshot.host.error is not None:
         current["host"] = (snapshot.host.error, {"resource": RAM})
+    if snapshot.engine_error is not None:
+        # Only container tenants are blinded: their usage is unknown, units read on.
+        current["engine"] = (snapshot.engine_error, {"source": "engine"})
     for key, (error, fields) in sorted(current.items()):
         told = b.errors_told.get(key)
         changed = b.errors.get(key) != error
@@ -364,6 +367,8 @@ def _source_name(key: str, fields: Mapping[str, Any]) -> str:
         return "NVML"
     if key == "host":
         return "host memory"
+    if key == "engine":
+        return "the container Engine API"
     if "gpu" in fields:
         return f"GPU {fields['gpu']} ({key[4:]})"
     return f"GPU {key[4:]}"

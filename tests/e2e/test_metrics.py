@@ -143,7 +143,7 @@ def test_scraped_gauges_match_the_fake_gpu_and_counters_count_the_restart(bed: B
         for unit in ("immich-ml.service", "llama.service")
         for what in ("vram_used", "vram_budget", "ram_budget")
     }
-    assert (get(after, "vramwatch_tenant_ram_used_bytes", unit="llama.service") or 0) > mib(1)
+    assert (get(after, "vramwatch_tenant_ram_used_bytes", tenant="llama.service") or 0) > mib(1)
     assert 1 == get(after, "vramwatch_actions_total", **restarted)
     assert 1 == len([k for k in after if k[0] == "vramwatch_actions_total"])
     assert (1, 0) == (
