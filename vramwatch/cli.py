@@ -179,6 +179,14 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"vramwatch: note: {nvml_error}", file=sys.stderr)
     for warning in budget_fit_warnings(config, totals):
         print(f"vramwatch: warning: {warning}", file=sys.stderr)
+    if config.has_containers:
+        from vramwatch.sources.containers import Engine, check_warnings
+
+        engine = Engine(config.containers.socket)
+        keys = [t.unit for t in config.tenants if t.id.is_container]
+        for warning in check_warnings(keys, engine):
+            print(f"vramwatch: warning: {warning}", file=sys.stderr)
+        engine.close()
     if config.tenants:
         _report_protections(config)
     return EXIT_OK

@@ -71,7 +71,8 @@ def dockerd_session() -> Iterator[Dockerd]:
 def dockerd(dockerd_session: Dockerd) -> Iterator[Dockerd]:
     """The session's dockerd, running, with no container left from the test before."""
     if dockerd_session.proc is None:
-        dockerd_session.start()  # a test stopped it
+        dockerd_session.start()  # a test stopped it: its containers are still there, stopped
+        dockerd_session.remove_containers()
     try:
         yield dockerd_session
     finally:

@@ -234,3 +234,50 @@ vram = "2000MiB"
     assert "cannot reach the Engine API" in error["message"], error
     assert ("whisper.service", "whisper.service") == (restart.get("tenant"), restart.get("unit"))
     assert [] == daemon.named("restart", tenant="compose:immich/immich-machine-learning")
+
+
+def test_check_warns_of_an_unreachable_engine_and_of_containers_that_do_not_exist_yet(
+    bed: Bed, dockerd: Dockerd
+) -> None:
+    bed.gpu(total_mib=15360)
+    dockerd.run("immich_ml_1", IDLE, compose=ML)
+    tenants = """
+[[tenant]]
+compose = "immich/immich-machine-learning"
+vram = "3000MiB"
+
+[[tenant]]
+container = "frigate"
+vram = "2000MiB"
+
+[[tenant]]
+compose = "paperless/ocr"
+ram = "2GiB"
+"""
+    good = bed.config(config(dockerd, tenants))
+    away = bed.config(
+        config(dockerd, tenants).replace(dockerd.socket, f"unix://{bed.dir}/nothing.sock"),
+        "away.toml",
+    )
+
+    present = bed.cli("check", "-c", str(good))
+    absent = bed.cli("check", "-c", str(away))
+
+    assert 0 == present.returncode, present.stderr
+    assert [
+        (
+            "vramwatch: warning: container:frigate: no container named frigate exists right now "
+            "(watched once it starts)"
+        ),
+        (
+            "vramwatch: warning: compose:paperless/ocr: no container of compose service "
+            "paperless/ocr exists right now (watched once it starts)"
+        ),
+    ] == [line for line in present.stderr.splitlines() if "warning" in line]
+    assert 0 == absent.returncode, absent.stderr
+    assert [
+        (
+            "vramwatch: warning: container tenants are configured but list containers: cannot "
+            f"reach the Engine API at unix://{bed.dir}/nothing.sock: No such file or directory"
+        )
+    ] == [line for line in absent.stderr.splitlines() if "warning" in line]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from vramwatch.model import ContainerInfo
+from vramwatch.model import ContainerInfo, TenantId, TenantKind
 
 # Outcomes of an Engine API call, as the journal and metrics name them.
 OK = "ok"
@@ -104,11 +104,12 @@ class Engine:
         raw = self.call(f"inspect {ident}", lambda api: api.inspect_container(ident))
         return container_info(raw)
 
-    def service(self, project: str, service: str) -> list[ContainerInfo]:
-        """The running containers of one compose service."""
+    def service(self, project: str, service: str, *, every: bool = False) -> list[ContainerInfo]:
+        """The running containers of one compose service (``every``: stopped ones too)."""
         labels = [f"{COMPOSE_PROJECT}={project}", f"{COMPOSE_SERVICE}={service}"]
         raw = self.call(
-            f"list {project}/{service}", lambda api: api.containers(filters={"label": labels})
+            f"list {project}/{service}",
+            lambda api: api.containers(all=every, filters={"label": labels}),
         )
         return [container_info(c) for c in raw]
 
@@ -132,7 +133,7 @@ class Engine:
 def _translate(socket: str, what: str, exc: Exception) -> EngineError:
     """The SDK's (and requests') exceptions -> an EngineError naming the outcome."""
     name = type(exc).__name__
-    text = str(exc).strip() or name
+    text = _reason(exc)
     status = getattr(getattr(exc, "response", None), "status_code", None)
     if status == 404 or name == "NotFound":
         return EngineError(NO_SUCH_CONTAINER, f"{what}: no such container")
@@ -224,3 +225,56 @@ class Catalog:
 
     def close(self) -> None:
         self.engine.close()
+
+
+def check_warnings(keys: list[str], engine: Engine) -> list[str]:
+    """``vramwatch check``: is the Engine API reachable, and does each container
+    tenant exist right now? Warnings only: a container may be started later."""
+    if not keys:
+        return []
+    try:
+        engine.running()
+    except EngineError as exc:
+        return [f"container tenants are configured but {exc.detail}"]
+    warnings = []
+    for key in keys:
+        ident = TenantId.from_key(key)
+        try:
+            if ident.kind is TenantKind.CONTAINER:
+                engine.inspect(ident.name)
+                continue
+            project, _, service = ident.name.partition("/")
+            if engine.service(project, service, every=True):
+                continue
+            warnings.append(
+                f"{key}: no container of compose service {ident.name} exists right now "
+                "(watched once it starts)"
+            )
+        except EngineError as exc:
+            if exc.outcome != NO_SUCH_CONTAINER:
+                warnings.append(f"{key}: {exc.detail}")
+                continue
+            warnings.append(
+                f"{key}: no container named {ident.name} exists right now (watched once it starts)"
+            )
+    return warnings
+
+
+def _reason(exc: BaseException) -> str:
+    """The OS's words when an OSError lies under requests' and urllib3's wrappers
+    (``('Connection aborted.', FileNotFoundError(2, ...))`` -> "No such file or
+    directory"), else the exception's own text."""
+    seen: set[int] = set()
+    stack: list[object] = [exc]
+    while stack:
+        item = stack.pop(0)
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, OSError) and item.strerror:
+            return item.strerror
+        if isinstance(item, BaseException):
+            stack.extend(item.args)
+            stack.extend(x for x in (item.__cause__, item.__context__) if x is not None)
+            stack.extend(x for x in (getattr(item, "reason", None),) if x is not None)
+    return str(exc).strip() or type(exc).__name__
