@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.dockerd import Dockerd, missing
+from tests.e2e.dockerd import PODMAN, Dockerd, Podman, missing
 from tests.e2e.harness import Bed, Daemon, prepare, venv
 from tests.sandbox import Sandbox
 from tests.sandbox.fixtures import in_ci
 
-__all__ = ["Bed", "Daemon", "Dockerd", "venv"]
+__all__ = ["Bed", "Daemon", "Dockerd", "Podman", "venv"]
 
 
 @pytest.fixture(scope="session")
@@ -78,3 +78,21 @@ def dockerd(dockerd_session: Dockerd) -> Iterator[Dockerd]:
     finally:
         if dockerd_session.proc is not None:
             dockerd_session.remove_containers()
+
+
+@pytest.fixture
+def podman() -> Iterator[Podman]:
+    """A private ``podman system service`` (Docker-compatible API) for one test."""
+    problems = missing(PODMAN)
+    if problems:
+        reason = "cannot run a private podman service: " + "; ".join(problems)
+        if in_ci():
+            pytest.fail(f"{reason} (CI=true: not skipping)", pytrace=False)
+        pytest.skip(reason)
+    engine = Podman()
+    try:
+        engine.start()
+        print(f"\npodman service {engine.dir} up in {engine.startup_s:.2f}s", file=sys.stderr)
+        yield engine
+    finally:
+        engine.close()

@@ -28,18 +28,19 @@ from typing import Any
 
 DOCKERD = "/usr/sbin/dockerd"
 BUSYBOX = "/bin/busybox"
-IMAGE = "vramwatch-test/busybox:1"
+IMAGE = "vramwatch-test/busybox"  # :latest (Podman's import ignores the tag)
 # Applets the test containers run.
 APPLETS = ("sh", "sleep", "yes", "head", "cat", "true")
 START_TIMEOUT_S = 30
 
 
-def missing() -> list[str]:
-    """What this machine lacks to run a private dockerd."""
+def missing(engine: str = "/usr/sbin/dockerd") -> list[str]:
+    """What this machine lacks to run a private dockerd (or ``podman`` service)."""
     problems = []
     if os.geteuid() != 0:
         problems.append("not root")
-    for path, package in ((DOCKERD, "docker.io"), (BUSYBOX, "busybox-static")):
+    engine_package = "podman" if engine.endswith("podman") else "docker.io"
+    for path, package in ((engine, engine_package), (BUSYBOX, "busybox-static")):
         if not os.access(path, os.X_OK):
             problems.append(f"no {path} (apt install {package}; scripts/bootstrap does)")
     try:
@@ -65,28 +66,35 @@ class Dockerd:
         self._api: Any = None
         self.startup_s = 0.0
 
-    def start(self) -> Dockerd:
-        started = time.monotonic()
+    def command(self) -> list[str]:
         for sub in ("data", "exec"):
             (self.dir / sub).mkdir(exist_ok=True)
+        return [
+            DOCKERD,
+            "--data-root", str(self.dir / "data"),
+            "--exec-root", str(self.dir / "exec"),
+            "-H", self.socket,
+            "--pidfile", str(self.dir / "dockerd.pid"),
+            "--iptables=false",
+            "--ip6tables=false",
+            "--bridge=none",
+            "--cgroup-parent", self.cgroup_parent,
+        ]  # fmt: skip
+
+    def environment(self) -> dict[str, str] | None:
+        return None
+
+    def start(self) -> Dockerd:
+        started = time.monotonic()
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [
-                    DOCKERD,
-                    "--data-root", str(self.dir / "data"),
-                    "--exec-root", str(self.dir / "exec"),
-                    "-H", self.socket,
-                    "--pidfile", str(self.dir / "dockerd.pid"),
-                    "--iptables=false",
-                    "--ip6tables=false",
-                    "--bridge=none",
-                    "--cgroup-parent", self.cgroup_parent,
-                ],
+                self.command(),
+                env=self.environment(),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
-            )  # fmt: skip
+            )
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             if self.proc.poll() is not None:
@@ -119,10 +127,17 @@ class Dockerd:
             self._api = docker.APIClient(base_url=self.socket, version="1.41", timeout=60)
         return self._api
 
+    def _find_image(self) -> str | None:
+        for image in self.api().images():
+            if any(t.endswith(f"{IMAGE}:latest") for t in image.get("RepoTags") or []):
+                return str(image["Id"])
+        return None
+
     def image(self) -> str:
-        """busybox-static as an image, built locally (no registry is reachable)."""
-        if any(IMAGE in (i.get("RepoTags") or []) for i in self.api().images()):
-            return IMAGE
+        """busybox-static as an image, built locally (no registry is reachable); its id."""
+        found = self._find_image()
+        if found is not None:
+            return found
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:
             tar.add(BUSYBOX, arcname="bin/busybox")
@@ -136,9 +151,10 @@ class Dockerd:
                 d.type = tarfile.DIRTYPE
                 d.mode = 0o1777 if empty == "tmp" else 0o755
                 tar.addfile(d)
-        repo, _, tag = IMAGE.rpartition(":")
-        self.api().import_image_from_data(buf.getvalue(), repository=repo, tag=tag)
-        return IMAGE
+        self.api().import_image_from_data(buf.getvalue(), repository=IMAGE, tag="latest")
+        found = self._find_image()
+        assert found is not None, self.api().images()
+        return found
 
     def run(
         self,
@@ -161,10 +177,15 @@ class Dockerd:
             ["/bin/sh", "-c", script],
             name=name,
             labels=labels,
-            host_config=api.create_host_config(network_mode="none", **host_config),
+            host_config=api.create_host_config(
+                network_mode="none", **self.host_config_defaults(), **host_config
+            ),
         )
         api.start(created["Id"])
         return self.inspect(created["Id"])
+
+    def host_config_defaults(self) -> dict[str, Any]:
+        return {}
 
     def inspect(self, ident: str) -> dict[str, Any]:
         result: dict[str, Any] = self.api().inspect_container(ident)
@@ -251,3 +272,63 @@ class Dockerd:
         points = [line.split()[4] for line in mounts if line.split()[4].startswith(mark)]
         for point in sorted(points, key=len, reverse=True):
             subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+
+
+PODMAN = "/usr/bin/podman"
+# Where root's Podman keeps its blob-info cache whatever --root says.
+PODMAN_CACHE = Path("/var/lib/containers")
+
+
+class Podman(Dockerd):
+    """``podman system service``: the Docker-compatible Engine API of Podman 4.3,
+    with its own storage, run and tmp directories, the cgroupfs manager (no
+    systemd as PID 1 here) and file events."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.socket_path = self.dir / "podman.sock"
+        self.socket = f"unix://{self.socket_path}"
+        self.cgroup_parent = f"/{self.dir.name}"
+        self._cache_existed = PODMAN_CACHE.exists()
+
+    def command(self) -> list[str]:
+        for sub in ("root", "run", "tmp"):
+            (self.dir / sub).mkdir(exist_ok=True)
+        # Containers may not raise rlimits past the service's own: ask for less.
+        (self.dir / "containers.conf").write_text(
+            '[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n'
+        )
+        return [
+            PODMAN,
+            "--root", str(self.dir / "root"),
+            "--runroot", str(self.dir / "run"),
+            "--tmpdir", str(self.dir / "tmp"),
+            "--cgroup-manager", "cgroupfs",
+            "--events-backend", "file",
+            "system", "service", "--time", "0", self.socket,
+        ]  # fmt: skip
+
+    def environment(self) -> dict[str, str] | None:
+        return {**os.environ, "CONTAINERS_CONF": str(self.dir / "containers.conf")}
+
+    def host_config_defaults(self) -> dict[str, Any]:
+        return {"cgroup_parent": self.cgroup_parent}
+
+    def close(self) -> None:
+        super().close()
+        if not self._cache_existed:
+            shutil.rmtree(PODMAN_CACHE, ignore_errors=True)
+        root = Path("/sys/fs/cgroup")
+        # conmon's cgroup, made by Podman's cgroupfs manager when absent.
+        for parent in [root / "libpod_parent", *(h / "libpod_parent" for h in root.iterdir())]:
+            if parent.is_dir():
+                for sub in sorted(parent.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+                    if sub.is_dir():
+                        try:
+                            sub.rmdir()
+                        except OSError:
+                            pass
+                try:
+                    parent.rmdir()
+                except OSError:
+                    pass

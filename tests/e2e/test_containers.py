@@ -15,7 +15,7 @@ import os
 import time
 from typing import Any
 
-from tests.e2e.conftest import Bed, Dockerd
+from tests.e2e.conftest import Bed, Dockerd, Podman
 from tests.fakenvml import mib
 
 INTERVAL_S = 1
@@ -281,3 +281,25 @@ ram = "2GiB"
             f"reach the Engine API at unix://{bed.dir}/nothing.sock: No such file or directory"
         )
     ] == [line for line in absent.stderr.splitlines() if "warning" in line]
+
+
+def test_a_podman_container_is_restarted_through_podmans_docker_compatible_socket(
+    bed: Bed, podman: Podman
+) -> None:
+    bed.gpu(total_mib=15360)
+    worker = podman.run("speech_worker", IDLE, compose=("whisper", "worker"))
+    declare(bed, pid_of(worker), 14000)
+    tenants = '[[tenant]]\ncompose = "whisper/worker"\nvram = "3000MiB"\n'
+    daemon = bed.run_daemon(bed.config(config(podman, tenants)))
+
+    restart = daemon.wait_event("restart", timeout=INTERVAL_S + GRACE_S + 8)
+    daemon.wait_event("reclaimed", timeout=15)
+    after = podman.inspect(worker["Id"])
+
+    assert ("compose:whisper/worker", "speech_worker", worker["Id"]) == (
+        restart.get("tenant"),
+        restart.get("container"),
+        restart.get("container_id"),
+    )
+    assert (worker["Id"], True) == (after["Id"], pid_of(after) != pid_of(worker))
+    assert f"/libpod-{worker['Id']}" in open(f"/proc/{pid_of(after)}/cgroup").read()

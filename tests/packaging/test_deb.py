@@ -92,6 +92,7 @@ def test_package_installs_the_code_unit_pages_config_and_snippets(build: Build) 
         "/lib/systemd/system/vramwatch.service",
         "/usr/share/vramwatch/systemd/least-privilege.conf",
         "/usr/share/vramwatch/systemd/metrics.conf",
+        "/usr/share/vramwatch/systemd/containers.conf",
         "/usr/lib/sysusers.d/vramwatch.conf",
         "/usr/lib/tmpfiles.d/vramwatch.conf",
         "/usr/share/man/man8/vramwatch.8.gz",

@@ -92,6 +92,20 @@ def test_metrics_dropin_opens_only_ip_sockets(tmp_path: Path) -> None:
     assert {"RestrictAddressFamilies=~AF_(INET|INET6)", "PrivateNetwork="} <= least[2]
 
 
+def test_containers_dropin_costs_only_the_private_user_namespace(tmp_path: Path) -> None:
+    """The Engine API drop-in: 1.1 as root, 0.7 as the vramwatch user. The score cannot
+    see what the socket grants (root-equivalent); the drop-in and install.md say it."""
+    root = security(unit_with(tmp_path / "r", "containers.conf"), threshold=11)
+    least = security(
+        unit_with(tmp_path / "l", "containers.conf", "least-privilege.conf"), threshold=7
+    )
+
+    assert (0, 1.1) == root[:2]
+    assert (0, 0.7) == least[:2]
+    assert OPEN_BY_DESIGN | {"PrivateUsers="} == least[2]
+    assert ["docker"] == directives(SYSTEMD_DIR / "containers.conf")["SupplementaryGroups"]
+
+
 def test_threshold_fails_a_looser_unit(tmp_path: Path) -> None:
     """The CI check can fail: a unit without the hardening block exceeds the threshold."""
     unit = tmp_path / "vramwatch.service"
@@ -138,7 +152,7 @@ def test_watchdog_outlasts_the_longest_silence_between_keepalives() -> None:
     assert seconds > 8 * 3 + CALL_TIMEOUT_S + 10
 
 
-@pytest.mark.parametrize("name", ["least-privilege.conf", "metrics.conf"])
+@pytest.mark.parametrize("name", ["least-privilege.conf", "metrics.conf", "containers.conf"])
 def test_dropins_are_service_sections(name: str) -> None:
     text = (SYSTEMD_DIR / name).read_text()
 

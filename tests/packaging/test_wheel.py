@@ -25,6 +25,7 @@ DATA = {
     "share/vramwatch/systemd/vramwatch.service",
     "share/vramwatch/systemd/least-privilege.conf",
     "share/vramwatch/systemd/metrics.conf",
+    "share/vramwatch/systemd/containers.conf",
     "share/vramwatch/sysusers.d/vramwatch.conf",
     "share/vramwatch/tmpfiles.d/vramwatch.conf",
     "share/doc/vramwatch/examples/config.example.toml",
