@@ -32,7 +32,7 @@ FLOOR_LABELS = ("resource", "gpu")  # gpu is "" for the host RAM floor
 
 # Where a failed read came from: the NVML library/driver as a whole, one GPU,
 # host memory (/proc/meminfo), or the sampler itself raising.
-SOURCES = ("nvml", "gpu", "host", "sampler")
+SOURCES = ("nvml", "gpu", "host", "engine", "sampler")
 
 # Why an over-budget tenant (or a breach) led to no action; policy.py's
 # "skipped" reasons plus rate_limited and no_candidate.
@@ -125,6 +125,8 @@ class Metrics:
                 self.breaches.labels(*key)
         if snapshot.host.error is not None:
             self.sampling_errors.labels("host").inc()
+        if snapshot.engine_error is not None:
+            self.sampling_errors.labels("engine").inc()  # container tenants unknown
         present = {str(g.index) for g in snapshot.gpus}
         for key in [k for k in self._breached if k[0] == "vram" and k[1] not in present]:
             del self._breached[key]  # the GPU is gone (driver reset, hot unplug)

@@ -60,6 +60,12 @@ def rule(config: Config, user: str = DEFAULT_USER) -> str:
     ]
     if skipped:
         lines.append("// Protected, so not granted: " + ", ".join(skipped))
+    containers = sorted(t.unit for t in config.tenants if t.id.is_container)
+    if containers:
+        lines.append(
+            "// Containers, acted on through the Engine API and not systemd (see "
+            "containers.conf): " + ", ".join(containers)
+        )
     lines += [
         "polkit.addRule(function (action, subject) {",
         f"    if (action.id !== {_js_string(ACTION_ID)} ||",

@@ -72,9 +72,7 @@ def test_root_unit_scores_safe(tmp_path: Path) -> None:
 
 def test_least_privilege_dropin_scores_safe(tmp_path: Path) -> None:
     """As the vramwatch user: 0.5, and only the settings the job needs stay open."""
-    rc, exposure, open_settings = security(
-        unit_with(tmp_path, "least-privilege.conf"), threshold=5
-    )
+    rc, exposure, open_settings = security(unit_with(tmp_path, "least-privilege.conf"), threshold=5)
 
     assert (0, 0.5) == (rc, exposure)
     assert OPEN_BY_DESIGN == open_settings
@@ -92,7 +90,7 @@ def test_metrics_dropin_opens_only_ip_sockets(tmp_path: Path) -> None:
     assert {"RestrictAddressFamilies=~AF_(INET|INET6)", "PrivateNetwork="} <= least[2]
 
 
-def test_containers_dropin_costs_only_the_private_user_namespace(tmp_path: Path) -> None:
+def test_containers_dropin_costs_only_the_socket_group_and_user_namespace(tmp_path: Path) -> None:
     """The Engine API drop-in: 1.1 as root, 0.7 as the vramwatch user. The score cannot
     see what the socket grants (root-equivalent); the drop-in and install.md say it."""
     root = security(unit_with(tmp_path / "r", "containers.conf"), threshold=11)
@@ -102,7 +100,7 @@ def test_containers_dropin_costs_only_the_private_user_namespace(tmp_path: Path)
 
     assert (0, 1.1) == root[:2]
     assert (0, 0.7) == least[:2]
-    assert OPEN_BY_DESIGN | {"PrivateUsers="} == least[2]
+    assert OPEN_BY_DESIGN | {"PrivateUsers=", "SupplementaryGroups="} == least[2]
     assert ["docker"] == directives(SYSTEMD_DIR / "containers.conf")["SupplementaryGroups"]
 
 

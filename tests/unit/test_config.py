@@ -270,18 +270,24 @@ ERRORS = [
     # container tenants (SPEC "Tenants: units and containers")
     (
         '[[tenant]]\nunit = "a.service"\ncontainer = "a"',
-        "tenant[0].container: a tenant is named by exactly one of unit, container, compose; "
-        'this one has both "unit" and "container"',
+        (
+            "tenant[0].container: a tenant is named by exactly one of unit, container, compose; "
+            'this one has both "unit" and "container"'
+        ),
     ),
     (
         '[[tenant]]\ncompose = "frigate"',
-        'tenant[0].compose: expected PROJECT/SERVICE such as "immich/immich-machine-learning", '
-        'got "frigate"',
+        (
+            'tenant[0].compose: expected PROJECT/SERVICE such as "immich/immich-machine-learning", '
+            'got "frigate"'
+        ),
     ),
     (
         '[[tenant]]\ncontainer = "/immich"',
-        'tenant[0].container: expected a container name such as "immich_machine_learning", '
-        'got "/immich"',
+        (
+            'tenant[0].container: expected a container name such as "immich_machine_learning", '
+            'got "/immich"'
+        ),
     ),
     (
         '[[tenant]]\ncontainer = "ml"\n[[tenant]]\ncontainer = "ml"',
@@ -289,13 +295,17 @@ ERRORS = [
     ),
     (
         '[[tenant]]\nunit = "container:ml.service"',
-        'tenant[0].unit: "container:ml.service": the prefix "container:" is kept for container '
-        "tenants",
+        (
+            'tenant[0].unit: "container:ml.service": the prefix "container:" is kept for container '
+            "tenants"
+        ),
     ),
     (
         '[containers]\nsocket = "/run/docker.sock"',
-        'containers.socket: expected a Unix socket such as "unix:///run/docker.sock" or '
-        '"unix:///run/podman/podman.sock", got "/run/docker.sock"',
+        (
+            'containers.socket: expected a Unix socket such as "unix:///run/docker.sock" or '
+            '"unix:///run/podman/podman.sock", got "/run/docker.sock"'
+        ),
     ),
     (
         '[containers]\nstop_timeout = "11m"',
@@ -462,13 +472,17 @@ ERRORS = [
     ),
     (
         tenant_toml(vram='"1GiB"'),
-        "tenant[0].unit: missing: every tenant needs the systemd unit it runs as "
-        '(or "container" or "compose" for a container)',
+        (
+            "tenant[0].unit: missing: every tenant needs the systemd unit it runs as "
+            '(or "container" or "compose" for a container)'
+        ),
     ),
     (
         "[[tenant]]",
-        "tenant[0].unit: missing: every tenant needs the systemd unit it runs as "
-        '(or "container" or "compose" for a container)',
+        (
+            "tenant[0].unit: missing: every tenant needs the systemd unit it runs as "
+            '(or "container" or "compose" for a container)'
+        ),
     ),
     (
         tenant_toml(unit='"a.service"', action='"kill"'),

@@ -6,6 +6,7 @@ exposition text a scrape or node_exporter would read), never from internals.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import socket
 import stat
@@ -228,6 +229,15 @@ def test_unreadable_host_memory_is_absent_and_counted() -> None:
     assert None is value(m, "vramwatch_host_memory_floor_bytes")
 
 
+def test_an_unreachable_engine_api_counts_as_an_engine_error_not_a_bad_sample() -> None:
+    m = metrics()
+
+    m.observe_snapshot(CONFIG, dataclasses.replace(snap(), engine_error="dockerd is down"))
+
+    assert 1 == value(m, "vramwatch_sampling_errors_total", source="engine")
+    assert WALL == value(m, "vramwatch_last_good_sample_timestamp_seconds")
+
+
 def test_a_sampler_exception_counts_as_a_sampler_error() -> None:
     m = metrics()
 
@@ -240,7 +250,7 @@ def test_a_sampler_exception_counts_as_a_sampler_error() -> None:
 def test_every_sampling_source_and_refusal_reason_starts_at_zero() -> None:
     m = metrics()
 
-    assert {(("source", s),): 0 for s in ("nvml", "gpu", "host", "sampler")} == series(
+    assert {(("source", s),): 0 for s in ("nvml", "gpu", "host", "engine", "sampler")} == series(
         m, "vramwatch_sampling_errors_total"
     )
     assert {
