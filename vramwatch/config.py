@@ -449,6 +449,19 @@ def validate_unit_name(unit: str) -> str | None:
     return None
 
 
+def validate_tenant_key(key: str) -> str | None:
+    """The problem with a tenant key (a unit name, ``container:NAME``,
+    ``compose:PROJECT/SERVICE``), or ``None`` when it is one."""
+    ident = TenantId.from_key(key)
+    if ident.kind is TenantKind.CONTAINER:
+        ok = CONTAINER_NAME_RE.fullmatch(ident.name) and len(ident.name) <= CONTAINER_NAME_MAX
+        return None if ok else f'"{key}" is not a container tenant'
+    if ident.kind is TenantKind.COMPOSE:
+        ok = COMPOSE_RE.fullmatch(ident.name) and len(ident.name) <= CONTAINER_NAME_MAX
+        return None if ok else f'"{key}" is not a compose tenant'
+    return validate_unit_name(key)
+
+
 def _tenant_key(table: _Table) -> str:
     """The one of ``unit``, ``container``, ``compose`` that names the tenant, as its key."""
     named = [k for k in ("unit", "container", "compose") if k in table.data]
