@@ -354,3 +354,23 @@ def test_the_catalog_finds_a_container_cgroup_once_and_again_after_it_moves() ->
     third = catalog.cgroup(engine.containers[0], present.__contains__)
 
     assert (["/docker/" + ML] * 3, [100, 100]) == ([first, second, third], asked)
+
+
+def test_a_failing_engine_is_asked_again_after_a_pause_not_on_every_tick() -> None:
+    engine = engine_with(info(ML, "immich_ml_1", *SERVICE))
+    engine.error = EngineError(containers.TIMEOUT, "list containers: did not answer in time")
+    catalog = Catalog(engine, lambda _pid: None)  # type: ignore[arg-type]
+
+    for second in range(6):  # one tick a second
+        catalog.refresh(second * 10**9, {ML})
+    engine.error = None
+    catalog.refresh(6 * 10**9, {ML})
+
+    # Asked at 0 s and 5 s; the failure at 5 s holds the next try off until 10 s.
+    assert (2, "list containers: did not answer in time") == (engine.listings, catalog.error)
+    catalog.refresh(10 * 10**9, {ML})
+    assert (3, None, ["immich_ml_1"]) == (
+        engine.listings,
+        catalog.error,
+        [c.name for c in catalog.by_id.values()],
+    )

@@ -155,7 +155,9 @@ def _translate(socket: str, what: str, exc: Exception) -> EngineError:
 # re-creates containers with new ids on every `up`).
 LIST_TTL_NS = 10 * 10**9
 # An id that is still unknown after a fresh listing (a container of another
-# runtime, or one that just exited) does not trigger another one before this.
+# runtime, or one that just exited) does not trigger another one before this;
+# nor is a failing Engine API asked again sooner (a hung dockerd would
+# otherwise cost every tick READ_TIMEOUT_S).
 UNKNOWN_RETRY_NS = 5 * 10**9
 
 
@@ -175,6 +177,7 @@ class Catalog:
         self.by_id: dict[str, ContainerInfo] = {}
         self.error: str | None = None
         self._listed_ns: int | None = None
+        self._failed_ns: int | None = None
         self._unknown_since: dict[str, int] = {}
         self._cgroups: dict[str, str] = {}
 
@@ -185,16 +188,20 @@ class Catalog:
             now_ns - self._unknown_since.get(i, now_ns - UNKNOWN_RETRY_NS) >= UNKNOWN_RETRY_NS
             for i in new
         )
+        if self._failed_ns is not None and now_ns - self._failed_ns < UNKNOWN_RETRY_NS:
+            return  # still failing: the last listing and the error stand
         if not due and not retry and self.error is None:
             return
         try:
             running = self.engine.running()
         except EngineError as exc:
             self.error = exc.detail
+            self._failed_ns = now_ns
             for i in new:
                 self._unknown_since.setdefault(i, now_ns)
             return
         self.error = None
+        self._failed_ns = None
         self._listed_ns = now_ns
         self.by_id = {c.id: c for c in running}
         self._unknown_since = {i: now_ns for i in new if i not in self.by_id}
