@@ -18,7 +18,7 @@ from vramwatch.sources.procfs import CgroupLayout, ProcFs, parse_proc_cgroup
 
 UUID = "GPU-8f1c2a3e-0000-0000-0000-000000000000"
 ML = "a1" * 32  # immich/immich-machine-learning, systemd cgroup driver
-ML2 = "b2" * 32  # a second replica of that service, cgroupfs driver
+ML2 = "b2" * 32  # a second replica of that service, under Podman (systemd driver)
 FRIGATE = "c3" * 32  # a container that is no tenant
 FRESH = "d4" * 32  # ML re-created by `compose up`: a new id
 
@@ -165,12 +165,14 @@ def world(tmp_path: Path) -> ProcFs:
     (tmp_path / "proc").mkdir()
     (tmp_path / "proc" / "meminfo").write_text("MemTotal: 1000000 kB\nMemAvailable: 900000 kB\n")
     proc(tmp_path, 100, f"/system.slice/docker-{ML}.scope", "python")
-    proc(tmp_path, 200, f"/docker/{ML2}", "python")
+    proc(tmp_path, 200, f"/machine.slice/libpod-{ML2}.scope/container", "python")
     proc(tmp_path, 300, f"/docker/{FRIGATE}", "frigate.detector")
     proc(tmp_path, 400, "/system.slice/llama.service", "llama-server")
     proc(tmp_path, 500, f"/docker/{FRESH}", "python")
     cgroup(tmp_path, f"/system.slice/docker-{ML}.scope", [100], mib(700), mib(100))
-    cgroup(tmp_path, f"/docker/{ML2}", [200], mib(500))
+    # Podman puts the payload one level down; memory.stat of the scope counts it.
+    cgroup(tmp_path, f"/machine.slice/libpod-{ML2}.scope", [], mib(500))
+    cgroup(tmp_path, f"/machine.slice/libpod-{ML2}.scope/container", [200], mib(500))
     cgroup(tmp_path, f"/docker/{FRIGATE}", [300], mib(50))
     cgroup(tmp_path, "/system.slice/llama.service", [400], mib(20))
     cg = tmp_path / "cgroup"
