@@ -216,7 +216,8 @@ class Daemon:
 
     def _apply(self, action: Action, snapshot: Snapshot) -> None:
         # Samples go stale: re-read right before acting; the tenant may have shrunk.
-        tenant = tenant_fields(action.unit, snapshot.units.get(action.unit))
+        # The fields naming the tenant: VRAMWATCH_TENANT, and UNIT or CONTAINER(_ID).
+        named = tenant_fields(action.unit, snapshot.units.get(action.unit))
         try:
             fresh = self.sampler.sample(self.config, self.clock())
             reason = policy.still_justified(self.config, fresh, action)
@@ -230,7 +231,7 @@ class Daemon:
                 "info",
                 f"not {'stopping' if action.verb is Verb.STOP else 'restarting'} "
                 f"{action.unit} after all: {reason}",
-                **tenant,
+                **named,
                 resource=action.resource,
                 gpu=action.gpu,
                 reason=reason,
@@ -240,7 +241,7 @@ class Daemon:
             action.verb.value,
             "warning",
             action.message,
-            **tenant,
+            **named,
             resource=action.resource,
             gpu=action.gpu,
             used_bytes=action.used_bytes,
@@ -261,7 +262,7 @@ class Daemon:
         if outcome.ok:
             return
         fields = dict(
-            tenant,
+            named,
             resource=action.resource,
             gpu=action.gpu,
             action=action.verb.value,
