@@ -16,6 +16,7 @@ root-equivalent (docs/install.md).
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import signal
@@ -69,8 +70,13 @@ class Dockerd:
     def command(self) -> list[str]:
         for sub in ("data", "exec"):
             (self.dir / sub).mkdir(exist_ok=True)
+        # Its own config file: the host's /etc/docker/daemon.json is not read, and
+        # the identity key dockerd 20.10 creates goes here, not to /etc/docker.
+        config = self.dir / "daemon.json"
+        config.write_text(json.dumps({"deprecated-key-path": str(self.dir / "key.json")}))
         return [
             DOCKERD,
+            "--config-file", str(config),
             "--data-root", str(self.dir / "data"),
             "--exec-root", str(self.dir / "exec"),
             "-H", self.socket,
