@@ -3,15 +3,21 @@ the router sends each tenant to the actuator of its kind."""
 
 from __future__ import annotations
 
+import dataclasses
+import io
+import json
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from tests.unit.builders import one_gpu
 from vramwatch import config as cfg
 from vramwatch.actuators import Router
 from vramwatch.actuators.containers import ContainerActuator
-from vramwatch.events import journal_fields
+from vramwatch.daemon import Daemon
+from vramwatch.events import EventLog, journal_fields
 from vramwatch.model import ContainerInfo, Event, Snapshot, UnitUsage, Verb
 from vramwatch.sources import containers
 from vramwatch.sources.containers import EngineError, _translate
@@ -217,3 +223,68 @@ def test_a_unit_tenant_event_keeps_its_unit_and_gains_the_tenant() -> None:
     actual = tenant_fields("llama.service")
 
     assert {"tenant": "llama.service", "unit": "llama.service"} == actual
+
+
+# where the parts meet: the real Daemon, policy and router ---------------------
+
+
+class Scripted:
+    def __init__(self, make: Callable[[int], Snapshot]) -> None:
+        self.make = make
+
+    def sample(self, config: cfg.Config, now_ns: int) -> Snapshot:
+        return self.make(now_ns)
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_daemon_restarts_a_compose_tenant_through_the_engine_and_names_it_in_every_event(
+    tmp_path: Path,
+) -> None:
+    """A dockerd that is gone when the action comes: action_failed, not in flight, named
+    by tenant and container, and systemd is never asked to act on a container."""
+    key = "compose:immich/ml"
+    engine = ScriptedEngine("unix:///run/docker.sock")
+    engine.fail = {"list": EngineError(containers.UNREACHABLE, "cannot reach the Engine API")}
+    units: list[str] = []
+
+    class Systemd:
+        def act(self, unit: str, verb: Verb, should_stop: Callable[[], bool]) -> JobOutcome:
+            units.append(unit)
+            return JobOutcome(True, "done", "")
+
+    def snap(now: int) -> Snapshot:
+        s = one_gpu(now, hog_mib=10700, free_mib=1000, unit=key)
+        usage = dataclasses.replace(s.units[key], containers=(ML1,))
+        return dataclasses.replace(s, units={key: usage})
+
+    path = tmp_path / "vramwatch.toml"
+    path.write_text(
+        '[gpu]\nmin_free_vram = "2GiB"\ngrace = "0s"\n'
+        '[[tenant]]\ncompose = "immich/ml"\nvram = "3000MiB"\n'
+    )
+    out = io.StringIO()
+    config = cfg.load(path)
+    daemon = Daemon(
+        path,
+        config,
+        Scripted(snap),
+        Router(Systemd(), ContainerActuator(lambda: config, engine=lambda _s: engine)),  # type: ignore[arg-type,return-value]
+        EventLog("stderr", "json", stream=out),
+        clock=lambda: 0,
+        notifier=lambda state: False,
+    )
+
+    daemon.tick(0)
+
+    logged = [json.loads(line) for line in out.getvalue().splitlines()]
+    restart, failed = (
+        next(e for e in logged if e["event"] == n) for n in ("restart", "action_failed")
+    )
+    named = {"tenant": key, "compose": "immich/ml", "container": ML1.name, "container_id": ML1.id}
+    assert named == {k: restart.get(k) for k in named}
+    assert (named, "unreachable") == ({k: failed.get(k) for k in named}, failed["result"])
+    assert "unit" not in restart and "unit" not in failed
+    assert {} == dict(daemon.history.in_flight)  # not accepted: nothing holds the GPU
+    assert [] == units
