@@ -200,6 +200,14 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"vramwatch: note: {nvml_error}", file=sys.stderr)
     for warning in warnings + budget_fit_warnings(config, totals):
         print(f"vramwatch: warning: {warning}", file=sys.stderr)
+    if config.has_containers:
+        from vramwatch.sources.containers import Engine, check_warnings
+
+        engine = Engine(config.containers.socket)
+        keys = [t.unit for t in config.tenants if t.id.is_container]
+        for warning in check_warnings(keys, engine):
+            print(f"vramwatch: warning: {warning}", file=sys.stderr)
+        engine.close()
     if config.tenants:
         _report_protections(config)
     return EXIT_OK
@@ -249,6 +257,8 @@ def cmd_polkit_rule(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from vramwatch.actuators import Router
+    from vramwatch.actuators.containers import ContainerActuator
     from vramwatch.daemon import Daemon
     from vramwatch.events import EventLog
     from vramwatch.metrics import Metrics, start_exporter
@@ -277,16 +287,21 @@ def cmd_run(args: argparse.Namespace) -> int:
             "config_warning", "warning", f"{path}: {warning}", config=str(path), warning=warning
         )
     sampler = Sampler(nvml, ProcFs())
+    running: list[Daemon] = []
+    # Containers are acted on with the running config's socket and stop_timeout
+    # (they follow a reload); the Engine API is only reached for a container tenant.
+    containers = ContainerActuator(lambda: running[0].config)
     daemon = Daemon(
         path,
         config,
         sampler,
-        SystemdClient(config.daemon.bus),
+        Router(SystemdClient(config.daemon.bus), containers),
         events,
         force_dry_run=args.dry_run,
         state=StateStore(args.state_dir or default_dir()),
         metrics=metrics,
     )
+    running.append(daemon)
     daemon.install_signal_handlers()
     return daemon.run()
 

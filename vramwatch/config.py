@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from vramwatch import security, units
-from vramwatch.model import Verb
+from vramwatch.model import KEY_PREFIXES, TenantId, TenantKind, Verb
 
 DEFAULT_PATH = Path("/etc/vramwatch.toml")
 CONFIG_ENV = "VRAMWATCH_CONFIG"
@@ -40,6 +40,17 @@ MS = 10**6
 SECOND = 10**9
 HOUR = 3600 * SECOND
 DAY = 24 * HOUR
+# Docker's container name grammar (daemon/names: RestrictedNamePattern), and
+# compose's project and service names (lower-case for projects since v2).
+CONTAINER_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
+COMPOSE_RE = re.compile(r"([a-z0-9][a-z0-9_-]*)/([a-zA-Z0-9][a-zA-Z0-9_.-]*)")
+CONTAINER_NAME_MAX = 255
+# The Engine API endpoint; Podman serves the same API on its own socket.
+DEFAULT_ENGINE_SOCKET = "unix:///run/docker.sock"
+# t= of restart and stop: Docker's own default is 10 s. Its unit is whole
+# seconds; past 10 minutes a container is not stopping, it is hung.
+STOP_TIMEOUT_RANGE_NS = (0, 600 * 10**9)
+
 # Sane ranges for every duration, as (key, lowest, highest) in ns. A value out
 # of range is a typo, and some would crash the loop (Event.wait overflows far
 # past a year). Below 100 ms a tick cannot finish its NVML and /proc reads;
@@ -108,6 +119,8 @@ class FloorConfig:
 
 @dataclass(frozen=True, slots=True)
 class Tenant:
+    # The tenant's key: the unit name of a unit tenant, "container:NAME" or
+    # "compose:PROJECT/SERVICE" (model.TenantId); the policy knows only this.
     unit: str
     vram_bytes: int | None = None
     ram_bytes: int | None = None
@@ -127,6 +140,31 @@ class Tenant:
     def pinned_to(self, index: int, uuid: str) -> bool:
         """Whether this tenant is pinned to the GPU with this index and UUID."""
         return self.gpu is not None and (self.gpu == index or self.gpu == uuid)
+
+    @property
+    def key(self) -> str:
+        return self.unit
+
+    @property
+    def id(self) -> TenantId:
+        return TenantId.from_key(self.unit)
+
+    @property
+    def kind(self) -> TenantKind:
+        return self.id.kind
+
+
+@dataclass(frozen=True, slots=True)
+class ContainersConfig:
+    """How container tenants are reached: the Engine API (Docker or Podman)."""
+
+    socket: str = DEFAULT_ENGINE_SOCKET
+    stop_timeout_ns: int = 10 * 10**9
+
+    @property
+    def stop_timeout_s(self) -> int:
+        """The API's t=, in whole seconds, rounded up."""
+        return -(-self.stop_timeout_ns // 10**9)
 
 
 # Sane defaults in the spirit of earlyoom (10 % of RAM available) and of the
@@ -179,12 +217,19 @@ class Config:
     trend: TrendConfig = TrendConfig()
     hooks: HooksConfig = HooksConfig()
     nvml_timeout_ns: int = 3 * 10**9  # [gpu] nvml_timeout (DEFAULT_NVML_TIMEOUT_NS)
+    containers: ContainersConfig = ContainersConfig()
 
     def tenant(self, unit: str) -> Tenant | None:
+        """The tenant with this key (a unit name, ``container:NAME``, ``compose:P/S``)."""
         for tenant in self.tenants:
             if tenant.unit == unit:
                 return tenant
         return None
+
+    @property
+    def has_containers(self) -> bool:
+        """Some tenant is a container: only then is the Engine API socket opened."""
+        return any(t.kind is not TenantKind.UNIT for t in self.tenants)
 
 
 def default_path() -> Path:
@@ -470,6 +515,27 @@ def _metrics(table: _Table) -> MetricsConfig:
     return metrics
 
 
+def _socket(text: str) -> str:
+    if not text.startswith("unix:///"):
+        raise units.UnitError(
+            'expected a Unix socket such as "unix:///run/docker.sock" or '
+            f'"unix:///run/podman/podman.sock", got "{text}"'
+        )
+    return text
+
+
+def _containers(table: _Table) -> ContainersConfig:
+    default = ContainersConfig()
+    containers = ContainersConfig(
+        socket=table.parsed("socket", _socket, default.socket),
+        stop_timeout_ns=table.parsed(
+            "stop_timeout", _duration_in(STOP_TIMEOUT_RANGE_NS), default.stop_timeout_ns
+        ),
+    )
+    table.finish()
+    return containers
+
+
 def validate_unit_name(unit: str) -> str | None:
     """The problem with a unit name, or ``None`` when systemd would accept it."""
     if len(unit.encode()) > UNIT_NAME_MAX or not UNIT_NAME_RE.fullmatch(unit):
@@ -485,19 +551,65 @@ def validate_unit_name(unit: str) -> str | None:
     return None
 
 
-def _tenant(table: _Table) -> Tenant:
-    unit = table.get("unit", str, "")
-    if "unit" not in table.data:
-        raise table.error("unit", "missing: every tenant needs the systemd unit it runs as")
-    problem = validate_unit_name(unit)
+def validate_tenant_key(key: str) -> str | None:
+    """The problem with a tenant key (a unit name, ``container:NAME``,
+    ``compose:PROJECT/SERVICE``), or ``None`` when it is one."""
+    ident = TenantId.from_key(key)
+    if ident.kind is TenantKind.CONTAINER:
+        ok = CONTAINER_NAME_RE.fullmatch(ident.name) and len(ident.name) <= CONTAINER_NAME_MAX
+        return None if ok else f'"{key}" is not a container tenant'
+    if ident.kind is TenantKind.COMPOSE:
+        ok = COMPOSE_RE.fullmatch(ident.name) and len(ident.name) <= CONTAINER_NAME_MAX
+        return None if ok else f'"{key}" is not a compose tenant'
+    return validate_unit_name(key)
+
+
+def _tenant_key(table: _Table) -> str:
+    """The one of ``unit``, ``container``, ``compose`` that names the tenant, as its key."""
+    named = [k for k in ("unit", "container", "compose") if k in table.data]
+    if not named:
+        raise table.error(
+            "unit",
+            'missing: every tenant needs the systemd unit it runs as (or "container" or '
+            '"compose" for a container)',
+        )
+    if len(named) > 1:
+        raise table.error(
+            named[1],
+            f"a tenant is named by exactly one of unit, container, "
+            f'compose; this one has both "{named[0]}" and "{named[1]}"',
+        )
+    kind = named[0]
+    name = table.get(kind, str, "")
+    if kind == "unit":
+        problem = validate_unit_name(name)
+        if problem is None and any(name.startswith(p) for p in KEY_PREFIXES.values()):
+            problem = f'"{name}": the prefix "{name.split(":")[0]}:" is kept for container tenants'
+    elif kind == "container":
+        problem = (
+            None
+            if CONTAINER_NAME_RE.fullmatch(name) and len(name) <= CONTAINER_NAME_MAX
+            else f'expected a container name such as "immich_machine_learning", got "{name}"'
+        )
+    else:
+        problem = (
+            None
+            if COMPOSE_RE.fullmatch(name) and len(name) <= CONTAINER_NAME_MAX
+            else f'expected PROJECT/SERVICE such as "immich/immich-machine-learning", got "{name}"'
+        )
     if problem:
-        raise table.error("unit", problem)
+        raise table.error(kind, problem)
+    return TenantId(TenantKind(kind), name).key
+
+
+def _tenant(table: _Table) -> Tenant:
+    unit = _tenant_key(table)
     action = table.get("action", str, "restart")
     try:
         verb = Verb(action)
     except ValueError:
         raise table.error("action", f'expected "restart" or "stop", got "{action}"') from None
-    if verb is Verb.RESTART and unit.endswith(".scope"):
+    if verb is Verb.RESTART and unit.endswith(".scope") and TenantId.from_key(unit).kind == "unit":
         raise table.error("action", 'a scope cannot be restarted by systemd; use action = "stop"')
     vram = table.parsed("vram", _positive_size, None)
     reserve = table.get("reserve", bool, False)
@@ -578,6 +690,7 @@ def _parse(text: str, path: Path) -> Config:
     metrics = _metrics(_table(root, "metrics"))
     trend = _trend(_table(root, "trend"))
     hooks = _hooks(_table(root, "hooks"))
+    containers = _containers(_table(root, "containers"))
     raw_tenants = root.get("tenant", list, [])
     tenants: list[Tenant] = []
     for i, raw in enumerate(raw_tenants):
@@ -587,13 +700,25 @@ def _parse(text: str, path: Path) -> Config:
         tenant = _tenant(_Table(path, key, raw))
         for j, other in enumerate(tenants):
             if other.unit == tenant.unit:
+                ident = tenant.id
                 raise ConfigError(
-                    path, f"{key}.unit", f'"{tenant.unit}" is already configured as tenant[{j}]'
+                    path,
+                    f"{key}.{ident.kind.value}",
+                    f'"{ident.name}" is already configured as tenant[{j}]',
                 )
         tenants.append(tenant)
     root.finish()
     return Config(
-        str(path), daemon, gpu, host, tuple(tenants), metrics, trend, hooks, nvml_timeout_ns
+        str(path),
+        daemon,
+        gpu,
+        host,
+        tuple(tenants),
+        metrics,
+        trend,
+        hooks,
+        nvml_timeout_ns,
+        containers,
     )
 
 

@@ -11,11 +11,11 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
-from typing import Protocol
+from typing import Any, Protocol
 
 from vramwatch import commands, policy
 from vramwatch.commands import Hooks
@@ -25,6 +25,7 @@ from vramwatch.metrics import WITHDRAWN, Metrics
 from vramwatch.model import Action, Event, Snapshot, Verb
 from vramwatch.state import StateError, StateStore
 from vramwatch.systemd import JobOutcome, notify, watchdog_interval_ns
+from vramwatch.tenants import tenant_fields, with_tenant
 from vramwatch.trend import Trends
 from vramwatch.units import format_duration, format_size
 
@@ -214,10 +215,10 @@ class Daemon:
             return
         self._failing.end("policy")
         self.history = decision.history
-        self.events.emit(decision.events)
+        self.events.emit(with_tenant(e, snapshot) for e in decision.events)
         self.metrics.observe_events(decision.events)
         for action in decision.actions:
-            self._apply(action)
+            self._apply(action, snapshot)
         self._observe_trends(snapshot)
         self._reap_hooks(now)
         self._flush_metrics()
@@ -237,7 +238,7 @@ class Daemon:
                 )
             return
         self._failing.end("trend")
-        self.events.emit(growing)
+        self.events.emit(with_tenant(e, snapshot) for e in growing)
         self.metrics.observe_trends(self.trends.estimates())
 
     def _on_event(self, event: Event) -> None:
@@ -271,12 +272,18 @@ class Daemon:
                 output=output or None,
             )
 
-    def _release(self, action: Action, argv: tuple[str, ...], timeout_ns: int) -> bool:
+    def _release(
+        self,
+        action: Action,
+        argv: tuple[str, ...],
+        timeout_ns: int,
+        named: Mapping[str, Any],
+    ) -> bool:
         """Run the tenant's release command and wait for the memory; True when it came back."""
         started = time.monotonic_ns()  # real time: the command and the wait are real
         result = commands.run(argv, timeout_ns / 1e9)
         fields = dict(
-            unit=action.unit,
+            named,
             resource=action.resource,
             gpu=action.gpu,
             command=" ".join(argv),
@@ -323,8 +330,10 @@ class Daemon:
             self._ready = True
             self.notify("READY=1")
 
-    def _apply(self, action: Action) -> None:
+    def _apply(self, action: Action, snapshot: Snapshot) -> None:
         # Samples go stale: re-read right before acting; the tenant may have shrunk.
+        # The fields naming the tenant: VRAMWATCH_TENANT, and UNIT or CONTAINER(_ID).
+        named = tenant_fields(action.unit, snapshot.units.get(action.unit))
         try:
             fresh = self.sampler.sample(self.config, self.clock())
             reason = policy.still_justified(self.config, fresh, action)
@@ -338,7 +347,7 @@ class Daemon:
                 "info",
                 f"not {'stopping' if action.verb is Verb.STOP else 'restarting'} "
                 f"{action.unit} after all: {reason}",
-                unit=action.unit,
+                **named,
                 resource=action.resource,
                 gpu=action.gpu,
                 reason=reason,
@@ -346,14 +355,14 @@ class Daemon:
             return
         tenant = self.config.tenant(action.unit)
         if tenant is not None and tenant.release:
-            if self._release(action, tenant.release, tenant.release_timeout_ns):
+            if self._release(action, tenant.release, tenant.release_timeout_ns, named):
                 self.metrics.observe_action(action.unit, "release", "released")
                 return
         self.events.say(
             action.verb.value,
             "warning",
             action.message,
-            unit=action.unit,
+            **named,
             resource=action.resource,
             gpu=action.gpu,
             used_bytes=action.used_bytes,
@@ -374,7 +383,7 @@ class Daemon:
         if outcome.ok:
             return
         fields = dict(
-            unit=action.unit,
+            named,
             resource=action.resource,
             gpu=action.gpu,
             action=action.verb.value,

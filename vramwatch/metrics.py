@@ -35,7 +35,7 @@ FLOOR_LABELS = ("resource", "gpu")  # gpu is "" for the host RAM floor
 
 # Where a failed read came from: the NVML library/driver as a whole, one GPU,
 # host memory (/proc/meminfo), or the sampler itself raising.
-SOURCES = ("nvml", "gpu", "host", "sampler")
+SOURCES = ("nvml", "gpu", "host", "engine", "sampler")
 
 # Why an over-budget tenant (or a breach) led to no action; policy.py's
 # "skipped" reasons plus rate_limited and no_candidate.
@@ -103,8 +103,9 @@ class Metrics:
         )
         self.actions = Counter(
             "vramwatch_actions_total",
-            "Actions on tenant units by result (systemd job result, withdrawn, dry_run).",
-            ("unit", "action", "result"),
+            "Actions on tenants by result (systemd job result, Engine API outcome, withdrawn, "
+            "dry_run).",
+            ("tenant", "action", "result"),
             registry=r,
         )
         self.refusals = Counter(
@@ -138,6 +139,8 @@ class Metrics:
                 self.breaches.labels(*key)
         if snapshot.host.error is not None:
             self.sampling_errors.labels("host").inc()
+        if snapshot.engine_error is not None:
+            self.sampling_errors.labels("engine").inc()  # container tenants unknown
         present = {g.label for g in snapshot.gpus}
         for key in [k for k in self._breached if k[0] == "vram" and k[1] not in present]:
             del self._breached[key]  # the GPU is gone (driver reset, hot unplug)
@@ -365,35 +368,37 @@ class _View:
         )
 
         vram = family(
-            "vramwatch_tenant_vram_used_bytes", "VRAM held by the tenant unit, all GPUs.", ("unit",)
+            "vramwatch_tenant_vram_used_bytes",
+            "VRAM held by the tenant (unit, container or compose service), all GPUs.",
+            ("tenant",),
         )
         vram_budget = family(
-            "vramwatch_tenant_vram_budget_bytes", "The tenant's VRAM budget.", ("unit",)
+            "vramwatch_tenant_vram_budget_bytes", "The tenant's VRAM budget.", ("tenant",)
         )
         ram = family(
             "vramwatch_tenant_ram_used_bytes",
-            "RAM of the tenant unit: anonymous + shmem (cgroup memory.stat, "
+            "RAM of the tenant: anonymous + shmem (cgroup memory.stat, "
             "or its processes' RssAnon + RssShmem).",
-            ("unit",),
+            ("tenant",),
         )
         ram_budget = family(
-            "vramwatch_tenant_ram_budget_bytes", "The tenant's RAM budget.", ("unit",)
+            "vramwatch_tenant_ram_budget_bytes", "The tenant's RAM budget.", ("tenant",)
         )
         protected = family(
-            "vramwatch_tenant_protected", "1 for a protected tenant: never acted on.", ("unit",)
+            "vramwatch_tenant_protected", "1 for a protected tenant: never acted on.", ("tenant",)
         )
         for tenant in config.tenants:
-            unit = (tenant.unit,)
+            label = (tenant.unit,)
             usage = snap.units.get(tenant.unit)
             if usage is not None and usage.vram_bytes is not None:
-                vram.add_metric(unit, usage.vram_bytes)
+                vram.add_metric(label, usage.vram_bytes)
             if usage is not None and usage.ram_bytes is not None:
-                ram.add_metric(unit, usage.ram_bytes)
+                ram.add_metric(label, usage.ram_bytes)
             if tenant.vram_bytes is not None:
-                vram_budget.add_metric(unit, tenant.vram_bytes)
+                vram_budget.add_metric(label, tenant.vram_bytes)
             if tenant.ram_bytes is not None:
-                ram_budget.add_metric(unit, tenant.ram_bytes)
-            protected.add_metric(unit, 1 if tenant.protected else 0)
+                ram_budget.add_metric(label, tenant.ram_bytes)
+            protected.add_metric(label, 1 if tenant.protected else 0)
         yield from (vram, vram_budget, ram, ram_budget, protected)
 
 

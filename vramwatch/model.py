@@ -15,6 +15,75 @@ RAM = "ram"
 VRAM = "vram"
 
 
+class TenantKind(StrEnum):
+    """What a tenant is, and so which actuator acts on it (SPEC "Tenants")."""
+
+    UNIT = "unit"  # a systemd unit, acted on over D-Bus
+    CONTAINER = "container"  # one Docker/Podman container, by name, over the Engine API
+    COMPOSE = "compose"  # every container of a compose service (PROJECT/SERVICE)
+
+
+# A container tenant's key is "container:NAME", a compose tenant's
+# "compose:PROJECT/SERVICE"; a unit tenant's key is its unit name. The config
+# refuses unit names with these prefixes, so a key alone says its kind.
+KEY_PREFIXES = {TenantKind.CONTAINER: "container:", TenantKind.COMPOSE: "compose:"}
+
+
+@dataclass(frozen=True, slots=True)
+class TenantId:
+    """A tenant as a value: its kind, its name (unit name, container name or
+    PROJECT/SERVICE) and, for units, the manager that runs it. ``key`` is the
+    string the policy, the state file, events and metrics name it by."""
+
+    kind: TenantKind
+    name: str
+    manager: str = "system"
+
+    @property
+    def key(self) -> str:
+        return KEY_PREFIXES.get(self.kind, "") + self.name
+
+    @classmethod
+    def from_key(cls, key: str, manager: str = "system") -> TenantId:
+        for kind, prefix in KEY_PREFIXES.items():
+            if key.startswith(prefix):
+                return cls(kind, key[len(prefix) :], "engine")
+        return cls(TenantKind.UNIT, key, manager)
+
+    @property
+    def is_container(self) -> bool:
+        return self.kind is not TenantKind.UNIT
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerInfo:
+    """A running container as the Engine API names it."""
+
+    id: str  # 64 hex digits
+    name: str  # without the leading "/"
+    project: str | None = None  # com.docker.compose.project
+    service: str | None = None  # com.docker.compose.service
+
+    @property
+    def compose(self) -> str | None:
+        """``PROJECT/SERVICE`` when compose started it."""
+        if self.project is None or self.service is None:
+            return None
+        return f"{self.project}/{self.service}"
+
+    def tenant_keys(self) -> tuple[str, ...]:
+        """The keys of the tenants it can belong to: by name first, then by service."""
+        keys = [TenantId(TenantKind.CONTAINER, self.name).key]
+        if self.compose is not None:
+            keys.append(TenantId(TenantKind.COMPOSE, self.compose).key)
+        return tuple(keys)
+
+    def label(self) -> str:
+        """For people: ``container immich_ml (compose immich/ml)``."""
+        text = f"container {self.name}"
+        return text + (f" (compose {self.compose})" if self.compose else "")
+
+
 @dataclass(frozen=True, slots=True)
 class Owner:
     """Who a process belongs to, read from ``/proc/PID/cgroup``.
@@ -28,6 +97,11 @@ class Owner:
     cgroup: str
     unit: str | None
     manager: str
+    # A container's processes: the container id found in the cgroup path
+    # (docker-<id>.scope, /docker/<id>, libpod-<id>.scope), and what the Engine
+    # API calls it, once the sampler has asked.
+    container_id: str | None = None
+    container: ContainerInfo | None = None
 
     @property
     def system_unit(self) -> str | None:
@@ -45,13 +119,17 @@ class Owner:
         return self.unit if self.manager == manager else None
 
     def label(self) -> str:
-        """The unit for people, or the cgroup when there is none."""
+        """The unit (or container) for people, or the cgroup when there is none."""
+        if self.container is not None:
+            return self.container.label()
+        if self.container_id is not None:
+            return f"container {self.container_id[:12]}"
         return self.unit if self.unit is not None else f"cgroup {self.cgroup}"
 
     def qualified_label(self) -> str:
         """:meth:`label`, naming the manager of a user unit: ``llm.service (user@1000)``,
         so that a user's unit and the system's unit of the same name stay apart."""
-        if self.manager == "system":
+        if self.manager == "system" or self.container_id is not None:
             return self.label()
         return f"{self.label()} ({self.manager})"
 
@@ -141,6 +219,8 @@ class UnitUsage:
     # "memory.stat" (cgroup v2), "memory.stat (v1)", "rss-anon+shmem", "inactive",
     # or "" when unknown
     ram_source: str = ""
+    # A container or compose tenant: its running containers (the Engine API's view).
+    containers: tuple[ContainerInfo, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +240,9 @@ class Snapshot:
     # Units running an MPS server: it holds GPU memory for its clients, so
     # restarting it would kill every client; never acted on.
     mps_units: frozenset[str] = frozenset()
+    # The Engine API could not be asked (only read when a tenant is a container):
+    # container tenants' usage is then unknown, units are unaffected.
+    engine_error: str | None = None
 
 
 class Verb(StrEnum):

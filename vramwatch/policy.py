@@ -384,6 +384,9 @@ def _track_errors(b: _Builder, snapshot: Snapshot) -> None:
             current[gpu_key(gpu.uuid)] = (gpu.error, fields)
     if snapshot.host.error is not None:
         current["host"] = (snapshot.host.error, {"resource": RAM})
+    if snapshot.engine_error is not None:
+        # Only container tenants are blinded: their usage is unknown, units read on.
+        current["engine"] = (snapshot.engine_error, {"source": "engine"})
     for key, (error, fields) in sorted(current.items()):
         if fields.get("lost"):
             _track_lost(b, key, error, fields)
@@ -500,6 +503,8 @@ def _source_name(key: str, fields: Mapping[str, Any]) -> str:
         return "host memory"
     if "mig" in fields:
         return f"GPU {fields['gpu']} MIG {fields['mig']} ({key[4:]})"
+    if key == "engine":
+        return "the container Engine API"
     if "gpu" in fields:
         return f"GPU {fields['gpu']} ({key[4:]})"
     return f"GPU {key[4:]}"

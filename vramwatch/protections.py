@@ -67,6 +67,8 @@ def read_states(config: Config, reader: UnitReader) -> tuple[dict[str, UnitState
     """Each tenant's unit state, or the bus problem that stopped the reading."""
     states: dict[str, UnitState] = {}
     for tenant in config.tenants:
+        if tenant.id.is_container:
+            continue  # not a unit: systemd knows nothing of it
         try:
             states[tenant.unit] = reader.unit_state(tenant.unit)
         except BusError as exc:

@@ -11,11 +11,21 @@ from __future__ import annotations
 
 import os
 import select
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from vramwatch.config import Config
-from vramwatch.model import GpuProcess, GpuSample, HostSample, Owner, Snapshot, UnitUsage
-from vramwatch.sources.procfs import RSS_SOURCE, ProcFs
+from vramwatch.model import (
+    ContainerInfo,
+    GpuProcess,
+    GpuSample,
+    HostSample,
+    Owner,
+    Snapshot,
+    UnitUsage,
+)
+from vramwatch.sources.containers import Catalog, Engine
+from vramwatch.sources.procfs import RSS_SOURCE, ProcFs, container_of_cgroup_path
 from vramwatch.sources.worker import DeadlineGpuSource, GpuSource
 
 # The error code of a GPU sample with impossible values (a PID that does not
@@ -66,12 +76,23 @@ def manager_for(bus: str) -> str:
 
 
 class Sampler:
-    def __init__(self, gpus: GpuSource, procfs: ProcFs) -> None:
+    def __init__(
+        self,
+        gpus: GpuSource,
+        procfs: ProcFs,
+        engine: Callable[[str], Engine] = Engine,
+        name_containers: bool = False,
+    ) -> None:
+        """``engine`` makes the Engine API client for a socket; it is used only while
+        a tenant is a container, or always with ``name_containers`` (``status``)."""
         self.gpus = gpus
         # NVML runs on one worker thread with a per-tick deadline: a hung driver
         # costs the GPUs, never host-RAM guarding.
         self.nvml = DeadlineGpuSource(gpus)
         self.procfs = procfs
+        self._engine = engine
+        self._name_containers = name_containers
+        self._catalog: Catalog | None = None
         self._identities: dict[int, _Identity] = {}
         self._rss: dict[str, tuple[tuple[int, ...], int, int]] = {}  # unit -> pids, sum, at
         # PIDs NVML listed that were not in /proc, and since when: a process that
@@ -94,15 +115,27 @@ class Sampler:
         listed = {p.pid for gpu in gpus for p in gpu.processes}
         for pid in self._identities.keys() - listed:
             self._forget(pid)
+        catalog = self._containers(config, gpus, now_ns)
+        if catalog is not None:
+            gpus = _name_containers(gpus, catalog)
         manager = manager_for(config.daemon.bus)
         vram_known = nvml_error is None and all(g.error is None for g in gpus)
         vram = _vram_by_unit(gpus, manager)
         mps_units = _mps_units(gpus, manager)
+        if catalog is not None:
+            keys = {t.unit for t in config.tenants if t.id.is_container}
+            vram.update(_vram_by_container(gpus, keys, catalog.error is not None))
         room = _host_room(config, host)  # (MemAvailable, its floor), or None
         relaxed = room is not None and room[0] >= RSS_RELAXED_HEADROOM * room[1]
         units: dict[str, UnitUsage] = {}
         for tenant in config.tenants:
             by_gpu, unknown = vram.get(tenant.unit, ({}, False))
+            if tenant.id.is_container:
+                assert catalog is not None
+                units[tenant.unit] = self._container_tenant(
+                    tenant.unit, catalog, by_gpu, unknown or not vram_known
+                )
+                continue
             units[tenant.unit] = self._unit(
                 tenant.unit, manager, by_gpu, unknown or not vram_known, now_ns, relaxed
             )
@@ -119,9 +152,76 @@ class Sampler:
             ram_top=ram_top,
             nvml_hung_ns=reading.hung_ns,
             mps_units=mps_units,
+            engine_error=catalog.error if catalog is not None else None,
+        )
+
+    def _containers(
+        self, config: Config, gpus: tuple[GpuSample, ...], now_ns: int
+    ) -> Catalog | None:
+        """The Engine API's view, refreshed; None (and no socket) without container tenants."""
+        if not config.has_containers and not self._name_containers:
+            if self._catalog is not None:
+                self._catalog.close()
+                self._catalog = None
+            return None
+        socket = config.containers.socket
+        if self._catalog is None or self._catalog.engine.socket != socket:
+            if self._catalog is not None:
+                self._catalog.close()
+            self._catalog = Catalog(self._engine(socket), self._container_cgroup)
+        seen = {
+            p.owner.container_id
+            for gpu in gpus
+            for p in gpu.processes
+            if p.owner is not None and p.owner.container_id is not None
+        }
+        self._catalog.refresh(now_ns, seen)
+        return self._catalog
+
+    def _container_cgroup(self, pid: int) -> str | None:
+        owner = self.procfs.owner(pid)
+        found = container_of_cgroup_path(owner.cgroup) if owner is not None else None
+        return found[1] if found is not None else None
+
+    def _container_tenant(
+        self, key: str, catalog: Catalog, by_gpu: dict[str, int], unknown: bool
+    ) -> UnitUsage:
+        """A container or compose tenant: its containers' VRAM, and RAM from their
+        memory cgroups, summed; unknown while the Engine API cannot name them."""
+        members = catalog.members(key)
+        if catalog.error is not None and not catalog.by_id:
+            return UnitUsage(key, None, by_gpu, None, (), "")
+        pids: list[int] = []
+        ram: int | None = 0
+        sources: list[str] = []
+        for container in members:
+            cgroup = catalog.cgroup(container, self.procfs.cgroup_exists)
+            if cgroup is None:
+                continue  # exited since the listing: it holds nothing now
+            try:
+                found = self.procfs.unit_pids(cgroup)
+                used, source = self.procfs.unit_ram(cgroup, found)
+            except OSError:
+                used, source, found = None, "", ()
+            pids.extend(found)
+            ram = None if ram is None or used is None else ram + used
+            sources.append(source)
+        return UnitUsage(
+            unit=key,
+            vram_bytes=None if unknown else sum(by_gpu.values()),
+            vram_by_gpu=by_gpu,
+            ram_bytes=ram,
+            pids=tuple(pids),
+            ram_source=(sources[0] if len(set(sources)) == 1 else ", ".join(sorted(set(sources))))
+            if members
+            else "inactive",
+            containers=tuple(members),
         )
 
     def close(self) -> None:
+        if self._catalog is not None:
+            self._catalog.close()
+            self._catalog = None
         self.nvml.close()
         for pid in list(self._identities):
             self._forget(pid)
@@ -269,6 +369,62 @@ def _mps_units(gpus: tuple[GpuSample, ...], manager: str) -> frozenset[str]:
         and proc.owner.unit is not None
         and proc.owner.manager == manager
     )
+
+
+def _name_containers(gpus: tuple[GpuSample, ...], catalog: Catalog) -> tuple[GpuSample, ...]:
+    """Give each container process's owner the container's name and compose service."""
+    named = []
+    for gpu in gpus:
+        procs = []
+        for p in gpu.processes:
+            owner = p.owner
+            if owner is not None and owner.container_id is not None:
+                info = catalog.by_id.get(owner.container_id)
+                if info is not None:
+                    p = replace(p, owner=replace(owner, container=info))
+            procs.append(p)
+        named.append(replace(gpu, processes=tuple(procs)))
+    return tuple(named)
+
+
+def container_tenant(info: ContainerInfo, keys: set[str]) -> str | None:
+    """The configured tenant a container counts against: by name, else by service."""
+    for key in info.tenant_keys():
+        if key in keys:
+            return key
+    return None
+
+
+def _vram_by_container(
+    gpus: tuple[GpuSample, ...], keys: set[str], engine_failing: bool
+) -> dict[str, tuple[dict[str, int], bool]]:
+    """Each container tenant's VRAM per GPU UUID, and whether any of it is unknown.
+
+    A container process the Engine API has not named while the API is failing
+    may be any container tenant's: then every container tenant's VRAM is only
+    a lower bound (unknown is narrow: unit tenants are not affected).
+    """
+    found: dict[str, tuple[dict[str, int], bool]] = {key: ({}, False) for key in keys}
+    unnamed = False
+    for gpu in gpus:
+        for proc in gpu.processes:
+            owner = proc.owner
+            if owner is None or owner.container_id is None:
+                continue
+            if owner.container is None:
+                unnamed = True
+                continue
+            key = container_tenant(owner.container, keys)
+            if key is None:
+                continue
+            by_gpu, unknown = found[key]
+            if proc.used_bytes is None:
+                found[key] = (by_gpu, True)
+                continue
+            by_gpu[gpu.uuid] = by_gpu.get(gpu.uuid, 0) + proc.used_bytes
+    if unnamed and engine_failing:
+        found = {key: (by_gpu, True) for key, (by_gpu, _) in found.items()}
+    return found
 
 
 def _vram_by_unit(

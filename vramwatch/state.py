@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from vramwatch.config import validate_unit_name
+from vramwatch.config import validate_tenant_key
 from vramwatch.files import UnsafeWrite, write_atomically
 
 DEFAULT_DIR = Path("/var/lib/vramwatch")
@@ -145,8 +145,8 @@ class StateStore:
         mono_now, wall_now = self._mono(), self._wall()
         actions: dict[str, tuple[int, ...]] = {}
         for unit, entry in units.items():
-            if validate_unit_name(unit) is not None:
-                raise ValueError(f"bad unit name {unit!r}")
+            if validate_tenant_key(unit) is not None:
+                raise ValueError(f"bad tenant {unit!r}")
             times = []
             for item in entry["actions"][-MAX_TIMES_PER_UNIT:]:
                 mono, wall = item["mono_ns"], item["wall_ns"]

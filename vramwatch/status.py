@@ -16,9 +16,9 @@ from typing import Any
 import psutil
 
 from vramwatch.config import Config
-from vramwatch.model import Snapshot
+from vramwatch.model import Owner, Snapshot
 from vramwatch.policy import gpu_floor, reservations
-from vramwatch.sampler import Sampler, manager_for
+from vramwatch.sampler import Sampler, container_tenant, manager_for
 from vramwatch.sources.nvml import NvmlSource
 from vramwatch.sources.procfs import ProcFs
 from vramwatch.systemd import BusError, SystemdClient
@@ -28,14 +28,26 @@ from vramwatch.units import format_size
 def collect(
     config: Config, sampler: Sampler | None = None, client: SystemdClient | None = None
 ) -> dict[str, Any]:
-    """Sample once and ask systemd for each tenant's state; a dict ready for JSON."""
-    sampler = sampler or Sampler(NvmlSource(), ProcFs())
+    """Sample once and ask systemd for each tenant's state; a dict ready for JSON.
+
+    Containers are named through the Engine API whenever its socket answers,
+    even with no container tenant; otherwise they show as their cgroup."""
+    sampler = sampler or Sampler(NvmlSource(), ProcFs(), name_containers=True)
     snapshot = sampler.sample(config, time.monotonic_ns())
     sampler.close()
     client = client or SystemdClient(config.daemon.bus)
     states: dict[str, dict[str, Any]] = {}
     bus_error: str | None = None
     for tenant in config.tenants:
+        if tenant.id.is_container:
+            usage = snapshot.units.get(tenant.unit)
+            if usage is None or (snapshot.engine_error is not None and not usage.containers):
+                states[tenant.unit] = {"active_state": "unknown"}
+            else:
+                states[tenant.unit] = {
+                    "active_state": "running" if usage.containers else "not running"
+                }
+            continue
         if bus_error is not None:
             states[tenant.unit] = {"active_state": "unknown"}
             continue
@@ -64,7 +76,16 @@ def report(
     bus_error: str | None,
 ) -> dict[str, Any]:
     manager = manager_for(config.daemon.bus)
-    tenant_units = {t.unit for t in config.tenants}
+    tenant_units = {t.unit for t in config.tenants if not t.id.is_container}
+    container_keys = {t.unit for t in config.tenants if t.id.is_container}
+
+    def is_tenant(owner: Owner | None) -> bool:
+        if owner is None:
+            return False
+        if owner.container is not None and container_tenant(owner.container, container_keys):
+            return True
+        return owner.unit_for(manager) in tenant_units
+
     gpus = []
     for gpu in snapshot.gpus:
         floor = gpu_floor(config, snapshot, gpu) if gpu.total_bytes else None
@@ -77,9 +98,12 @@ def report(
                 "used_bytes": p.used_bytes,
                 "owner": p.owner.label() if p.owner else None,
                 "manager": p.owner.manager if p.owner else None,
+                "container": p.owner.container.name if p.owner and p.owner.container else None,
+                "container_id": p.owner.container_id if p.owner else None,
+                "compose": p.owner.container.compose if p.owner and p.owner.container else None,
             }
             for p in gpu.processes
-            if p.owner is None or p.owner.unit_for(manager) not in tenant_units
+            if not is_tenant(p.owner)
         ]
         gpus.append(
             {
@@ -111,6 +135,12 @@ def report(
         tenants.append(
             {
                 "unit": tenant.unit,
+                "tenant": tenant.unit,
+                "kind": tenant.kind.value,
+                "containers": [
+                    {"name": c.name, "id": c.id, "compose": c.compose}
+                    for c in (usage.containers if usage else ())
+                ],
                 "protected": tenant.protected,
                 "action": tenant.verb.value,
                 "vram_bytes": usage.vram_bytes if usage else None,
@@ -127,6 +157,8 @@ def report(
         "dry_run": config.daemon.dry_run,
         "nvml_error": snapshot.nvml_error,
         "bus_error": bus_error,
+        # Shown only when a tenant is a container: otherwise the socket is optional.
+        "engine_error": snapshot.engine_error if config.has_containers else None,
         "gpus": gpus,
         "host": {
             "mem_total_bytes": host.mem_total_bytes,
@@ -264,9 +296,11 @@ def render_text(rep: dict[str, Any]) -> str:
         )
     if rep["bus_error"]:
         lines.append(f"systemd: {printable(rep['bus_error'])} (unit states unknown)")
+    if rep.get("engine_error"):
+        lines.append(f"containers: {printable(rep['engine_error'])} (container tenants unknown)")
     if rep["tenants"]:
         lines.append("")
-        header = f"{'UNIT':<36} {'STATE':<22} {'VRAM / BUDGET':<28} {'RAM / BUDGET':<28} RAM FROM"
+        header = f"{'TENANT':<36} {'STATE':<22} {'VRAM / BUDGET':<28} {'RAM / BUDGET':<28} RAM FROM"
         lines.append(header)
         for t in rep["tenants"]:
             state = printable(t.get("active_state", "unknown"), NAME_MAX) + (
@@ -276,6 +310,11 @@ def render_text(rep: dict[str, Any]) -> str:
                 f"{t['unit']:<36} {state:<22} {_vs(t['vram_bytes'], t['vram_budget_bytes']):<28} "
                 f"{_vs(t['ram_bytes'], t['ram_budget_bytes']):<28} {t['ram_source'] or '-'}"
             )
+            for c in t.get("containers", ()):
+                lines.append(
+                    f"  container {c['name']} {c['id'][:12]}"
+                    + (f" (compose {c['compose']})" if c["compose"] else "")
+                )
     if rep["dry_run"]:
         lines.append("\n(dry run: vramwatch only logs what it would do)")
     return "\n".join(line.rstrip() for line in lines)

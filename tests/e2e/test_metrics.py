@@ -102,7 +102,7 @@ def test_scraped_gauges_match_the_fake_gpu_and_counters_count_the_restart(bed: B
 
     daemon.wait_event("restart", timeout=6)
     daemon.wait_event("floor_recovered", timeout=8)
-    restarted = {"unit": "immich-ml.service", "action": "restart", "result": "done"}
+    restarted = {"tenant": "immich-ml.service", "action": "restart", "result": "done"}
     after = until(
         lambda: scrape(port),
         lambda s: (
@@ -139,11 +139,11 @@ def test_scraped_gauges_match_the_fake_gpu_and_counters_count_the_restart(bed: B
         ("llama.service", "vram_budget"): mib(5000),
         ("llama.service", "ram_budget"): None,
     } == {
-        (unit, what): get(after, f"vramwatch_tenant_{what}_bytes", unit=unit)
+        (unit, what): get(after, f"vramwatch_tenant_{what}_bytes", tenant=unit)
         for unit in ("immich-ml.service", "llama.service")
         for what in ("vram_used", "vram_budget", "ram_budget")
     }
-    assert (get(after, "vramwatch_tenant_ram_used_bytes", unit="llama.service") or 0) > mib(1)
+    assert (get(after, "vramwatch_tenant_ram_used_bytes", tenant="llama.service") or 0) > mib(1)
     assert 1 == get(after, "vramwatch_actions_total", **restarted)
     assert 1 == len([k for k in after if k[0] == "vramwatch_actions_total"])
     assert (1, 0) == (

@@ -45,9 +45,7 @@ def test_check_advises_on_missing_memory_limits(bed: Bed) -> None:
 
     result = bed.cli("check", "-c", str(config))
 
-    advice = [
-        line for line in result.stderr.splitlines() if line.startswith("vramwatch: advice: ")
-    ]
+    advice = [line for line in result.stderr.splitlines() if line.startswith("vramwatch: advice: ")]
     assert 0 == result.returncode, result.stderr
     assert [
         (

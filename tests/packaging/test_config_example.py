@@ -36,7 +36,7 @@ def test_example_budgets_fit_a_16_gb_card() -> None:
     assert 12500 * 2**20 == sum(t.vram_bytes or 0 for t in config.tenants)
     assert [
         "llama-server.service",
-        "immich-machine-learning.service",
+        "compose:immich/immich-machine-learning",
         "frigate.service",
         "whisper-asr.service",
     ] == [t.unit for t in config.tenants]

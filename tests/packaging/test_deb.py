@@ -34,10 +34,16 @@ class Build:
 
 def source_copy(dest: Path) -> None:
     """Tracked and new (not ignored) files, as a fresh clone would have them."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "-co", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, check=True,
-    ).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "-co", "--exclude-standard"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for rel in filter(None, listed):
         src = ROOT / rel
         if not src.exists() and not src.is_symlink():
@@ -59,7 +65,10 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Build]:
     started = time.monotonic()
     proc = subprocess.run(
         ["dpkg-buildpackage", "-us", "-uc", "-b"],
-        cwd=src, capture_output=True, text=True, timeout=300,
+        cwd=src,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={"PATH": DEBIAN_PATH, "LC_ALL": "C.UTF-8", "HOME": str(work)},
     )
     seconds = time.monotonic() - started
@@ -93,6 +102,7 @@ def test_package_installs_the_code_unit_pages_config_and_snippets(build: Build) 
         "/usr/share/vramwatch/systemd/least-privilege.conf",
         "/usr/share/vramwatch/systemd/metrics.conf",
         "/usr/share/vramwatch/systemd/release.conf",
+        "/usr/share/vramwatch/systemd/containers.conf",
         "/usr/lib/sysusers.d/vramwatch.conf",
         "/usr/lib/tmpfiles.d/vramwatch.conf",
         "/usr/share/man/man8/vramwatch.8.gz",
@@ -137,7 +147,9 @@ def test_depends_are_debian_12_packages(build: Build) -> None:
 def test_lintian_is_clean(build: Build) -> None:
     proc = subprocess.run(
         ["lintian", "--info", "--display-info", str(build.changes)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={"PATH": DEBIAN_PATH, "LC_ALL": "C.UTF-8"},
     )
     tags = [line for line in proc.stdout.splitlines() if line[:2] in ("E:", "W:", "I:", "X:")]
@@ -159,7 +171,10 @@ def packaged(build: Build, *args: str, timeout: float = 30) -> subprocess.Comple
     """The packaged /usr/bin/vramwatch, on Debian's python3, from the unpacked tree."""
     return subprocess.run(
         ["/usr/bin/python3", str(build.tree / "usr/bin/vramwatch"), *args],
-        capture_output=True, text=True, env=packaged_env(build), timeout=timeout,
+        capture_output=True,
+        text=True,
+        env=packaged_env(build),
+        timeout=timeout,
     )
 
 
@@ -169,10 +184,23 @@ def test_packaged_code_runs_on_debian_python_with_the_vendored_nvml(build: Build
     state = build.deb.parent / "state"
     state.mkdir()
     run = subprocess.Popen(
-        ["/usr/bin/python3", str(build.tree / "usr/bin/vramwatch"), "run", "--dry-run",
-         "-c", str(build.tree / "etc/vramwatch.toml"), "--state-dir", str(state),
-         "--log-target", "stderr", "--log-format", "json"],
-        stderr=subprocess.PIPE, text=True, env=packaged_env(build),
+        [
+            "/usr/bin/python3",
+            str(build.tree / "usr/bin/vramwatch"),
+            "run",
+            "--dry-run",
+            "-c",
+            str(build.tree / "etc/vramwatch.toml"),
+            "--state-dir",
+            str(state),
+            "--log-target",
+            "stderr",
+            "--log-format",
+            "json",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=packaged_env(build),
     )
     time.sleep(3)
     run.terminate()
@@ -188,16 +216,21 @@ def test_packaged_code_runs_on_debian_python_with_the_vendored_nvml(build: Build
 
 def test_launcher_puts_the_vendored_pynvml_first(build: Build) -> None:
     proc = subprocess.run(
-        ["/usr/bin/python3", "-c",
-         (
-             "import runpy, sys; sys.argv = ['vramwatch', '--version'];"
-             f"runpy.run_path('{build.tree}/usr/bin/vramwatch', run_name='__main__')"
-         )],
-        capture_output=True, text=True,
+        [
+            "/usr/bin/python3",
+            "-c",
+            (
+                "import runpy, sys; sys.argv = ['vramwatch', '--version'];"
+                f"runpy.run_path('{build.tree}/usr/bin/vramwatch', run_name='__main__')"
+            ),
+        ],
+        capture_output=True,
+        text=True,
         env={"PATH": DEBIAN_PATH, "PYTHONPATH": f"{build.tree}/usr/lib/python3/dist-packages"},
     )
 
     assert "vramwatch 0.1.0\n" == proc.stdout
-    assert 'sys.path.insert(1, "/usr/share/vramwatch/vendor")' in (
-        build.tree / "usr/bin/vramwatch"
-    ).read_text()
+    assert (
+        'sys.path.insert(1, "/usr/share/vramwatch/vendor")'
+        in (build.tree / "usr/bin/vramwatch").read_text()
+    )

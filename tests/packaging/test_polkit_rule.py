@@ -124,9 +124,27 @@ def run_polkit(tmp_path: Path, rules: Path, users: tuple[str, ...]) -> tuple[dic
         "VERBS": " ".join(VERBS),
     }
     proc = subprocess.run(
-        ["unshare", "-m", "-p", "--fork", "--mount-proc", "--propagation", "private",
-         "bash", "-c", SCRIPT, "polkit-test", str(rules), str(log), *users],
-        env=env, capture_output=True, text=True, timeout=120, check=False,
+        [
+            "unshare",
+            "-m",
+            "-p",
+            "--fork",
+            "--mount-proc",
+            "--propagation",
+            "private",
+            "bash",
+            "-c",
+            SCRIPT,
+            "polkit-test",
+            str(rules),
+            str(log),
+            *users,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert 0 == proc.returncode, proc.stderr
     decisions: dict[tuple[str, str, str], str] = {}

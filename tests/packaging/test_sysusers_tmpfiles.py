@@ -37,9 +37,7 @@ def test_sysusers_creates_a_system_user_without_login(tmp_path: Path) -> None:
 
 
 def test_tmpfiles_creates_the_state_directory(tmp_path: Path) -> None:
-    apply(
-        "systemd-tmpfiles", ["--create"], ROOT / "packaging/tmpfiles.d/vramwatch.conf", tmp_path
-    )
+    apply("systemd-tmpfiles", ["--create"], ROOT / "packaging/tmpfiles.d/vramwatch.conf", tmp_path)
 
     mode = (tmp_path / "var/lib/vramwatch").stat().st_mode
     assert stat.S_ISDIR(mode)

@@ -72,9 +72,7 @@ def test_root_unit_scores_safe(tmp_path: Path) -> None:
 
 def test_least_privilege_dropin_scores_safe(tmp_path: Path) -> None:
     """As the vramwatch user: 0.5, and only the settings the job needs stay open."""
-    rc, exposure, open_settings = security(
-        unit_with(tmp_path, "least-privilege.conf"), threshold=5
-    )
+    rc, exposure, open_settings = security(unit_with(tmp_path, "least-privilege.conf"), threshold=5)
 
     assert (0, 0.5) == (rc, exposure)
     assert OPEN_BY_DESIGN == open_settings
@@ -90,6 +88,20 @@ def test_metrics_dropin_opens_only_ip_sockets(tmp_path: Path) -> None:
     assert (0, 1.6) == root[:2]
     assert (0, 1.3) == least[:2]
     assert {"RestrictAddressFamilies=~AF_(INET|INET6)", "PrivateNetwork="} <= least[2]
+
+
+def test_containers_dropin_costs_only_the_socket_group_and_user_namespace(tmp_path: Path) -> None:
+    """The Engine API drop-in: 1.1 as root, 0.7 as the vramwatch user. The score cannot
+    see what the socket grants (root-equivalent); the drop-in and install.md say it."""
+    root = security(unit_with(tmp_path / "r", "containers.conf"), threshold=11)
+    least = security(
+        unit_with(tmp_path / "l", "containers.conf", "least-privilege.conf"), threshold=7
+    )
+
+    assert (0, 1.1) == root[:2]
+    assert (0, 0.7) == least[:2]
+    assert OPEN_BY_DESIGN | {"PrivateUsers=", "SupplementaryGroups="} == least[2]
+    assert ["docker"] == directives(SYSTEMD_DIR / "containers.conf")["SupplementaryGroups"]
 
 
 def test_threshold_fails_a_looser_unit(tmp_path: Path) -> None:
@@ -149,7 +161,9 @@ def test_release_dropin_opens_only_loopback_ip_sockets(tmp_path: Path) -> None:
     assert (0, 1.3) == least[:2]
 
 
-@pytest.mark.parametrize("name", ["least-privilege.conf", "metrics.conf", "release.conf"])
+@pytest.mark.parametrize(
+    "name", ["least-privilege.conf", "metrics.conf", "release.conf", "containers.conf"]
+)
 def test_dropins_are_service_sections(name: str) -> None:
     text = (SYSTEMD_DIR / name).read_text()
 

@@ -26,6 +26,7 @@ DATA = {
     "share/vramwatch/systemd/least-privilege.conf",
     "share/vramwatch/systemd/metrics.conf",
     "share/vramwatch/systemd/release.conf",
+    "share/vramwatch/systemd/containers.conf",
     "share/vramwatch/sysusers.d/vramwatch.conf",
     "share/vramwatch/tmpfiles.d/vramwatch.conf",
     "share/doc/vramwatch/examples/config.example.toml",
@@ -41,7 +42,9 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     source_copy(src)
     proc = subprocess.run(
         [sys.executable, "-m", "build", "--outdir", str(work / "dist"), str(src)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if proc.returncode != 0 and "No module named build" in proc.stderr:
         require(commands=("python -m build",))
@@ -77,9 +80,21 @@ def test_pip_install_puts_command_unit_and_man_pages_under_the_prefix(
     (wheel,) = dist.glob("vramwatch-*.whl")
     prefix = tmp_path / "prefix"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
-         "--ignore-installed", "--prefix", str(prefix), str(wheel)],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            "--ignore-installed",
+            "--prefix",
+            str(prefix),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
     )
 
     assert (prefix / "bin" / "vramwatch").is_file()
@@ -89,7 +104,9 @@ def test_pip_install_puts_command_unit_and_man_pages_under_the_prefix(
     ).read_bytes()
     page = subprocess.run(
         ["man", "-M", str(prefix / "share/man"), "8", "vramwatch"],
-        capture_output=True, text=True, env={"MANPAGER": "cat", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        env={"MANPAGER": "cat", "PATH": "/usr/bin:/bin"},
     )
     assert 0 == page.returncode, page.stderr
     assert "vramwatch - GPU VRAM and host RAM watchdog for shared NVIDIA hosts" in page.stdout

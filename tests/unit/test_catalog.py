@@ -124,7 +124,7 @@ def test_dump_catalog_gives_back_the_restart_explanation(tmp_path: Path) -> None
     assert r.stdout.startswith(
         f"-- {MESSAGE_IDS['restart']}\nSubject: vramwatch restarted an over-budget tenant\n"
     )
-    assert "What to do: find out why @VRAMWATCH_UNIT@ grew past its budget" in r.stdout
+    assert "What to do: find out why @VRAMWATCH_TENANT@ grew past its budget" in r.stdout
 
 
 def test_a_malformed_catalog_is_rejected_so_this_check_can_fail(tmp_path: Path) -> None:

@@ -267,6 +267,51 @@ def test_default_path_honours_the_environment(monkeypatch: pytest.MonkeyPatch) -
 T0 = tenant_toml(unit='"a.service"')
 
 ERRORS = [
+    # container tenants (SPEC "Tenants: units and containers")
+    (
+        '[[tenant]]\nunit = "a.service"\ncontainer = "a"',
+        (
+            "tenant[0].container: a tenant is named by exactly one of unit, container, compose; "
+            'this one has both "unit" and "container"'
+        ),
+    ),
+    (
+        '[[tenant]]\ncompose = "frigate"',
+        (
+            'tenant[0].compose: expected PROJECT/SERVICE such as "immich/immich-machine-learning", '
+            'got "frigate"'
+        ),
+    ),
+    (
+        '[[tenant]]\ncontainer = "/immich"',
+        (
+            'tenant[0].container: expected a container name such as "immich_machine_learning", '
+            'got "/immich"'
+        ),
+    ),
+    (
+        '[[tenant]]\ncontainer = "ml"\n[[tenant]]\ncontainer = "ml"',
+        'tenant[1].container: "ml" is already configured as tenant[0]',
+    ),
+    (
+        '[[tenant]]\nunit = "container:ml.service"',
+        (
+            'tenant[0].unit: "container:ml.service": the prefix "container:" is kept for container '
+            "tenants"
+        ),
+    ),
+    (
+        '[containers]\nsocket = "/run/docker.sock"',
+        (
+            'containers.socket: expected a Unix socket such as "unix:///run/docker.sock" or '
+            '"unix:///run/podman/podman.sock", got "/run/docker.sock"'
+        ),
+    ),
+    (
+        '[containers]\nstop_timeout = "11m"',
+        'containers.stop_timeout: must be at most 10m, got "11m"',
+    ),
+    ("[containers]\nsock = 1", 'containers.sock: unknown key (did you mean "socket"?)'),
     # unknown keys, with a did-you-mean hint when one is close
     ("nope = 1", "nope: unknown key"),
     ("tenants = []", 'tenants: unknown key (did you mean "tenant"?)'),
@@ -430,9 +475,18 @@ ERRORS = [
     ),
     (
         tenant_toml(vram='"1GiB"'),
-        "tenant[0].unit: missing: every tenant needs the systemd unit it runs as",
+        (
+            "tenant[0].unit: missing: every tenant needs the systemd unit it runs as "
+            '(or "container" or "compose" for a container)'
+        ),
     ),
-    ("[[tenant]]", "tenant[0].unit: missing: every tenant needs the systemd unit it runs as"),
+    (
+        "[[tenant]]",
+        (
+            "tenant[0].unit: missing: every tenant needs the systemd unit it runs as "
+            '(or "container" or "compose" for a container)'
+        ),
+    ),
     (
         tenant_toml(unit='"a.service"', action='"kill"'),
         'tenant[0].action: expected "restart" or "stop", got "kill"',
@@ -881,3 +935,33 @@ def test_nvml_timeout_out_of_range_names_the_key(value: str) -> None:
         config.parse(f'[gpu]\nnvml_timeout = "{value}"\n', PATH)
 
     assert ("gpu.nvml_timeout", PATH) == (err.value.key, err.value.path)
+
+
+def test_container_and_compose_tenants_are_keyed_by_kind_and_name() -> None:
+    parsed = config.parse(
+        '[containers]\nsocket = "unix:///run/podman/podman.sock"\nstop_timeout = "2500ms"\n'
+        '[[tenant]]\ncontainer = "immich_machine_learning"\nvram = "3000MiB"\n'
+        '[[tenant]]\ncompose = "frigate/frigate"\nram = "2GiB"\naction = "stop"\n'
+        '[[tenant]]\nunit = "llama.service"\n'
+    )
+
+    assert [
+        ("container:immich_machine_learning", "container", "immich_machine_learning"),
+        ("compose:frigate/frigate", "compose", "frigate/frigate"),
+        ("llama.service", "unit", "llama.service"),
+    ] == [(t.key, t.kind.value, t.id.name) for t in parsed.tenants]
+    assert ("unix:///run/podman/podman.sock", 3) == (
+        parsed.containers.socket,
+        parsed.containers.stop_timeout_s,
+    )
+    assert True is parsed.has_containers
+
+
+def test_without_container_tenants_the_engine_is_not_needed() -> None:
+    parsed = config.parse('[[tenant]]\nunit = "llama.service"\n')
+
+    assert (False, "unix:///run/docker.sock", 10) == (
+        parsed.has_containers,
+        parsed.containers.socket,
+        parsed.containers.stop_timeout_s,
+    )

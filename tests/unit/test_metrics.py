@@ -150,24 +150,24 @@ def test_a_clean_snapshot_becomes_gpu_host_and_tenant_gauges() -> None:
         value(m, "vramwatch_host_memory_floor_bytes"),
     )
     assert {
-        (("unit", "immich-ml.service"),): 10700 * MIB,
-        (("unit", "llama.service"),): 0,
+        (("tenant", "immich-ml.service"),): 10700 * MIB,
+        (("tenant", "llama.service"),): 0,
     } == series(m, "vramwatch_tenant_vram_used_bytes")
     assert {
-        (("unit", "immich-ml.service"),): 3000 * MIB,
-        (("unit", "llama.service"),): 5000 * MIB,
+        (("tenant", "immich-ml.service"),): 3000 * MIB,
+        (("tenant", "llama.service"),): 5000 * MIB,
     } == series(m, "vramwatch_tenant_vram_budget_bytes")
     assert {
-        (("unit", "immich-ml.service"),): 700 * MIB,
-        (("unit", "llama.service"),): 50 * MIB,
+        (("tenant", "immich-ml.service"),): 700 * MIB,
+        (("tenant", "llama.service"),): 50 * MIB,
     } == series(m, "vramwatch_tenant_ram_used_bytes")
     # llama.service has no RAM budget: no series, not a zero budget.
-    assert {(("unit", "immich-ml.service"),): 6 * GIB} == series(
+    assert {(("tenant", "immich-ml.service"),): 6 * GIB} == series(
         m, "vramwatch_tenant_ram_budget_bytes"
     )
     assert {
-        (("unit", "immich-ml.service"),): 0,
-        (("unit", "llama.service"),): 1,
+        (("tenant", "immich-ml.service"),): 0,
+        (("tenant", "llama.service"),): 1,
     } == series(m, "vramwatch_tenant_protected")
     assert (WALL, WALL, 0) == (
         value(m, "vramwatch_last_good_sample_timestamp_seconds"),
@@ -205,7 +205,7 @@ def test_a_gpu_in_error_has_no_memory_series_only_up_0_and_counts_errors() -> No
         value(m, "vramwatch_last_sample_timestamp_seconds"),
     )
     # NVML cannot attribute: the tenant's VRAM is unknown, so absent, not zero.
-    assert {(("unit", "llama.service"),): 0} == series(m, "vramwatch_tenant_vram_used_bytes")
+    assert {(("tenant", "llama.service"),): 0} == series(m, "vramwatch_tenant_vram_used_bytes")
 
 
 def test_a_lost_gpu_is_gpu_lost_1_and_a_healthy_or_failing_one_0() -> None:
@@ -269,6 +269,15 @@ def test_unreadable_host_memory_is_absent_and_counted() -> None:
     assert None is value(m, "vramwatch_host_memory_floor_bytes")
 
 
+def test_an_unreachable_engine_api_counts_as_an_engine_error_not_a_bad_sample() -> None:
+    m = metrics()
+
+    m.observe_snapshot(CONFIG, dataclasses.replace(snap(), engine_error="dockerd is down"))
+
+    assert 1 == value(m, "vramwatch_sampling_errors_total", source="engine")
+    assert WALL == value(m, "vramwatch_last_good_sample_timestamp_seconds")
+
+
 def test_a_sampler_exception_counts_as_a_sampler_error() -> None:
     m = metrics()
 
@@ -281,7 +290,7 @@ def test_a_sampler_exception_counts_as_a_sampler_error() -> None:
 def test_every_sampling_source_and_refusal_reason_starts_at_zero() -> None:
     m = metrics()
 
-    assert {(("source", s),): 0 for s in ("nvml", "gpu", "host", "sampler")} == series(
+    assert {(("source", s),): 0 for s in ("nvml", "gpu", "host", "engine", "sampler")} == series(
         m, "vramwatch_sampling_errors_total"
     )
     assert {
@@ -350,7 +359,7 @@ def test_refusals_are_counted_by_reason() -> None:
     } == series(m, "vramwatch_refusals_total")
 
 
-def test_actions_by_unit_action_and_result() -> None:
+def test_actions_by_tenant_action_and_result() -> None:
     m = metrics()
 
     m.observe_action("immich-ml.service", "restart", "done")
@@ -362,10 +371,10 @@ def test_actions_by_unit_action_and_result() -> None:
     )
 
     assert {
-        (("action", "restart"), ("result", "done"), ("unit", "immich-ml.service")): 2,
-        (("action", "stop"), ("result", "failed"), ("unit", "whisper.service")): 1,
-        (("action", "restart"), ("result", "withdrawn"), ("unit", "immich-ml.service")): 1,
-        (("action", "restart"), ("result", "dry_run"), ("unit", "x.service")): 1,
+        (("action", "restart"), ("result", "done"), ("tenant", "immich-ml.service")): 2,
+        (("action", "stop"), ("result", "failed"), ("tenant", "whisper.service")): 1,
+        (("action", "restart"), ("result", "withdrawn"), ("tenant", "immich-ml.service")): 1,
+        (("action", "restart"), ("result", "dry_run"), ("tenant", "x.service")): 1,
     } == series(m, "vramwatch_actions_total")
 
 
@@ -376,7 +385,7 @@ def test_a_tenant_dropped_by_a_reload_and_a_gone_gpu_leave_no_series() -> None:
 
     m.observe_snapshot(smaller, snap(()))
 
-    assert {(("unit", "llama.service"),): 0} == series(m, "vramwatch_tenant_vram_used_bytes")
+    assert {(("tenant", "llama.service"),): 0} == series(m, "vramwatch_tenant_vram_used_bytes")
     assert {} == series(m, "vramwatch_gpu_memory_free_bytes")
     assert {(("gpu", ""), ("resource", "ram")): 0} == series(m, "vramwatch_floor_breached")
 
@@ -538,6 +547,6 @@ def test_the_loop_feeds_gauges_breaches_and_the_restart_counter(tmp_path: Path) 
         (14660 * MIB, 0),
     ] == observed
     assert 1 == value(
-        m, "vramwatch_actions_total", unit="immich-ml.service", action="restart", result="done"
+        m, "vramwatch_actions_total", tenant="immich-ml.service", action="restart", result="done"
     )
     assert 1 == value(m, "vramwatch_floor_breaches_total", resource="vram", gpu="0")

@@ -48,6 +48,21 @@ def test_the_times_come_back_on_the_monotonic_clock_within_one_boot(tmp_path: Pa
     assert Restored({"a.service": (900 * S, 990 * S)}, None, True) == restored
 
 
+def test_container_tenants_keep_their_history_across_a_restart_of_vramwatch(
+    tmp_path: Path,
+) -> None:
+    c = Clocks()
+    history = {
+        "container:frigate": (900 * S,),
+        "compose:immich/immich-machine-learning": (950 * S, 990 * S),
+    }
+    c.store(tmp_path).save(history)
+
+    restored = c.store(tmp_path).load()
+
+    assert Restored(history, None, True) == restored
+
+
 @pytest.mark.parametrize("jump", [-DAY, -3600 * S, 3600 * S, DAY])
 def test_a_wall_clock_jump_within_one_boot_changes_nothing(tmp_path: Path, jump: int) -> None:
     c = Clocks()
@@ -94,7 +109,7 @@ CORRUPT = [
     (b"[]", "not a vramwatch state file"),
     (b'{"version": 99, "units": {}}', "expected an object with version 1"),
     (b'{"version": 1, "units": []}', "units is not an object"),
-    (b'{"version": 1, "units": {"x; rm -rf /": {"actions": []}}}', "bad unit name"),
+    (b'{"version": 1, "units": {"x; rm -rf /": {"actions": []}}}', "bad tenant"),
     (
         b'{"version": 1, "units": {"a.service": {"actions": [{"mono_ns": true, "wall_ns": 1}]}}}',
         "times must be integers",

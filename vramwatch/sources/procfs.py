@@ -44,6 +44,14 @@ _UNIT_TYPES = frozenset(
 _UNIT_NAME_RE = re.compile(r"[A-Za-z0-9:_.\\-]+(?:@[A-Za-z0-9:_.\\@-]+)?\.([a-z]+)")
 _UNIT_NAME_MAX = 255
 
+# A container's cgroup, by runtime and cgroup driver (a path component):
+#   docker-<id>.scope   Docker, systemd driver (v1 and v2; rootless under user.slice)
+#   libpod-<id>.scope   Podman, systemd driver (machine.slice, or user.slice rootless)
+#   libpod-<id>         Podman, cgroupfs driver (/libpod_parent/libpod-<id>)
+#   <id>                Docker, cgroupfs driver (/docker/<id>)
+# "libpod-conmon-<id>.scope" is Podman's monitor, not the container: no match.
+_CONTAINER_COMPONENT_RE = re.compile(r"(?:docker-|libpod-)?([0-9a-f]{64})(?:\.scope)?")
+
 # Re-walking the cgroup tree to find a unit that is not running costs a
 # directory scan per slice: do it at most this often per unit.
 LOCATE_RETRY_NS = 10 * 10**9
@@ -206,6 +214,22 @@ def unit_of_cgroup_path(path: str) -> tuple[str | None, str]:
     return unit, "system"
 
 
+def container_of_cgroup_path(path: str) -> tuple[str, str] | None:
+    """The container a cgroup path belongs to: (its 64-hex id, the container's own
+    cgroup, which may be an ancestor of ``path``), or None for no container.
+
+    ``/system.slice/docker-<id>.scope``, ``/docker/<id>``,
+    ``/machine.slice/libpod-<id>.scope/container`` (Podman's nested cgroup)
+    and the rootless forms under ``user@UID.service`` all name one.
+    """
+    parts = path.split("/")
+    for i, part in enumerate(parts):
+        match = _CONTAINER_COMPONENT_RE.fullmatch(part)
+        if match is not None:
+            return match[1], "/".join(parts[: i + 1]) or "/"
+    return None
+
+
 def parse_proc_cgroup(text: str, unified: bool = False) -> Owner | None:
     """``/proc/PID/cgroup`` -> Owner, read from the hierarchy systemd tracks units in.
 
@@ -234,7 +258,13 @@ def parse_proc_cgroup(text: str, unified: bool = False) -> Owner | None:
     # A path ending " (deleted)" means the cgroup was removed while the process lived.
     path = found.removesuffix(" (deleted)")
     unit, manager = unit_of_cgroup_path(path)
-    return Owner(cgroup=path, unit=unit, manager=manager)
+    container = container_of_cgroup_path(path)
+    return Owner(
+        cgroup=path,
+        unit=unit,
+        manager=manager,
+        container_id=container[0] if container is not None else None,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -457,6 +487,10 @@ class ProcFs:
                     # directory; keep looking for it there.
                     stack.append((Path(entry.path), inside))
         return None
+
+    def cgroup_exists(self, cgroup: str) -> bool:
+        """A cgroup (relative to the tracking root) is there now."""
+        return os.path.isdir(self._under(self.layout.tracking, cgroup))
 
     def unit_pids(self, cgroup: str) -> tuple[int, ...]:
         """Every PID in a unit's cgroup and its sub-cgroups."""

@@ -1,0 +1,378 @@
+"""Container tenants: attribution by cgroup (fixture trees), naming through a
+scripted Engine API, and what the sampler makes of a failing one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.fakenvml import FakeGpu, FakeNvmlState, FakeProcess, mib
+from vramwatch import config as cfg
+from vramwatch.model import ContainerInfo, Owner
+from vramwatch.sampler import Sampler
+from vramwatch.sources import containers
+from vramwatch.sources.containers import Catalog, EngineError
+from vramwatch.sources.nvml import NvmlSource
+from vramwatch.sources.procfs import CgroupLayout, ProcFs, parse_proc_cgroup
+
+UUID = "GPU-8f1c2a3e-0000-0000-0000-000000000000"
+ML = "a1" * 32  # immich/immich-machine-learning, systemd cgroup driver
+ML2 = "b2" * 32  # a second replica of that service, under Podman (systemd driver)
+FRIGATE = "c3" * 32  # a container that is no tenant
+FRESH = "d4" * 32  # ML re-created by `compose up`: a new id
+
+CONFIG = cfg.parse(
+    """
+[gpu]
+min_free_vram = "2GiB"
+[host]
+min_available_ram = "10%"
+[[tenant]]
+compose = "immich/immich-machine-learning"
+vram = "3000MiB"
+ram = "1GiB"
+[[tenant]]
+unit = "llama.service"
+vram = "5000MiB"
+""",
+    "/etc/vramwatch.toml",
+)
+UNITS_ONLY = cfg.parse('[[tenant]]\nunit = "llama.service"\nvram = "5000MiB"\n')
+
+
+def info(
+    ident: str, name: str, project: str | None = None, service: str | None = None
+) -> ContainerInfo:
+    return ContainerInfo(ident, name, project, service)
+
+
+class ScriptedEngine:
+    """Stands for the Engine API: a list of running containers and their PIDs."""
+
+    def __init__(self, socket: str) -> None:
+        self.socket = socket
+        self.containers: list[ContainerInfo] = []
+        self.pids: dict[str, int] = {}
+        self.error: EngineError | None = None
+        self.listings = 0
+        self.closed = False
+
+    def running(self) -> list[ContainerInfo]:
+        self.listings += 1
+        if self.error is not None:
+            raise self.error
+        return list(self.containers)
+
+    def pid(self, ident: str) -> int | None:
+        if self.error is not None:
+            raise self.error
+        return self.pids.get(ident)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+# attribution ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "unified", "expected"),
+    [
+        # Docker, systemd driver, cgroup v1/hybrid (name=systemd is the tracking line)
+        (
+            (
+                f"9:name=systemd:/system.slice/docker-{ML}.scope\n"
+                f"4:memory:/system.slice/docker-{ML}.scope\n0::/\n"
+            ),
+            False,
+            Owner(f"/system.slice/docker-{ML}.scope", f"docker-{ML}.scope", "system", ML),
+        ),
+        # Docker, systemd driver, cgroup v2
+        (
+            f"0::/system.slice/docker-{ML}.scope\n",
+            True,
+            Owner(f"/system.slice/docker-{ML}.scope", f"docker-{ML}.scope", "system", ML),
+        ),
+        # Docker, cgroupfs driver (this machine's dockerd)
+        (f"0::/docker/{ML}\n", True, Owner(f"/docker/{ML}", None, "system", ML)),
+        # Podman, systemd driver: the payload sits in a "container" sub-cgroup
+        (
+            f"0::/machine.slice/libpod-{ML}.scope/container\n",
+            True,
+            Owner(
+                f"/machine.slice/libpod-{ML}.scope/container", f"libpod-{ML}.scope", "system", ML
+            ),
+        ),
+        # Podman's monitor is not the container
+        (
+            f"0::/machine.slice/libpod-conmon-{ML}.scope\n",
+            True,
+            Owner(
+                f"/machine.slice/libpod-conmon-{ML}.scope", f"libpod-conmon-{ML}.scope", "system"
+            ),
+        ),
+        # rootless Podman and rootless Docker, under the user's manager
+        (
+            f"0::/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ML}.scope\n",
+            True,
+            Owner(
+                f"/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ML}.scope",
+                f"libpod-{ML}.scope",
+                "user@1000",
+                ML,
+            ),
+        ),
+        (
+            f"0::/user.slice/user-1000.slice/user@1000.service/app.slice/docker.service/docker/{ML}\n",
+            True,
+            Owner(
+                f"/user.slice/user-1000.slice/user@1000.service/app.slice/docker.service/docker/{ML}",
+                "docker.service",
+                "user@1000",
+                ML,
+            ),
+        ),
+    ],
+)
+def test_a_container_process_is_known_by_its_cgroup_whatever_the_driver(
+    text: str, unified: bool, expected: Owner
+) -> None:
+    actual = parse_proc_cgroup(text, unified=unified)
+
+    assert expected == actual
+
+
+# the sampler ------------------------------------------------------------------
+
+
+def proc(root: Path, pid: int, cgroup: str, comm: str) -> None:
+    d = root / "proc" / str(pid)
+    d.mkdir(parents=True)
+    (d / "cgroup").write_text(f"0::{cgroup}\n")
+    (d / "comm").write_text(comm + "\n")
+    (d / "status").write_text("RssAnon:\t4 kB\nRssShmem:\t0 kB\n")
+
+
+def cgroup(root: Path, path: str, pids: list[int], anon: int, shmem: int = 0) -> None:
+    d = root / "cgroup" / path.lstrip("/")
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "cgroup.procs").write_text("".join(f"{p}\n" for p in pids))
+    (d / "memory.stat").write_text(f"anon {anon}\nfile {mib(9000)}\nshmem {shmem}\n")
+
+
+def world(tmp_path: Path) -> ProcFs:
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "meminfo").write_text("MemTotal: 1000000 kB\nMemAvailable: 900000 kB\n")
+    proc(tmp_path, 100, f"/system.slice/docker-{ML}.scope", "python")
+    proc(tmp_path, 200, f"/machine.slice/libpod-{ML2}.scope/container", "python")
+    proc(tmp_path, 300, f"/docker/{FRIGATE}", "frigate.detector")
+    proc(tmp_path, 400, "/system.slice/llama.service", "llama-server")
+    proc(tmp_path, 500, f"/docker/{FRESH}", "python")
+    cgroup(tmp_path, f"/system.slice/docker-{ML}.scope", [100], mib(700), mib(100))
+    # Podman puts the payload one level down; memory.stat of the scope counts it.
+    cgroup(tmp_path, f"/machine.slice/libpod-{ML2}.scope", [], mib(500))
+    cgroup(tmp_path, f"/machine.slice/libpod-{ML2}.scope/container", [200], mib(500))
+    cgroup(tmp_path, f"/docker/{FRIGATE}", [300], mib(50))
+    cgroup(tmp_path, "/system.slice/llama.service", [400], mib(20))
+    cg = tmp_path / "cgroup"
+    return ProcFs(tmp_path / "proc", layout=CgroupLayout("v2", cg, cg))
+
+
+def gpu(*pids_mib: tuple[int, int]) -> list[FakeGpu]:
+    return [FakeGpu(UUID, mib(15360), processes=tuple(FakeProcess(p, mib(n)) for p, n in pids_mib))]
+
+
+def engine_with(*running: ContainerInfo) -> ScriptedEngine:
+    engine = ScriptedEngine("unix:///run/docker.sock")
+    engine.containers = list(running)
+    engine.pids = {ML: 100, ML2: 200, FRIGATE: 300, FRESH: 500}
+    return engine
+
+
+SERVICE = ("immich", "immich-machine-learning")
+
+
+def test_a_compose_tenant_sums_the_vram_and_cgroup_ram_of_every_container_of_its_service(
+    fake_nvml: FakeNvmlState, tmp_path: Path
+) -> None:
+    fake_nvml.write(gpu((100, 6000), (200, 2000), (300, 900), (400, 4000)))
+    engine = engine_with(
+        info(ML, "immich_ml_1", *SERVICE),
+        info(ML2, "immich_ml_2", *SERVICE),
+        info(FRIGATE, "frigate"),
+    )
+    sampler = Sampler(NvmlSource(), world(tmp_path), engine=lambda _socket: engine)
+
+    snap = sampler.sample(CONFIG, 0)
+    sampler.close()
+
+    ml = snap.units["compose:immich/immich-machine-learning"]
+    assert (
+        mib(8000),
+        mib(1300),  # anon + shmem of both memory cgroups, no page cache
+        [100, 200],
+        ["immich_ml_1", "immich_ml_2"],
+        "memory.stat",
+    ) == (
+        ml.vram_bytes,
+        ml.ram_bytes,
+        sorted(ml.pids),
+        [c.name for c in ml.containers],
+        ml.ram_source,
+    )
+    assert mib(4000) == snap.units["llama.service"].vram_bytes
+    assert None is snap.engine_error
+
+
+def test_an_unmanaged_container_is_named_not_shown_as_its_scope(
+    fake_nvml: FakeNvmlState, tmp_path: Path
+) -> None:
+    fake_nvml.write(gpu((300, 900)))
+    engine = engine_with(info(FRIGATE, "frigate", "frigate", "frigate"))
+    sampler = Sampler(NvmlSource(), world(tmp_path), engine=lambda _socket: engine)
+
+    snap = sampler.sample(CONFIG, 0)
+    sampler.close()
+
+    owner = snap.gpus[0].processes[0].owner
+    assert owner is not None
+    assert "container frigate (compose frigate/frigate)" == owner.label()
+
+
+def test_no_socket_is_opened_when_no_tenant_is_a_container(
+    fake_nvml: FakeNvmlState, tmp_path: Path
+) -> None:
+    fake_nvml.write(gpu((100, 6000), (400, 4000)))
+    opened: list[str] = []
+
+    def engine(socket: str) -> ScriptedEngine:
+        opened.append(socket)
+        return engine_with()
+
+    sampler = Sampler(NvmlSource(), world(tmp_path), engine=engine)
+
+    snap = sampler.sample(UNITS_ONLY, 0)
+    sampler.close()
+
+    assert ([], mib(4000)) == (opened, snap.units["llama.service"].vram_bytes)
+
+
+def test_a_new_container_id_is_named_at_once_not_after_the_listing_expires(
+    fake_nvml: FakeNvmlState, tmp_path: Path
+) -> None:
+    fake_nvml.write(gpu((100, 6000)))
+    engine = engine_with(info(ML, "immich_ml_1", *SERVICE))
+    sampler = Sampler(NvmlSource(), world(tmp_path), engine=lambda _socket: engine)
+    sampler.sample(CONFIG, 0)
+    # `docker compose up` re-created the container: same service, new id and PID.
+    engine.containers = [info(FRESH, "immich_ml_1", *SERVICE)]
+    fake_nvml.write(gpu((500, 7000)))
+
+    snap = sampler.sample(CONFIG, 10**9)  # one second later: well within LIST_TTL_NS
+    sampler.close()
+
+    ml = snap.units["compose:immich/immich-machine-learning"]
+    assert (mib(7000), [FRESH], 2) == (
+        ml.vram_bytes,
+        [c.id for c in ml.containers],
+        engine.listings,
+    )
+
+
+def test_a_failing_engine_blinds_container_tenants_only(
+    fake_nvml: FakeNvmlState, tmp_path: Path
+) -> None:
+    fake_nvml.write(gpu((100, 6000), (400, 4000)))
+    engine = engine_with()
+    engine.error = EngineError(
+        containers.UNREACHABLE, "list containers: cannot reach the Engine API at unix:///x"
+    )
+    sampler = Sampler(NvmlSource(), world(tmp_path), engine=lambda _socket: engine)
+
+    snap = sampler.sample(CONFIG, 0)
+    sampler.close()
+
+    ml = snap.units["compose:immich/immich-machine-learning"]
+    assert (None, None, mib(4000), "list containers: cannot reach the Engine API at unix:///x") == (
+        ml.vram_bytes,
+        ml.ram_bytes,
+        snap.units["llama.service"].vram_bytes,
+        snap.engine_error,
+    )
+
+
+def test_an_engine_that_fails_later_keeps_the_names_it_gave_but_proves_nobody_within_budget(
+    fake_nvml: FakeNvmlState, tmp_path: Path
+) -> None:
+    fake_nvml.write(gpu((100, 6000)))
+    engine = engine_with(info(ML, "immich_ml_1", *SERVICE))
+    sampler = Sampler(NvmlSource(), world(tmp_path), engine=lambda _socket: engine)
+    sampler.sample(CONFIG, 0)
+    engine.error = EngineError(containers.UNREACHABLE, "dockerd is gone")
+    fake_nvml.write(gpu((100, 6000), (500, 500)))  # an id nobody can name now
+
+    snap = sampler.sample(CONFIG, 20 * 10**9)
+    sampler.close()
+
+    ml = snap.units["compose:immich/immich-machine-learning"]
+    # Known VRAM is a lower bound (it can prove the tenant over budget), never the whole.
+    assert (None, {UUID: mib(6000)}, "dockerd is gone") == (
+        ml.vram_bytes,
+        dict(ml.vram_by_gpu),
+        snap.engine_error,
+    )
+
+
+def test_a_service_with_no_running_container_holds_nothing(
+    fake_nvml: FakeNvmlState, tmp_path: Path
+) -> None:
+    fake_nvml.write(gpu((400, 4000)))
+    engine = engine_with(info(FRIGATE, "frigate"))
+    sampler = Sampler(NvmlSource(), world(tmp_path), engine=lambda _socket: engine)
+
+    snap = sampler.sample(CONFIG, 0)
+    sampler.close()
+
+    ml = snap.units["compose:immich/immich-machine-learning"]
+    assert (0, 0, "inactive", ()) == (ml.vram_bytes, ml.ram_bytes, ml.ram_source, ml.containers)
+
+
+def test_the_catalog_finds_a_container_cgroup_once_and_again_after_it_moves() -> None:
+    engine = engine_with(info(ML, "immich_ml_1", *SERVICE))
+    cgroups = {100: "/docker/" + ML}
+    asked: list[int] = []
+
+    def of_pid(pid: int) -> str | None:
+        asked.append(pid)
+        return cgroups.get(pid)
+
+    catalog = Catalog(engine, of_pid)  # type: ignore[arg-type]
+    catalog.refresh(0, set())
+    present = {"/docker/" + ML}
+    first = catalog.cgroup(engine.containers[0], present.__contains__)
+    second = catalog.cgroup(engine.containers[0], present.__contains__)
+    present.clear()  # the cgroup is gone: ask again
+    third = catalog.cgroup(engine.containers[0], present.__contains__)
+
+    assert (["/docker/" + ML] * 3, [100, 100]) == ([first, second, third], asked)
+
+
+def test_a_failing_engine_is_asked_again_after_a_pause_not_on_every_tick() -> None:
+    engine = engine_with(info(ML, "immich_ml_1", *SERVICE))
+    engine.error = EngineError(containers.TIMEOUT, "list containers: did not answer in time")
+    catalog = Catalog(engine, lambda _pid: None)  # type: ignore[arg-type]
+
+    for second in range(6):  # one tick a second
+        catalog.refresh(second * 10**9, {ML})
+    engine.error = None
+    catalog.refresh(6 * 10**9, {ML})
+
+    # Asked at 0 s and 5 s; the failure at 5 s holds the next try off until 10 s.
+    assert (2, "list containers: did not answer in time") == (engine.listings, catalog.error)
+    catalog.refresh(10 * 10**9, {ML})
+    assert (3, None, ["immich_ml_1"]) == (
+        engine.listings,
+        catalog.error,
+        [c.name for c in catalog.by_id.values()],
+    )

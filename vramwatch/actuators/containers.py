@@ -1,0 +1,132 @@
+"""Restart or stop container tenants through the Engine API (Docker or Podman).
+
+A container tenant is one container by name; a compose tenant is every
+running container of a compose service, each restarted in turn. The API's
+answers become :class:`~vramwatch.systemd.JobOutcome` results: ``ok``,
+``no_such_container``, ``timeout``, ``api_error``, ``unreachable`` (and
+``interrupted`` when vramwatch is stopping mid-call). Nothing raises.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from vramwatch.config import Config
+from vramwatch.model import ContainerInfo, TenantId, TenantKind, Verb
+from vramwatch.sources.containers import (
+    NO_SUCH_CONTAINER,
+    OK,
+    READ_TIMEOUT_S,
+    TIMEOUT,
+    Engine,
+    EngineError,
+)
+from vramwatch.systemd import JobOutcome
+
+# How often a running restart call checks whether vramwatch is stopping (and
+# feeds the watchdog, through should_stop).
+POLL_S = 0.1
+
+
+class ContainerActuator:
+    """``act(key, verb, should_stop)`` for ``container:NAME`` and ``compose:P/S`` keys."""
+
+    def __init__(
+        self, config: Callable[[], Config], engine: Callable[[str], Engine] = Engine
+    ) -> None:
+        self._config = config  # the running config: socket and stop_timeout follow reloads
+        self._engine = engine
+
+    def act(self, unit: str, verb: Verb, should_stop: Callable[[], bool]) -> JobOutcome:
+        started = time.monotonic()
+        settings = self._config().containers
+        ident = TenantId.from_key(unit)
+        engine = self._engine(settings.socket)
+        try:
+            members = _members(engine, ident)
+        except EngineError as exc:
+            engine.close()
+            return JobOutcome(False, exc.outcome, exc.detail, time.monotonic() - started)
+        if not members:
+            engine.close()
+            return JobOutcome(
+                False,
+                NO_SUCH_CONTAINER,
+                f"no running container of compose service {ident.name}",
+                time.monotonic() - started,
+            )
+        done: list[ContainerInfo] = []
+        for container in members:
+            error, finished = _call(
+                engine, verb, container.id, settings.stop_timeout_s, should_stop
+            )
+            if not finished:
+                # The call goes on in its thread; the engine it uses stays open for it.
+                return JobOutcome(
+                    False,
+                    "interrupted",
+                    f"vramwatch is stopping while the {verb.value} of {_names([container])} runs",
+                    time.monotonic() - started,
+                    accepted=True,
+                )
+            if error is not None:
+                engine.close()
+                # A timed-out call may still be carried out by the engine; and a compose
+                # service whose first containers were restarted has had an action.
+                accepted = error.outcome == TIMEOUT or bool(done)
+                return JobOutcome(
+                    False,
+                    error.outcome,
+                    error.detail + (f" (after restarting {_names(done)})" if done else ""),
+                    time.monotonic() - started,
+                    accepted=accepted,
+                )
+            done.append(container)
+        engine.close()
+        elapsed = time.monotonic() - started
+        return JobOutcome(True, OK, f"{verb.value} {_names(done)} done in {elapsed:.1f}s", elapsed)
+
+
+def _members(engine: Engine, ident: TenantId) -> list[ContainerInfo]:
+    if ident.kind is TenantKind.CONTAINER:
+        return [engine.inspect(ident.name)]
+    project, _, service = ident.name.partition("/")
+    return engine.service(project, service)
+
+
+def _names(containers: list[ContainerInfo]) -> str:
+    return ", ".join(f"{c.name} ({c.id[:12]})" for c in containers)
+
+
+def _call(
+    engine: Engine, verb: Verb, ident: str, t_s: int, should_stop: Callable[[], bool]
+) -> tuple[EngineError | None, bool]:
+    """One restart or stop in a worker thread, so that the loop's watchdog is fed
+    while it runs; (its error or None, whether it finished)."""
+    result: list[EngineError | None] = []
+
+    def run() -> None:
+        try:
+            if verb is Verb.STOP:
+                engine.stop(ident, t_s)
+            else:
+                engine.restart(ident, t_s)
+            result.append(None)
+        except EngineError as exc:
+            result.append(exc)
+        except Exception as exc:  # noqa: BLE001 - a bug in the SDK is an api_error here
+            result.append(EngineError("api_error", f"{verb.value} {ident}: {exc!r}"))
+
+    worker = threading.Thread(target=run, name=f"vramwatch-{verb.value}", daemon=True)
+    worker.start()
+    # The Engine call times out by itself (READ_TIMEOUT_S + t); this only polls.
+    while worker.is_alive():
+        worker.join(POLL_S)
+        if worker.is_alive() and should_stop():
+            return None, False
+    return result[0] if result else EngineError("api_error", "no answer"), True
+
+
+__all__ = ["ContainerActuator", "OK", "READ_TIMEOUT_S"]
