@@ -923,7 +923,8 @@ def _act(
     doing = {Verb.RESTART: "restarting", Verb.STOP: "stopping"}[verb]
     would = {Verb.RESTART: "would restart", Verb.STOP: "would stop"}[verb]
     message = (
-        f"{would if dry else doing} {tenant.unit}: {res.breach_text(since, now)}; unit uses "
+        f"{would if dry else doing} {tenant.unit}: {res.breach_text(since, now)}; "
+        f"{'container' if tenant.id.is_container else 'unit'} uses "
         f"{_usage_text(cand.used_bytes, cand.complete)} {res.resource.upper()}, budget "
         f"{format_size(cand.budget_bytes)}" + (" (dry run)" if dry else "")
     )
