@@ -42,6 +42,7 @@ commands:
   run      the daemon, in the foreground (systemd Type=notify; SIGHUP reloads)
   check    validate the config and compare budgets with the GPUs present
   status   one look at GPUs, host RAM, tenants and who holds the memory
+  replay   run the policy over a recorded trace (run --record), or compare configs
   polkit-rule
            print the polkit rule that lets user vramwatch act on the tenants
 
@@ -110,6 +111,14 @@ def _parser() -> argparse.ArgumentParser:
         help="where the restart history is kept across restarts (default: $STATE_DIRECTORY, "
         "set by systemd's StateDirectory=, or /var/lib/vramwatch)",
     )
+    run.add_argument(
+        "--record",
+        default=None,
+        metavar="FILE",
+        help="record every sample to this trace (gzip JSON lines, rotated) for "
+        "`vramwatch replay`; overrides [daemon] record",
+    )
+    _replay_parser(sub)
     sub.add_parser(
         "check",
         parents=[common],
@@ -144,6 +153,34 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _replay_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    replay = sub.add_parser(
+        "replay",
+        help="run the policy over a recorded trace, with its config or another",
+        description="Run the real policy and trend estimator over a trace written by "
+        "`run --record` and print every decision in the journal's words, with the "
+        "trace's times, then a summary. Nothing is acted on. With -c FILE the trace is "
+        "replayed with that config (an action the daemon did not take is taken as done); "
+        "-c A -c B compares two configs side by side.",
+    )
+    replay.add_argument("trace", metavar="FILE", help="the trace (its rotated segments too)")
+    replay.add_argument(
+        "-c",
+        "--config",
+        dest="replay_configs",
+        action="append",
+        type=Path,
+        metavar="FILE",
+        help="replay with this config instead of the recorded one; twice to compare",
+    )
+    replay.add_argument("--from", dest="start", metavar="TIME", help="ISO time to start at")
+    replay.add_argument("--to", dest="end", metavar="TIME", help="ISO time to stop at")
+    replay.add_argument("--json", action="store_true", help="one JSON object per line")
+    replay.add_argument(
+        "--plot", metavar="OUT", help="draw the trace to OUT.png or OUT.svg (vramwatch[plot])"
+    )
+
+
 def _load(args: argparse.Namespace, *, trusted: bool = False) -> tuple[Path, Config]:
     path: Path = args.config or default_path()
     return path, load(path, trusted=trusted)
@@ -162,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_status(args)
         if args.command == "polkit-rule":
             return cmd_polkit_rule(args)
+        if args.command == "replay":
+            from vramwatch.replay import cmd_replay
+
+            return cmd_replay(args)
         return cmd_run(args)
     except ConfigError as exc:
         print(f"vramwatch: {exc}", file=sys.stderr)
@@ -231,7 +272,6 @@ def cmd_polkit_rule(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from vramwatch.daemon import Daemon
     from vramwatch.events import EventLog
     from vramwatch.metrics import Metrics, start_exporter
     from vramwatch.sampler import Sampler
@@ -239,6 +279,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from vramwatch.sources.procfs import ProcFs
     from vramwatch.state import StateStore, default_dir
     from vramwatch.systemd import SystemdClient
+    from vramwatch.trace import RecordingDaemon
 
     # The config decides which services get restarted: run only trusts a file
     # that nobody but root (or vramwatch's own user) can change.
@@ -249,7 +290,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if problem is not None:  # no metrics is no reason to stop guarding
         events.say("metrics_error", "error", problem, error=problem)
     sampler = Sampler(NvmlSource(), ProcFs())
-    daemon = Daemon(
+    daemon = RecordingDaemon(
         path,
         config,
         sampler,
@@ -258,6 +299,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         force_dry_run=args.dry_run,
         state=StateStore(args.state_dir or default_dir()),
         metrics=metrics,
+        record=args.record,
     )
     daemon.install_signal_handlers()
     return daemon.run()
