@@ -38,6 +38,7 @@ from vramwatch.trace import (
     TraceError,
     TraceReader,
     decode_snapshot,
+    is_rotated_name,
     recorded_config,
     segments,
 )
@@ -468,7 +469,7 @@ def replay(
     run = _Run(label, config, window, plot)
     group: list[Mapping[str, Any]] = []
     for path in paths:
-        reader = TraceReader(path)
+        reader = TraceReader(path, live=path == paths[-1] and not is_rotated_name(path))
         try:
             for record in reader:
                 kind = record["k"]

@@ -61,6 +61,8 @@ FSYNC_EVERY_NS = 60 * 10**9
 LEVEL = 6
 # Reading: how much compressed data is fed at once; a damaged spot is named to this.
 READ_CHUNK = 64 * 1024
+# Where a chunk is damaged it is fed again in steps this small, to read up to the spot.
+SMALL_STEP = 256
 # A line longer than this is not a record (a 4-GPU, 20-tenant sample is ~6 KiB).
 MAX_LINE_BYTES = 16 * 1024 * 1024
 _STAMP = "%Y%m%dT%H%M%SZ"
@@ -563,8 +565,11 @@ class Damage:
 class TraceReader:
     """The records of one segment, in order; stops at damage and says where."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, live: bool = False) -> None:
+        """``live``: the trace's current segment, which may still be being written, so
+        no gzip end is no damage (a rotated segment always has one)."""
         self.path = path
+        self.live = live
         self.damage: Damage | None = None
         self.unfinished = False  # no gzip end: still being written, or its writer died
         self.lines = 0
@@ -586,29 +591,50 @@ class TraceReader:
                     return
                 if not chunk:
                     break
+                saved = z.copy()
                 try:
-                    data = z.decompress(chunk)
-                except zlib.error as exc:
-                    self._damaged(offset, f"not a gzip stream or corrupt ({exc})")
+                    pieces = [(z.decompress(chunk), len(chunk))]
+                    problem = None
+                except zlib.error:
+                    # Again in small steps from where the chunk began: every record
+                    # before the damaged spot is still read, and the spot is named.
+                    z, pieces, problem = saved, [], "corrupt compressed data"
+                    for start in range(0, len(chunk), SMALL_STEP):
+                        piece = chunk[start : start + SMALL_STEP]
+                        try:
+                            pieces.append((z.decompress(piece), len(piece)))
+                        except zlib.error as exc:
+                            problem = f"corrupt compressed data ({exc})"
+                            break
+                for data, size in pieces:
+                    offset += size
+                    tail += data
+                    *lines, tail = tail.split(b"\n")
+                    for raw in lines:
+                        record = self._record(raw, offset)
+                        if record is None:
+                            return
+                        yield record
+                if problem is not None:
+                    self._damaged(offset, problem)
                     return
-                offset += len(chunk)
                 if z.eof and z.unused_data:
                     self._damaged(offset - len(z.unused_data), "data after the end of the trace")
                     return
-                tail += data
-                *lines, tail = tail.split(b"\n")
-                for raw in lines:
-                    record = self._record(raw, offset)
-                    if record is None:
-                        return
-                    yield record
                 if len(tail) > MAX_LINE_BYTES:
                     self._damaged(offset, "a line too long to be a record")
                     return
+            try:
+                tail += z.flush()
+            except zlib.error:
+                pass
             if tail:
                 self._damaged(offset, "truncated in the middle of a record")
                 return
             if not z.eof:
+                if not self.live:
+                    self._damaged(offset, "ends early (truncated)")
+                    return
                 self.unfinished = True
 
     def _record(self, raw: bytes, offset: int) -> dict[str, Any] | None:
@@ -636,7 +662,7 @@ def segments(path: Path) -> list[Path]:
     """
     if not os.path.lexists(path) and not rotated_segments(path):
         raise TraceError(f"{path}: no such file")
-    if path.parent != Path("") and _is_rotated_name(path):
+    if path.parent != Path("") and is_rotated_name(path):
         return [path]
     found = rotated_segments(path)
     if os.path.lexists(path):
@@ -644,7 +670,7 @@ def segments(path: Path) -> list[Path]:
     return found
 
 
-def _is_rotated_name(path: Path) -> bool:
+def is_rotated_name(path: Path) -> bool:
     return re.search(r"-\d{8}T\d{6}Z(?:-\d+)?(\.|$)", path.name) is not None
 
 
