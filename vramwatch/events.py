@@ -53,6 +53,8 @@ MESSAGE_IDS: dict[str, str] = {
     "state_corrupt": "aab8bdbb7b074d559f315956e3d6333c",
     "state_unavailable": "6cd627add41643b9954815b957933343",
     "state_saved": "809a504330694436a24ee79187f2c4c7",
+    "record_error": "ed66dc88d7f84b7ba12f9cc57ac8e183",
+    "record_resumed": "b18cb3123b78440cbb46e3a39eb1e67f",
 }
 
 # syslog priorities, as journald expects them in PRIORITY=.
