@@ -56,9 +56,11 @@ SEGMENT_SHARE = 8
 # fsync the active segment this often (and at every rotation and at the end): a
 # crash loses at most this much, and a tick does not wait for the disk.
 FSYNC_EVERY_NS = 60 * 10**9
-# Compression level 6 (zlib's default): level 1 made traces 40 % bigger for
-# 20 % less CPU in bench/record.py.
-LEVEL = 6
+# Compression level 3: in bench/record.py (4 GPUs, 20 tenants) level 6 wrote
+# 414 B a tick for 0.11 ms of CPU, level 3 627 B for 0.06 ms, level 1 726 B for
+# 0.056 ms. Level 3 keeps a day near 27 MB (the budget is 50 MB) and halves
+# the compression's share of the 0.3 ms a tick may cost.
+LEVEL = 3
 # Reading: how much compressed data is fed at once; a damaged spot is named to this.
 READ_CHUNK = 64 * 1024
 # Where a chunk is damaged it is fed again in steps this small, to read up to the spot.
@@ -66,6 +68,8 @@ SMALL_STEP = 256
 # A line longer than this is not a record (a 4-GPU, 20-tenant sample is ~6 KiB).
 MAX_LINE_BYTES = 16 * 1024 * 1024
 _STAMP = "%Y%m%dT%H%M%SZ"
+# Records are trees of plain values: no cycle check (a third of json.dumps' time here).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False)
 
 
 class TraceError(Exception):
@@ -97,26 +101,43 @@ SNAPSHOT_FIELDS = ("now_ns", "gpus", "host", "units", "nvml_error", "self_unit",
 
 
 def encode_snapshot(snap: Snapshot) -> dict[str, Any]:
-    """A snapshot as a JSON-ready dict (``now_ns`` goes in the record's ``m``)."""
+    """A snapshot as a JSON-ready dict (``now_ns`` goes in the record's ``m``).
+
+    Owners are listed once (``o``) and named by position; a tenant's VRAM per GPU
+    names the GPU by its position in ``g``: both would otherwise repeat the same
+    long strings many times a tick (bench/record.py: half the bytes and the CPU).
+    """
+    owners: dict[tuple[str, str | None, str], int] = {}
     gpus = []
-    for g in snap.gpus:
-        procs = [
-            [
-                p.pid,
-                p.used_bytes,
-                p.kind,
-                p.name,
-                None if p.owner is None else [p.owner.cgroup, p.owner.unit, p.owner.manager],
-            ]
-            for p in g.processes
-        ]
+    positions = {}
+    for n, g in enumerate(snap.gpus):
+        positions[g.uuid] = n
+        procs = []
+        for p in g.processes:
+            o = p.owner
+            if o is None:
+                ref = None
+            else:
+                key = (o.cgroup, o.unit, o.manager)
+                ref = owners.get(key)
+                if ref is None:
+                    ref = owners[key] = len(owners)
+            procs.append([p.pid, p.used_bytes, p.kind, p.name, ref])
         row: list[Any] = [g.index, g.uuid, g.name, g.total_bytes, g.used_bytes, g.free_bytes, procs]
         if g.error is not None:
             row.append(g.error)
         gpus.append(row)
+    units = {}
+    for name, u in snap.units.items():
+        by_gpu = [[positions.get(uuid, uuid), n] for uuid, n in u.vram_by_gpu.items()]
+        row = [u.vram_bytes, by_gpu, u.ram_bytes, list(u.pids), u.ram_source]
+        if u.unit != name:
+            row.append(u.unit)
+        units[name] = row
     h = snap.host
     out: dict[str, Any] = {
         "g": gpus,
+        "o": [list(key) for key in owners],
         "h": [
             h.mem_total_bytes,
             h.mem_available_bytes,
@@ -126,17 +147,7 @@ def encode_snapshot(snap: Snapshot) -> dict[str, Any]:
             h.psi_full_avg10,
             h.error,
         ],
-        "u": {
-            name: [
-                u.unit,
-                u.vram_bytes,
-                dict(u.vram_by_gpu),
-                u.ram_bytes,
-                list(u.pids),
-                u.ram_source,
-            ]
-            for name, u in snap.units.items()
-        },
+        "u": units,
     }
     if snap.nvml_error is not None:
         out["ne"] = snap.nvml_error
@@ -147,9 +158,7 @@ def encode_snapshot(snap: Snapshot) -> dict[str, Any]:
     return out
 
 
-def _owner(raw: Any) -> Owner | None:
-    if raw is None:
-        return None
+def _owner(raw: Any) -> Owner:
     cgroup, unit, manager = raw
     return Owner(_str(cgroup), _opt_str(unit), _str(manager))
 
@@ -184,6 +193,7 @@ def _opt_float(value: Any) -> float | None:
 
 def decode_snapshot(now_ns: int, raw: Mapping[str, Any]) -> Snapshot:
     """The inverse of :func:`encode_snapshot`; ValueError (or TypeError) on a bad shape."""
+    owners = [_owner(o) for o in raw.get("o", ())]
     gpus = []
     for row in raw["g"]:
         index, uuid, name, total, used, free, procs = row[:7]
@@ -197,8 +207,14 @@ def decode_snapshot(now_ns: int, raw: Mapping[str, Any]) -> Snapshot:
                 _opt_int(used),
                 _opt_int(free),
                 tuple(
-                    GpuProcess(_int(pid), _opt_int(pu), _str(kind), _str(pname), _owner(owner))
-                    for pid, pu, kind, pname, owner in procs
+                    GpuProcess(
+                        _int(pid),
+                        _opt_int(pu),
+                        _str(kind),
+                        _str(pname),
+                        None if ref is None else owners[_int(ref)],
+                    )
+                    for pid, pu, kind, pname, ref in procs
                 ),
                 _opt_str(error),
             )
@@ -214,11 +230,16 @@ def decode_snapshot(now_ns: int, raw: Mapping[str, Any]) -> Snapshot:
         _opt_str(herror),
     )
     units = {}
-    for key, (unit, vram, by_gpu, ram, pids, source) in raw["u"].items():
+    for key, row in raw["u"].items():
+        vram, by_gpu, ram, pids, source = row[:5]
+        unit = row[5] if len(row) > 5 else key
         units[_str(key)] = UnitUsage(
             _str(unit),
             _opt_int(vram),
-            {_str(k): _int(v) for k, v in by_gpu.items()},
+            {
+                (gpus[where].uuid if isinstance(where, int) else _str(where)): _int(n)
+                for where, n in by_gpu
+            },
             _opt_int(ram),
             tuple(_int(p) for p in pids),
             _str(source),
@@ -424,7 +445,7 @@ class TraceWriter:
         self._z = None
 
     def _put(self, record: Mapping[str, Any]) -> None:
-        line = json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n"
+        line = _ENCODER.encode(record) + "\n"
         self._write(self._z.compress(line.encode("utf-8")))
         self._pending = True
 

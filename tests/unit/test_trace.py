@@ -13,7 +13,7 @@ import pytest
 
 from tests.unit.builders import MIB, S, one_gpu
 from vramwatch import model
-from vramwatch.config import parse
+from vramwatch.config import ConfigError, parse
 from vramwatch.model import GpuProcess, GpuSample, HostSample, Owner, Snapshot, UnitUsage
 from vramwatch.trace import (
     GPU_FIELDS,
@@ -332,3 +332,37 @@ def test_a_recording_error_is_logged_once_and_recording_never_raises(tmp_path: P
 
     assert ["record_error"] == [name for name, _ in said]
     assert "guarding goes on without recording" in said[0][1]
+
+
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        (
+            'record = "trace.gz"',
+            'daemon.record: expected an absolute path such as "/var/lib/vramwatch/trace.jsonl.gz",'
+            ' got "trace.gz"',
+        ),
+        ('record_keep = "10m"', 'daemon.record_keep: must be between 1h and 8784h, got "10m"'),
+        (
+            'record_max_size = "100KiB"',
+            'daemon.record_max_size: must be at least 1MiB, got "100KiB"',
+        ),
+    ],
+)
+def test_record_keys_that_cannot_work_are_config_errors(line: str, error: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse(f"[daemon]\n{line}\n", "/etc/vramwatch.toml")
+
+    assert f"/etc/vramwatch.toml: {error}" == str(raised.value)
+
+
+def test_record_keys_parse() -> None:
+    config = parse(
+        '[daemon]\nrecord = "/var/lib/vramwatch/t.gz"\nrecord_keep = "2d"\nrecord_max_size = "2GiB"\n'
+    )
+
+    assert ("/var/lib/vramwatch/t.gz", 2 * 86400 * S, 2 * GIB) == (
+        config.daemon.record,
+        config.daemon.record_keep_ns,
+        config.daemon.record_max_bytes,
+    )
