@@ -339,8 +339,10 @@ def test_a_recording_error_is_logged_once_and_recording_never_raises(tmp_path: P
     [
         (
             'record = "trace.gz"',
-            'daemon.record: expected an absolute path such as "/var/lib/vramwatch/trace.jsonl.gz",'
-            ' got "trace.gz"',
+            (
+                "daemon.record: expected an absolute path such as "
+                '"/var/lib/vramwatch/trace.jsonl.gz", got "trace.gz"'
+            ),
         ),
         ('record_keep = "10m"', 'daemon.record_keep: must be between 1h and 8784h, got "10m"'),
         (
@@ -358,7 +360,8 @@ def test_record_keys_that_cannot_work_are_config_errors(line: str, error: str) -
 
 def test_record_keys_parse() -> None:
     config = parse(
-        '[daemon]\nrecord = "/var/lib/vramwatch/t.gz"\nrecord_keep = "2d"\nrecord_max_size = "2GiB"\n'
+        '[daemon]\nrecord = "/var/lib/vramwatch/t.gz"\nrecord_keep = "2d"\n'
+        'record_max_size = "2GiB"\n'
     )
 
     assert ("/var/lib/vramwatch/t.gz", 2 * 86400 * S, 2 * GIB) == (
