@@ -349,8 +349,10 @@ class TraceWriter:
         *,
         wall_ns: Callable[[], int] = time.time_ns,
         level: int = LEVEL,
+        segment_age_ns: int = SEGMENT_AGE_NS,
     ) -> None:
         self.path = path
+        self.segment_age_ns = segment_age_ns
         self.keep_ns = keep_ns
         self.max_bytes = max_bytes
         self.wall_ns = wall_ns
@@ -472,7 +474,7 @@ class TraceWriter:
                 now = self.wall_ns()
                 if (
                     self._bytes >= self.max_bytes // SEGMENT_SHARE
-                    or now - self._started_ns >= SEGMENT_AGE_NS
+                    or now - self._started_ns >= self.segment_age_ns
                 ):
                     self.rotate()
                 elif now - self._synced_ns >= FSYNC_EVERY_NS:
