@@ -331,7 +331,7 @@ class _Run:
             self.new_run = False
             return
         effective = self.daemon._effective(config)
-        if effective == self.daemon.config:
+        if record.get("why") != "reload":
             return  # a new segment repeats the config in force
         self.daemon.config = effective
         self.out(

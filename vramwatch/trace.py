@@ -424,6 +424,8 @@ class TraceWriter:
                 {"k": "h", "v": VERSION, "run": self.run, "seg": self.segment, "t": now // 10**6}
             )
             for record in self.preamble:
+                if record.get("k") == "c" and self.segment > 1:
+                    record = dict(record, why="segment")  # the same config, carried on
                 self._put(record)
             self._flush()
             os.fsync(fd)
@@ -758,13 +760,24 @@ class Recorder:
             )
             self._failed = None
         self._preamble()
-        if self.writer is not None and self.writer.is_open:
+        if self.writer is None:
+            return
+        if self.writer.is_open:
             self._write(dict(self._config, t=self.wall_ns() // 10**6))
+        elif self._failed is None:
+            # Open now: a reload before the first tick is in the trace, and a directory
+            # that cannot be written is reported at start.
+            try:
+                self.writer.open()
+            except TraceError as exc:
+                self._fail(str(exc))
 
     def restored(self, actions_ns: Mapping[str, tuple[int, ...]]) -> None:
         """The restart history the daemon restored from its state file at start."""
         self._state = {"k": "st", "a": {unit: list(times) for unit, times in actions_ns.items()}}
         self._preamble()
+        if self.writer is not None and self.writer.is_open:
+            self._write(self._state)
 
     def _preamble(self) -> None:
         if self.writer is not None and self._config is not None:

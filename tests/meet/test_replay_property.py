@@ -22,7 +22,7 @@ from vramwatch.trace import RecordingDaemon, segments
 
 # What the daemon logs about itself rather than about the host: not decisions.
 NOT_DECISIONS = frozenset(
-    {"started", "stopping", "config_reloaded", "config_rejected", "state_restored", "state_saved"}
+    {"started", "stopping", "config_rejected", "state_restored", "state_saved"}
 )
 
 

@@ -369,3 +369,20 @@ def test_record_keys_parse() -> None:
         config.daemon.record_keep_ns,
         config.daemon.record_max_bytes,
     )
+
+
+def test_a_rotated_segment_carries_the_config_on_without_calling_it_a_reload(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "trace.jsonl.gz"
+    wall = FakeWall()
+    writer = TraceWriter(path, 7 * 86400 * S, 1 << 30, wall_ns=wall)
+    writer.preamble = [{"k": "c", "why": "reload", "text": CONFIG, "path": "x.toml"}]
+    writer.open()
+    write_ticks(writer, wall, 1)
+    writer.rotate()
+    writer.close()
+
+    whys = [next(r for r in TraceReader(p) if r["k"] == "c")["why"] for p in segments(path)]
+
+    assert ["reload", "segment"] == whys
