@@ -52,12 +52,12 @@ RESTART_WINDOW_RANGE_NS = (1, 7 * DAY)
 RECLAIM_TIMEOUT_RANGE_NS = (1, DAY)
 # [trend]: "0s" turns forecasts off; a window needs a few samples per bucket.
 TREND_WINDOW_RANGE_NS = (0, 7 * DAY)
+TREND_WINDOW_MIN_NS = 10 * 10**9
+WARN_WITHIN_RANGE_NS = (1, 30 * DAY)
 # A trace older than a year is no one's last week; a rotated segment is kept at least an hour.
 RECORD_KEEP_RANGE_NS = (HOUR, 366 * DAY)
 # Segments rotate at an eighth of the limit: below 1 MiB a segment would hold minutes.
 RECORD_MAX_SIZE_MIN_BYTES = 1024 * 1024
-TREND_WINDOW_MIN_NS = 10 * 10**9
-WARN_WITHIN_RANGE_NS = (1, 30 * DAY)
 # Commands (a tenant's release, [hooks]): a time limit, and a sane argv.
 COMMAND_TIMEOUT_RANGE_NS = (10**9, 10 * 60 * 10**9)
 ARGV_MAX = 64

@@ -738,6 +738,8 @@ class Recorder:
     ) -> None:
         """The config in force (at start, and after each reload that changed it)."""
         target = self.override or config.daemon.record
+        if target is not None:
+            target = os.path.abspath(target)  # `run --record trace.gz`: where it was started
         try:
             self._config = config_record(config, why, forced_dry_run, effective)
         except Exception as exc:  # noqa: BLE001 - recording must never stop guarding
