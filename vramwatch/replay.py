@@ -468,6 +468,7 @@ def replay(
     the recorded configs when it is None. Raises TraceError, ConfigError."""
     run = _Run(label, config, window, plot)
     group: list[Mapping[str, Any]] = []
+    group_line = 0  # the line of the group's first record
     for path in paths:
         reader = TraceReader(path, live=path == paths[-1] and not is_rotated_name(path))
         try:
@@ -478,20 +479,29 @@ def replay(
                         group.append(record)
                     continue
                 if group:
-                    _tick(run, reader, group)
+                    _tick(run, reader, group, group_line)
                     group = []
                     if reader.damage is not None:
                         break
-                if kind in ("s", "sf"):
-                    group = [record]
-                elif kind == "h":
-                    run.header(record)
-                elif kind == "c":
-                    run.config(record)
-                elif kind == "st":
-                    run.state(record)
+                try:
+                    if kind in ("s", "sf"):
+                        end = window[1]
+                        if end is not None and int(record["t"]) > end:
+                            return run.result  # past --to: nothing more is printed
+                        group, group_line = [record], reader.lines
+                    elif kind == "h":
+                        run.header(record)
+                    elif kind == "c":
+                        run.config(record)
+                    elif kind == "st":
+                        run.state(record)
+                except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+                    reader.damage = Damage(
+                        reader.path, reader.lines, 0, f"a record of the wrong shape ({exc!r})"
+                    )
+                    break
             if group and reader.damage is None:
-                _tick(run, reader, group)
+                _tick(run, reader, group, group_line)
             group = []
         finally:
             if reader.damage is not None:
@@ -501,11 +511,11 @@ def replay(
     return run.result
 
 
-def _tick(run: _Run, reader: TraceReader, group: list[Mapping[str, Any]]) -> None:
+def _tick(run: _Run, reader: TraceReader, group: list[Mapping[str, Any]], line: int) -> None:
     try:
         run.tick(group)
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
-        reader.damage = Damage(reader.path, reader.lines, 0, f"a record of the wrong shape ({exc})")
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        reader.damage = Damage(reader.path, line, 0, f"a record of the wrong shape ({exc!r})")
 
 
 # -- output -------------------------------------------------------------------------
@@ -703,6 +713,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     else:
         print_compare(results[0], results[1], args.json, sys.stdout)
     status = EXIT_OK
+    for path in results[0].unfinished:
+        print(
+            f"vramwatch: replay: note: {path} is still being written (or its writer was "
+            "stopped without closing it): replayed up to its last complete tick",
+            file=sys.stderr,
+        )
     for damage in results[0].damage:
         print(f"vramwatch: replay: {damage}", file=sys.stderr)
         status = EXIT_FAILURE

@@ -582,7 +582,9 @@ class Damage:
 
     def __str__(self) -> str:
         return (
-            f"{self.path}: damaged at line {self.line} (near byte {self.offset}): "
+            f"{self.path}: damaged at line {self.line}"
+            + (f" (near byte {self.offset})" if self.offset > 0 else "")
+            + ": "
             f"{self.problem}; replayed what comes before"
         )
 

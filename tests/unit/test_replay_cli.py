@@ -170,3 +170,20 @@ def test_the_readme_plot_is_what_replay_draws_for_the_arena() -> None:
     assert png.stat().st_size < 150_000
     assert "--plot docs/arena.png" in readme
     assert "![" in readme and "docs/arena.png)" in readme
+
+
+def test_records_of_the_wrong_shape_are_damage_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import gzip
+
+    bad = tmp_path / "bad-20251102T024000Z.jsonl.gz"
+    lines = gzip.decompress(ARENA.read_bytes()).splitlines()
+    lines.insert(20, b'{"k":"s","m":"soon","g":5}')
+    bad.write_bytes(gzip.compress(b"\n".join(lines) + b"\n"))
+
+    rc, out, err = run(["replay", str(bad), "-c", str(ARENA_TOML)], capsys)
+
+    assert 1 == rc
+    assert f"vramwatch: replay: {bad}: damaged at line 21: a record of the wrong shape" in err
+    assert "summary (17 samples" in out
