@@ -43,6 +43,7 @@ commands:
   run      the daemon, in the foreground (systemd Type=notify; SIGHUP reloads)
   check    validate the config and compare budgets with the GPUs present
   status   one look at GPUs, host RAM, tenants and who holds the memory
+  replay   run the policy over a recorded trace (run --record), or compare configs
   polkit-rule
            print the polkit rule that lets user vramwatch act on the tenants
 
@@ -111,6 +112,14 @@ def _parser() -> argparse.ArgumentParser:
         help="where the restart history is kept across restarts (default: $STATE_DIRECTORY, "
         "set by systemd's StateDirectory=, or /var/lib/vramwatch)",
     )
+    run.add_argument(
+        "--record",
+        default=None,
+        metavar="FILE",
+        help="record every sample to this trace (gzip JSON lines, rotated) for "
+        "`vramwatch replay`; overrides [daemon] record",
+    )
+    _replay_parser(sub)
     sub.add_parser(
         "check",
         parents=[common],
@@ -146,6 +155,34 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _replay_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    replay = sub.add_parser(
+        "replay",
+        help="run the policy over a recorded trace, with its config or another",
+        description="Run the real policy and trend estimator over a trace written by "
+        "`run --record` and print every decision in the journal's words, with the "
+        "trace's times, then a summary. Nothing is acted on. With -c FILE the trace is "
+        "replayed with that config (an action the daemon did not take is taken as done); "
+        "-c A -c B compares two configs side by side.",
+    )
+    replay.add_argument("trace", metavar="FILE", help="the trace (its rotated segments too)")
+    replay.add_argument(
+        "-c",
+        "--config",
+        dest="replay_configs",
+        action="append",
+        type=Path,
+        metavar="FILE",
+        help="replay with this config instead of the recorded one; twice to compare",
+    )
+    replay.add_argument("--from", dest="start", metavar="TIME", help="ISO time to start at")
+    replay.add_argument("--to", dest="end", metavar="TIME", help="ISO time to stop at")
+    replay.add_argument("--json", action="store_true", help="one JSON object per line")
+    replay.add_argument(
+        "--plot", metavar="OUT", help="draw the trace to OUT.png or OUT.svg (vramwatch[plot])"
+    )
+
+
 def _load(args: argparse.Namespace, *, trusted: bool = False) -> tuple[Path, Config]:
     path: Path = args.config or default_path()
     return path, load(path, trusted=trusted)
@@ -164,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_status(args)
         if args.command == "polkit-rule":
             return cmd_polkit_rule(args)
+        if args.command == "replay":
+            from vramwatch.replay import cmd_replay
+
+            return cmd_replay(args)
         return cmd_run(args)
     except ConfigError as exc:
         print(f"vramwatch: {exc}", file=sys.stderr)
@@ -267,6 +308,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from vramwatch.sources.procfs import ProcFs
     from vramwatch.state import StateStore, default_dir
     from vramwatch.systemd import SystemdClient
+    from vramwatch.trace import RecordingDaemon
 
     # The config decides which services get restarted: run only trusts a file
     # that nobody but root (or vramwatch's own user) can change.
@@ -291,7 +333,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Containers are acted on with the running config's socket and stop_timeout
     # (they follow a reload); the Engine API is only reached for a container tenant.
     containers = ContainerActuator(lambda: running[0].config)
-    daemon = Daemon(
+    daemon = RecordingDaemon(
         path,
         config,
         sampler,
@@ -300,6 +342,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         force_dry_run=args.dry_run,
         state=StateStore(args.state_dir or default_dir()),
         metrics=metrics,
+        record=args.record,
     )
     running.append(daemon)
     daemon.install_signal_handlers()

@@ -65,6 +65,10 @@ RECLAIM_TIMEOUT_RANGE_NS = (1, DAY)
 TREND_WINDOW_RANGE_NS = (0, 7 * DAY)
 TREND_WINDOW_MIN_NS = 10 * 10**9
 WARN_WITHIN_RANGE_NS = (1, 30 * DAY)
+# A trace older than a year is no one's last week; a rotated segment is kept at least an hour.
+RECORD_KEEP_RANGE_NS = (HOUR, 366 * DAY)
+# Segments rotate at an eighth of the limit: below 1 MiB a segment would hold minutes.
+RECORD_MAX_SIZE_MIN_BYTES = 1024 * 1024
 # Commands (a tenant's release, [hooks]): a time limit, and a sane argv.
 COMMAND_TIMEOUT_RANGE_NS = (10**9, 10 * 60 * 10**9)
 ARGV_MAX = 64
@@ -109,6 +113,11 @@ class DaemonConfig:
     max_restarts: int = 3
     restart_window_ns: int = 3600 * 10**9
     reclaim_timeout_ns: int = 30 * 10**9
+    # Record and replay (vramwatch.trace): where the trace goes, how long and how much
+    # of it is kept. None: not recording (unless `run --record FILE`).
+    record: str | None = None
+    record_keep_ns: int = 7 * 24 * 3600 * 10**9
+    record_max_bytes: int = 1024**3
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,9 +416,31 @@ def _daemon(table: _Table) -> DaemonConfig:
         reclaim_timeout_ns=table.parsed(
             "reclaim_timeout", _duration_in(RECLAIM_TIMEOUT_RANGE_NS), default.reclaim_timeout_ns
         ),
+        record=table.parsed("record", _record_path, default.record),
+        record_keep_ns=table.parsed(
+            "record_keep", _duration_in(RECORD_KEEP_RANGE_NS), default.record_keep_ns
+        ),
+        record_max_bytes=table.parsed("record_max_size", _record_size, default.record_max_bytes),
     )
     table.finish()
     return daemon
+
+
+def _record_path(text: str) -> str:
+    if not text.startswith("/"):
+        raise units.UnitError(
+            f'expected an absolute path such as "/var/lib/vramwatch/trace.jsonl.gz", got "{text}"'
+        )
+    if text.endswith("/") or "\0" in text:
+        raise units.UnitError(f'expected a file name, got "{text}"')
+    return text
+
+
+def _record_size(text: str) -> int:
+    size = _positive_size(text)
+    if size < RECORD_MAX_SIZE_MIN_BYTES:
+        raise units.UnitError(f'must be at least 1MiB, got "{text}"')
+    return size
 
 
 def _trend(table: _Table) -> TrendConfig:

@@ -58,6 +58,8 @@ MESSAGE_IDS: dict[str, str] = {
     "log_fallback": "12cbd34822cd48d2a5e04b4de0bf1c52",
     "log_recovered": "4281a4dd91754d9ab67d1e2df23b224a",
     "config_warning": "76d3b3dac8e34fcbb4e89ce79bbcec65",
+    "record_error": "ed66dc88d7f84b7ba12f9cc57ac8e183",
+    "record_resumed": "b18cb3123b78440cbb46e3a39eb1e67f",
 }
 
 # syslog priorities, as journald expects them in PRIORITY=.

@@ -32,12 +32,13 @@ DURATION_FACTORS_NS: dict[str, int] = {
     "s": 1_000_000_000,
     "m": 60 * 1_000_000_000,
     "h": 3600 * 1_000_000_000,
+    "d": 24 * 3600 * 1_000_000_000,  # for retention such as record_keep = "7d"
 }
 
 _NUMBER = r"(?P<number>[0-9]+(?:\.[0-9]+)?)"
 _SIZE_RE = re.compile(_NUMBER + r"\s*(?P<unit>[A-Za-z]+)")
 _PERCENT_RE = re.compile(_NUMBER + r"\s*%")
-_DURATION_RE = re.compile(_NUMBER + r"\s*(?P<unit>ms|s|m|h)")
+_DURATION_RE = re.compile(_NUMBER + r"\s*(?P<unit>ms|s|m|h|d)")
 
 
 class UnitError(ValueError):
@@ -68,7 +69,7 @@ def parse_percent(text: str) -> float | None:
 
 
 def parse_duration_ns(text: str) -> int:
-    """Parse ``"500ms"``, ``"2s"``, ``"5m"`` or ``"1h"`` into nanoseconds."""
+    """Parse ``"500ms"``, ``"2s"``, ``"5m"``, ``"1h"`` or ``"7d"`` into nanoseconds."""
     match = _DURATION_RE.fullmatch(text.strip())
     if match is None or len(match["number"]) > _MAX_DIGITS:
         raise UnitError(f'expected a duration such as "500ms", "2s", "5m" or "1h", got "{text}"')

@@ -115,6 +115,7 @@ def test_parse_percent_returns_the_number_or_none_when_not_a_percentage(
         ("2s", 2 * 10**9),
         ("5m", 300 * 10**9),
         ("1h", 3600 * 10**9),
+        ("7d", 7 * 86400 * 10**9),  # record_keep
         ("1.5s", 1_500_000_000),
         ("0.5h", 1800 * 10**9),
         ("0s", 0),
@@ -130,7 +131,7 @@ def test_parse_duration_ns_gives_nanoseconds(text: str, expected: int) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["10", "10sec", "2S", "1d", "1us", "-1s", "", "s", "1m30s", "1h 2m", "10ns", "five s"],
+    ["10", "10sec", "2S", "1D", "1us", "-1s", "", "s", "1m30s", "1h 2m", "10ns", "five s"],
 )
 def test_parse_duration_ns_rejects_other_spellings_with_the_text_it_got(text: str) -> None:
     with pytest.raises(UnitError) as raised:

@@ -1,0 +1,388 @@
+"""The trace file: what is written reads back the same; rotation, retention, planted
+links, and damage read up to where it is."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.unit.builders import MIB, S, one_gpu
+from vramwatch import model
+from vramwatch.config import ConfigError, parse
+from vramwatch.model import GpuProcess, GpuSample, HostSample, Owner, Snapshot, UnitUsage
+from vramwatch.trace import (
+    GPU_FIELDS,
+    GPU_OPTIONAL,
+    HOST_FIELDS,
+    OWNER_FIELDS,
+    PROCESS_FIELDS,
+    SNAPSHOT_FIELDS,
+    UNIT_FIELDS,
+    Recorder,
+    TraceReader,
+    TraceWriter,
+    config_record,
+    decode_snapshot,
+    encode_snapshot,
+    recorded_config,
+    rotated_segments,
+    segments,
+)
+
+GIB = 1024 * MIB
+
+
+class FakeWall:
+    def __init__(self) -> None:
+        self.now = 1_764_655_200 * S  # 2025-12-02T06:00:00Z
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def rich_snapshot(now_ns: int) -> Snapshot:
+    """Every field set, hostile names included."""
+    owner = Owner(
+        "/user.slice/user-1000.slice/user@1000.service/app.slice/x.service",
+        "x.service",
+        "user@1000",
+    )
+    gpus = (
+        GpuSample(
+            0,
+            "GPU-a",
+            "Tesla T4",
+            16 * GIB,
+            10 * GIB,
+            6 * GIB,
+            (
+                GpuProcess(7, 3 * GIB, "compute", "foo) Z\nbar", owner),
+                GpuProcess(8, None, "mps", "", None),
+            ),
+        ),
+        GpuSample(1, "GPU-b", "Tesla T4", None, None, None, (), "GPU_IS_LOST: gone"),
+    )
+    host = HostSample(64 * GIB, 20 * GIB, 8 * GIB, 7 * GIB, 1.5, 0.25, None)
+    units = {
+        "x.service": UnitUsage("x.service", 3 * GIB, {"GPU-a": 3 * GIB}, GIB, (7,), "memory.stat"),
+        "y.service": UnitUsage("y.service", None, {}, None, (), ""),
+    }
+    return Snapshot(
+        now_ns, gpus, host, units, "NVML half there", "vramwatch.service", (("x.service", GIB),)
+    )
+
+
+def test_a_snapshot_reads_back_equal_to_what_was_written() -> None:
+    snap = rich_snapshot(123 * S)
+
+    back = decode_snapshot(123 * S, encode_snapshot(snap))
+
+    assert snap == back
+
+
+@pytest.mark.parametrize(
+    ("cls", "names"),
+    [
+        (model.GpuSample, (*GPU_FIELDS, *GPU_OPTIONAL)),
+        (model.GpuProcess, PROCESS_FIELDS),
+        (model.Owner, OWNER_FIELDS),
+        (model.HostSample, HOST_FIELDS),
+        (model.UnitUsage, UNIT_FIELDS),
+        (model.Snapshot, SNAPSHOT_FIELDS),
+    ],
+)
+def test_the_trace_names_every_field_of_the_model(cls: type, names: tuple[str, ...]) -> None:
+    """A field added to the model must be recorded, or replay would run without it."""
+    assert sorted(f.name for f in dataclasses.fields(cls)) == sorted(names)
+
+
+def write_ticks(writer: TraceWriter, wall: FakeWall, n: int, start_s: int = 0) -> None:
+    for i in range(n):
+        snap = one_gpu((start_s + i) * S, hog_mib=100 + i)
+        record: dict[str, Any] = encode_snapshot(snap)
+        record.update(k="s", m=snap.now_ns, t=wall() // 10**6)
+        writer.write(record, tick=True)
+        writer.end_tick()
+        wall.now += 2 * S
+
+
+def test_written_records_read_back_in_order_and_the_file_is_plain_gzip(tmp_path: Path) -> None:
+    path = tmp_path / "trace.jsonl.gz"
+    wall = FakeWall()
+    writer = TraceWriter(path, 7 * 86400 * S, 1 << 30, wall_ns=wall)
+    writer.open()
+    write_ticks(writer, wall, 5)
+    writer.close()
+
+    records = list(TraceReader(path))
+
+    assert ["h", "s", "s", "s", "s", "s"] == [r["k"] for r in records]
+    assert [0, 1, 2, 3, 4] == [r["m"] // S for r in records[1:]]
+    assert 6 == len(gzip.decompress(path.read_bytes()).splitlines())
+
+
+def test_a_trace_still_being_written_reads_up_to_its_last_tick(tmp_path: Path) -> None:
+    path = tmp_path / "trace.jsonl.gz"
+    wall = FakeWall()
+    writer = TraceWriter(path, 7 * 86400 * S, 1 << 30, wall_ns=wall)
+    writer.open()
+    write_ticks(writer, wall, 3)
+    reader = TraceReader(path, live=True)
+
+    records = list(reader)
+
+    assert 4 == len(records)
+    assert (None, True) == (reader.damage, reader.unfinished)
+    writer.close()
+
+
+def test_a_truncated_trace_reads_up_to_the_damage_and_says_where(tmp_path: Path) -> None:
+    path = tmp_path / "trace.jsonl.gz"
+    wall = FakeWall()
+    writer = TraceWriter(path, 7 * 86400 * S, 1 << 30, wall_ns=wall)
+    writer.open()
+    write_ticks(writer, wall, 50)
+    writer.close()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    reader = TraceReader(path)
+
+    records = list(reader)
+
+    assert reader.damage is not None
+    assert reader.damage.line == len(records) + 1
+    assert 10 < len(records) < 51
+    assert str(reader.damage).startswith(f"{path}: damaged at line {len(records) + 1} ")
+
+
+def test_corrupt_bytes_stop_the_reading_at_the_damage(tmp_path: Path) -> None:
+    path = tmp_path / "trace.jsonl.gz"
+    wall = FakeWall()
+    writer = TraceWriter(path, 7 * 86400 * S, 1 << 30, wall_ns=wall)
+    writer.open()
+    write_ticks(writer, wall, 50)
+    writer.close()
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 40] = b"\xff" * 40
+    path.write_bytes(bytes(data))
+    reader = TraceReader(path)
+
+    records = list(reader)
+
+    assert reader.damage is not None
+    assert len(records) < 51
+    assert [r["k"] for r in records] == ["h"] + ["s"] * (len(records) - 1)
+
+
+def test_a_file_that_is_not_a_trace_is_damaged_at_line_1(tmp_path: Path) -> None:
+    path = tmp_path / "trace.jsonl.gz"
+    path.write_bytes(b"hello, world\n")
+    reader = TraceReader(path)
+
+    records = list(reader)
+
+    assert [] == records
+    assert reader.damage is not None and 1 == reader.damage.line
+
+
+def test_valid_gzip_that_is_not_json_lines_is_damaged(tmp_path: Path) -> None:
+    path = tmp_path / "trace.jsonl.gz"
+    path.write_bytes(gzip.compress(b'{"k":"h","v":1}\nnot json\n'))
+    reader = TraceReader(path)
+
+    records = list(reader)
+
+    assert 1 == len(records)
+    assert reader.damage is not None and 2 == reader.damage.line
+
+
+def test_segments_rotate_by_size_and_the_oldest_go_beyond_the_size_limit(tmp_path: Path) -> None:
+    path = tmp_path / "trace.jsonl.gz"
+    wall = FakeWall()
+    max_bytes = 16 * 1024  # segments of 2 KiB
+    writer = TraceWriter(path, 7 * 86400 * S, max_bytes, wall_ns=wall)
+    writer.open()
+    write_ticks(writer, wall, 2000)
+    writer.close()
+
+    rotated = rotated_segments(path)
+    total = sum(p.stat().st_size for p in rotated) + path.stat().st_size
+
+    assert len(rotated) >= 3
+    assert total <= max_bytes
+    assert segments(path) == [*rotated, path]
+    assert all(next(iter(TraceReader(p)))["k"] == "h" for p in segments(path))
+
+
+def test_segments_older_than_record_keep_are_deleted(tmp_path: Path) -> None:
+    path = tmp_path / "trace.jsonl.gz"
+    wall = FakeWall()
+    writer = TraceWriter(path, 3 * 3600 * S, 1 << 30, wall_ns=wall)
+    writer.open()
+    for _hour in range(6):
+        write_ticks(writer, wall, 1)
+        wall.now += 3600 * S  # each tick now starts a new segment (an hour at most)
+    write_ticks(writer, wall, 1)
+    writer.close()
+
+    rotated = rotated_segments(path)
+
+    assert 3 == len(rotated)
+
+
+def test_a_previous_runs_trace_is_set_aside_not_overwritten(tmp_path: Path) -> None:
+    path = tmp_path / "trace.jsonl.gz"
+    wall = FakeWall()
+    for _run in range(2):
+        writer = TraceWriter(path, 7 * 86400 * S, 1 << 30, wall_ns=wall)
+        writer.open()
+        write_ticks(writer, wall, 2)
+        writer.close()
+
+    runs = {next(iter(TraceReader(p)))["run"] for p in segments(path)}
+
+    assert 2 == len(segments(path))
+    assert 2 == len(runs)
+
+
+def test_a_planted_link_at_the_target_is_replaced_never_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    path = tmp_path / "trace.jsonl.gz"
+    os.symlink(victim, path)
+    wall = FakeWall()
+    writer = TraceWriter(path, 7 * 86400 * S, 1 << 30, wall_ns=wall)
+    writer.open()
+    write_ticks(writer, wall, 2)
+    writer.close()
+
+    assert "precious\n" == victim.read_text()
+    assert not path.is_symlink()
+    assert 3 == len(list(TraceReader(path)))
+
+
+def test_the_trace_is_created_with_a_random_name_then_renamed(tmp_path: Path) -> None:
+    """A predictable temporary name could be planted; none is left behind either."""
+    path = tmp_path / "trace.jsonl.gz"
+    for name in (".trace.jsonl.gz.tmp", "trace.jsonl.gz.tmp"):
+        os.symlink(tmp_path / "elsewhere", tmp_path / name)
+    writer = TraceWriter(path, 7 * 86400 * S, 1 << 30)
+    writer.open()
+    writer.close()
+
+    assert sorted([".trace.jsonl.gz.tmp", "trace.jsonl.gz", "trace.jsonl.gz.tmp"]) == sorted(
+        os.listdir(tmp_path)
+    )
+    assert not (tmp_path / "elsewhere").exists()
+
+
+CONFIG = """
+[daemon]
+interval = "2s"
+[[tenant]]
+unit = "a.service"
+vram = "1GiB"
+"""
+
+
+def test_the_config_is_recorded_as_its_text_and_read_back_equal(tmp_path: Path) -> None:
+    path = tmp_path / "vramwatch.toml"
+    path.write_text(CONFIG)
+    config = parse(CONFIG, path)
+
+    record = config_record(config, "start", True, lambda c: c)
+
+    assert CONFIG == record["text"]
+    assert True is recorded_config(record).daemon.dry_run
+    assert config.tenants == recorded_config(record).tenants
+
+
+def test_a_config_file_changed_after_loading_is_not_recorded_as_the_config(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "vramwatch.toml"
+    path.write_text(CONFIG)
+    config = parse(CONFIG, path)
+    path.write_text(CONFIG.replace("1GiB", "2GiB"))
+
+    record = config_record(config, "start", False, lambda c: c)
+
+    assert (None, "the file changed after it was loaded") == (record["text"], record["problem"])
+
+
+def test_a_recording_error_is_logged_once_and_recording_never_raises(tmp_path: Path) -> None:
+    said: list[tuple[str, str]] = []
+    config_path = tmp_path / "vramwatch.toml"
+    text = CONFIG.replace('interval = "2s"', f'record = "{tmp_path}/missing/trace.gz"')
+    config_path.write_text(text)
+    config = parse(text, config_path)
+    recorder = Recorder(lambda name, level, message, **f: said.append((name, message)))
+    recorder.configure(config, "start", False, lambda c: c)
+
+    for i in range(3):
+        recorder.begin_tick()
+        recorder.sampled(one_gpu(i * S))
+        recorder.end_tick()
+
+    assert ["record_error"] == [name for name, _ in said]
+    assert "guarding goes on without recording" in said[0][1]
+
+
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        (
+            'record = "trace.gz"',
+            (
+                "daemon.record: expected an absolute path such as "
+                '"/var/lib/vramwatch/trace.jsonl.gz", got "trace.gz"'
+            ),
+        ),
+        ('record_keep = "10m"', 'daemon.record_keep: must be between 1h and 8784h, got "10m"'),
+        (
+            'record_max_size = "100KiB"',
+            'daemon.record_max_size: must be at least 1MiB, got "100KiB"',
+        ),
+    ],
+)
+def test_record_keys_that_cannot_work_are_config_errors(line: str, error: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse(f"[daemon]\n{line}\n", "/etc/vramwatch.toml")
+
+    assert f"/etc/vramwatch.toml: {error}" == str(raised.value)
+
+
+def test_record_keys_parse() -> None:
+    config = parse(
+        '[daemon]\nrecord = "/var/lib/vramwatch/t.gz"\nrecord_keep = "2d"\n'
+        'record_max_size = "2GiB"\n'
+    )
+
+    assert ("/var/lib/vramwatch/t.gz", 2 * 86400 * S, 2 * GIB) == (
+        config.daemon.record,
+        config.daemon.record_keep_ns,
+        config.daemon.record_max_bytes,
+    )
+
+
+def test_a_rotated_segment_carries_the_config_on_without_calling_it_a_reload(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "trace.jsonl.gz"
+    wall = FakeWall()
+    writer = TraceWriter(path, 7 * 86400 * S, 1 << 30, wall_ns=wall)
+    writer.preamble = [{"k": "c", "why": "reload", "text": CONFIG, "path": "x.toml"}]
+    writer.open()
+    write_ticks(writer, wall, 1)
+    writer.rotate()
+    writer.close()
+
+    whys = [next(r for r in TraceReader(p) if r["k"] == "c")["why"] for p in segments(path)]
+
+    assert ["reload", "segment"] == whys
