@@ -205,13 +205,7 @@ class Daemon:
             decision = policy.decide(self.config, snapshot, self.history)
         except Exception as exc:  # noqa: BLE001 - log it and keep guarding next tick
             self.history = policy.sample_failed(self.history)
-            if self._failing.start("policy", repr(exc), now):
-                self.events.say(
-                    "internal_error",
-                    "error",
-                    f"policy failed: {exc!r}; no action until it works again",
-                    traceback=traceback.format_exc(limit=5),
-                )
+            self._internal_error("policy", exc, now, "no action")
             return
         self._failing.end("policy")
         self.history = decision.history
@@ -229,17 +223,22 @@ class Daemon:
         try:
             growing = self.trends.observe(self.config, snapshot)
         except Exception as exc:  # noqa: BLE001 - a forecast must never stop guarding
-            if self._failing.start("trend", repr(exc), snapshot.now_ns):
-                self.events.say(
-                    "internal_error",
-                    "error",
-                    f"trend failed: {exc!r}; no forecasts until it works again",
-                    traceback=traceback.format_exc(limit=5),
-                )
+            self._internal_error("trend", exc, snapshot.now_ns, "no forecasts")
             return
         self._failing.end("trend")
         self.events.emit(with_tenant(e, snapshot) for e in growing)
         self.metrics.observe_trends(self.trends.estimates())
+
+    def _internal_error(self, step: str, exc: Exception, now_ns: int, meanwhile: str) -> None:
+        """A step of the loop raised: internal_error when it starts or changes, then
+        every reminder period; the caller goes on guarding."""
+        if self._failing.start(step, repr(exc), now_ns):
+            self.events.say(
+                "internal_error",
+                "error",
+                f"{step} failed: {exc!r}; {meanwhile} until it works again",
+                traceback=traceback.format_exc(limit=5),
+            )
 
     def _on_event(self, event: Event) -> None:
         """[hooks] after_action: started in the background for actions, releases, growing."""

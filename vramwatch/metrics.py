@@ -27,7 +27,7 @@ from vramwatch import __version__
 from vramwatch.config import Config, MetricsConfig
 from vramwatch.files import UnsafeWrite, write_atomically
 from vramwatch.model import Event, Snapshot
-from vramwatch.policy import reservations
+from vramwatch.policy import gpu_floor, reservations
 from vramwatch.trend import Estimate
 
 GPU_LABELS = ("gpu", "uuid", "name")  # gpu: "0", or "0:1" for MIG device 1 of GPU 0
@@ -346,9 +346,11 @@ class _View:
             assert gpu.total_bytes is not None and gpu.free_bytes is not None
             total.add_metric(labels, gpu.total_bytes)
             free.add_metric(labels, gpu.free_bytes)
-            kept = sum(r for _, r, _ in reservations(config, snap, gpu))
-            floor.add_metric(labels, config.gpu.floor.resolve(gpu.total_bytes) + kept)
-            reserved.add_metric(labels, kept)
+            kept = reservations(config, snap, gpu)
+            effective = gpu_floor(config, snap, gpu, kept)
+            assert effective is not None  # total_bytes is known: the GPU read cleanly
+            floor.add_metric(labels, effective)
+            reserved.add_metric(labels, sum(r for _, r, _ in kept))
             if gpu.used_bytes is not None and gpu.unattributed_bytes is not None:
                 used.add_metric(labels, gpu.used_bytes)
                 rest.add_metric(labels, gpu.unattributed_bytes)

@@ -656,12 +656,19 @@ def reservations(
     return tuple(found)
 
 
-def gpu_floor(config: Config, snapshot: Snapshot, gpu: GpuSample) -> int | None:
-    """A GPU's effective floor: min_free_vram plus the budgets reserved on it."""
+def gpu_floor(
+    config: Config,
+    snapshot: Snapshot,
+    gpu: GpuSample,
+    reserved: tuple[tuple[str, int, int], ...] | None = None,
+) -> int | None:
+    """A GPU's effective floor: min_free_vram plus the budgets reserved on it
+    (``reserved``: :func:`reservations`, when the caller has them already)."""
     if gpu.total_bytes is None:
         return None
-    reserved = sum(r for _, r, _ in reservations(config, snapshot, gpu))
-    return config.gpu.floor.resolve(gpu.total_bytes) + reserved
+    if reserved is None:
+        reserved = reservations(config, snapshot, gpu)
+    return config.gpu.floor.resolve(gpu.total_bytes) + sum(r for _, r, _ in reserved)
 
 
 def _gpu_resource(config: Config, snapshot: Snapshot, gpu: GpuSample) -> _Resource | None:
@@ -669,7 +676,8 @@ def _gpu_resource(config: Config, snapshot: Snapshot, gpu: GpuSample) -> _Resour
         return None
     assert gpu.total_bytes is not None and gpu.free_bytes is not None
     reserved = reservations(config, snapshot, gpu)
-    floor = config.gpu.floor.resolve(gpu.total_bytes) + sum(r for _, r, _ in reserved)
+    floor = gpu_floor(config, snapshot, gpu, reserved)
+    assert floor is not None
     return _Resource(gpu_key(gpu.uuid), VRAM, gpu, gpu.free_bytes, floor, config.gpu, reserved)
 
 

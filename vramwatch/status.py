@@ -88,8 +88,8 @@ def report(
 
     gpus = []
     for gpu in snapshot.gpus:
-        floor = gpu_floor(config, snapshot, gpu) if gpu.total_bytes else None
         kept = reservations(config, snapshot, gpu)
+        floor = gpu_floor(config, snapshot, gpu, kept) if gpu.total_bytes else None
         others = [
             {
                 "pid": p.pid,
