@@ -45,6 +45,7 @@ from typing import Any
 
 from vramwatch.config import MAX_CONFIG_BYTES, Config, ConfigError, parse
 from vramwatch.daemon import Actuator, Daemon, SnapshotSource
+from vramwatch.files import Staged, UnsafeWrite
 from vramwatch.model import (
     ContainerInfo,
     GpuProcess,
@@ -397,14 +398,6 @@ def rotated_segments(path: Path) -> list[Path]:
     return [p for _, _, p in sorted(found)]
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class TraceWriter:
     """One trace file and its rotated segments; raises :class:`TraceError`."""
 
@@ -470,16 +463,11 @@ class TraceWriter:
             raise TraceError(f"{self.path}: cannot rotate: {exc.strerror or exc}") from None
 
     def _start_segment(self) -> None:
-        directory = self.path.parent
-        tmp = directory / f".{self.path.name}.{secrets.token_hex(8)}.tmp"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            fd = os.open(tmp, flags, 0o640)
-        except OSError as exc:
-            raise TraceError(
-                f"{self.path}: cannot create a segment: {exc.strerror or exc}"
-            ) from None
-        self._fd = fd
+            staged = Staged(self.path, 0o640)
+        except UnsafeWrite as exc:
+            raise TraceError(f"{self.path}: cannot create a segment: {exc}") from None
+        self._fd = staged.fd
         self._z = zlib.compressobj(self.level, zlib.DEFLATED, 31)  # 31: a gzip stream
         self._bytes = 0
         now = self.wall_ns()
@@ -495,16 +483,17 @@ class TraceWriter:
                     record = dict(record, why="segment")  # the same config, carried on
                 self._put(record)
             self._flush()
-            os.fsync(fd)
-            os.rename(tmp, self.path)
-            _fsync_dir(directory)
         except OSError as exc:
-            self._abandon()
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            self._fd = None
+            self._z = None
+            staged.discard()
             raise TraceError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
+        try:
+            staged.publish()  # the header is on disk before the name is
+        except UnsafeWrite as exc:
+            self._fd = None
+            self._z = None
+            raise TraceError(f"{self.path}: cannot write: {exc}") from None
 
     def _abandon(self) -> None:
         if self._fd is not None:

@@ -24,6 +24,7 @@ from vramwatch.trace import (
     SNAPSHOT_FIELDS,
     UNIT_FIELDS,
     Recorder,
+    TraceError,
     TraceReader,
     TraceWriter,
     config_record,
@@ -386,3 +387,20 @@ def test_a_rotated_segment_carries_the_config_on_without_calling_it_a_reload(
     whys = [next(r for r in TraceReader(p) if r["k"] == "c")["why"] for p in segments(path)]
 
     assert ["reload", "segment"] == whys
+
+
+def test_a_trace_directory_others_may_write_is_refused_like_the_state_files(
+    tmp_path: Path,
+) -> None:
+    """Traces follow SPEC "Files vramwatch writes" through the same code as the state file."""
+    directory = tmp_path / "open"
+    directory.mkdir()
+    directory.chmod(0o777)
+    writer = TraceWriter(directory / "trace.jsonl.gz", 7 * 86400 * S, 1 << 30)
+
+    with pytest.raises(TraceError) as raised:
+        writer.open()
+
+    assert "writable by others" in str(raised.value)
+    assert [] == os.listdir(directory)
+    assert not writer.is_open
