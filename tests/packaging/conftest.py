@@ -8,6 +8,7 @@ everything.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -30,3 +31,25 @@ def require(*, root: bool = False, commands: tuple[str, ...] = ()) -> None:
         if in_ci():
             pytest.fail(f"{reason} (CI=true: not skipping)", pytrace=False)
         pytest.skip(reason)
+
+
+# A warning or deprecation notice from a build backend or the Python warnings
+# machinery: SetuptoolsDeprecationWarning, "`project.license` as a TOML table
+# is deprecated", _BetaConfiguration, "warning: ...".
+WARNING = re.compile(r"warn|deprecat", re.IGNORECASE)
+# pip's note that an index named in this machine's pip configuration has no
+# page for a package: about the machine, not the build.
+PIP_INDEX_NOTE = re.compile(
+    r"^WARNING: Location '[^']*' is ignored: it is neither a file nor a directory\.$"
+)
+# pip's own flag, echoed in build's verbose log of the command it runs.
+PIP_FLAG = "--no-warn-script-location"
+
+
+def warning_lines(output: str) -> list[str]:
+    """The lines of a build's output that warn, or announce a deprecation."""
+    return [
+        line
+        for line in output.splitlines()
+        if WARNING.search(line.replace(PIP_FLAG, "")) and not PIP_INDEX_NOTE.match(line.strip())
+    ]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.packaging.conftest import ROOT, require
+from tests.packaging.conftest import ROOT, require, warning_lines
 
 DEBIAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -30,6 +30,7 @@ class Build:
     changes: Path
     tree: Path  # the .deb unpacked, control files in DEBIAN/
     seconds: float
+    output: str  # dpkg-buildpackage's stdout and stderr, the build backend's included
 
 
 def source_copy(dest: Path) -> None:
@@ -79,11 +80,16 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Build]:
     subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)], check=True)
     subprocess.run(["dpkg-deb", "-e", str(deb), str(tree / "DEBIAN")], check=True)
     print(f"\n.deb built in {seconds:.1f}s")
-    yield Build(deb, changes, tree, seconds)
+    yield Build(deb, changes, tree, seconds, proc.stdout + proc.stderr)
 
 
 def test_build_is_quick(build: Build) -> None:
     assert build.seconds < 180
+
+
+def test_build_prints_no_warning(build: Build) -> None:
+    """Debian 12's own backend, run by pybuild, warns of nothing (setuptools 66 did)."""
+    assert [] == warning_lines(build.output), build.output[-4000:]
 
 
 def test_package_installs_the_code_unit_pages_config_and_snippets(build: Build) -> None:

@@ -12,11 +12,12 @@ import sys
 import tarfile
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.packaging.conftest import ROOT, require
+from tests.packaging.conftest import ROOT, require, warning_lines
 from tests.packaging.test_deb import source_copy
 
 DATA = {
@@ -34,9 +35,19 @@ DATA = {
 }
 
 
+@dataclass(frozen=True)
+class Dist:
+    path: Path
+    output: str  # build's stdout and stderr, the backend's included
+
+
 @pytest.fixture(scope="module")
-def dist(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """sdist, then the wheel from the sdist (build's default), from a copy of the tree."""
+def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dist]:
+    """sdist, then the wheel from the sdist (build's default), from a copy of the tree.
+
+    In build's isolated environment: the newest build backend pip finds, as
+    `pip install .` uses it (Debian's own is test_deb's).
+    """
     work = tmp_path_factory.mktemp("dist")
     src = work / "src"
     source_copy(src)
@@ -49,7 +60,17 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     if proc.returncode != 0 and "No module named build" in proc.stderr:
         require(commands=("python -m build",))
     assert 0 == proc.returncode, proc.stdout[-3000:] + proc.stderr[-3000:]
-    yield work / "dist"
+    yield Dist(work / "dist", proc.stdout + proc.stderr)
+
+
+@pytest.fixture(scope="module")
+def dist(built: Dist) -> Path:
+    return built.path
+
+
+def test_build_prints_no_warning(built: Dist) -> None:
+    """No deprecation warning from the newest backend (setuptools >= 77 warned on every build)."""
+    assert [] == warning_lines(built.output), built.output[-3000:]
 
 
 def test_wheel_carries_the_data_files_and_the_command(dist: Path) -> None:
@@ -63,14 +84,19 @@ def test_wheel_carries_the_data_files_and_the_command(dist: Path) -> None:
 
 
 def test_sdist_carries_what_the_debian_build_needs(dist: Path) -> None:
+    """Every tracked file of the package's sources: debian/ too, so the .deb builds from it."""
     (sdist,) = dist.glob("vramwatch-*.tar.gz")
     names = {n.split("/", 1)[1] for n in tarfile.open(sdist).getnames() if "/" in n}
+    tracked = subprocess.run(
+        ["git", "ls-files", "debian", "man", "packaging", "vramwatch"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
 
-    assert {
-        "man/vramwatch.8",
-        "packaging/systemd/vramwatch.service",
-        "config.example.toml",
-    } <= names
+    assert {"pyproject.toml", "README.md", "config.example.toml", "debian/rules"} <= names
+    assert set() == set(tracked) - names
 
 
 def test_pip_install_puts_command_unit_and_man_pages_under_the_prefix(
