@@ -15,8 +15,8 @@ without it every start re-grabs its VRAM at once (a restart storm). With
 leaves the unit's cgroup for a plain sibling directory (as a double-forked
 helper of a delegated unit can) and keeps the memory for T more seconds: an
 orphan outside the unit. --ram-grow-mib-per-s G adds G MiB of touched RAM
-a second (a leak); --ram-sawtooth-mib A takes up to A MiB and gives it all
-back every P seconds (a worker pool's batches, no leak). Sends READY=1 when
+a second (a leak); --ram-sawtooth-mib A idles for half of every P seconds,
+then takes up to A MiB and gives it all back (a worker pool's batches, no leak). Sends READY=1 when
 $NOTIFY_SOCKET is set; exits 0 on SIGTERM. Runs from the sandbox's work
 directory, beside tests/sandbox/hog.py.
 """
@@ -152,8 +152,10 @@ def main() -> None:
                 grown.append(touch(int(due) * MIB))  # whole MiB: what is counted is what is held
                 leaked += int(due)
         if args.ram_sawtooth_mib:
+            # Idle for the first half of each period, then a batch that grows to A MiB
+            # and is given back at once: a trough in every period, as in a worker pool.
             phase = ((now - started) % args.sawtooth_s) / args.sawtooth_s
-            want = int(args.ram_sawtooth_mib * phase)
+            want = int(args.ram_sawtooth_mib * max(0.0, 2 * phase - 1))
             if want < len(batch):
                 batch.clear()  # the batch is done: all of it goes back
             while len(batch) < want:

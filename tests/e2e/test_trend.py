@@ -25,7 +25,11 @@ min_free_vram = "1MiB"
 min_available_ram = "2GiB"
 
 [trend]
-window = "20s"
+# Buckets of 5 s: longer than the sawtooth's 3 s period plus a tick, so every
+# bucket holds a trough even when ticks come late (a loaded machine); with
+# buckets shorter than the period, a bucket's lowest reading is wherever the
+# ticks fell on the ramp, and the troughs are noise that can fit a slope.
+window = "60s"
 warn_within = "1h"
 
 [[tenant]]
@@ -46,14 +50,14 @@ def test_a_steady_leak_is_forecast_and_a_sawtooth_is_not(bed: Bed) -> None:
         bed.tenant(
             "batches.service",
             ram_mib=32,
-            extra=("--ram-sawtooth-mib", "200", "--sawtooth-s", "4"),
+            extra=("--ram-sawtooth-mib", "200", "--sawtooth-s", "3"),
         )
         # Past start-up (the interpreter and the first 32 MiB): the window holds the leak
         # alone, not the steeper ramp of a process coming up.
         time.sleep(3)
         daemon = bed.run_daemon(bed.config(CONFIG))
-        growing = daemon.wait_event("growing", timeout=60, unit="leaky.service")
-        time.sleep(10)
+        growing = daemon.wait_event("growing", timeout=90, unit="leaky.service")
+        time.sleep(15)
     finally:
         bed.sb.restore_meminfo()
 
