@@ -7,7 +7,6 @@ error.
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import stat
@@ -172,26 +171,37 @@ def _status_kib(text: str, key: str) -> int:
 
 
 # Line breaks of str.splitlines() other than "\n" that are ASCII (the others are not).
-_ODD_BREAK_RE = re.compile(r"[\r\x0b\x0c\x1c\x1d\x1e]")
-
-
-@functools.cache
-def _key_lines(keys: tuple[str, ...]) -> re.Pattern[str]:
-    """The lines whose first word (up to the first space) is one of ``keys``."""
-    return re.compile("^(" + "|".join(map(re.escape, keys)) + ") (.*)$", re.MULTILINE)
+_ODD_BREAKS = ("\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e")
 
 
 def _stat_fields(text: str, keys: tuple[str, ...]) -> list[int] | None:
     """The values of ``keys`` in a cgroup ``memory.stat``; None when one is missing."""
+    if text.isascii() and not any(c in text for c in _ODD_BREAKS):
+        # Lines end only at "\n" (a kernel's memory.stat): find the few lines wanted
+        # among its ~60 (one file per tenant per tick) instead of splitting them all.
+        lines = "\n" + text
+        values: list[int] = []
+        for key in keys:
+            head = f"\n{key} "
+            at = lines.find(head)
+            if at < 0:
+                return None
+            if lines.find(head, at + 1) >= 0:
+                return _stat_fields_slow(text, keys)  # the key twice: the last valid one wins
+            start = at + len(head)
+            end = lines.find("\n", start)
+            number = _counter(lines[start : end if end >= 0 else None].strip())
+            if number is None:
+                return None
+            values.append(number)
+        return values
+    return _stat_fields_slow(text, keys)
+
+
+def _stat_fields_slow(text: str, keys: tuple[str, ...]) -> list[int] | None:
     found: dict[str, int] = {}
-    lines: Iterable[tuple[str, str]]
-    if text.isascii() and _ODD_BREAK_RE.search(text) is None:
-        # Lines end only at "\n": find the two lines wanted among a kernel's ~60
-        # (one per tenant per tick) instead of splitting them all; same result.
-        lines = ((match[1], match[2]) for match in _key_lines(keys).finditer(text))
-    else:
-        lines = ((part[0], part[2]) for line in text.splitlines() if (part := line.partition(" ")))
-    for name, value in lines:
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
         number = _counter(value.strip()) if name in keys else None
         if number is not None:
             found[name] = number
