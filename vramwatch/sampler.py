@@ -96,6 +96,9 @@ class Sampler:
         self._engine = engine
         self._name_containers = name_containers
         self._catalog: Catalog | None = None
+        # config.has_containers parses every tenant's key: once per Config object.
+        self._config: Config | None = None
+        self._has_containers = False
         self._identities: dict[int, _Identity] = {}
         # Every identity's pidfd, registered while it is kept: one poll() a tick.
         self._poller = select.poll()
@@ -165,7 +168,9 @@ class Sampler:
         self, config: Config, gpus: tuple[GpuSample, ...], now_ns: int
     ) -> Catalog | None:
         """The Engine API's view, refreshed; None (and no socket) without container tenants."""
-        if not config.has_containers and not self._name_containers:
+        if config is not self._config:  # a Config never changes: a reload makes a new one
+            self._config, self._has_containers = config, config.has_containers
+        if not self._has_containers and not self._name_containers:
             if self._catalog is not None:
                 self._catalog.close()
                 self._catalog = None

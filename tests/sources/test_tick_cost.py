@@ -149,3 +149,55 @@ def test_an_unchanged_gpu_process_is_the_same_value_and_a_changed_one_is_new(
         child.kill()
         child.wait()
         sampler.close()
+
+
+def test_a_reload_that_adds_a_container_tenant_opens_the_engine_api(
+    tmp_path: Path, fake_nvml: FakeNvmlState
+) -> None:
+    """Whether the config has container tenants is kept per Config object: a
+    reloaded config (a new object) is looked at afresh."""
+    from tests.sources.test_container_sources import CONFIG, UNITS_ONLY, engine_with, world
+
+    fake_nvml.write([FakeGpu(UUID, mib(16000))])
+    opened: list[str] = []
+
+    def engine(socket: str):  # type: ignore[no-untyped-def]
+        opened.append(socket)
+        return engine_with()
+
+    sampler = Sampler(NvmlSource(), world(tmp_path), engine=engine)
+    try:
+        sampler.sample(UNITS_ONLY, 0)
+        sampler.sample(UNITS_ONLY, S)
+        before = list(opened)
+
+        sampler.sample(CONFIG, 2 * S)
+
+        assert ([], [CONFIG.containers.socket]) == (before, opened)
+    finally:
+        sampler.close()
+
+
+def test_the_tenants_keys_are_not_parsed_again_each_tick(
+    tmp_path: Path, fake_nvml: FakeNvmlState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vramwatch.model import TenantId
+
+    fake_nvml.write([FakeGpu(UUID, mib(16000))])
+    fs = v2_unit(tmp_path, ())
+    config = cfg.parse('[[tenant]]\nunit = "foo.service"\nvram = "1GiB"\n', "<test>")
+    sampler = Sampler(NvmlSource(), fs)
+    parsed: list[str] = []
+    real = TenantId.from_key
+    try:
+        sampler.sample(config, 0)
+        monkeypatch.setattr(
+            TenantId, "from_key", staticmethod(lambda key, *a: parsed.append(key) or real(key, *a))
+        )
+
+        sampler.sample(config, S)
+        sampler.sample(config, 2 * S)
+
+        assert [] == parsed
+    finally:
+        sampler.close()
