@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from vramwatch.sources.procfs import CgroupLayout
 
@@ -48,8 +47,9 @@ for line in sys.stdin:
 class World:
     """Sleeping processes and unit cgroups under one throwaway slice."""
 
-    def __init__(self, cgroup_root: Path = Path("/sys/fs/cgroup")) -> None:
-        self.layout = CgroupLayout.detect(cgroup_root)
+    def __init__(self, layout: CgroupLayout | None = None) -> None:
+        """Units go in ``layout.tracking`` (the host's own layout by default)."""
+        self.layout = layout or CgroupLayout.detect()
         self.slice = f"vwbench-{secrets.token_hex(3)}.slice"
         self.top = self.layout.tracking / self.slice
         self.top.mkdir()

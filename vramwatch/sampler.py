@@ -68,6 +68,9 @@ class _Identity:
     owner: Owner
     comm: str
     read_at_ns: int
+    # The last attributed value, handed out again while NVML's figures for the
+    # process stay the same (GpuProcess is frozen): most ticks build none.
+    last: GpuProcess | None = None
 
 
 def manager_for(bus: str) -> str:
@@ -93,7 +96,13 @@ class Sampler:
         self._engine = engine
         self._name_containers = name_containers
         self._catalog: Catalog | None = None
+        # config.has_containers parses every tenant's key: once per Config object.
+        self._config: Config | None = None
+        self._has_containers = False
         self._identities: dict[int, _Identity] = {}
+        # Every identity's pidfd, registered while it is kept: one poll() a tick.
+        self._poller = select.poll()
+        self._pid_of_fd: dict[int, int] = {}
         self._rss: dict[str, tuple[tuple[int, ...], int, int]] = {}  # unit -> pids, sum, at
         # PIDs NVML listed that were not in /proc, and since when: a process that
         # just exited, or, still listed MISSING_PID_NS later, a garbage PID.
@@ -130,8 +139,8 @@ class Sampler:
         units: dict[str, UnitUsage] = {}
         for tenant in config.tenants:
             by_gpu, unknown = vram.get(tenant.unit, ({}, False))
-            if tenant.id.is_container:
-                assert catalog is not None
+            # Without a catalog no tenant is a container: skip parsing the key.
+            if catalog is not None and tenant.id.is_container:
                 units[tenant.unit] = self._container_tenant(
                     tenant.unit, catalog, by_gpu, unknown or not vram_known
                 )
@@ -159,7 +168,9 @@ class Sampler:
         self, config: Config, gpus: tuple[GpuSample, ...], now_ns: int
     ) -> Catalog | None:
         """The Engine API's view, refreshed; None (and no socket) without container tenants."""
-        if not config.has_containers and not self._name_containers:
+        if config is not self._config:  # a Config never changes: a reload makes a new one
+            self._config, self._has_containers = config, config.has_containers
+        if not self._has_containers and not self._name_containers:
             if self._catalog is not None:
                 self._catalog.close()
                 self._catalog = None
@@ -228,32 +239,45 @@ class Sampler:
 
     def _forget(self, pid: int) -> None:
         identity = self._identities.pop(pid)
+        self._poller.unregister(identity.pidfd)
+        del self._pid_of_fd[identity.pidfd]
         os.close(identity.pidfd)
 
     def _forget_exited(self) -> None:
         """Drop the identities of processes that have exited (their pidfd is readable)."""
         if not self._identities:
             return
-        poller = select.poll()
-        by_fd = {}
-        for pid, identity in self._identities.items():
-            poller.register(identity.pidfd, select.POLLIN)
-            by_fd[identity.pidfd] = pid
-        for fd, _events in poller.poll(0):
-            self._forget(by_fd[fd])
+        for fd, _events in self._poller.poll(0):
+            self._forget(self._pid_of_fd[fd])
 
     def _attribute(self, gpu: GpuSample, before_ticks: int | None, now_ns: int) -> GpuSample:
         if gpu.error is not None:
             return gpu
         procs = []
         garbage: int | None = None
+        identities = self._identities
         for p in gpu.processes:
+            known = identities.get(p.pid)
+            if known is not None and now_ns - known.read_at_ns < IDENTITY_TTL_NS:
+                # The same process as when its identity was read (its pidfd is not
+                # readable): what _identify() would return, without a /proc read.
+                last = known.last
+                if last is None or last.used_bytes != p.used_bytes or last.kind != p.kind:
+                    last = known.last = GpuProcess(
+                        p.pid, p.used_bytes, p.kind, known.comm, known.owner
+                    )
+                procs.append(last)
+                continue
             owner, comm = self._identify(p.pid, before_ticks, now_ns)
             if owner is None and not (self.procfs.proc / str(p.pid)).exists():
                 since = self._missing_now[p.pid] = self._missing.get(p.pid, now_ns)
                 if now_ns - since >= MISSING_PID_NS and garbage is None:
                     garbage = p.pid
-            procs.append(GpuProcess(p.pid, p.used_bytes, p.kind, comm, owner))
+            made = GpuProcess(p.pid, p.used_bytes, p.kind, comm, owner)
+            known = identities.get(p.pid)
+            if known is not None:  # just read and kept: the value of its next ticks
+                known.last = made
+            procs.append(made)
         if garbage is not None:
             # Never attribute a sample with a PID that does not exist: the whole
             # list may be garbage (a binding/driver mismatch). The GPU is unknown.
@@ -288,6 +312,8 @@ class Sampler:
             os.close(pidfd)
         else:
             self._identities[pid] = _Identity(pidfd, owner, comm, now_ns)
+            self._poller.register(pidfd, select.POLLIN)
+            self._pid_of_fd[pidfd] = pid
         return owner, comm
 
     def _unit(
@@ -437,16 +463,21 @@ def _vram_by_unit(
     """
     found: dict[str, tuple[dict[str, int], bool]] = {}
     for gpu in gpus:
+        uuid = gpu.uuid
         for proc in gpu.processes:
             owner = proc.owner
             unit = owner.unit_for(manager) if owner is not None else None
             if unit is None:
                 continue
-            if is_mps_daemon(proc):
+            if proc.name.startswith(MPS_COMM):  # is_mps_daemon(), inlined: per process
                 continue  # memory held for MPS clients (listed on their own): no unit's
-            by_gpu, unknown = found.setdefault(unit, ({}, False))
-            if proc.used_bytes is None:
-                found[unit] = (by_gpu, True)  # NVML_VALUE_NOT_AVAILABLE: never read as zero
+            entry = found.get(unit)
+            if entry is None:
+                entry = found[unit] = ({}, False)
+            used = proc.used_bytes
+            if used is None:
+                found[unit] = (entry[0], True)  # NVML_VALUE_NOT_AVAILABLE: never read as zero
                 continue
-            by_gpu[gpu.uuid] = by_gpu.get(gpu.uuid, 0) + proc.used_bytes
+            by_gpu = entry[0]
+            by_gpu[uuid] = by_gpu.get(uuid, 0) + used
     return found

@@ -157,6 +157,10 @@ class NvmlSource:
         self._next_init_ns = 0
         self._backoff_ns = INIT_RETRY_FIRST_NS
         self._memory_v2 = True
+        # GpuProcess values of the last sample and of the one being taken, by
+        # (pid, used, kind): equal values are handed out again.
+        self._made: dict[tuple[int, int | None, str], GpuProcess] = {}
+        self._making: dict[tuple[int, int | None, str], GpuProcess] = {}
 
     def sample(self, now_ns: int) -> tuple[tuple[GpuSample, ...], str | None]:
         """Every GPU as a sample (``error`` set on failure), or the reason NVML is unusable."""
@@ -174,7 +178,9 @@ class NvmlSource:
         ):
             self._enumerate(count, now_ns)
         assert self._devices is not None
+        self._making = {}
         samples = tuple(self._sample_device(dev) for dev in self._devices)
+        self._made = self._making  # keep only this sample's values
         errors = {s.error.split(":")[0] for s in samples if s.error}
         if errors & _REINIT:
             self._reset(now_ns)
@@ -320,10 +326,20 @@ class NvmlSource:
                     # the figure we know.
                     earlier = seen[pid]
                     if earlier.used_bytes is None and used is not None:
-                        seen[pid] = GpuProcess(pid, used, earlier.kind, "", None)
+                        seen[pid] = self._process(pid, used, earlier.kind)
                     continue
-                seen[pid] = GpuProcess(pid, used, kind, "", None)
+                seen[pid] = self._process(pid, used, kind)
         return tuple(seen.values())
+
+    def _process(self, pid: int, used: int | None, kind: str) -> GpuProcess:
+        """``GpuProcess(pid, used, kind, "", None)``: the value of the last sample when
+        it is equal (GpuProcess is frozen), as most processes' figures do not change."""
+        key = (pid, used, kind)
+        made = self._made.get(key)
+        if made is None:
+            made = GpuProcess(pid, used, kind, "", None)
+        self._making[key] = made
+        return made
 
     def _process_list(self, handle: Any, names: tuple[str, ...], optional: bool) -> list[Any]:
         i = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,19 @@ def _read(path: Path | str) -> str | None:
     return b"".join(chunks).decode("utf-8", errors="replace")
 
 
+# A cgroup.procs as the kernel writes it: one decimal PID a line.
+_PIDS_RE = re.compile(r"(?:[0-9]{1,20}\n)*")
+
+
+def _pids(text: str | None) -> tuple[int, ...]:
+    """The PIDs of a ``cgroup.procs``; anything that is not a counter is skipped."""
+    if not text:
+        return ()
+    if _PIDS_RE.fullmatch(text):
+        return tuple(map(int, text.split()))
+    return tuple(pid for p in text.split() if (pid := _counter(p)) is not None)
+
+
 def _read_optional(path: Path | str) -> str | None:
     """A file that may be absent or refuse reads (PSI disabled: EOPNOTSUPP)."""
     try:
@@ -107,11 +121,13 @@ def cg_unescape(name: str) -> str:
     return name[1:] if name.startswith("_") else name
 
 
-def parse_meminfo(text: str) -> dict[str, int]:
-    """``/proc/meminfo`` as bytes by field name."""
+def parse_meminfo(text: str, keys: frozenset[str] | None = None) -> dict[str, int]:
+    """``/proc/meminfo`` as bytes by field name (only ``keys``, when given)."""
     values: dict[str, int] = {}
     for line in text.splitlines():
         name, _, rest = line.partition(":")
+        if keys is not None and name.strip() not in keys:
+            continue
         parts = rest.split()
         value = _counter(parts[0]) if parts else None
         if value is None:
@@ -119,6 +135,10 @@ def parse_meminfo(text: str) -> dict[str, int]:
         scale = 1024 if len(parts) > 1 and parts[1] == "kB" else 1
         values[name.strip()] = value * scale
     return values
+
+
+# The /proc/meminfo fields a HostSample holds.
+_MEMINFO_KEYS = frozenset(("MemTotal", "MemAvailable", "SwapTotal", "SwapFree"))
 
 
 def parse_psi(text: str) -> tuple[float | None, float | None]:
@@ -150,8 +170,35 @@ def _status_kib(text: str, key: str) -> int:
     return kib * 1024 if kib is not None else 0
 
 
+# Line breaks of str.splitlines() other than "\n" that are ASCII (the others are not).
+_ODD_BREAKS = ("\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e")
+
+
 def _stat_fields(text: str, keys: tuple[str, ...]) -> list[int] | None:
     """The values of ``keys`` in a cgroup ``memory.stat``; None when one is missing."""
+    if text.isascii() and not any(c in text for c in _ODD_BREAKS):
+        # Lines end only at "\n" (a kernel's memory.stat): find the few lines wanted
+        # among its ~60 (one file per tenant per tick) instead of splitting them all.
+        lines = "\n" + text
+        values: list[int] = []
+        for key in keys:
+            head = f"\n{key} "
+            at = lines.find(head)
+            if at < 0:
+                return None
+            if lines.find(head, at + 1) >= 0:
+                return _stat_fields_slow(text, keys)  # the key twice: the last valid one wins
+            start = at + len(head)
+            end = lines.find("\n", start)
+            number = _counter(lines[start : end if end >= 0 else None].strip())
+            if number is None:
+                return None
+            values.append(number)
+        return values
+    return _stat_fields_slow(text, keys)
+
+
+def _stat_fields_slow(text: str, keys: tuple[str, ...]) -> list[int] | None:
     found: dict[str, int] = {}
     for line in text.splitlines():
         name, _, value = line.partition(" ")
@@ -307,6 +354,8 @@ class ProcFs:
         self.layout = layout or CgroupLayout.detect(cgroup_root)
         self._located: dict[tuple[str, str], str] = {}
         self._not_found_until: dict[tuple[str, str], int] = {}
+        # (path, st_nlink) of the unit cgroup locate_unit() just found there.
+        self._checked: tuple[str, int] | None = None
 
     # host ----------------------------------------------------------------
 
@@ -319,7 +368,7 @@ class ProcFs:
             )
         if text is None:
             return HostSample(None, None, error=f"cannot read {self.proc / 'meminfo'}")
-        info = parse_meminfo(text)
+        info = parse_meminfo(text, _MEMINFO_KEYS)
         if "MemTotal" not in info or "MemAvailable" not in info:
             return HostSample(None, None, error="MemTotal/MemAvailable missing from meminfo")
         psi = _read_optional(self.proc / "pressure" / "memory")
@@ -434,8 +483,16 @@ class ProcFs:
         """The cgroup path (relative to the tracking root) of a running unit."""
         key = (unit, manager)
         cached = self._located.get(key)
-        if cached is not None and os.path.isdir(self._under(self.layout.tracking, cached)):
-            return cached
+        if cached is not None:
+            path = self._under(self.layout.tracking, cached)
+            try:
+                st = os.stat(path)
+            except (OSError, ValueError):  # as os.path.isdir: gone or unreadable is not there
+                st = None
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                # unit_pids() right after needs the link count: one stat for both.
+                self._checked = (path, st.st_nlink)
+                return cached
         self._located.pop(key, None)
         if now_ns < self._not_found_until.get(key, 0):
             return None
@@ -494,11 +551,23 @@ class ProcFs:
 
     def unit_pids(self, cgroup: str) -> tuple[int, ...]:
         """Every PID in a unit's cgroup and its sub-cgroups."""
+        top = self._under(self.layout.tracking, cgroup)
+        checked, self._checked = self._checked, None
+        if checked is not None and checked[0] == top:
+            links: int | None = checked[1]
+        else:
+            try:
+                links = os.stat(top).st_nlink
+            except OSError:
+                links = None
+        if links == 2:
+            # A directory's link count is 2 + its subdirectories (cgroupfs, tmpfs,
+            # ext4; btrfs and overlayfs say 1: walked): a unit without sub-cgroups
+            # needs no directory scan, the costliest read of a tenant's tick.
+            return _pids(_read(f"{top}/cgroup.procs"))
         pids: list[int] = []
-        for directory in self._subtree(self._under(self.layout.tracking, cgroup)):
-            text = _read(f"{directory}/cgroup.procs")
-            if text:
-                pids.extend(pid for p in text.split() if (pid := _counter(p)) is not None)
+        for directory in self._subtree(top):
+            pids.extend(_pids(_read(f"{directory}/cgroup.procs")))
         return tuple(pids)
 
     def unit_ram(self, cgroup: str, pids: Iterable[int]) -> tuple[int | None, str]:
