@@ -303,7 +303,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from vramwatch.daemon import Daemon
     from vramwatch.events import EventLog
     from vramwatch.metrics import Metrics, start_exporter
-    from vramwatch.sampler import Sampler
+    from vramwatch.sampler import Sampler, raise_open_files_limit
     from vramwatch.sources.nvml import NvmlSource
     from vramwatch.sources.procfs import ProcFs
     from vramwatch.state import StateStore, default_dir
@@ -328,6 +328,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         events.say(
             "config_warning", "warning", f"{path}: {warning}", config=str(path), warning=warning
         )
+    raise_open_files_limit()
     sampler = Sampler(nvml, ProcFs())
     running: list[Daemon] = []
     # Containers are acted on with the running config's socket and stop_timeout

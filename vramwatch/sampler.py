@@ -10,6 +10,7 @@ or under it.
 from __future__ import annotations
 
 import os
+import resource
 import select
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -78,6 +79,24 @@ def manager_for(bus: str) -> str:
     return "system" if bus == "system" else f"user@{os.getuid()}"
 
 
+def pidfd_budget() -> int:
+    """How many GPU processes' pidfds the sampler may keep: half the soft open-files limit."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 1 << 20 if soft == resource.RLIM_INFINITY else max(0, soft // 2)
+
+
+def raise_open_files_limit() -> None:
+    """Raise the soft open-files limit to the hard one, as systemd advises daemons that
+    need more than 1024 (its default soft limit; the hard one is 524288): a host with
+    thousands of GPU processes keeps a pidfd for each. Nothing else here uses select()."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError):
+            pass  # stays at the soft limit: pidfd_budget() keeps within it
+
+
 class Sampler:
     def __init__(
         self,
@@ -100,6 +119,10 @@ class Sampler:
         self._config: Config | None = None
         self._has_containers = False
         self._identities: dict[int, _Identity] = {}
+        # At most half the descriptors may be pidfds: the rest are for /proc and
+        # cgroupfs reads, the bus and the journal. Past it a GPU process is read
+        # from /proc every tick instead of being remembered, never left unattributed.
+        self._max_pidfds = pidfd_budget()
         # Every identity's pidfd, registered while it is kept: one poll() a tick.
         self._poller = select.poll()
         self._pid_of_fd: dict[int, int] = {}
@@ -300,6 +323,8 @@ class Sampler:
             self._forget(pid)
         if before_ticks is None:  # no /proc/uptime (a fixture tree): no reuse check, no cache
             return self.procfs.owner_since(pid, None), self._comm(pid)
+        if len(self._identities) >= self._max_pidfds:
+            return self.procfs.owner_since(pid, before_ticks), self._comm(pid)
         try:
             pidfd = os.pidfd_open(pid)
         except OSError:  # gone already, too many open files, or a kernel before 5.3

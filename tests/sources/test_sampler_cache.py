@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -122,3 +124,52 @@ def test_summed_rss_is_reused_only_far_from_the_floor_and_for_the_same_pids(
         n // PAGE_SIZE
         for n in (first, relaxed, later, new_pid, near_floor)  # type: ignore[operator]
     ]
+
+
+def test_gpu_processes_past_the_open_files_limit_are_still_attributed(
+    fake_nvml: FakeNvmlState,
+) -> None:
+    """A pidfd per GPU process must not use up the descriptors the /proc reads need:
+    at a soft limit of 64, all 80 GPU processes still get their owner."""
+    children = [subprocess.Popen(["sleep", "60"]) for _ in range(80)]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    sampler: Sampler | None = None
+    try:
+        time.sleep(0.05)  # older than the NVML list by more than one clock tick (10 ms)
+        listed = tuple(FakeProcess(c.pid, mib(10)) for c in children)
+        fake_nvml.write([FakeGpu(UUID, mib(16000), processes=listed)])
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+        sampler = Sampler(NvmlSource(), ProcFs())
+        config = cfg.parse("", "<test>")
+
+        first = sampler.sample(config, 0).gpus[0].processes
+        second = sampler.sample(config, S).gpus[0].processes
+
+        assert (80, 80) == (
+            sum(p.owner is not None for p in first),
+            sum(p.owner is not None for p in second),
+        )
+    finally:
+        if sampler is not None:
+            sampler.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        for child in children:
+            child.kill()
+            child.wait()
+
+
+def test_run_raises_the_soft_open_files_limit_to_the_hard_one() -> None:
+    """systemd gives services a soft limit of 1024 under a hard one of 524288."""
+    script = (
+        "import resource\n"
+        "from vramwatch.sampler import raise_open_files_limit\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))\n"
+        "raise_open_files_limit()\n"
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout
+
+    assert "True\n" == out
