@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.packaging.conftest import ROOT, require
-from tests.packaging.test_deb import source_copy
+from tests.packaging.debbuild import source_copy
 
 DATA = {
     "share/man/man8/vramwatch.8",
