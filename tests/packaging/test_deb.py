@@ -47,6 +47,7 @@ def test_package_installs_the_code_unit_pages_config_and_snippets(build: Build) 
         "/usr/share/vramwatch/systemd/containers.conf",
         "/usr/lib/sysusers.d/vramwatch.conf",
         "/usr/lib/tmpfiles.d/vramwatch.conf",
+        "/usr/lib/systemd/catalog/vramwatch.catalog",
         "/usr/share/man/man8/vramwatch.8.gz",
         "/usr/share/man/man5/vramwatch.toml.5.gz",
         "/etc/vramwatch.toml",
@@ -54,6 +55,7 @@ def test_package_installs_the_code_unit_pages_config_and_snippets(build: Build) 
         "/usr/share/doc/vramwatch/examples/50-vramwatch.rules.example",
         "/usr/share/doc/vramwatch/copyright",
     } <= files
+    assert not any(f.endswith(".catalog") and "/systemd/catalog/" not in f for f in files)
     assert (ROOT / "packaging/systemd/vramwatch.service").read_text() == (
         build.tree / "lib/systemd/system/vramwatch.service"
     ).read_text()
@@ -77,6 +79,7 @@ def test_depends_are_debian_12_packages(build: Build) -> None:
 
     assert {
         "polkitd",
+        "procps",  # /bin/kill, the unit's ExecReload=: not in a minimal Debian
         "python3-jeepney",
         "python3-prometheus-client",
         "python3-psutil",

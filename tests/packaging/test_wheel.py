@@ -29,6 +29,7 @@ DATA = {
     "share/vramwatch/systemd/containers.conf",
     "share/vramwatch/sysusers.d/vramwatch.conf",
     "share/vramwatch/tmpfiles.d/vramwatch.conf",
+    "share/vramwatch/journald/vramwatch.catalog",
     "share/doc/vramwatch/examples/config.example.toml",
     "share/doc/vramwatch/examples/50-vramwatch.rules.example",
 }
