@@ -12,6 +12,7 @@ CI=true, where ./scripts/bootstrap has installed both.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -62,6 +63,10 @@ def boot(release: str, log_dir: Path, binds: Mapping[Path, str]) -> Iterator[Mac
         )
         yield machine
     finally:
+        if machine.leader:
+            with contextlib.suppress(Exception):
+                journal = machine.run("journalctl", "-b", "--no-pager", "-o", "short-precise")
+                (log_dir / "journal.txt").write_text(journal.stdout)
         machine.stop()
         print(f"\n{release}: up for {time.monotonic() - started:.0f}s", file=sys.stderr)
     # The host is no systemd host: booting a container must not make it look like one.

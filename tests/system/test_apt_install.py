@@ -81,8 +81,8 @@ Environment=FAKE_NVML_STATE={FAKE_DIR}/state
 """
 DROP_INS = "/etc/systemd/system/vramwatch.service.d"
 # systemd-analyze security on the live unit (docs/install.md).
-ROOT_EXPOSURE_MAX = 1.0
-LEAST_PRIVILEGE_EXPOSURE_MAX = 0.6
+ROOT_EXPOSURE_MAX = 0.9
+LEAST_PRIVILEGE_EXPOSURE_MAX = 0.5
 figures: dict[str, dict[str, float]] = {}
 
 
@@ -114,7 +114,7 @@ def system(
         m.run("install", "-d", "-m", "755", f"{FAKE_DIR}/procs")
         m.write(f"{FAKE_DIR}/state", f"gpu GPU-0 {GPU_MIB}MiB\nprocdir {FAKE_DIR}/procs\nreap\n")
         m.write(f"{DROP_INS}/test-fake-nvml.conf", FAKE_NVML_DROP_IN)
-        m.write("/etc/vramwatch.toml", CONFIG.format(extra=""), mode="600")
+        m.write("/etc/vramwatch.toml", CONFIG.format(extra=""), mode="644")
         for name in ("immich-ml", "whisper", "frigate", "intruder"):
             vram = {"whisper": 1000}.get(name, 13000)
             m.write(f"/etc/systemd/system/{name}.service", tenant_unit(name, vram))
@@ -247,18 +247,21 @@ def test_a_broken_file_on_reload_is_rejected_and_the_running_config_kept(
     m = system
     before = identity(m, "vramwatch.service")
     rejected = len(events(m, "config_rejected"))
-    m.write("/etc/vramwatch.toml", CONFIG.format(extra="") + "\n[gpu\n", mode="600")
+    m.write("/etc/vramwatch.toml", CONFIG.format(extra="") + "\n[gpu\n", mode="644")
     reload = m.run("systemctl", "reload", "vramwatch", check=False)
 
     entry = wait_event(m, "config_rejected", count=rejected + 1, timeout=15)
     still = identity(m, "vramwatch.service")
-    m.write("/etc/vramwatch.toml", CONFIG.format(extra=""), mode="600")
+    m.write("/etc/vramwatch.toml", CONFIG.format(extra=""), mode="644")
     m.run("systemctl", "reload", "vramwatch")
+    wait_event(m, "config_reloaded", timeout=15)
 
     assert 0 == reload.returncode, reload.stderr
     assert before == still  # same process, still active
-    assert "/etc/vramwatch.toml" in entry["MESSAGE"]
-    assert "keeping the running configuration" in entry["MESSAGE"] or "kept" in entry["MESSAGE"]
+    assert entry["MESSAGE"].startswith(
+        "reload rejected, keeping the running config: /etc/vramwatch.toml: not valid TOML"
+    ), entry["MESSAGE"]
+    assert "config_reloaded" == events(m, "config_reloaded")[-1]["VRAMWATCH_EVENT"]
 
 
 def test_the_watchdog_restarts_a_vramwatch_that_stops_answering(system: Machine) -> None:
@@ -269,11 +272,13 @@ def test_the_watchdog_restarts_a_vramwatch_that_stops_answering(system: Machine)
     m.run("systemctl", "restart", "vramwatch")
     before = show(m, "vramwatch", "MainPID", "NRestarts")
     m.run("kill", "-STOP", before["MainPID"])
-    seen: set[str] = set()
+    seen: set[str] = set()  # Result= while it goes down and comes back
+    restarts = [int(before["NRestarts"])]
 
     def restarted() -> bool:
         now = show(m, "vramwatch", "MainPID", "NRestarts", "Result", "ActiveState")
         seen.add(now["Result"])
+        restarts.append(int(now["NRestarts"]))
         return now["ActiveState"] == "active" and now["MainPID"] not in ("0", before["MainPID"])
 
     try:
@@ -283,11 +288,10 @@ def test_the_watchdog_restarts_a_vramwatch_that_stops_answering(system: Machine)
         m.run("systemctl", "daemon-reload")
         m.run("systemctl", "restart", "vramwatch")
     log = m.run("journalctl", "-u", "vramwatch", "-o", "cat", "--no-pager").stdout
-    after = show(m, "vramwatch", "NRestarts")
 
     assert "watchdog" in seen, seen
     assert "vramwatch.service: Watchdog timeout (limit 3s)!" in log
-    assert int(before["NRestarts"]) + 1 <= int(after["NRestarts"])
+    assert restarts[0] + 1 == max(restarts)  # Restart=on-failure, by the manager
 
 
 def test_security_exposure_as_root(system: Machine) -> None:
@@ -318,9 +322,9 @@ def test_least_privilege_restarts_a_configured_tenant_and_is_refused_for_another
     wait_event(m, "reclaimed", "VRAMWATCH_UNIT=frigate.service", timeout=20)
     allowed = identity(m, "frigate.service")
 
-    m.write("/etc/vramwatch.toml", CONFIG.format(extra=INTRUDER), mode="600")
+    m.write("/etc/vramwatch.toml", CONFIG.format(extra=INTRUDER), mode="644")
     m.run("systemctl", "reload", "vramwatch")
-    wait_event(m, "reloaded", timeout=15)
+    wait_event(m, "config_reloaded", timeout=15)
     m.run("systemctl", "start", "intruder")
     intruder = identity(m, "intruder.service")
     failed = wait_event(m, "action_failed", "VRAMWATCH_UNIT=intruder.service", timeout=20)
@@ -329,7 +333,11 @@ def test_least_privilege_restarts_a_configured_tenant_and_is_refused_for_another
     assert (True, True) == (allowed[1] != frigate[1], allowed[2] != frigate[2])
     assert restart["_UID"] == m.run("id", "-u", "vramwatch").stdout.strip()
     assert intruder == identity(m, "intruder.service")
-    assert "access denied" in failed["MESSAGE"].lower(), failed["MESSAGE"]
+    # polkit leaves it to an administrator (docs/install.md, 3.).
+    assert (
+        "restart intruder.service failed: Interactive authentication required."
+        == (failed["MESSAGE"])
+    )
     assert "active" == show(m, "vramwatch", "ActiveState")["ActiveState"]
 
 
