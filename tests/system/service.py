@@ -68,6 +68,18 @@ def wait_event(m: Machine, name: str, *match: str, count: int = 1, timeout: floa
     return found[-1]
 
 
+def wait_restarted(
+    m: Machine, unit: str, before: tuple[str, str, str], timeout: float = 20
+) -> tuple[str, str, str]:
+    """The unit's identity once it is active again as a new process (the restart
+    entry is logged when the job is queued, before the old process is gone)."""
+    return wait_for(  # type: ignore[no-any-return]
+        f"{unit} active again with a new MainPID",
+        lambda: (now := identity(m, unit))[0] == "active" and now[1] != before[1] and now,
+        timeout,
+    )
+
+
 def tenant_unit(name: str, vram_mib: int, ram_mib: int = 16) -> str:
     """A tenant service: holds ``ram_mib`` of RAM and, the first time it ever runs,
     declares ``vram_mib`` on the fake GPU 0 for its PID (after a restart it is clean)."""

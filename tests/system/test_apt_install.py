@@ -34,6 +34,7 @@ from tests.system.service import (
     tenant_unit,
     wait_event,
     wait_for,
+    wait_restarted,
 )
 
 GPU_MIB = 15360
@@ -186,7 +187,7 @@ def test_the_over_budget_tenant_is_restarted_by_the_system_manager(system: Machi
 
     restart = wait_event(m, "restart", "VRAMWATCH_UNIT=immich-ml.service", timeout=20)
     reclaimed = wait_event(m, "reclaimed", "VRAMWATCH_UNIT=immich-ml.service", timeout=20)
-    after = identity(m, "immich-ml.service")
+    after = wait_restarted(m, "immich-ml.service", hog)
     # The manager's own account of it, in the tenant's journal.
     tenant_log = m.run("journalctl", "-u", "immich-ml", "-o", "cat", "--no-pager").stdout
 
@@ -320,7 +321,7 @@ def test_least_privilege_restarts_a_configured_tenant_and_is_refused_for_another
     frigate = identity(m, "frigate.service")
     restart = wait_event(m, "restart", "VRAMWATCH_UNIT=frigate.service", timeout=20)
     wait_event(m, "reclaimed", "VRAMWATCH_UNIT=frigate.service", timeout=20)
-    allowed = identity(m, "frigate.service")
+    allowed = wait_restarted(m, "frigate.service", frigate)
 
     m.write("/etc/vramwatch.toml", CONFIG.format(extra=INTRUDER), mode="644")
     m.run("systemctl", "reload", "vramwatch")

@@ -29,6 +29,7 @@ from tests.system.service import (
     show,
     tenant_unit,
     wait_event,
+    wait_restarted,
 )
 from tests.system.test_apt_install import CONFIG, DROP_INS, FAKE_NVML_DROP_IN, GPU_MIB
 
@@ -97,7 +98,7 @@ def test_a_breach_restarts_the_over_budget_tenant(system: Machine) -> None:
     hog = identity(m, "immich-ml.service")
 
     restart = wait_event(m, "restart", "VRAMWATCH_UNIT=immich-ml.service", timeout=20)
-    after = identity(m, "immich-ml.service")
+    after = wait_restarted(m, "immich-ml.service", hog)
     explained = m.run(
         "journalctl", "-x", "-u", "vramwatch", "VRAMWATCH_EVENT=restart", "--no-pager"
     ).stdout
