@@ -92,6 +92,7 @@ def system(
     request: pytest.FixtureRequest,
     deb_build: Build,
     payload: Path,
+    trees: dict[str, Path],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Machine]:
     """Booted, with the package installed as docs/install.md says (the install
@@ -99,7 +100,7 @@ def system(
     release = request.param
     logs = tmp_path_factory.mktemp(f"system-deb-{release}")
     binds = {deb_build.deb.parent: DEB_DIR, payload: PAYLOAD}
-    with boot(release, logs, binds) as m:
+    with boot(release, trees[release], logs, binds) as m:
         m.run("apt-get", "update", "-qq", timeout=300)
         # docs/install.md, 1.: sudo apt install ./vramwatch_0.1.0_all.deb
         m.run(
@@ -153,8 +154,13 @@ def test_the_hardening_holds_under_the_real_manager(system: Machine) -> None:
     pid = show(m, "vramwatch", "MainPID")["MainPID"]
     status = m.run("cat", f"/proc/{pid}/status").stdout
     fields = dict(re.findall(r"^(\w+):\s*(.*)$", status, re.M))
-    net = m.run("readlink", f"/proc/{pid}/ns/net", "/proc/1/ns/net").stdout.split()
+    ns = {
+        kind: m.run("readlink", f"/proc/{pid}/ns/{kind}", f"/proc/1/ns/{kind}").stdout.split()
+        for kind in ("net", "ipc", "user", "uts")
+    }
+    uid_map = m.run("cat", f"/proc/{pid}/uid_map").stdout.split()
     mounts = m.run("cat", f"/proc/{pid}/mountinfo").stdout
+    mount_points = {line.split()[4] for line in mounts.splitlines()}
     ro = {line.split()[4] for line in mounts.splitlines() if " ro," in f" {line.split()[5]},"}
     journal = m.run("journalctl", "-u", "vramwatch", "-o", "cat", "--no-pager").stdout
     sampled = wait_for(
@@ -168,8 +174,11 @@ def test_the_hardening_holds_under_the_real_manager(system: Machine) -> None:
         fields["NoNewPrivs"],
         fields["Seccomp"],
     )
-    assert net[0] != net[1]  # PrivateNetwork=yes: a namespace of its own
+    # PrivateNetwork=, PrivateIPC=, PrivateUsers=, ProtectHostname=: namespaces of its own.
+    assert [] == [kind for kind, (unit, pid1) in ns.items() if unit == pid1]
+    assert ["0", "0", "1"] == uid_map  # PrivateUsers=yes: root alone is mapped
     assert {"/usr", "/etc"} <= ro or "/" in ro  # ProtectSystem=strict
+    assert {"/tmp", "/var/tmp", "/home", "/root"} <= mount_points  # PrivateTmp=, ProtectHome=
     # NVML (through the driver's library path), /proc and the journal work.
     assert sampled.startswith(f"GPU0 free {GPU_MIB // 1024} GiB; RAM available ")
     assert "vramwatch started" in journal

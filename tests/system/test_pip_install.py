@@ -51,7 +51,10 @@ def pip_steps() -> str:
 
 @pytest.fixture(scope="module", params=sorted(RELEASES, key=RELEASES.__getitem__))
 def system(
-    request: pytest.FixtureRequest, payload: Path, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    payload: Path,
+    trees: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Machine]:
     release = request.param
     logs = tmp_path_factory.mktemp(f"system-pip-{release}")
@@ -60,7 +63,7 @@ def system(
     binds = {src: SOURCE, payload: PAYLOAD}
     if HOST_CA.exists():
         binds[HOST_CA.parent] = Path(HOST_CA_INSIDE).parent.as_posix()
-    with boot(release, logs, binds) as m:
+    with boot(release, trees[release], logs, binds) as m:
         yield m
 
 
