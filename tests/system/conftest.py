@@ -13,6 +13,7 @@ CI=true, where ./scripts/bootstrap has installed both.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import sys
@@ -26,7 +27,7 @@ import pytest
 
 from tests import fakenvml
 from tests.packaging.conftest import ROOT, require
-from tests.system.machine import RELEASES, Machine, tree
+from tests.system.machine import RELEASES, Machine, lock_path, tree
 
 
 def require_machines() -> None:
@@ -47,9 +48,11 @@ def payload(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trees(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def trees(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     """Every release's cached tree; missing ones are debootstrapped side by side
-    (about 2.5 minutes for both on a cold machine, instead of 5 one after the other)."""
+    (about 2.5 minutes for both on a cold machine, instead of 5 one after the other).
+    Held with a shared lock for the session: a concurrent run that finds a tree
+    stale waits to rebuild it until no run boots from it."""
     require_machines()
     logs = tmp_path_factory.mktemp("debootstrap")
     with ThreadPoolExecutor(len(RELEASES)) as pool:
@@ -59,7 +62,11 @@ def trees(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         roots[release], built = future.result()
         if built:
             print(f"\n{release}: tree built in {built:.0f}s ({logs})", file=sys.stderr)
-    return roots
+    with contextlib.ExitStack() as held:
+        for release in RELEASES:
+            lock = held.enter_context(open(lock_path(release), "w"))
+            fcntl.flock(lock, fcntl.LOCK_SH)
+        yield roots
 
 
 @contextmanager

@@ -44,6 +44,11 @@ def tree_path(release: str) -> Path:
     return CACHE / f"debian-{release}-minbase-r{RECIPE}"
 
 
+def lock_path(release: str) -> Path:
+    """flock()ed exclusively while the tree is built, shared while it is booted."""
+    return CACHE / f"{tree_path(release).name}.lock"
+
+
 def _fresh(path: Path) -> bool:
     stamp = path / ".vramwatch-tests-built"
     return stamp.exists() and time.time() - stamp.stat().st_mtime < MAX_AGE_S
@@ -56,7 +61,7 @@ def tree(release: str, *, log: Path | None = None) -> tuple[Path, float]:
         raise ValueError(f"unknown release {release!r}: one of {sorted(RELEASES)}")
     CACHE.mkdir(parents=True, exist_ok=True)
     path = tree_path(release)
-    with open(CACHE / f"{path.name}.lock", "w") as lock:
+    with open(lock_path(release), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if _fresh(path):
             return path, 0.0
