@@ -1,86 +1,27 @@
 """The Debian package: `dpkg-buildpackage -us -uc -b` on a copy of the tree.
 
-One build per session (about 10 s), then its contents, maintainer scripts,
-lintian's verdict, and the packaged code run by Debian's own python3 with
-only the Depends installed (python3-structlog 22.3 on Debian 12, older than
-pip's pin) and the vendored NVML binding.
+One build per session (about 10 s, tests/packaging/debbuild.py), then its
+contents, maintainer scripts, lintian's verdict, and the packaged code run by
+Debian's own python3 with only the Depends installed (python3-structlog 22.3
+on Debian 12, older than pip's pin) and the vendored NVML binding.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from tests.packaging.conftest import ROOT, require, warning_lines
-
-DEBIAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-@dataclass(frozen=True)
-class Build:
-    deb: Path
-    changes: Path
-    tree: Path  # the .deb unpacked, control files in DEBIAN/
-    seconds: float
-    output: str  # dpkg-buildpackage's stdout and stderr, the build backend's included
-
-
-def source_copy(dest: Path) -> None:
-    """Tracked and new (not ignored) files, as a fresh clone would have them."""
-    listed = (
-        subprocess.run(
-            ["git", "ls-files", "-z", "-co", "--exclude-standard"],
-            cwd=ROOT,
-            capture_output=True,
-            check=True,
-        )
-        .stdout.decode()
-        .split("\0")
-    )
-    for rel in filter(None, listed):
-        src = ROOT / rel
-        if not src.exists() and not src.is_symlink():
-            continue  # deleted in the work tree
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_symlink():
-            target.symlink_to(os.readlink(src))
-        else:
-            shutil.copy2(src, target)
+from tests.packaging.conftest import ROOT, warning_lines
+from tests.packaging.debbuild import DEBIAN_PATH, Build
 
 
 @pytest.fixture(scope="module")
-def build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Build]:
-    require(commands=("dpkg-buildpackage", "dh", "lintian", "git"))
-    work = tmp_path_factory.mktemp("deb")
-    src = work / "vramwatch"
-    source_copy(src)
-    started = time.monotonic()
-    proc = subprocess.run(
-        ["dpkg-buildpackage", "-us", "-uc", "-b"],
-        cwd=src,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={"PATH": DEBIAN_PATH, "LC_ALL": "C.UTF-8", "HOME": str(work)},
-    )
-    seconds = time.monotonic() - started
-    assert 0 == proc.returncode, proc.stdout[-4000:] + proc.stderr[-4000:]
-    (deb,) = work.glob("vramwatch_*_all.deb")
-    (changes,) = work.glob("vramwatch_*.changes")
-    tree = work / "unpacked"
-    subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)], check=True)
-    subprocess.run(["dpkg-deb", "-e", str(deb), str(tree / "DEBIAN")], check=True)
-    print(f"\n.deb built in {seconds:.1f}s")
-    yield Build(deb, changes, tree, seconds, proc.stdout + proc.stderr)
+def build(deb_build: Build) -> Build:
+    """One build per session, shared with tests/system (tests/packaging/debbuild.py)."""
+    return deb_build
 
 
 def test_build_is_quick(build: Build) -> None:
@@ -111,6 +52,7 @@ def test_package_installs_the_code_unit_pages_config_and_snippets(build: Build) 
         "/usr/share/vramwatch/systemd/containers.conf",
         "/usr/lib/sysusers.d/vramwatch.conf",
         "/usr/lib/tmpfiles.d/vramwatch.conf",
+        "/usr/lib/systemd/catalog/vramwatch.catalog",
         "/usr/share/man/man8/vramwatch.8.gz",
         "/usr/share/man/man5/vramwatch.toml.5.gz",
         "/etc/vramwatch.toml",
@@ -118,6 +60,7 @@ def test_package_installs_the_code_unit_pages_config_and_snippets(build: Build) 
         "/usr/share/doc/vramwatch/examples/50-vramwatch.rules.example",
         "/usr/share/doc/vramwatch/copyright",
     } <= files
+    assert not any(f.endswith(".catalog") and "/systemd/catalog/" not in f for f in files)
     assert (ROOT / "packaging/systemd/vramwatch.service").read_text() == (
         build.tree / "lib/systemd/system/vramwatch.service"
     ).read_text()
@@ -141,6 +84,7 @@ def test_depends_are_debian_12_packages(build: Build) -> None:
 
     assert {
         "polkitd",
+        "procps",  # /bin/kill, the unit's ExecReload=: not in a minimal Debian
         "python3-jeepney",
         "python3-prometheus-client",
         "python3-psutil",

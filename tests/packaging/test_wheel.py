@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.packaging.conftest import ROOT, require, warning_lines
-from tests.packaging.test_deb import source_copy
+from tests.packaging.debbuild import source_copy
 
 DATA = {
     "share/man/man8/vramwatch.8",
@@ -30,6 +30,7 @@ DATA = {
     "share/vramwatch/systemd/containers.conf",
     "share/vramwatch/sysusers.d/vramwatch.conf",
     "share/vramwatch/tmpfiles.d/vramwatch.conf",
+    "share/vramwatch/journald/vramwatch.catalog",
     "share/doc/vramwatch/examples/config.example.toml",
     "share/doc/vramwatch/examples/50-vramwatch.rules.example",
 }
