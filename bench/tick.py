@@ -48,6 +48,7 @@ from vramwatch import config as cfg
 from vramwatch import policy
 from vramwatch.config import Config
 from vramwatch.daemon import SnapshotSource
+from vramwatch.sampler import raise_open_files_limit
 from vramwatch.sources.procfs import ProcFs
 
 from .world import World, proc_count
@@ -200,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench.tick: run as root (it creates cgroups)", file=sys.stderr)
         return 1
+    raise_open_files_limit()  # as `vramwatch run` does: a pidfd for every GPU process
 
     work = Path(tempfile.mkdtemp(prefix="vwbench-"))
     preload(build(work / "lib"))
