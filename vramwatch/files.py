@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import stat
 from pathlib import Path
 
@@ -90,7 +89,7 @@ def write_atomically(path: Path | str, data: bytes, mode: int = 0o644) -> None:
             raise UnsafeWrite(f"refusing to write there: {problem}", refused=True)
         if target is not None and stat.S_ISDIR(target.st_mode):
             raise UnsafeWrite("is a directory")
-        tmp = f".{name}.{secrets.token_hex(8)}.tmp"
+        tmp = f".{name}.{os.urandom(8).hex()}.tmp"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
         try:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
@@ -424,7 +423,7 @@ class TraceWriter:
         self.max_bytes = max_bytes
         self.wall_ns = wall_ns
         self.level = level
-        self.run = secrets.token_hex(8)
+        self.run = os.urandom(8).hex()
         self.segment = 0
         self.preamble: list[dict[str, Any]] = []  # repeated at the top of every segment
         self._fd: int | None = None
@@ -471,7 +470,7 @@ class TraceWriter:
 
     def _start_segment(self) -> None:
         directory = self.path.parent
-        tmp = directory / f".{self.path.name}.{secrets.token_hex(8)}.tmp"
+        tmp = directory / f".{self.path.name}.{os.urandom(8).hex()}.tmp"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = os.open(tmp, flags, 0o640)
