@@ -35,9 +35,11 @@ interval 1 s) runs with the OOMScoreAdjust= of packaging/systemd/vramwatch.servi
 written to its /proc/PID/oom_score_adj, and MemoryMin= as memory.min of a
 cgroup it is moved to where the memory controller is cgroup v2 (on a cgroup
 v1 memory controller there is no memory.min: reported as not applied). Per
-trial: from MemAvailable first read below the floor (this script polls
-/proc/meminfo every 10 ms) to the ``restart`` event's timestamp, against
-grace + interval + 0.1 s; the lowest MemAvailable seen; vramwatch's VmRSS.
+trial: from the start of the spell below the floor that lasted until the
+``restart`` event (this script polls /proc/meminfo every 10 ms; a spell that
+ended first, other processes freeing memory, restarted the daemon's grace) to
+the event's timestamp, against grace + interval + 0.1 s; the lowest
+MemAvailable seen; vramwatch's VmRSS.
 """
 
 from __future__ import annotations
@@ -284,10 +286,10 @@ GROW_MIB_PER_S = 4096
 
 
 class MemWatch:
-    """Polls MemAvailable every 10 ms: when it first went below the floor, and its lowest."""
+    """Polls MemAvailable every 10 ms: the spells below the floor (wall clock), its lowest."""
 
     def __init__(self) -> None:
-        self.breach_wall: float | None = None
+        self.spells: list[list[float]] = []  # [start, end]; end is inf while it lasts
         self.lowest = mem_available()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -297,13 +299,24 @@ class MemWatch:
         while not self._stop.is_set():
             now = mem_available()
             self.lowest = min(self.lowest, now)
-            if now < FLOOR and self.breach_wall is None:
-                self.breach_wall = time.time()
+            below = bool(self.spells) and self.spells[-1][1] == float("inf")
+            if now < FLOOR and not below:
+                self.spells.append([time.time(), float("inf")])
+            elif now >= FLOOR and below:
+                self.spells[-1][1] = time.time()
             time.sleep(0.01)
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+
+    def breach_before(self, wall: float) -> float:
+        """Start of the spell below the floor that lasted until ``wall``: where grace began.
+
+        Earlier spells that ended (other processes freed memory) restart the
+        daemon's grace too, so they do not count.
+        """
+        return max(start for start, _end in self.spells if start <= wall)
 
 
 def protect(pid: int) -> list[str]:
@@ -348,6 +361,18 @@ def unprotect() -> None:
         group.rmdir()
 
 
+def settle(timeout: float = 60) -> None:
+    """Until MemAvailable stops rising: the last hog's 20 GiB take seconds to be freed."""
+    deadline = time.monotonic() + timeout
+    last = mem_available()
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        now = mem_available()
+        if now - last < 64 * MIB:
+            return
+        last = now
+
+
 def iso_to_epoch(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
@@ -366,6 +391,7 @@ def run_pressure(bed: Bed, trials: int, reserve_mib: int) -> list[str]:
     )
     daemon.wait_event("started")
     applied = protect(daemon.proc.pid)
+    settle()
     setup = f"floor 2 GiB, grace {grace:g} s, interval {interval:g} s"
     columns = "MemAvailable at start GiB | lowest GiB | breach to restart event s | bound s"
     rows = [
@@ -400,17 +426,19 @@ def run_pressure(bed: Bed, trials: int, reserve_mib: int) -> list[str]:
                     unit=name,  # page faults set the pace
                 )
                 rss = memory(daemon.proc.pid)["rss"]
+                # Stopping it now would cancel the restart job: let the restart finish.
+                daemon.wait_event("reclaimed", timeout=30, unit=name)
             finally:
                 bed.sb.stop_unit(name)
                 watch.stop()
-            assert watch.breach_wall is not None
-            took = iso_to_epoch(event["timestamp"]) - watch.breach_wall
+            acted = iso_to_epoch(event["timestamp"])
+            took = acted - watch.breach_before(acted)
             worst = max(worst, took)
             rows.append(
                 f"| {i + 1} | {start / 2**30:.1f} | {watch.lowest / 2**30:.2f} | {took:.3f} "
                 f"| {grace + interval + 0.1:.1f} | {rss:.1f} |"
             )
-            time.sleep(2)  # the page cache and the next trial's baseline settle
+            settle()  # the next hog's ceiling is taken from MemAvailable at its start
     finally:
         unprotect()
         daemon.stop()
