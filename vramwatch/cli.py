@@ -352,23 +352,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     running.append(daemon)
     daemon.install_signal_handlers()
-    _release_freed_heap()
     return daemon.run()
-
-
-def _release_freed_heap() -> None:
-    """Hand the heap that starting up freed (imports, parsing) back to the kernel.
-
-    glibc keeps freed memory below the top of the heap mapped; one malloc_trim
-    once the daemon is built returns about 1.5 MiB that the loop never reuses.
-    Elsewhere (musl has no malloc_trim) this does nothing.
-    """
-    import ctypes  # already loaded: pynvml is built on it
-
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def cmd_status(args: argparse.Namespace) -> int:
