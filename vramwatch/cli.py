@@ -302,8 +302,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from vramwatch.actuators.containers import ContainerActuator
     from vramwatch.daemon import Daemon
     from vramwatch.events import EventLog
-    from vramwatch.metrics import Metrics, start_exporter
     from vramwatch.sampler import Sampler, raise_open_files_limit
+    from vramwatch.sink import MetricsSink, NoMetrics, enabled
     from vramwatch.sources.nvml import NvmlSource
     from vramwatch.sources.procfs import ProcFs
     from vramwatch.state import StateStore, default_dir
@@ -314,10 +314,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     # that nobody but root (or vramwatch's own user) can change.
     path, config = _load(args, trusted=True)
     events = EventLog(args.log_target, args.log_format, min_level="debug" if args.debug else "info")
-    metrics = Metrics(textfile=config.metrics.textfile)
-    problem = start_exporter(metrics, config.metrics)
-    if problem is not None:  # no metrics is no reason to stop guarding
-        events.say("metrics_error", "error", problem, error=problem)
+    # [metrics] is read at start only (listen and textfile take effect on restart):
+    # with both off, prometheus_client is never imported.
+    metrics: MetricsSink = NoMetrics()
+    if enabled(config.metrics):
+        from vramwatch.metrics import Metrics, start_exporter
+
+        metrics = exporter = Metrics(textfile=config.metrics.textfile)
+        problem = start_exporter(exporter, config.metrics)
+        if problem is not None:  # no metrics is no reason to stop guarding
+            events.say("metrics_error", "error", problem, error=problem)
     nvml = NvmlSource()
     try:
         gpus, _error = nvml.sample(time.monotonic_ns())

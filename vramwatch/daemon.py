@@ -21,8 +21,8 @@ from vramwatch import commands, policy
 from vramwatch.commands import Hooks
 from vramwatch.config import Config, ConfigError, load
 from vramwatch.events import EventLog, event_dict, journal_fields
-from vramwatch.metrics import WITHDRAWN, Metrics
 from vramwatch.model import Action, Event, Snapshot, Verb
+from vramwatch.sink import WITHDRAWN, MetricsSink
 from vramwatch.state import StateError, StateStore
 from vramwatch.systemd import JobOutcome, notify, watchdog_interval_ns
 from vramwatch.tenants import tenant_fields, with_tenant
@@ -61,7 +61,7 @@ class Daemon:
         clock: Callable[[], int] = time.monotonic_ns,
         notifier: Callable[[str], bool] = notify,
         state: StateStore | None = None,
-        metrics: Metrics | None = None,
+        metrics: MetricsSink | None = None,
     ) -> None:
         self.config_path = config_path
         self.force_dry_run = force_dry_run
@@ -76,7 +76,11 @@ class Daemon:
         self.hooks = Hooks()
         self.events.listeners.append(self._on_event)
         self._failing = Failing(policy.REMINDER_NS)
-        self.metrics = metrics if metrics is not None else Metrics()
+        if metrics is None:  # imported here: prometheus_client only where metrics are used
+            from vramwatch.metrics import Metrics
+
+            metrics = Metrics()
+        self.metrics: MetricsSink = metrics
         # SIGHUP re-applies the ownership check that `vramwatch run` made at start.
         self.trusted_config = True
         # Restart history persisted across restarts of vramwatch (storm limit, cooldown).

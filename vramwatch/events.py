@@ -3,18 +3,25 @@
 Every decision is one :class:`~vramwatch.model.Event`. Under systemd it becomes
 one journal entry with native fields (``MESSAGE``, ``PRIORITY``,
 ``MESSAGE_ID``, ``VRAMWATCH_*``); elsewhere one line on stderr, human-readable
-on a terminal and JSON otherwise. structlog carries the events either way.
+on a terminal and JSON otherwise.
+
+The journal and JSON paths are a few lines here that do what structlog's
+filtering bound logger, ``add_log_level``, ``TimeStamper(fmt="iso", utc=True)``,
+``JSONRenderer`` and ``PrintLogger`` did, entry for entry: importing structlog
+costs over 10 MiB resident (it pulls in asyncio and ssl), more than the rest
+of the daemon. structlog renders the console format only (a person at a
+terminal), imported when that format is chosen.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any, TextIO
-
-import structlog
 
 from vramwatch.model import Event
 
@@ -104,8 +111,12 @@ def journal_fields(event: Mapping[str, Any]) -> dict[str, str]:
     return fields
 
 
+class _Dropped(Exception):
+    """Raised by a final processor that delivered the event itself (structlog's DropEvent)."""
+
+
 class _JournalRenderer:
-    """Final structlog processor: one native journal entry per event."""
+    """Final processor: one native journal entry per event."""
 
     def __init__(self) -> None:
         from systemd import journal
@@ -114,7 +125,73 @@ class _JournalRenderer:
 
     def __call__(self, _logger: Any, _name: str, event: MutableMapping[str, Any]) -> Any:
         self._send(**journal_fields(event))
-        raise structlog.DropEvent
+        raise _Dropped
+
+
+def _add_log_level(_logger: Any, name: str, event: MutableMapping[str, Any]) -> Any:
+    event["level"] = name
+    return event
+
+
+def _timestamp(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Any:
+    """structlog's TimeStamper(fmt="iso", utc=True): 2026-01-02T03:04:05.678901Z."""
+    now = datetime.datetime.now(tz=datetime.UTC)
+    event["timestamp"] = now.isoformat().replace("+00:00", "Z")
+    return event
+
+
+def _json_fallback(obj: Any) -> Any:
+    """What structlog's JSONRenderer does with a value json cannot encode."""
+    try:
+        return obj.__structlog__()
+    except AttributeError:
+        return repr(obj)
+
+
+def _render_json(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Any:
+    return json.dumps(event, default=_json_fallback, sort_keys=False)
+
+
+class _Logger:
+    """structlog's filtering bound logger over a PrintLogger, as vramwatch uses it.
+
+    ``log.warning("restart", message=..., unit=...)``: below ``min_level`` nothing
+    happens; otherwise the event dict (the keywords, then ``event``) goes through
+    the processors, and the last one's string is printed to ``stream`` and flushed.
+    """
+
+    def __init__(self, stream: TextIO, processors: list[Any], min_level: str) -> None:
+        self._stream = stream
+        self._processors = processors
+        self._min = _LEVELS[min_level]
+        self._lock = threading.Lock()
+
+    def _log(self, level: str, name: str, fields: dict[str, Any]) -> None:
+        if _LEVELS[level] < self._min:
+            return
+        event: Any = {**fields, "event": name}
+        try:
+            for processor in self._processors:
+                event = processor(None, level, event)
+        except _Dropped:
+            return
+        with self._lock:
+            print(event, file=self._stream, flush=True)
+
+    def debug(self, name: str, **fields: Any) -> None:
+        self._log("debug", name, fields)
+
+    def info(self, name: str, **fields: Any) -> None:
+        self._log("info", name, fields)
+
+    def warning(self, name: str, **fields: Any) -> None:
+        self._log("warning", name, fields)
+
+    def error(self, name: str, **fields: Any) -> None:
+        self._log("error", name, fields)
+
+    def critical(self, name: str, **fields: Any) -> None:
+        self._log("critical", name, fields)
 
 
 def _message_first(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Any:
@@ -160,24 +237,26 @@ def under_systemd() -> bool:
 
 
 def _stderr_logger(stream: TextIO, fmt: str, min_level: str) -> Any:
-    processors: list[Any] = [
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-    ]
-    if fmt == "console":
-        processors += [_message_first, structlog.dev.ConsoleRenderer(colors=False)]
-    else:
-        processors += [_order_for_json, structlog.processors.JSONRenderer(sort_keys=False)]
+    if fmt != "console":
+        chain = [_add_log_level, _timestamp, _order_for_json, _render_json]
+        return _Logger(stream, chain, min_level)
+    import structlog  # for a person at a terminal only: see the module's docstring
+
     return structlog.wrap_logger(
         structlog.PrintLoggerFactory(stream)(),
-        processors=processors,
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _message_first,
+            structlog.dev.ConsoleRenderer(colors=False),
+        ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[min_level]),
         cache_logger_on_first_use=True,
     )
 
 
 class EventLog:
-    """Emits events through structlog to the chosen target.
+    """Emits events to the chosen target.
 
     Logging never kills the guard: when the journal cannot take an entry
     (journald restarting, its socket full, systemd-python missing), the event
@@ -209,13 +288,9 @@ class EventLog:
         self.listeners: list[Callable[[Event], None]] = []
         self._fallback: Any = None  # the stderr logger, built on the first failure
         self._failing: str | None = None  # the error that made the journal fail
+        self._logger: Any
         if target == "journal":
-            self._logger = structlog.wrap_logger(
-                structlog.PrintLoggerFactory(stream)(),
-                processors=[structlog.processors.add_log_level, _JournalRenderer()],
-                wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[min_level]),
-                cache_logger_on_first_use=True,
-            )
+            self._logger = _Logger(stream, [_add_log_level, _JournalRenderer()], min_level)
         else:
             self._logger = _stderr_logger(stream, fmt, min_level)
         if unavailable:

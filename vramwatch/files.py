@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import stat
 from pathlib import Path
 
@@ -101,7 +100,7 @@ class Staged:
                 raise UnsafeWrite(f"refusing to write there: {problem}", refused=True)
             if target is not None and stat.S_ISDIR(target.st_mode):
                 raise UnsafeWrite("is a directory")
-            self.tmp = f".{self.name}.{secrets.token_hex(8)}.tmp"
+            self.tmp = f".{self.name}.{os.urandom(8).hex()}.tmp"
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             self.fd = os.open(self.tmp, flags, 0o600, dir_fd=self.dir_fd)
         except OSError as exc:

@@ -28,6 +28,7 @@ from vramwatch.config import Config, MetricsConfig
 from vramwatch.files import UnsafeWrite, write_atomically
 from vramwatch.model import Event, Snapshot
 from vramwatch.policy import gpu_floor, reservations
+from vramwatch.sink import WITHDRAWN as WITHDRAWN  # the daemon's name, kept importable here
 from vramwatch.trend import Estimate
 
 GPU_LABELS = ("gpu", "uuid", "name")  # gpu: "0", or "0:1" for MIG device 1 of GPU 0
@@ -49,11 +50,6 @@ REFUSAL_REASONS = (
     "mps",
 )
 
-# The action result for an action dropped by the re-check right before acting
-# (event action_cancelled); other results are systemd's job results ("done",
-# "failed", "timeout", "canceled", ...) or the D-Bus error name, and
-# "dry_run" for would_restart / would_stop.
-WITHDRAWN = "withdrawn"
 # node_exporter runs as its own user: the textfile must be readable by others.
 TEXTFILE_MODE = 0o644
 DRY_RUN = "dry_run"

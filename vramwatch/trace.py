@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
@@ -417,7 +416,7 @@ class TraceWriter:
         self.max_bytes = max_bytes
         self.wall_ns = wall_ns
         self.level = level
-        self.run = secrets.token_hex(8)
+        self.run = os.urandom(8).hex()
         self.segment = 0
         self.preamble: list[dict[str, Any]] = []  # repeated at the top of every segment
         self._fd: int | None = None

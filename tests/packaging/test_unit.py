@@ -139,6 +139,15 @@ def test_service_contract() -> None:
     assert ["multi-user.target"] == d["WantedBy"]
 
 
+def test_the_oom_killer_takes_a_tenant_first_but_can_still_take_vramwatch() -> None:
+    """Under memory pressure the guard must outlive its tenants (issue 17); -1000 would
+    make a leaking vramwatch unkillable, so everything else would go first."""
+    (adjust,) = directives(UNIT)["OOMScoreAdjust"]
+
+    assert (True, True) == (int(adjust) <= -500, int(adjust) > -1000)
+    assert "MemoryMin" not in directives(UNIT)  # ineffective without protected ancestors
+
+
 def test_watchdog_outlasts_the_longest_silence_between_keepalives() -> None:
     """Keep-alives are sent during restart jobs; the longest silence is one tick that
     re-initialises NVML on 8 GPUs (3 s each) and waits out a D-Bus call."""
