@@ -85,6 +85,13 @@ def pidfd_budget() -> int:
     return 1 << 20 if soft == resource.RLIM_INFINITY else max(0, soft // 2)
 
 
+def cgroup_fd_budget() -> int:
+    """How many descriptors of tenants' cgroups the sampler may hold open between ticks:
+    a quarter of the soft open-files limit (pidfds take up to half)."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 1 << 19 if soft == resource.RLIM_INFINITY else max(0, soft // 4)
+
+
 def raise_open_files_limit() -> None:
     """Raise the soft open-files limit to the hard one, as systemd advises daemons that
     need more than 1024 (its default soft limit; the hard one is 524288): a host with
@@ -127,6 +134,10 @@ class Sampler:
         self._poller = select.poll()
         self._pid_of_fd: dict[int, int] = {}
         self._rss: dict[str, tuple[tuple[int, ...], int, int]] = {}  # unit -> pids, sum, at
+        # Tenants' cgroups stay open between ticks (cgroup v2), those of the tenants of
+        # the config last sampled only: a reload that drops a tenant closes its own.
+        procfs.hold(cgroup_fd_budget())
+        self._held_for: tuple[Config, str] | None = None
         # PIDs NVML listed that were not in /proc, and since when: a process that
         # just exited, or, still listed MISSING_PID_NS later, a garbage PID.
         self._missing: dict[int, int] = {}
@@ -159,6 +170,10 @@ class Sampler:
             vram.update(_vram_by_container(gpus, keys, catalog.error is not None))
         room = _host_room(config, host)  # (MemAvailable, its floor), or None
         relaxed = room is not None and room[0] >= RSS_RELAXED_HEADROOM * room[1]
+        held_for = self._held_for
+        if held_for is None or held_for[0] is not config or held_for[1] != manager:
+            self._held_for = (config, manager)
+            self.procfs.keep_only({(t.unit, manager) for t in config.tenants})
         units: dict[str, UnitUsage] = {}
         for tenant in config.tenants:
             by_gpu, unknown = vram.get(tenant.unit, ({}, False))
@@ -259,6 +274,7 @@ class Sampler:
         self.nvml.close()
         for pid in list(self._identities):
             self._forget(pid)
+        self.procfs.close()
 
     def _forget(self, pid: int) -> None:
         identity = self._identities.pop(pid)

@@ -107,6 +107,52 @@ def _pids(text: str | None) -> tuple[int, ...]:
     return tuple(pid for p in text.split() if (pid := _counter(p)) is not None)
 
 
+def _pread(fd: int) -> str:
+    """A whole file held open, read again from its start (``OSError`` when it fails:
+    ENODEV once a cgroup's directory is removed)."""
+    chunks = []
+    offset = 0
+    while chunk := os.pread(fd, _READ_CHUNK, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks).decode("utf-8", errors="replace")
+
+
+def _cgroup2_mounts(mountinfo: str = "/proc/self/mountinfo") -> frozenset[str]:
+    """The mount points of cgroup v2 hierarchies (kernfs), from ``mountinfo``."""
+    text = _read_optional(mountinfo)
+    found = set()
+    for line in (text or "").splitlines():
+        fields = line.split()
+        if " - " not in line or len(fields) < 5:
+            continue
+        fstype = line.split(" - ", 1)[1].split()[:1]
+        if fstype == ["cgroup2"]:
+            # Octal escapes (\040 for a space) as the kernel writes them.
+            found.add(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4]))
+    return frozenset(found)
+
+
+@dataclass(slots=True)
+class _Held:
+    """A located unit's cgroup, kept open between ticks (cgroup v2 only).
+
+    A kernfs file read again with ``pread`` at offset 0 is regenerated, as a new
+    open would give; once the cgroup is removed (the unit stopped, or restarted:
+    systemd makes a new directory) every read fails with ENODEV, and a v2 cgroup
+    cannot be renamed: a read that succeeds is of the cgroup at ``top`` now.
+    """
+
+    cgroup: str
+    top: str
+    dir_fd: int
+    procs_fd: int
+    stat_fd: int | None  # memory.stat, when the memory tree is the tracking tree
+
+    def fds(self) -> tuple[int, ...]:
+        return (self.dir_fd, self.procs_fd) + ((self.stat_fd,) if self.stat_fd is not None else ())
+
+
 def _read_optional(path: Path | str) -> str | None:
     """A file that may be absent or refuse reads (PSI disabled: EOPNOTSUPP)."""
     try:
@@ -354,8 +400,15 @@ class ProcFs:
         self.layout = layout or CgroupLayout.detect(cgroup_root)
         self._located: dict[tuple[str, str], str] = {}
         self._not_found_until: dict[tuple[str, str], int] = {}
-        # (path, st_nlink) of the unit cgroup locate_unit() just found there.
-        self._checked: tuple[str, int] | None = None
+        # (path, st_nlink, its cgroup.procs if read) of the unit cgroup locate_unit()
+        # just found there.
+        self._checked: tuple[str, int, str | None] | None = None
+        # Located units' cgroups held open (hold()), by unit and by cgroup path.
+        self._held: dict[tuple[str, str], _Held] = {}
+        self._held_at: dict[str, _Held] = {}
+        self._held_fds = 0
+        self._fd_budget = 0
+        self._holds_memory = False
 
     # host ----------------------------------------------------------------
 
@@ -479,9 +532,86 @@ class ProcFs:
 
     # units ---------------------------------------------------------------
 
+    def hold(self, fd_budget: int) -> None:
+        """Keep located units' cgroups open between ticks, within ``fd_budget``
+        descriptors, when the tracking tree is a cgroup v2 hierarchy: a ``pread``
+        of an open ``cgroup.procs`` and ``memory.stat`` replaces a stat, two opens
+        and two closes per tenant per tick. Past the budget, or on cgroup v1 (whose
+        ``cgroup.procs`` read again through one descriptor may be a cached list),
+        units are read afresh every tick. ``close()`` releases them all."""
+        mounts = _cgroup2_mounts()
+        tracking = os.path.realpath(self.layout.tracking)
+        if tracking not in mounts:
+            return
+        self._fd_budget = fd_budget
+        memory = self.layout.memory
+        self._holds_memory = memory is not None and os.path.realpath(memory) == tracking
+
+    def close(self) -> None:
+        """Release every held cgroup; later ticks read afresh."""
+        self._fd_budget = 0
+        for key in list(self._held):
+            self._release(key)
+
+    def keep_only(self, units: set[tuple[str, str]]) -> None:
+        """Release the held cgroups of units no longer asked for (a reload dropped them)."""
+        for key in self._held.keys() - units:
+            self._release(key)
+
+    def _release(self, key: tuple[str, str]) -> None:
+        held = self._held.pop(key, None)
+        if held is None:
+            return
+        if self._held_at.get(held.cgroup) is held:
+            del self._held_at[held.cgroup]
+        if self._checked is not None and self._checked[0] == held.top:
+            self._checked = None
+        for fd in held.fds():
+            os.close(fd)
+        self._held_fds -= len(held.fds())
+
+    def _hold(self, key: tuple[str, str], cgroup: str, top: str) -> None:
+        """Open a just-located unit's cgroup to be read again next ticks (best effort)."""
+        if self._held_fds + 3 > self._fd_budget or cgroup in self._held_at:
+            return
+        opened: list[int] = []
+        try:
+            for name in ("", "/cgroup.procs"):
+                opened.append(os.open(f"{top}{name}", os.O_RDONLY | os.O_CLOEXEC))
+        except OSError:  # gone already, out of descriptors
+            for fd in opened:
+                os.close(fd)
+            return
+        stat_fd = None
+        if self._holds_memory:
+            try:
+                stat_fd = os.open(f"{top}/memory.stat", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:  # no memory controller there: unit_ram() reads as before
+                pass
+        held = _Held(cgroup, top, opened[0], opened[1], stat_fd)
+        self._held[key] = self._held_at[cgroup] = held
+        self._held_fds += len(held.fds())
+
+    def _held_procs(self, key: tuple[str, str]) -> str | None:
+        """A held unit's ``cgroup.procs`` read now, its link count noted for unit_pids();
+        None (and released) when its cgroup is gone or fails to read."""
+        held = self._held[key]
+        try:
+            text = _pread(held.procs_fd)
+            links = os.fstat(held.dir_fd).st_nlink
+        except OSError:  # ENODEV: removed (stopped, or restarted in a new directory)
+            self._release(key)
+            return None
+        self._checked = (held.top, links, text)
+        return held.cgroup
+
     def locate_unit(self, unit: str, manager: str, now_ns: int) -> str | None:
         """The cgroup path (relative to the tracking root) of a running unit."""
         key = (unit, manager)
+        if key in self._held:
+            found_held = self._held_procs(key)
+            if found_held is not None:
+                return found_held
         cached = self._located.get(key)
         if cached is not None:
             path = self._under(self.layout.tracking, cached)
@@ -490,8 +620,10 @@ class ProcFs:
             except (OSError, ValueError):  # as os.path.isdir: gone or unreadable is not there
                 st = None
             if st is not None and stat.S_ISDIR(st.st_mode):
+                if self._fd_budget:
+                    self._hold(key, cached, path)
                 # unit_pids() right after needs the link count: one stat for both.
-                self._checked = (path, st.st_nlink)
+                self._checked = (path, st.st_nlink, None)
                 return cached
         self._located.pop(key, None)
         if now_ns < self._not_found_until.get(key, 0):
@@ -502,12 +634,15 @@ class ProcFs:
             return None
         self._not_found_until.pop(key, None)
         self._located[key] = found
+        if self._fd_budget:
+            self._hold(key, found, self._under(self.layout.tracking, found))
         return found
 
     def forget(self, unit: str, manager: str) -> None:
         """Drop the cached location (e.g. after the unit was restarted)."""
         self._located.pop((unit, manager), None)
         self._not_found_until.pop((unit, manager), None)
+        self._release((unit, manager))
 
     def _walk_for(self, unit: str, manager: str) -> str | None:
         """Search slices (and for a user unit, its user manager) for the unit's cgroup.
@@ -553,8 +688,10 @@ class ProcFs:
         """Every PID in a unit's cgroup and its sub-cgroups."""
         top = self._under(self.layout.tracking, cgroup)
         checked, self._checked = self._checked, None
+        text = None
         if checked is not None and checked[0] == top:
             links: int | None = checked[1]
+            text = checked[2]  # read by locate_unit() through a held descriptor
         else:
             try:
                 links = os.stat(top).st_nlink
@@ -564,7 +701,7 @@ class ProcFs:
             # A directory's link count is 2 + its subdirectories (cgroupfs, tmpfs,
             # ext4; btrfs and overlayfs say 1: walked): a unit without sub-cgroups
             # needs no directory scan, the costliest read of a tenant's tick.
-            return _pids(_read(f"{top}/cgroup.procs"))
+            return _pids(text if text is not None else _read(f"{top}/cgroup.procs"))
         pids: list[int] = []
         for directory in self._subtree(top):
             pids.extend(_pids(_read(f"{directory}/cgroup.procs")))
@@ -586,6 +723,14 @@ class ProcFs:
         a fallback. A process that cannot be read is left out of the sum, which
         then says so (``RSS_PARTIAL_SOURCE``).
         """
+        held = self._held_at.get(cgroup)
+        if held is not None and held.stat_fd is not None:
+            try:
+                values = _stat_fields(_pread(held.stat_fd), ("anon", "shmem"))
+            except OSError:  # removed since locate_unit(): read as without a held one
+                values = None
+            else:
+                return (None, "") if values is None else (sum(values), "memory.stat")
         if self.layout.memory is not None:
             v2 = self._memory_stat(self.layout.memory, cgroup, ("anon", "shmem"))
             if v2 is not None:

@@ -1,0 +1,273 @@
+"""Tenants' cgroups held open between ticks on cgroup v2 (issue 17), on real cgroups.
+
+Read again through held descriptors a tick gives what reading afresh gives; a
+restarted unit (systemd removes its directory and makes a new one) is read with
+its new processes on the next tick; a stopped one is inactive; no descriptor
+outlives its tenant (reload, close) or the budget.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fakenvml import FakeGpu, FakeNvmlState, mib
+from vramwatch import config as cfg
+from vramwatch import sampler as sampler_module
+from vramwatch.model import Snapshot
+from vramwatch.sampler import Sampler
+from vramwatch.sources import procfs
+from vramwatch.sources.nvml import NvmlSource
+from vramwatch.sources.procfs import CgroupLayout, ProcFs
+
+UUID = "GPU-8f1c2a3e-0000-0000-0000-000000000000"
+S = 10**9
+
+
+def v2_root() -> Path:
+    """The host's cgroup v2 hierarchy: the whole tree, or the unified one of a hybrid host."""
+    layout = CgroupLayout.detect()
+    root = layout.tracking if layout.mode == "v2" else layout.memory
+    assert root is not None, "these tests need a cgroup v2 hierarchy (root, Linux)"
+    return root
+
+
+class Units:
+    """Unit cgroups below one throwaway slice of the v2 hierarchy, with sleeping processes."""
+
+    def __init__(self) -> None:
+        self.root = v2_root()
+        self.layout = CgroupLayout("v2", self.root, self.root)
+        self.slice = self.root / f"vwfd-{secrets.token_hex(3)}.slice"
+        self.slice.mkdir()
+        self.children: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self) -> int:
+        child = subprocess.Popen(["sleep", "600"])
+        self.children.append(child)
+        return child.pid
+
+    def place(self, unit: str, *pids: int) -> None:
+        directory = self.slice / unit
+        directory.mkdir(parents=True, exist_ok=True)
+        for pid in pids:
+            (directory / "cgroup.procs").write_text(str(pid))
+
+    def remove(self, unit: str) -> None:
+        """Stop a unit as systemd does: its processes leave, its directory goes."""
+        directory = self.slice / unit
+        for pid in (directory / "cgroup.procs").read_text().split():
+            (self.root / "cgroup.procs").write_text(pid)
+        directory.rmdir()
+
+    def close(self) -> None:
+        for child in self.children:
+            child.kill()
+            child.wait()
+        deadline = time.monotonic() + 10
+        for directory in sorted(self.slice.rglob("*"), key=lambda p: -len(p.parts)):
+            if directory.is_dir():
+                while True:
+                    try:
+                        directory.rmdir()
+                        break
+                    except OSError:  # EBUSY until the killed processes are gone
+                        assert time.monotonic() < deadline, f"cannot remove {directory}"
+                        time.sleep(0.02)
+        self.slice.rmdir()
+
+
+@pytest.fixture
+def units() -> Iterator[Units]:
+    made = Units()
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def config(*units: str) -> cfg.Config:
+    return cfg.parse(
+        "".join(f'[[tenant]]\nunit = "{u}"\nvram = "1GiB"\nram = "1GiB"\n' for u in units),
+        "<test>",
+    )
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def usage(snapshot: Snapshot) -> dict[str, tuple[tuple[int, ...], str, bool]]:
+    """What a tick says of each tenant's cgroup: PIDs, RAM source, and whether RAM is known."""
+    return {
+        unit: (tuple(sorted(u.pids)), u.ram_source, u.ram_bytes is not None)
+        for unit, u in snapshot.units.items()
+    }
+
+
+def test_a_held_unit_is_read_again_without_opening_or_stating_a_file(
+    units: Units, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = units.spawn(), units.spawn()
+    units.place("a.service", first)
+    fs = ProcFs(layout=units.layout)
+    fs.hold(64)
+    cgroup = fs.locate_unit("a.service", "system", 0)
+    assert cgroup is not None
+    fs.unit_pids(cgroup)
+    units.place("a.service", second)  # a new process: the held file must show it
+    calls: list[str] = []
+    real_open, real_stat = os.open, os.stat
+    monkeypatch.setattr(procfs.os, "open", lambda p, *a: calls.append(str(p)) or real_open(p, *a))
+    monkeypatch.setattr(procfs.os, "stat", lambda p, *a: calls.append(str(p)) or real_stat(p, *a))
+
+    again = fs.locate_unit("a.service", "system", S)
+    pids = fs.unit_pids(cgroup)
+    monkeypatch.undo()
+    fs.close()
+
+    assert (cgroup, [first, second], []) == (again, sorted(pids), calls)
+
+
+def test_ticks_read_through_held_cgroups_are_what_reading_afresh_gives(
+    units: Units, fake_nvml: FakeNvmlState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a1, a2, b1, w1 = (units.spawn() for _ in range(4))
+    units.place("a.service", a1, a2)
+    units.place("b.service", b1)
+    units.place("b.service/worker", w1)  # a sub-cgroup: walked, as before
+    fake_nvml.write([FakeGpu(UUID, mib(16000))])
+    conf = config("a.service", "b.service", "c.service")
+    held = Sampler(NvmlSource(), ProcFs(layout=units.layout))
+    monkeypatch.setattr(sampler_module, "cgroup_fd_budget", lambda: 0)
+    afresh = Sampler(NvmlSource(), ProcFs(layout=units.layout))
+    steps = [
+        lambda: None,
+        lambda: units.place("b.service", a2),  # a process moves between units
+        lambda: units.place("c.service", units.spawn()),  # a unit starts
+        lambda: units.remove("a.service"),  # a unit stops
+        lambda: units.place("a.service", units.spawn()),  # and starts again
+    ]
+    try:
+        expected, actual = [], []
+        for tick, step in enumerate(steps):
+            step()
+            # Beyond LOCATE_RETRY_NS: a unit not found is looked for again.
+            now = tick * 11 * S
+            actual.append(usage(held.sample(conf, now)))
+            expected.append(usage(afresh.sample(conf, now)))
+    finally:
+        held.close()
+        afresh.close()
+
+    assert expected == actual
+    assert "inactive" == actual[3]["a.service"][1] != actual[4]["a.service"][1]
+
+
+def test_a_restarted_unit_is_read_with_its_new_processes_on_the_next_tick(
+    units: Units, fake_nvml: FakeNvmlState
+) -> None:
+    old, new = units.spawn(), units.spawn()
+    units.place("a.service", old)
+    fake_nvml.write([FakeGpu(UUID, mib(16000))])
+    sampler = Sampler(NvmlSource(), ProcFs(layout=units.layout))
+    conf = config("a.service")
+    try:
+        before = sampler.sample(conf, 0).units["a.service"].pids
+        sampler.sample(conf, S)  # read through the held cgroup
+        units.remove("a.service")
+        units.place("a.service", new)  # the same path, a new directory
+        after = sampler.sample(conf, 2 * S).units["a.service"].pids
+    finally:
+        sampler.close()
+
+    assert ((old,), (new,)) == (before, after)
+
+
+def test_a_stopped_unit_is_inactive_and_its_descriptors_are_closed(
+    units: Units, fake_nvml: FakeNvmlState
+) -> None:
+    units.place("a.service", units.spawn())
+    fake_nvml.write([FakeGpu(UUID, mib(16000))])
+    sampler = Sampler(NvmlSource(), ProcFs(layout=units.layout))
+    try:
+        sampler.sample(config(), 0)
+        without = open_fds()
+        sampler.sample(config("a.service"), S)
+        units.remove("a.service")
+        gone = sampler.sample(config("a.service"), 2 * S).units["a.service"]
+        after = open_fds()
+    finally:
+        sampler.close()
+
+    assert ((), 0, "inactive", without) == (gone.pids, gone.ram_bytes, gone.ram_source, after)
+
+
+def test_a_reload_dropping_a_tenant_closes_its_descriptors_and_close_closes_all(
+    units: Units, fake_nvml: FakeNvmlState
+) -> None:
+    units.place("a.service", units.spawn())
+    units.place("b.service", units.spawn())
+    fake_nvml.write([FakeGpu(UUID, mib(16000))])
+    start = open_fds()
+    sampler = Sampler(NvmlSource(), ProcFs(layout=units.layout))
+    try:
+        sampler.sample(config("a.service"), 0)
+        only_a = open_fds()
+        sampler.sample(config("a.service", "b.service"), S)
+        both = open_fds()
+        sampler.sample(config("a.service"), 2 * S)
+        dropped = open_fds()
+    finally:
+        sampler.close()
+    closed = open_fds()
+
+    assert both > only_a  # b's cgroup was held
+    assert (only_a, start) == (dropped, closed)
+
+
+def test_no_more_descriptors_are_held_than_the_budget_and_the_rest_read_afresh(
+    units: Units,
+) -> None:
+    pids = {f"u{i}.service": units.spawn() for i in range(4)}
+    for unit, pid in pids.items():
+        units.place(unit, pid)
+    fs = ProcFs(layout=units.layout)
+    fs.hold(5)  # two or three descriptors a unit: one unit's worth
+    start = open_fds()
+    read = {}
+    for tick in range(2):
+        for unit in pids:
+            cgroup = fs.locate_unit(unit, "system", tick * S)
+            assert cgroup is not None
+            read[unit] = fs.unit_pids(cgroup)
+    held = open_fds() - start
+    fs.close()
+
+    assert {u: (p,) for u, p in pids.items()} == read
+    assert 0 < held <= 5
+    assert start == open_fds()
+
+
+def test_a_tree_that_is_not_a_cgroup_v2_mount_is_read_afresh(tmp_path: Path) -> None:
+    unit = tmp_path / "cg" / "system.slice" / "a.service"
+    unit.mkdir(parents=True)
+    (unit / "cgroup.procs").write_text("10\n")
+    fs = ProcFs(tmp_path / "proc", layout=CgroupLayout("v2", tmp_path / "cg", tmp_path / "cg"))
+    fs.hold(64)
+    start = open_fds()
+    cgroup = fs.locate_unit("a.service", "system", 0)
+    assert cgroup is not None
+    fs.unit_pids(cgroup)
+    (unit / "cgroup.procs").unlink()  # a fixture rewritten as a new file
+    (unit / "cgroup.procs").write_text("11\n")
+
+    pids = fs.unit_pids(fs.locate_unit("a.service", "system", S) or "")
+
+    assert ((11,), start) == (pids, open_fds())
