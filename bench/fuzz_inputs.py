@@ -24,9 +24,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
+from tests.fuzz import fuzz
 from tests.fuzz.config_grammar import check_config, config_bytes
 from tests.fuzz.procfs_grammar import check_procfs, tree
 from tests.fuzz.state_grammar import check_state, state_bytes
@@ -43,26 +43,13 @@ def surfaces(work: Path) -> dict[str, tuple[st.SearchStrategy[Any], Callable[[An
 
 
 def run(surface: str, n: int, seed_value: int) -> tuple[Counter[str], float]:
-    outcomes: Counter[str] = Counter()
     with tempfile.TemporaryDirectory(prefix="vramwatch-fuzz-") as tmp:
         work = Path(tmp)
         os.chmod(work, 0o700)
         strategy, check = surfaces(work)[surface]
 
-        @seed(seed_value)
-        @settings(
-            max_examples=n,
-            deadline=None,
-            database=None,
-            phases=[Phase.generate],
-            suppress_health_check=list(HealthCheck),
-        )
-        @given(strategy)
-        def each(value: Any) -> None:
-            outcomes[check(value)] += 1
-
         started = time.monotonic()
-        each()
+        outcomes = fuzz(strategy, check, n, seed_value)
         return outcomes, time.monotonic() - started
 
 

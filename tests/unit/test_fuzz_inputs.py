@@ -15,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
+from tests.fuzz import fuzz as run_fuzz
 from tests.fuzz.config_grammar import check_config, config_bytes
 from tests.fuzz.procfs_grammar import check_procfs, tree
 from tests.fuzz.state_grammar import check_state, state_bytes
@@ -27,22 +27,7 @@ SEED = 20261202
 
 def fuzz(strategy: st.SearchStrategy[Any], check: Callable[[Any], str], n: int) -> Counter[str]:
     """Run ``check`` on ``n`` inputs drawn with the fixed seed; what they ended in."""
-    seen: Counter[str] = Counter()
-
-    @seed(SEED)
-    @settings(
-        max_examples=n,
-        deadline=None,
-        database=None,
-        phases=[Phase.generate],
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(strategy)
-    def each(value: Any) -> None:
-        seen[check(value)] += 1
-
-    each()
-    return seen
+    return run_fuzz(strategy, check, n, SEED)
 
 
 def test_every_generated_config_is_a_config_or_an_error_naming_the_file(tmp_path: Path) -> None:
