@@ -79,17 +79,21 @@ def manager_for(bus: str) -> str:
     return "system" if bus == "system" else f"user@{os.getuid()}"
 
 
+def _open_files_share(divisor: int) -> int:
+    """The soft open-files limit divided by ``divisor`` (2**21 / divisor when unlimited)."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return (1 << 21) // divisor if soft == resource.RLIM_INFINITY else max(0, soft // divisor)
+
+
 def pidfd_budget() -> int:
     """How many GPU processes' pidfds the sampler may keep: half the soft open-files limit."""
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return 1 << 20 if soft == resource.RLIM_INFINITY else max(0, soft // 2)
+    return _open_files_share(2)
 
 
 def cgroup_fd_budget() -> int:
     """How many descriptors of tenants' cgroups the sampler may hold open between ticks:
     a quarter of the soft open-files limit (pidfds take up to half)."""
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return 1 << 19 if soft == resource.RLIM_INFINITY else max(0, soft // 4)
+    return _open_files_share(4)
 
 
 def raise_open_files_limit() -> None:
@@ -122,7 +126,9 @@ class Sampler:
         self._engine = engine
         self._name_containers = name_containers
         self._catalog: Catalog | None = None
-        # config.has_containers parses every tenant's key: once per Config object.
+        # What depends on the config alone, worked out once per Config object (a Config
+        # never changes: a reload makes a new one): whether a tenant is a container
+        # (parses every tenant's key), and which tenants' cgroups stay held.
         self._config: Config | None = None
         self._has_containers = False
         self._identities: dict[int, _Identity] = {}
@@ -137,7 +143,6 @@ class Sampler:
         # Tenants' cgroups stay open between ticks (cgroup v2), those of the tenants of
         # the config last sampled only: a reload that drops a tenant closes its own.
         procfs.hold(cgroup_fd_budget())
-        self._held_for: tuple[Config, str] | None = None
         # PIDs NVML listed that were not in /proc, and since when: a process that
         # just exited, or, still listed MISSING_PID_NS later, a garbage PID.
         self._missing: dict[int, int] = {}
@@ -146,6 +151,10 @@ class Sampler:
         self.self_unit = own.unit if own is not None else None
 
     def sample(self, config: Config, now_ns: int) -> Snapshot:
+        if config is not self._config:
+            self._config, self._has_containers = config, config.has_containers
+            manager = manager_for(config.daemon.bus)
+            self.procfs.keep_only({(t.unit, manager) for t in config.tenants})
         host = self.procfs.host()
         # Any PID that starts after this instant is not the one NVML lists (PID reuse).
         before_ticks = self.procfs.boot_ticks()
@@ -170,10 +179,6 @@ class Sampler:
             vram.update(_vram_by_container(gpus, keys, catalog.error is not None))
         room = _host_room(config, host)  # (MemAvailable, its floor), or None
         relaxed = room is not None and room[0] >= RSS_RELAXED_HEADROOM * room[1]
-        held_for = self._held_for
-        if held_for is None or held_for[0] is not config or held_for[1] != manager:
-            self._held_for = (config, manager)
-            self.procfs.keep_only({(t.unit, manager) for t in config.tenants})
         units: dict[str, UnitUsage] = {}
         for tenant in config.tenants:
             by_gpu, unknown = vram.get(tenant.unit, ({}, False))
@@ -206,8 +211,6 @@ class Sampler:
         self, config: Config, gpus: tuple[GpuSample, ...], now_ns: int
     ) -> Catalog | None:
         """The Engine API's view, refreshed; None (and no socket) without container tenants."""
-        if config is not self._config:  # a Config never changes: a reload makes a new one
-            self._config, self._has_containers = config, config.has_containers
         if not self._has_containers and not self._name_containers:
             if self._catalog is not None:
                 self._catalog.close()
@@ -510,7 +513,7 @@ def _vram_by_unit(
             unit = owner.unit_for(manager) if owner is not None else None
             if unit is None:
                 continue
-            if proc.name.startswith(MPS_COMM):  # is_mps_daemon(), inlined: per process
+            if is_mps_daemon(proc):
                 continue  # memory held for MPS clients (listed on their own): no unit's
             entry = found.get(unit)
             if entry is None:
