@@ -3,7 +3,8 @@ the venv's path on stdout; apt's and pip's chatter only in $VENV/bootstrap.log,
 which a failing step names along with its last lines.
 
 The real script runs with stand-ins for what it calls: `id` says root,
-`dpkg-query` reports the packages in FAKE_MISSING as not installed, `apt-get`
+`dpkg-query` reports the packages in FAKE_MISSING as not installed,
+`apt-cache` knows the installed systemd's version unless FAKE_APT_GONE, `apt-get`
 and the venv's `pip` print what the real ones print on this machine (pip's
 index notes, a backend's deprecation warning, debconf's complaints) and fail
 when told to. No root, no network, about a second.
@@ -37,6 +38,10 @@ if [ -n "${FAKE_APT_FAIL:-}" ] && [ "$1" = install ]; then
     echo "E: Could not get lock /var/lib/dpkg/lock-frontend" >&2
     exit 100
 fi
+""",
+    "apt-cache": """
+[ -z "${FAKE_APT_GONE:-}" ] || exit 100
+echo "Package: ${2%%=*}"
 """,
     "systemctl": "exit 0\n",
 }
@@ -132,3 +137,34 @@ def test_failing_apt_step_names_the_log_and_stops_before_pip(tmp_path: Path) -> 
     assert f"bootstrap: full log: {venv}/bootstrap.log" == lines[-1]
     assert "pip install" not in (venv / "bootstrap.log").read_text()
     assert not any(line.startswith("bootstrap: venv") for line in lines)
+
+
+def apt_install_words(venv: Path) -> list[str]:
+    log = (venv / "bootstrap.log").read_text().splitlines()
+    (install,) = [line for line in log if line.startswith("apt-get install")]
+    return install.split()
+
+
+def test_systemds_own_packages_are_pinned_to_the_installed_systemd(tmp_path: Path) -> None:
+    # Debian 12.13 moved systemd-container to 252.39 while the machine ran
+    # 252.38: unpinned, apt could not resolve libsystemd-shared and stopped.
+    proc, venv = bootstrap(tmp_path, FAKE_MISSING="systemd-container libsystemd-dev gcc")
+
+    assert 0 == proc.returncode, proc.stderr
+    words = apt_install_words(venv)
+    assert "systemd-container=252.39-1~deb12u1" in words
+    assert "libsystemd-dev=252.39-1~deb12u1" in words
+    assert "gcc" in words
+    assert "systemd" not in words
+
+
+def test_when_the_archive_lost_the_installed_version_systemd_is_upgraded_too(
+    tmp_path: Path,
+) -> None:
+    proc, venv = bootstrap(
+        tmp_path, FAKE_MISSING="systemd-container libsystemd-dev", FAKE_APT_GONE="1"
+    )
+
+    assert 0 == proc.returncode, proc.stderr
+    words = apt_install_words(venv)
+    assert ["libsystemd-dev", "systemd-container", "systemd"] == words[-3:]
