@@ -596,13 +596,14 @@ def test_a_lost_gpu_keeps_its_index_and_fails_every_call(
 
     assert 2 == pynvml.nvmlDeviceGetCount()
     assert UUID0 == pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(0))
-    for call in (
+    calls: tuple[Callable[[], object], ...] = (
         lambda: pynvml.nvmlDeviceGetHandleByIndex(1),
         lambda: pynvml.nvmlDeviceGetHandleByUUID(UUID1),
         lambda: pynvml.nvmlDeviceGetUUID(h1),
         lambda: pynvml.nvmlDeviceGetMemoryInfo(h1),
         lambda: pynvml.nvmlDeviceGetComputeRunningProcesses(h1),
-    ):
+    )
+    for call in calls:
         with pytest.raises(error):
             call()
     # the reset is done: the same handle works again

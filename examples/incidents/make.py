@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from vramwatch.config import load
+from vramwatch.config import Config, load
 from vramwatch.model import GpuProcess, GpuSample, HostSample, Owner, Snapshot, UnitUsage
 from vramwatch.trace import TraceWriter, config_record, encode_snapshot
 
@@ -103,11 +103,8 @@ def write(name: str, samples: Iterator[Snapshot], directory: Path = HERE) -> Pat
     return out
 
 
-def _forced(config: object) -> object:
+def _forced(config: Config) -> Config:
     """--dry-run on top of the file, as recorded."""
-    from vramwatch.config import Config
-
-    assert isinstance(config, Config)
     return replace(config, daemon=replace(config.daemon, dry_run=True))
 
 
@@ -125,7 +122,11 @@ def arena(rng: random.Random) -> Iterator[Snapshot]:
     GiB, indexing done); the LLM server loads its model at minute 27. Host RAM
     is plentiful (64 GiB).
     """
-    units = ("llama-swap.service", "immich-machine-learning.service", "frigate.service")
+    units: tuple[str, ...] = (
+        "llama-swap.service",
+        "immich-machine-learning.service",
+        "frigate.service",
+    )
     units += ("whisper-asr.service",)
     arena_bytes = 1536 * MIB
     llm = 4506 * MIB

@@ -209,8 +209,9 @@ def document(draw: st.DrawFn) -> str:
     for name in draw(st.lists(st.sampled_from(sorted(TABLES)), unique=True, max_size=4)):
         sections.append([f"[{name}]", *draw(TABLE_LINES[name])])
     tenants = draw(st.lists(TENANT_LINES, max_size=4))
-    if tenants and draw(st.booleans()):
-        tenants.append(list(tenants[0]))  # the same unit twice
+    if tenants:  # (not `tenants and draw(...)`: mypy types draw() by the left operand)
+        if draw(st.booleans()):
+            tenants.append(list(tenants[0]))  # the same unit twice
     for body in tenants:
         sections.append(["[[tenant]]", *body])
     # Hypothesis favours the first choice (where it shrinks to): make it the plain one.

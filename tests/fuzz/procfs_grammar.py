@@ -208,8 +208,8 @@ def tree(draw: st.DrawFn) -> Tree:
                 t.files[f"{d}/{name}"] = content
             if fate == "denied":
                 t.denied.add(f"{d}/{name}")
-    files = sorted(path for path, content in t.files.items() if content is not None)
-    t.denied.update(draw(st.lists(st.sampled_from(files), max_size=1)))  # any file may refuse
+    readable = sorted(path for path, content in t.files.items() if content is not None)
+    t.denied.update(draw(st.lists(st.sampled_from(readable), max_size=1)))  # any file may refuse
     return t
 
 
@@ -238,7 +238,7 @@ def refusing(root: Path, denied: set[str]) -> Iterator[None]:
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
         return real_open(path, flags, mode, dir_fd=dir_fd)
 
-    os.open = fake_open  # type: ignore[assignment]
+    os.open = fake_open
     try:
         yield
     finally:

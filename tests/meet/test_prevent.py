@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.meet.world import GIB, Bed, make_bed
 
@@ -27,7 +28,7 @@ vram = "3GiB"
 """
 
 
-def hog(tmp_path: Path, **kw: str) -> Bed:
+def hog(tmp_path: Path, **kw: Any) -> Bed:
     bed = make_bed(tmp_path, config(**kw))
     bed.world.spawn(A, {0: 14 * GIB})
     return bed

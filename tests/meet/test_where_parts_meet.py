@@ -10,8 +10,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tests.meet.world import GIB, MIB, Bed, make_bed
+from tests.unit.builders import notified
 from vramwatch.model import Verb
 from vramwatch.state import StateStore
 from vramwatch.systemd import JobOutcome
@@ -31,6 +33,7 @@ grace = "4s"
 min_available_ram = "8GiB"
 grace = "4s"
 """
+
 
 
 def config(
@@ -129,7 +132,7 @@ def test_the_recheck_cancels_when_the_floor_is_no_longer_breached(tmp_path: Path
 # 4 and 5. an accepted job stays in flight; the actuator never kills the loop --------------
 
 
-def two_on_one_gpu(tmp_path: Path, **kw: str) -> Bed:
+def two_on_one_gpu(tmp_path: Path, **kw: Any) -> Bed:
     bed = make_bed(tmp_path, config(tenant(A, vram="3GiB"), tenant(B, vram="3GiB"), **kw))
     bed.world.spawn(A, {0: 10 * GIB})
     bed.world.spawn(B, {0: 5 * GIB})
@@ -288,7 +291,7 @@ def test_ready_is_sent_after_the_first_sample_and_before_acting(tmp_path: Path) 
     """A breach present at start: a restart job of minutes must not delay READY=1."""
     states: list[str] = []
     text = config(tenant(A, vram="3GiB")).replace('grace = "4s"', 'grace = "0s"')
-    bed = make_bed(tmp_path, text, notifier=lambda s: states.append(s) or True)
+    bed = make_bed(tmp_path, text, notifier=notified(states))
     bed.world.spawn(A, {0: 15 * GIB})
     seen_at_act: list[list[str]] = []
 

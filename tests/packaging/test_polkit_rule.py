@@ -112,7 +112,9 @@ def generated_rule(tmp_path: Path, user: str) -> Path:
     return rules
 
 
-def run_polkit(tmp_path: Path, rules: Path, users: tuple[str, ...]) -> tuple[dict, str]:
+def run_polkit(
+    tmp_path: Path, rules: Path, users: tuple[str, ...]
+) -> tuple[dict[tuple[str, str, str], str], str]:
     """Ask the real polkitd about every (user, unit, verb); return decisions and its log."""
     require(root=True, commands=("unshare", "dbus-daemon", "pkcheck", "setpriv", POLKITD))
     log = tmp_path / "polkitd.log"

@@ -86,15 +86,15 @@ def sabotage(client: SystemdClient, how: str) -> None:
                 def broken(**_kw: Any) -> None:
                     raise RuntimeError("scripted bug while waiting")
 
-                conn.recv_messages = broken  # type: ignore[method-assign]
+                conn.recv_messages = broken
             return reply
 
         if how == "sent":
-            conn.send_message = send_then_drop  # type: ignore[method-assign]
+            conn.send_message = send_then_drop
         elif how == "accepted":
-            conn.send_and_get_reply = reply_then_drop  # type: ignore[method-assign]
+            conn.send_and_get_reply = reply_then_drop
         else:
-            conn.send_and_get_reply = reply_then_bug  # type: ignore[method-assign]
+            conn.send_and_get_reply = reply_then_bug
         return conn
 
     client._connection = patched  # type: ignore[method-assign]

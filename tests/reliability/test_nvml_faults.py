@@ -16,11 +16,13 @@ import pytest
 
 from tests.fakenvml import FakeGpu, FakeMig, FakeNvmlState, FakeProcess, gib, mib
 from tests.sources.test_sampler import CONFIG, UUID, gpus, proc, world
+from tests.unit.builders import notified
 from vramwatch import config as cfg
 from vramwatch import policy
 from vramwatch.daemon import Daemon
 from vramwatch.events import EventLog
 from vramwatch.metrics import Metrics
+from vramwatch.model import Action, Event
 from vramwatch.sampler import Sampler
 from vramwatch.sources.nvml import INIT_RETRY_MAX_NS, NvmlSource
 from vramwatch.sources.procfs import ProcFs
@@ -55,6 +57,7 @@ OPTIONAL = {
     "nvmlDeviceGetMPSComputeRunningProcesses_v3",
 }
 HOG = "immich-ml.service"  # 10700 MiB on a 3000 MiB budget in the fixture world
+
 
 
 def ticks(sampler: Sampler, start_s: int, n: int) -> list[policy.Decision]:
@@ -224,7 +227,8 @@ def test_a_lost_gpu_is_told_once_never_enforced_on_and_recovers(
     sampler = Sampler(NvmlSource(), world(tmp_path, 900_000))
     history = policy.decide(CONFIG, sampler.sample(CONFIG, 0), policy.History()).history
     fake_nvml.write(spare_and_hog_gpu(lost=code))
-    events, actions = [], []
+    events: list[Event] = []
+    actions: list[Action] = []
     for t in [*range(2, 20, 2), policy.REMINDER_NS // S + 10, 2 * policy.REMINDER_NS // S]:
         snap = sampler.sample(CONFIG, t * S)
         decision = policy.decide(CONFIG, snap, history)
@@ -338,7 +342,8 @@ def test_a_breached_mig_instance_restarts_only_its_over_budget_tenant(
     )
     sampler = Sampler(NvmlSource(), world(tmp_path, 900_000))
     history = policy.History()
-    actions, breaches = [], []
+    actions: list[Action] = []
+    breaches: list[Event] = []
     for i in range(8):
         decision = policy.decide(MIG_CONFIG, sampler.sample(MIG_CONFIG, 2 * i * S), history)
         history = decision.history
@@ -458,7 +463,7 @@ def test_while_nvml_hangs_every_tick_feeds_the_watchdog_and_gpu_up_is_0(
         sampler,
         actuator=None,  # type: ignore[arg-type]  # nothing is over budget: never called
         events=EventLog("stderr", "json", stream=io.StringIO()),
-        notifier=lambda state: notes.append(state) or True,
+        notifier=notified(notes),
         metrics=metrics,
     )
     daemon.tick()

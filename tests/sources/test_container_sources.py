@@ -3,6 +3,7 @@ scripted Engine API, and what the sampler makes of a failing one."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from vramwatch import config as cfg
 from vramwatch.model import ContainerInfo, Owner
 from vramwatch.sampler import Sampler
 from vramwatch.sources import containers
-from vramwatch.sources.containers import Catalog, EngineError
+from vramwatch.sources.containers import Catalog, Engine, EngineError
 from vramwatch.sources.nvml import NvmlSource
 from vramwatch.sources.procfs import CgroupLayout, ProcFs, parse_proc_cgroup
 
@@ -71,6 +72,11 @@ class ScriptedEngine:
 
     def close(self) -> None:
         self.closed = True
+
+
+def scripted(engine: ScriptedEngine) -> Callable[[str], Engine]:
+    """The Sampler's engine factory, always answering with ``engine``."""
+    return lambda _socket: engine  # type: ignore[return-value]  # duck-typed stand-in
 
 
 # attribution ------------------------------------------------------------------
@@ -202,7 +208,7 @@ def test_a_compose_tenant_sums_the_vram_and_cgroup_ram_of_every_container_of_its
         info(ML2, "immich_ml_2", *SERVICE),
         info(FRIGATE, "frigate"),
     )
-    sampler = Sampler(NvmlSource(), world(tmp_path), engine=lambda _socket: engine)
+    sampler = Sampler(NvmlSource(), world(tmp_path), engine=scripted(engine))
 
     snap = sampler.sample(CONFIG, 0)
     sampler.close()
@@ -230,7 +236,7 @@ def test_an_unmanaged_container_is_named_not_shown_as_its_scope(
 ) -> None:
     fake_nvml.write(gpu((300, 900)))
     engine = engine_with(info(FRIGATE, "frigate", "frigate", "frigate"))
-    sampler = Sampler(NvmlSource(), world(tmp_path), engine=lambda _socket: engine)
+    sampler = Sampler(NvmlSource(), world(tmp_path), engine=scripted(engine))
 
     snap = sampler.sample(CONFIG, 0)
     sampler.close()
@@ -246,9 +252,9 @@ def test_no_socket_is_opened_when_no_tenant_is_a_container(
     fake_nvml.write(gpu((100, 6000), (400, 4000)))
     opened: list[str] = []
 
-    def engine(socket: str) -> ScriptedEngine:
+    def engine(socket: str) -> Engine:
         opened.append(socket)
-        return engine_with()
+        return engine_with()  # type: ignore[return-value]  # a ScriptedEngine
 
     sampler = Sampler(NvmlSource(), world(tmp_path), engine=engine)
 
@@ -263,7 +269,7 @@ def test_a_new_container_id_is_named_at_once_not_after_the_listing_expires(
 ) -> None:
     fake_nvml.write(gpu((100, 6000)))
     engine = engine_with(info(ML, "immich_ml_1", *SERVICE))
-    sampler = Sampler(NvmlSource(), world(tmp_path), engine=lambda _socket: engine)
+    sampler = Sampler(NvmlSource(), world(tmp_path), engine=scripted(engine))
     sampler.sample(CONFIG, 0)
     # `docker compose up` re-created the container: same service, new id and PID.
     engine.containers = [info(FRESH, "immich_ml_1", *SERVICE)]
@@ -288,7 +294,7 @@ def test_a_failing_engine_blinds_container_tenants_only(
     engine.error = EngineError(
         containers.UNREACHABLE, "list containers: cannot reach the Engine API at unix:///x"
     )
-    sampler = Sampler(NvmlSource(), world(tmp_path), engine=lambda _socket: engine)
+    sampler = Sampler(NvmlSource(), world(tmp_path), engine=scripted(engine))
 
     snap = sampler.sample(CONFIG, 0)
     sampler.close()
@@ -307,7 +313,7 @@ def test_an_engine_that_fails_later_keeps_the_names_it_gave_but_proves_nobody_wi
 ) -> None:
     fake_nvml.write(gpu((100, 6000)))
     engine = engine_with(info(ML, "immich_ml_1", *SERVICE))
-    sampler = Sampler(NvmlSource(), world(tmp_path), engine=lambda _socket: engine)
+    sampler = Sampler(NvmlSource(), world(tmp_path), engine=scripted(engine))
     sampler.sample(CONFIG, 0)
     engine.error = EngineError(containers.UNREACHABLE, "dockerd is gone")
     fake_nvml.write(gpu((100, 6000), (500, 500)))  # an id nobody can name now
@@ -329,7 +335,7 @@ def test_a_service_with_no_running_container_holds_nothing(
 ) -> None:
     fake_nvml.write(gpu((400, 4000)))
     engine = engine_with(info(FRIGATE, "frigate"))
-    sampler = Sampler(NvmlSource(), world(tmp_path), engine=lambda _socket: engine)
+    sampler = Sampler(NvmlSource(), world(tmp_path), engine=scripted(engine))
 
     snap = sampler.sample(CONFIG, 0)
     sampler.close()

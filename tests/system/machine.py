@@ -33,6 +33,8 @@ RECIPE = 1
 # A cached tree older than this is rebuilt: its apt lists and packages age.
 MAX_AGE_S = 14 * 24 * 3600
 RELEASES = {"bookworm": "12", "trixie": "13"}
+# Oldest first, as the booted-system tests are parametrised.
+BY_VERSION: list[str] = sorted(RELEASES, key=RELEASES.__getitem__)
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 

@@ -21,7 +21,7 @@ import pytest
 from tests.fakenvml import mib
 from tests.packaging.debbuild import Build
 from tests.system.conftest import boot
-from tests.system.machine import RELEASES, Machine
+from tests.system.machine import BY_VERSION, Machine
 from tests.system.service import (
     DEB_DIR,
     DRIVER_LIB,
@@ -88,7 +88,7 @@ figures: dict[str, dict[str, float]] = {}
 installed: dict[str, dict[str, str]] = {}  # the unit right after apt install
 
 
-@pytest.fixture(scope="module", params=sorted(RELEASES, key=RELEASES.__getitem__))
+@pytest.fixture(scope="module", params=BY_VERSION)
 def system(
     request: pytest.FixtureRequest,
     deb_build: Build,

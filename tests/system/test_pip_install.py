@@ -19,7 +19,7 @@ from tests.fakenvml import mib
 from tests.packaging.conftest import ROOT
 from tests.packaging.debbuild import source_copy
 from tests.system.conftest import boot
-from tests.system.machine import RELEASES, Machine
+from tests.system.machine import BY_VERSION, Machine
 from tests.system.service import (
     DRIVER_LIB,
     FAKE_DIR,
@@ -49,7 +49,7 @@ def pip_steps() -> str:
     return re.sub(r"\bsudo ", "", block.group(1))
 
 
-@pytest.fixture(scope="module", params=sorted(RELEASES, key=RELEASES.__getitem__))
+@pytest.fixture(scope="module", params=BY_VERSION)
 def system(
     request: pytest.FixtureRequest,
     payload: Path,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 from pathlib import Path
 
 import vramwatch
@@ -57,3 +58,13 @@ def emitted_event_names() -> set[str]:
             ):
                 names.add(node.args[0].value)
     return names
+
+
+def notified(into: list[str]) -> Callable[[str], bool]:
+    """An sd_notify stand-in that keeps what it was sent."""
+
+    def notify(state: str) -> bool:
+        into.append(state)
+        return True
+
+    return notify

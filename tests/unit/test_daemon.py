@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.builders import MIB, S, one_gpu
+from tests.unit.builders import MIB, S, notified, one_gpu
 from vramwatch import config as cfg
 from vramwatch.daemon import Daemon
 from vramwatch.events import EventLog
@@ -31,6 +31,7 @@ grace = "2s"
 unit = "hog.service"
 vram = "3000MiB"
 """
+
 
 
 def snapshot(now_ns: int, hog_vram_mib: int, free_mib: int) -> Snapshot:
@@ -249,7 +250,7 @@ def test_run_returns_zero_soon_after_stop(tmp_path: Path) -> None:
         ScriptedSampler(lambda n, now: snapshot(now, 0, 9000)),
         RecordingActuator(JobOutcome(True, "done", "")),
         EventLog("stderr", "json", stream=io.StringIO()),
-        notifier=lambda state: states.append(state) or True,
+        notifier=notified(states),
     )
     result: list[int] = []
     thread = threading.Thread(target=lambda: result.append(daemon.run()))
@@ -328,7 +329,7 @@ def test_the_watchdog_is_fed_while_a_restart_job_runs(
         SlowActuator(),
         EventLog("stderr", "json", stream=io.StringIO()),
         clock=clock,
-        notifier=lambda state: states.append(state) or True,
+        notifier=notified(states),
     )
 
     for s in (0, 2):

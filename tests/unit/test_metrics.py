@@ -104,7 +104,7 @@ def snap(
 
 
 def metrics(clock: Callable[[], float] = lambda: WALL, **kw: str) -> Metrics:
-    return Metrics(wall_clock=clock, **kw)  # type: ignore[arg-type]
+    return Metrics(wall_clock=clock, **kw)
 
 
 def value(m: Metrics, metric: str, /, **labels: str) -> float | None:

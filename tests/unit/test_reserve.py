@@ -11,8 +11,6 @@ from dataclasses import replace
 import pytest
 
 from tests.unit.test_policy import (
-    GIB,
-    MIB,
     UUID0,
     UUID1,
     acted,
@@ -27,14 +25,16 @@ from tests.unit.test_policy import (
 )
 from vramwatch import config as config_mod
 from vramwatch.config import Config, Tenant
+from vramwatch.model import Snapshot
 from vramwatch.policy import gpu_floor
+from vramwatch.units import GIB, MIB
 
 LLAMA, IMMICH, FRIGATE = "llama-swap.service", "immich-ml.service", "frigate.service"
 T4 = 15360 * MIB
 BASE = 300 * MIB
 
 
-def t4_snap(now_s: float, immich_mib: int, llama_mib: int = 0, frigate_mib: int = 1500) -> object:
+def t4_snap(now_s: float, immich_mib: int, llama_mib: int = 0, frigate_mib: int = 1500) -> Snapshot:
     units = [
         usage(LLAMA, vram=llama_mib * MIB),
         usage(IMMICH, vram=immich_mib * MIB),
@@ -82,7 +82,7 @@ def test_only_the_unused_part_of_the_budget_is_reserved() -> None:
     config = incident_config(True)
     s = t4_snap(0, 1000, llama_mib=4000)
 
-    assert 1 * GIB + 1000 * MIB == gpu_floor(config, s, s.gpus[0])  # type: ignore[attr-defined]
+    assert 1 * GIB + 1000 * MIB == gpu_floor(config, s, s.gpus[0])
 
 
 def test_a_reserving_tenant_within_budget_is_never_the_victim() -> None:
