@@ -22,7 +22,7 @@ class NaiveSampler:
     def __init__(self, gpus: GpuSource) -> None:
         self.gpus = gpus
 
-    def sample(self, config: Config, now_ns: int) -> Snapshot:
+    def sample(self, config: Config, now_ns: int, *, recheck: bool = False) -> Snapshot:
         memory = psutil.virtual_memory()
         host = HostSample(memory.total, memory.available)
         owners: dict[int, Owner] = {}

@@ -43,7 +43,10 @@ class Actuator(Protocol):
 
 
 class SnapshotSource(Protocol):
-    def sample(self, config: Config, now_ns: int) -> Snapshot: ...
+    def sample(self, config: Config, now_ns: int, *, recheck: bool = False) -> Snapshot:
+        """One snapshot; ``recheck`` marks the sample right before an action, which must
+        not rest on anything remembered from before (who owns a GPU process)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -338,7 +341,7 @@ class Daemon:
         # The fields naming the tenant: VRAMWATCH_TENANT, and UNIT or CONTAINER(_ID).
         named = tenant_fields(action.unit, snapshot.units.get(action.unit))
         try:
-            fresh = self.sampler.sample(self.config, self.clock())
+            fresh = self.sampler.sample(self.config, self.clock(), recheck=True)
             reason = policy.still_justified(self.config, fresh, action)
         except Exception as exc:  # noqa: BLE001 - unsure means do not act
             reason = f"could not re-check usage ({exc!r})"

@@ -125,7 +125,7 @@ class _Source:
     def load(self, tick: Snapshot | str, extras: Iterable[Snapshot | str]) -> None:
         self.tick, self.extras, self.served = tick, deque(extras), False
 
-    def sample(self, config: Config, now_ns: int) -> Snapshot:
+    def sample(self, config: Config, now_ns: int, *, recheck: bool = False) -> Snapshot:
         if not self.served:
             self.served = True
             item = self.tick

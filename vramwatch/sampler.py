@@ -43,7 +43,8 @@ RAM_TOP = 5
 
 # A GPU process's unit and name are re-read at most this often while the same
 # process lives: a process rarely changes cgroup, and a moved one is seen
-# within this time.
+# within this time. A re-check before acting (``sample(recheck=True)``) reads
+# every owner afresh: no action rests on an owner read before the breach.
 IDENTITY_TTL_NS = 60 * 10**9
 
 
@@ -150,7 +151,10 @@ class Sampler:
         own = procfs.owner(os.getpid())
         self.self_unit = own.unit if own is not None else None
 
-    def sample(self, config: Config, now_ns: int) -> Snapshot:
+    def sample(self, config: Config, now_ns: int, *, recheck: bool = False) -> Snapshot:
+        """One snapshot. ``recheck``: the sample right before an action, in which every
+        GPU process's owner is read from /proc again rather than remembered, so a
+        process that moved to another unit since it was last read is counted there."""
         if config is not self._config:
             self._config, self._has_containers = config, config.has_containers
             manager = manager_for(config.daemon.bus)
@@ -162,7 +166,8 @@ class Sampler:
         raw_gpus, nvml_error = reading.gpus, reading.nvml_error
         self._forget_exited()
         self._missing_now = {}
-        gpus = tuple(self._attribute(gpu, before_ticks, now_ns) for gpu in raw_gpus)
+        ttl_ns = 0 if recheck else IDENTITY_TTL_NS
+        gpus = tuple(self._attribute(gpu, before_ticks, now_ns, ttl_ns) for gpu in raw_gpus)
         self._missing = self._missing_now
         listed = {p.pid for gpu in gpus for p in gpu.processes}
         for pid in self._identities.keys() - listed:
@@ -292,7 +297,9 @@ class Sampler:
         for fd, _events in self._poller.poll(0):
             self._forget(self._pid_of_fd[fd])
 
-    def _attribute(self, gpu: GpuSample, before_ticks: int | None, now_ns: int) -> GpuSample:
+    def _attribute(
+        self, gpu: GpuSample, before_ticks: int | None, now_ns: int, ttl_ns: int
+    ) -> GpuSample:
         if gpu.error is not None:
             return gpu
         procs = []
@@ -300,7 +307,7 @@ class Sampler:
         identities = self._identities
         for p in gpu.processes:
             known = identities.get(p.pid)
-            if known is not None and now_ns - known.read_at_ns < IDENTITY_TTL_NS:
+            if known is not None and now_ns - known.read_at_ns < ttl_ns:
                 # The same process as when its identity was read (its pidfd is not
                 # readable): what _identify() would return, without a /proc read.
                 last = known.last
@@ -310,7 +317,7 @@ class Sampler:
                     )
                 procs.append(last)
                 continue
-            owner, comm = self._identify(p.pid, before_ticks, now_ns)
+            owner, comm = self._identify(p.pid, before_ticks, now_ns, ttl_ns)
             if owner is None and not (self.procfs.proc / str(p.pid)).exists():
                 since = self._missing_now[p.pid] = self._missing.get(p.pid, now_ns)
                 if now_ns - since >= MISSING_PID_NS and garbage is None:
@@ -332,12 +339,13 @@ class Sampler:
         return replace(gpu, processes=tuple(procs))
 
     def _identify(
-        self, pid: int, before_ticks: int | None, now_ns: int
+        self, pid: int, before_ticks: int | None, now_ns: int, ttl_ns: int
     ) -> tuple[Owner | None, str]:
-        """A GPU process's owner and name; no /proc read at all while it is known."""
+        """A GPU process's owner and name; no /proc read at all while it is known
+        (read less than ``ttl_ns`` ago)."""
         known = self._identities.get(pid)
         if known is not None:
-            if now_ns - known.read_at_ns < IDENTITY_TTL_NS:
+            if now_ns - known.read_at_ns < ttl_ns:
                 return known.owner, known.comm  # same process: its pidfd is not readable
             self._forget(pid)
         if before_ticks is None:  # no /proc/uptime (a fixture tree): no reuse check, no cache

@@ -948,9 +948,9 @@ class RecordingSampler:
         self.inner = inner
         self.recorder = recorder
 
-    def sample(self, config: Config, now_ns: int) -> Snapshot:
+    def sample(self, config: Config, now_ns: int, *, recheck: bool = False) -> Snapshot:
         try:
-            snapshot = self.inner.sample(config, now_ns)
+            snapshot = self.inner.sample(config, now_ns, recheck=recheck)
         except Exception as exc:
             self.recorder.sample_failed(now_ns, exc)
             raise

@@ -232,7 +232,7 @@ class Scripted:
     def __init__(self, make: Callable[[int], Snapshot]) -> None:
         self.make = make
 
-    def sample(self, config: cfg.Config, now_ns: int) -> Snapshot:
+    def sample(self, config: cfg.Config, now_ns: int, *, recheck: bool = False) -> Snapshot:
         return self.make(now_ns)
 
     def close(self) -> None:

@@ -45,7 +45,7 @@ class ScriptedSampler:
         self.script = script
         self.calls = 0
 
-    def sample(self, config: cfg.Config, now_ns: int) -> Snapshot:
+    def sample(self, config: cfg.Config, now_ns: int, *, recheck: bool = False) -> Snapshot:
         self.calls += 1
         return self.script(self.calls, now_ns)
 

@@ -136,7 +136,7 @@ def test_a_sampler_that_keeps_raising_is_logged_every_5_minutes_not_every_tick(
     end = MINUTES * 60
 
     class Sampler:
-        def sample(self, config: cfg.Config, now_ns: int) -> Snapshot:
+        def sample(self, config: cfg.Config, now_ns: int, *, recheck: bool = False) -> Snapshot:
             if now_ns < end * S:
                 raise PermissionError("/proc/meminfo")
             return snap(now_ns // S, free_mib=9000)

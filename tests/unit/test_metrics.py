@@ -479,7 +479,7 @@ class Sampler:
     def __init__(self, hog_mib: int) -> None:
         self.hog_mib = hog_mib
 
-    def sample(self, config: cfg.Config, now_ns: int) -> Snapshot:
+    def sample(self, config: cfg.Config, now_ns: int, *, recheck: bool = False) -> Snapshot:
         free = 15360 - self.hog_mib - 200
         return Snapshot(
             now_ns,
