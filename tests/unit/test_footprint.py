@@ -46,6 +46,9 @@ HEAVY = (
     "requests",
     "psutil",  # `vramwatch status` only
     "vramwatch.status",
+    "systemd.journal",  # its send() wraps systemd._journal.sendv, which events.py calls
+    "logging",  # what systemd.journal imports besides: 1.1 MiB in all
+    "uuid",
     "matplotlib",  # `vramwatch replay --plot` only
     "vramwatch.plot",
     "vramwatch.replay",
