@@ -49,6 +49,8 @@ HEAVY = (
     "systemd.journal",  # its send() wraps systemd._journal.sendv, which events.py calls
     "logging",  # what systemd.journal imports besides: 1.1 MiB in all
     "uuid",
+    "fractions",  # units.py parses sizes in integers; fractions imports decimal
+    "decimal",
     "matplotlib",  # `vramwatch replay --plot` only
     "vramwatch.plot",
     "vramwatch.replay",
