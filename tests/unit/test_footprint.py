@@ -51,6 +51,7 @@ HEAVY = (
     "uuid",
     "fractions",  # units.py parses sizes in integers; fractions imports decimal
     "decimal",
+    "vramwatch.trace",  # the trace writer: only once [daemon] record or --record is set
     "matplotlib",  # `vramwatch replay --plot` only
     "vramwatch.plot",
     "vramwatch.replay",
