@@ -52,6 +52,7 @@ HEAVY = (
     "fractions",  # units.py parses sizes in integers; fractions imports decimal
     "decimal",
     "vramwatch.trace",  # the trace writer: only once [daemon] record or --record is set
+    "traceback",  # the daemon formats a traceback on its first internal error only
     "matplotlib",  # `vramwatch replay --plot` only
     "vramwatch.plot",
     "vramwatch.replay",
