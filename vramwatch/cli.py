@@ -302,13 +302,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from vramwatch.actuators.containers import ContainerActuator
     from vramwatch.daemon import Daemon
     from vramwatch.events import EventLog
+    from vramwatch.recording import RecordingDaemon
     from vramwatch.sampler import Sampler, raise_open_files_limit
     from vramwatch.sink import MetricsSink, NoMetrics, enabled
     from vramwatch.sources.nvml import NvmlSource
     from vramwatch.sources.procfs import ProcFs
     from vramwatch.state import StateStore, default_dir
     from vramwatch.systemd import SystemdClient
-    from vramwatch.trace import RecordingDaemon
 
     # The config decides which services get restarted: run only trusts a file
     # that nobody but root (or vramwatch's own user) can change.

@@ -10,7 +10,6 @@ from __future__ import annotations
 import signal
 import threading
 import time
-import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -199,7 +198,7 @@ class Daemon:
                     "error",
                     f"sampling failed: {exc!r}; skipping ticks until it works again",
                     error=repr(exc),
-                    traceback=traceback.format_exc(limit=5),
+                    traceback=_traceback(),
                 )
             return
         # Up once the first sample is in, before any action: a restart job that runs
@@ -244,7 +243,7 @@ class Daemon:
                 "internal_error",
                 "error",
                 f"{step} failed: {exc!r}; {meanwhile} until it works again",
-                traceback=traceback.format_exc(limit=5),
+                traceback=_traceback(),
             )
 
     def _on_event(self, event: Event) -> None:
@@ -560,3 +559,14 @@ def status_line(snapshot: Snapshot) -> str:
     if snapshot.host.ok:
         parts.append(f"RAM available {format_size(snapshot.host.mem_available_bytes)}")
     return "; ".join(parts)
+
+
+def _traceback() -> str:
+    """The exception being handled, its last 5 frames, for the journal entry.
+
+    traceback (and textwrap) are imported on the first error: 0.1 MiB that a
+    daemon whose sources and policy work does not carry (issue 17).
+    """
+    import traceback
+
+    return traceback.format_exc(limit=5)

@@ -12,15 +12,20 @@ absent series, never a zero. See docs/observability.md for the full list.
 
 from __future__ import annotations
 
+import ipaddress
 import platform
+import socket
+import socketserver
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.exposition import generate_latest, start_http_server
+from prometheus_client.exposition import ThreadingWSGIServer, generate_latest, make_wsgi_app
 from prometheus_client.registry import Collector
 
 from vramwatch import __version__
@@ -264,10 +269,52 @@ def start_exporter(metrics: Metrics, config: MetricsConfig) -> str | None:
     if config.listen_host is None or config.listen_port is None:
         return None
     try:
-        start_http_server(config.listen_port, addr=config.listen_host, registry=metrics.registry)
+        family, host = _address(config.listen_host, config.listen_port)
+
+        class Server(_Server):
+            address_family = family
+
+        server = make_server(
+            host, config.listen_port, make_wsgi_app(metrics.registry), Server, _QuietHandler
+        )
     except OSError as exc:
         return f"cannot serve metrics on {config.listen}: {exc.strerror or exc}"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     return None
+
+
+# prometheus_client's start_http_server, from the parts it offers (make_wsgi_app, its
+# thread-per-scrape server), minus two name lookups: getaddrinfo() for the address
+# family and, in HTTPServer.server_bind, socket.getfqdn() of the address. glibc keeps
+# 0.4 MiB of resolver state resident after them (docs/benchmarks.md); an IP literal,
+# what [metrics] listen usually is, needs neither.
+
+
+def _address(host: str, port: int) -> tuple[socket.AddressFamily, str]:
+    """The family to bind ``host`` with, and the address: a name is resolved as
+    prometheus_client resolves it (the first answer of getaddrinfo)."""
+    try:
+        version = ipaddress.ip_address(host).version
+    except ValueError:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _type, _proto, _name, sockaddr = infos[0]
+        return family, str(sockaddr[0])
+    return (socket.AF_INET6 if version == 6 else socket.AF_INET), host
+
+
+class _Server(ThreadingWSGIServer):
+    def server_bind(self) -> None:
+        """WSGIServer's, with the address as SERVER_NAME instead of a reverse lookup of it."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
+        self.setup_environ()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No line on stderr per scrape (prometheus_client's handler is quiet too)."""
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
+        pass
 
 
 def _gpu_label(fields: Mapping[str, Any]) -> str:

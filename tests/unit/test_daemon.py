@@ -187,6 +187,10 @@ def test_a_sampler_exception_becomes_a_sampling_error(tmp_path: Path) -> None:
     run_ticks(daemon, clock, [0])
 
     assert ["sampling_error"] == names(out)
+    traceback = events(out)[0]["traceback"]
+    assert traceback.startswith("Traceback (most recent call last):\n"), traceback
+    assert traceback.endswith("\nPermissionError: /proc/meminfo\n"), traceback
+    assert 'in broken\n    raise PermissionError("/proc/meminfo")\n' in traceback
 
 
 def test_reload_with_a_broken_config_keeps_the_old_one(tmp_path: Path) -> None:

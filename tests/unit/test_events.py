@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -259,3 +260,40 @@ def test_under_systemd_only_when_journal_stream_is_our_stderr(
 
     monkeypatch.setenv("JOURNAL_STREAM", "garbage")
     assert not events.under_systemd()
+
+
+SENT: list[dict[str, Any]] = [
+    RESTART,
+    {"event": "started", "level": "info", "message": "vramwatch started"},
+    {"event": "made_up", "message": "no MESSAGE_ID; é and \u2603", "text": "two\nlines = x"},
+    {"event": "no_candidate", "top_users": [{"owner": "a", "bytes": 1}], "dry_run": True},
+]
+
+
+@pytest.mark.parametrize("event", SENT, ids=[str(e["event"]) for e in SENT])
+def test_journal_entries_are_what_systemd_journal_send_sends_argument_for_argument(
+    monkeypatch: pytest.MonkeyPatch, event: dict[str, Any]
+) -> None:
+    """The C sender without systemd.journal's wrapper: same strings, same order, same CODE_*."""
+    journal = pytest.importorskip("systemd.journal")
+    theirs: list[tuple[Any, ...]] = []
+    ours: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(journal, "sendv", lambda *args: theirs.append(args))
+    monkeypatch.setattr("systemd._journal.sendv", lambda *args: ours.append(args))
+    send = events.journal_sender()
+    fields = journal_fields(event)
+
+    journal.send(**fields), send(**fields)  # one line: the same CODE_LINE for both
+
+    assert send is not journal.send
+    assert theirs == ours
+    assert 1 == len(ours)
+
+
+def test_journal_sender_falls_back_to_systemd_journal_send_without_its_c_module(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    journal = pytest.importorskip("systemd.journal")
+    monkeypatch.setitem(sys.modules, "systemd._journal", None)  # import raises ImportError
+
+    assert journal.send is events.journal_sender()

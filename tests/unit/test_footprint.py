@@ -46,6 +46,13 @@ HEAVY = (
     "requests",
     "psutil",  # `vramwatch status` only
     "vramwatch.status",
+    "systemd.journal",  # its send() wraps systemd._journal.sendv, which events.py calls
+    "logging",  # what systemd.journal imports besides: 1.1 MiB in all
+    "uuid",
+    "fractions",  # units.py parses sizes in integers; fractions imports decimal
+    "decimal",
+    "vramwatch.trace",  # the trace writer: only once [daemon] record or --record is set
+    "traceback",  # the daemon formats a traceback on its first internal error only
     "matplotlib",  # `vramwatch replay --plot` only
     "vramwatch.plot",
     "vramwatch.replay",

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from systemd import journal
 
 from tests.unit.test_daemon import CONFIG_TEXT, Clock, RecordingActuator, ScriptedSampler, snapshot
 from vramwatch import config as cfg
@@ -34,7 +33,7 @@ class Journal:
 @pytest.fixture
 def fake_journal(monkeypatch: pytest.MonkeyPatch) -> Journal:
     fake = Journal()
-    monkeypatch.setattr(journal, "send", fake.send)
+    monkeypatch.setattr(events_module, "journal_sender", lambda: fake.send)
     return fake
 
 

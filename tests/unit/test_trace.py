@@ -15,6 +15,7 @@ from tests.unit.builders import MIB, S, one_gpu
 from vramwatch import model
 from vramwatch.config import ConfigError, parse
 from vramwatch.model import GpuProcess, GpuSample, HostSample, Owner, Snapshot, UnitUsage
+from vramwatch.recording import Recorder
 from vramwatch.trace import (
     GPU_FIELDS,
     GPU_OPTIONAL,
@@ -23,7 +24,6 @@ from vramwatch.trace import (
     PROCESS_FIELDS,
     SNAPSHOT_FIELDS,
     UNIT_FIELDS,
-    Recorder,
     TraceError,
     TraceReader,
     TraceWriter,
@@ -333,6 +333,31 @@ def test_a_recording_error_is_logged_once_and_recording_never_raises(tmp_path: P
 
     assert ["record_error"] == [name for name, _ in said]
     assert "guarding goes on without recording" in said[0][1]
+
+
+def test_a_reload_that_turns_recording_on_records_from_then_with_the_reloaded_config(
+    tmp_path: Path,
+) -> None:
+    """The recorder is built for every daemon; the trace module comes with the first target."""
+    config_path = tmp_path / "vramwatch.toml"
+    config_path.write_text(CONFIG)
+    recorder = Recorder(lambda name, level, message, **f: None)
+    recorder.configure(parse(CONFIG, config_path), "start", False, lambda c: c)
+    recorder.begin_tick()
+    recorder.sampled(one_gpu(0))
+    recorder.end_tick()
+    text = CONFIG.replace('interval = "2s"', f'record = "{tmp_path}/trace.jsonl.gz"')
+    config_path.write_text(text)
+    recorder.configure(parse(text, config_path), "reload", False, lambda c: c)
+    recorder.begin_tick()
+    recorder.sampled(one_gpu(S))
+    recorder.end_tick()
+    recorder.close()
+
+    records = list(TraceReader(tmp_path / "trace.jsonl.gz"))
+
+    assert [("h", None), ("c", "reload"), ("s", None)] == [(r["k"], r.get("why")) for r in records]
+    assert (text, S) == (records[1]["text"], records[2]["m"])
 
 
 @pytest.mark.parametrize(

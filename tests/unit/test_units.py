@@ -203,3 +203,30 @@ def test_format_duration_reads_back_as_the_same_duration(text: str) -> None:
     ns = units.parse_duration_ns(text)
 
     assert ns == units.parse_duration_ns(units.format_duration(ns))
+
+
+@pytest.mark.parametrize(
+    "number",
+    [
+        "0",
+        "1",
+        "7",
+        "0.5",
+        "1.5",
+        "2.5",
+        "0.0000001",
+        "0.00000005",
+        "0.00000015",
+        "3.14159",
+        "12345678901234567890.123456789",
+        "0.499999999",
+        "1.000",
+        "09.50",
+    ],
+)
+@pytest.mark.parametrize("factor", [1, 3, 1000, 1024, MIB, 10**9, 3600 * 10**9])
+def test_scaled_is_the_exact_product_rounded_half_to_even(number: str, factor: int) -> None:
+    """What ``round(Fraction(number) * factor)`` gave before, without importing fractions."""
+    from fractions import Fraction
+
+    assert round(Fraction(number) * factor) == units.scaled(number, factor)

@@ -1,0 +1,285 @@
+"""The daemon's side of recording: the :class:`Recorder` and what feeds it.
+
+:class:`RecordingDaemon` is the daemon ``vramwatch run`` builds, recording or
+not, since a reload may turn ``[daemon] record`` on. The trace format, its
+writer and its reader (:mod:`vramwatch.trace`) are imported once a trace is
+configured: a daemon that does not record does not carry them (issue 17).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vramwatch.config import Config
+from vramwatch.daemon import Actuator, Daemon, SnapshotSource
+from vramwatch.model import Snapshot, Verb
+from vramwatch.systemd import JobOutcome
+
+if TYPE_CHECKING:
+    from vramwatch.trace import TraceWriter
+
+# After a failed write, try again this often (each retry sets the broken segment aside).
+RETRY_NS = 60 * 10**9
+
+
+class Recorder:
+    """Feeds a :class:`TraceWriter` from the daemon. Never raises: a recording error is
+    logged once (``record_error``) and guarding goes on; ``record_resumed`` when it works
+    again."""
+
+    def __init__(
+        self,
+        say: Callable[..., None],
+        override: str | None = None,
+        *,
+        wall_ns: Callable[[], int] = time.time_ns,
+        mono_ns: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        self.say = say
+        self.override = override
+        self.wall_ns = wall_ns
+        self.mono_ns = mono_ns
+        self.writer: TraceWriter | None = None
+        self._config: dict[str, Any] | None = None
+        self._state: dict[str, Any] | None = None
+        self._in_tick = False
+        self._failed: str | None = None
+        self._retry_ns = 0
+
+    def configure(
+        self,
+        config: Config,
+        why: str,
+        forced_dry_run: bool,
+        effective: Callable[[Config], Config],
+    ) -> None:
+        """The config in force (at start, and after each reload that changed it)."""
+        target = self.override or config.daemon.record
+        if target is None:  # not recording, or no longer: no trace module needed
+            self.close()
+            self.writer = None
+            return
+        from vramwatch.trace import TraceError, TraceWriter, config_record
+
+        target = os.path.abspath(target)  # `run --record trace.gz`: where it was started
+        try:
+            self._config = config_record(config, why, forced_dry_run, effective)
+        except Exception as exc:  # noqa: BLE001 - recording must never stop guarding
+            self._fail(f"cannot record the config: {exc!r}")
+            return
+        if self.writer is not None and (
+            Path(target) != self.writer.path
+            or self.writer.keep_ns != config.daemon.record_keep_ns
+            or self.writer.max_bytes != config.daemon.record_max_bytes
+        ):
+            self.close()
+            self.writer = None
+        if self.writer is None:
+            self.writer = TraceWriter(
+                Path(target),
+                config.daemon.record_keep_ns,
+                config.daemon.record_max_bytes,
+                wall_ns=self.wall_ns,
+            )
+            self._failed = None
+        self._preamble()
+        if self.writer.is_open:
+            self._write(dict(self._config, t=self.wall_ns() // 10**6))
+        elif self._failed is None:
+            # Open now: a reload before the first tick is in the trace, and a directory
+            # that cannot be written is reported at start.
+            try:
+                self.writer.open()
+            except TraceError as exc:
+                self._fail(str(exc))
+
+    def restored(self, actions_ns: Mapping[str, tuple[int, ...]]) -> None:
+        """The restart history the daemon restored from its state file at start."""
+        self._state = {"k": "st", "a": {unit: list(times) for unit, times in actions_ns.items()}}
+        self._preamble()
+        if self.writer is not None and self.writer.is_open:
+            self._write(self._state)
+
+    def _preamble(self) -> None:
+        if self.writer is not None and self._config is not None:
+            self.writer.preamble = [self._config] + ([self._state] if self._state else [])
+
+    def begin_tick(self) -> None:
+        self._in_tick = True
+
+    def end_tick(self) -> None:
+        self._in_tick = False
+        if self.writer is not None and self.writer.is_open:
+            from vramwatch.trace import TraceError  # loaded with the writer
+
+            try:
+                self.writer.end_tick()
+            except TraceError as exc:
+                self._fail(str(exc))
+
+    def sampled(self, snapshot: Snapshot) -> None:
+        first, self._in_tick = self._in_tick, False
+        if self.writer is None:
+            return
+        from vramwatch.trace import encode_snapshot  # loaded with the writer
+
+        try:
+            record = encode_snapshot(snapshot)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(f"cannot encode a sample: {exc!r}")
+            return
+        record["k"] = "s" if first else "x"
+        record["m"] = snapshot.now_ns
+        record["t"] = self.wall_ns() // 10**6
+        self._write(record, tick=first)
+
+    def sample_failed(self, now_ns: int, exc: BaseException) -> None:
+        first, self._in_tick = self._in_tick, False
+        if self.writer is None:
+            return
+        record = {"k": "sf" if first else "xf", "m": now_ns, "t": self.wall_ns() // 10**6}
+        record["err"] = repr(exc)
+        self._write(record, tick=first)
+
+    def acted(
+        self,
+        unit: str,
+        verb: str,
+        outcome: JobOutcome | None = None,
+        exc: BaseException | None = None,
+    ) -> None:
+        if self.writer is None:
+            return
+        record: dict[str, Any] = {"k": "a", "unit": unit, "verb": verb}
+        if exc is not None:
+            record["raise"] = repr(exc)
+        elif outcome is not None:
+            record.update(
+                ok=bool(outcome.ok),
+                result=str(outcome.result),
+                detail=str(outcome.detail),
+                accepted=bool(outcome.accepted),
+            )
+        self._write(record)
+
+    def _write(self, record: Mapping[str, Any], *, tick: bool = False) -> None:
+        writer = self.writer
+        if writer is None:
+            return
+        if self._failed is not None and not writer.is_open:
+            if self.mono_ns() < self._retry_ns:
+                return
+            if not tick:
+                return  # start again at a tick, not in the middle of one
+        from vramwatch.trace import TraceError  # loaded with the writer
+
+        try:
+            writer.write(record, tick=tick)
+        except TraceError as exc:
+            self._fail(str(exc))
+            return
+        if self._failed is not None:
+            self._failed = None
+            self.say(
+                "record_resumed",
+                "info",
+                f"recording to {writer.path} works again",
+                record=str(writer.path),
+            )
+
+    def _fail(self, problem: str) -> None:
+        self._retry_ns = self.mono_ns() + RETRY_NS
+        if problem == self._failed:
+            return
+        self._failed = problem
+        self.say(
+            "record_error",
+            "error",
+            f"recording failed: {problem}; guarding goes on without recording",
+            record=str(self.writer.path) if self.writer is not None else None,
+            error=problem,
+        )
+
+    def close(self) -> None:
+        if self.writer is None:
+            return
+        from vramwatch.trace import TraceError  # loaded with the writer
+
+        try:
+            self.writer.close()
+        except TraceError as exc:
+            self._fail(str(exc))
+
+
+class RecordingSampler:
+    """The daemon's sampler, with every sample (and failure) written to the trace."""
+
+    def __init__(self, inner: SnapshotSource, recorder: Recorder) -> None:
+        self.inner = inner
+        self.recorder = recorder
+
+    def sample(self, config: Config, now_ns: int, *, recheck: bool = False) -> Snapshot:
+        try:
+            snapshot = self.inner.sample(config, now_ns, recheck=recheck)
+        except Exception as exc:
+            self.recorder.sample_failed(now_ns, exc)
+            raise
+        self.recorder.sampled(snapshot)
+        return snapshot
+
+    def close(self) -> None:
+        self.recorder.close()
+        self.inner.close()
+
+
+class RecordingActuator:
+    """The daemon's actuator, with each answer written to the trace."""
+
+    def __init__(self, inner: Actuator, recorder: Recorder) -> None:
+        self.inner = inner
+        self.recorder = recorder
+
+    def act(self, unit: str, verb: Verb, should_stop: Callable[[], bool]) -> JobOutcome:
+        try:
+            outcome = self.inner.act(unit, verb, should_stop)
+        except Exception as exc:
+            self.recorder.acted(unit, verb.value, exc=exc)
+            raise
+        self.recorder.acted(unit, verb.value, outcome)
+        return outcome
+
+
+class RecordingDaemon(Daemon):
+    """The daemon, recording to ``record`` (``run --record``) or ``[daemon] record``.
+
+    Nothing about guarding changes: the sampler and the actuator are wrapped, and
+    the config is recorded at start and after each reload that changed it.
+    """
+
+    def __init__(self, *args: Any, record: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.recorder = Recorder(self.events.say, record)
+        self.sampler = RecordingSampler(self.sampler, self.recorder)
+        self.actuator = RecordingActuator(self.actuator, self.recorder)
+        self.recorder.configure(self.config, "start", self.force_dry_run, self._effective)
+
+    def restore_state(self) -> None:
+        super().restore_state()
+        self.recorder.restored(self.history.actions_ns)
+
+    def reload(self) -> None:
+        before = self.config
+        super().reload()
+        if self.config is not before:
+            self.recorder.configure(self.config, "reload", self.force_dry_run, self._effective)
+
+    def tick(self, now_ns: int | None = None) -> None:
+        self.recorder.begin_tick()
+        try:
+            super().tick(now_ns)
+        finally:
+            self.recorder.end_tick()
