@@ -21,7 +21,13 @@ from tests.fakenvml import (
     subprocess_env,
 )
 from vramwatch.model import GpuProcess, GpuSample
-from vramwatch.sources.nvml import INIT_RETRY_FIRST_NS, REENUMERATE_NS, NvmlSource
+from vramwatch.sources import nvml
+from vramwatch.sources.nvml import (
+    INIT_RETRY_FIRST_NS,
+    REENUMERATE_NS,
+    NvmlSource,
+    RawProcessLists,
+)
 
 S = 10**9
 T4 = "GPU-8f1c2a3e-0000-0000-0000-000000000000"
@@ -45,6 +51,16 @@ def two_gpus() -> list[FakeGpu]:
     ]
 
 
+@pytest.fixture(params=["raw", "public"])
+def process_lists(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways the source reads process lists: pynvml's structs unpacked at once
+    (the default), and pynvml's public functions (when its internals are not there)."""
+    if request.param == "public":
+        monkeypatch.setattr(RawProcessLists, "create", classmethod(lambda cls: None))
+    return str(request.param)
+
+
+@pytest.mark.usefixtures("process_lists")
 def test_samples_memory_and_every_process_kind(fake_nvml: FakeNvmlState) -> None:
     fake_nvml.write(two_gpus())
     source = NvmlSource()
@@ -78,6 +94,7 @@ def test_samples_memory_and_every_process_kind(fake_nvml: FakeNvmlState) -> None
     ) == gpus
 
 
+@pytest.mark.usefixtures("process_lists")
 def test_a_process_in_two_lists_counts_once(fake_nvml: FakeNvmlState) -> None:
     fake_nvml.write(
         [FakeGpu(T4, mib(15360), processes=(FakeProcess(7, mib(100), "compute,graphics"),))]
@@ -104,6 +121,7 @@ def test_no_driver_is_reported_once_and_retried_with_backoff(fake_nvml: FakeNvml
     assert (2, None) == (len(later[0]), later[1])
 
 
+@pytest.mark.usefixtures("process_lists")
 def test_a_lost_gpu_is_an_error_sample_and_the_others_still_read(fake_nvml: FakeNvmlState) -> None:
     fake_nvml.write(two_gpus(), errors={"nvmlDeviceGetComputeRunningProcesses_v3@0": "GPU_IS_LOST"})
     source = NvmlSource()
@@ -141,6 +159,7 @@ def test_memory_info_falls_back_to_v1_on_an_old_driver(fake_nvml: FakeNvmlState)
     assert [mib(4360), mib(22576)] == [g.free_bytes for g in gpus]
 
 
+@pytest.mark.usefixtures("process_lists")
 def test_process_list_race_beyond_the_binding_buffer_is_retried(fake_nvml: FakeNvmlState) -> None:
     # 1 process -> the binding allocates 2*1+5 = 7 entries; 20 more appear.
     fake_nvml.write(two_gpus()[:1], grow={"nvmlDeviceGetComputeRunningProcesses_v3": 20})
@@ -169,14 +188,18 @@ def test_driver_not_loaded_after_init_resets_and_reinitialises(fake_nvml: FakeNv
 
 
 OLD_DRIVER_SCRIPT = """
-import json
-from vramwatch.sources.nvml import NvmlSource
+import json, sys
+from vramwatch.sources.nvml import NvmlSource, RawProcessLists
+if sys.argv[1] == "public":
+    RawProcessLists.create = classmethod(lambda cls: None)
 gpus, error = NvmlSource().sample(0)
 print(json.dumps([[p.pid, p.used_bytes] for g in gpus for p in g.processes] + [error]))
 """
 
 
-def test_an_old_driver_without_v3_process_lists_falls_back_to_v2(tmp_path: Path) -> None:
+def test_an_old_driver_without_v3_process_lists_falls_back_to_v2(
+    tmp_path: Path, process_lists: str
+) -> None:
     lib = build(
         tmp_path / "old",
         hide_symbols=[
@@ -189,7 +212,7 @@ def test_an_old_driver_without_v3_process_lists_falls_back_to_v2(tmp_path: Path)
     state.write(two_gpus())
 
     out = subprocess.run(
-        [sys.executable, "-c", OLD_DRIVER_SCRIPT],
+        [sys.executable, "-c", OLD_DRIVER_SCRIPT, process_lists],
         env=subprocess_env(lib, state.path),
         capture_output=True,
         text=True,
@@ -197,6 +220,90 @@ def test_an_old_driver_without_v3_process_lists_falls_back_to_v2(tmp_path: Path)
     ).stdout
 
     assert [[4242, mib(10700)], [4343, None], [5000, mib(2000)], None] == json.loads(out)
+
+
+@pytest.mark.usefixtures("process_lists")
+@pytest.mark.parametrize(
+    ("errors", "expected"),
+    [
+        # Graphics and MPS lists a GPU does not support are empty; compute must be known.
+        ({"nvmlDeviceGetGraphicsRunningProcesses_v3": "NOT_SUPPORTED"}, [[4242], [5000]]),
+        ({"nvmlDeviceGetMPSComputeRunningProcesses_v3": "NOT_SUPPORTED"}, [[4242, 4343], []]),
+        ({"nvmlDeviceGetComputeRunningProcesses_v3@0": "NOT_SUPPORTED"}, ["NOT_SUPPORTED", [5000]]),
+        # A size race on every try: an error sample once the retries are spent.
+        (
+            {"nvmlDeviceGetComputeRunningProcesses_v3@0": "INSUFFICIENT_SIZE"},
+            ["INSUFFICIENT_SIZE", [5000]],
+        ),
+        # Three races, then an answer: within the retries.
+        (
+            {"nvmlDeviceGetComputeRunningProcesses_v3@0": "INSUFFICIENT_SIZE 3"},
+            [[4242, 4343], [5000]],
+        ),
+        ({"nvmlDeviceGetMPSComputeRunningProcesses_v3@1": "UNKNOWN"}, [[4242, 4343], "UNKNOWN"]),
+    ],
+)
+def test_a_failing_process_list_is_translated_as_the_binding_would(
+    fake_nvml: FakeNvmlState, errors: dict[str, str], expected: list[object]
+) -> None:
+    fake_nvml.write(two_gpus(), errors=errors)
+    source = NvmlSource()
+
+    gpus, error = source.sample(0)
+    source.close()
+
+    assert None is error
+    assert expected == [
+        g.error.split(":")[0] if g.error else [p.pid for p in g.processes] for g in gpus
+    ]
+
+
+def test_process_lists_are_read_without_pynvml_s_friendly_objects(
+    fake_nvml: FakeNvmlState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pynvml's per-process conversion (about 1 ms a tick at 512 processes) is not used."""
+    import pynvml
+
+    def refused(struct: object) -> object:
+        raise AssertionError("nvmlStructToFriendlyObject called")
+
+    monkeypatch.setattr(pynvml, "nvmlStructToFriendlyObject", refused)
+    fake_nvml.write(two_gpus())
+    source = NvmlSource()
+
+    gpus, _ = source.sample(0)
+    source.close()
+
+    assert [[(4242, mib(10700)), (4343, None)], [(5000, mib(2000))]] == [
+        [(p.pid, p.used_bytes) for p in g.processes] for g in gpus
+    ]
+
+
+def test_without_pynvml_s_internals_the_public_functions_are_used(
+    fake_nvml: FakeNvmlState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast reader rests on pynvml's private function lookup: gone, it is not used."""
+    import pynvml
+
+    monkeypatch.delattr(pynvml, "_nvmlGetFunctionPointer")
+
+    assert None is RawProcessLists.create()
+
+
+def test_a_process_struct_of_another_layout_is_not_unpacked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ctypes
+
+    import pynvml
+
+    class Other(ctypes.Structure):
+        _fields_ = [("usedGpuMemory", ctypes.c_ulonglong), ("pid", ctypes.c_ulonglong)]
+
+    monkeypatch.setattr(pynvml, "c_nvmlProcessInfo_v2_t", Other)
+
+    assert None is RawProcessLists.create()
+    assert nvml._public_list is NvmlSource()._read_list
 
 
 # --------------------------------------------------------------------------

@@ -8,6 +8,8 @@ no driver at all gives ``nvml_error`` and the daemon guards host RAM only.
 
 from __future__ import annotations
 
+import ctypes
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -81,6 +83,81 @@ def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         raise NvmlFailure(code, f"{code}: {exc}") from None
     except pynvml.NVMLLibraryMismatchError as exc:
         raise NvmlFailure("FUNCTION_NOT_FOUND", str(exc)) from None
+
+
+# usedGpuMemory when the driver cannot say (NVML_VALUE_NOT_AVAILABLE as unsigned long long).
+NOT_AVAILABLE = 2**64 - 1
+
+
+class RawProcessLists:
+    """NVML's process lists as ``(pid, usedGpuMemory or None)`` pairs, through pynvml's
+    own function pointers and its own ``c_nvmlProcessInfo_v2_t`` array, read in one
+    ``struct`` unpack: pynvml's ``nvmlDevice*RunningProcesses_v2/_v3`` build a friendly
+    object per process field by field (``nvmlStructToFriendlyObject``), which cost about
+    1 ms a tick at 512 processes (docs/benchmarks.md).
+
+    The calls are the binding's own: a size query, then a fill of 2n+5 entries; any
+    other answer raises the binding's ``NVMLError`` (``INSUFFICIENT_SIZE`` when more
+    processes appeared than that, ``FUNCTION_NOT_FOUND`` for a missing symbol). It
+    relies on two private names of pynvml: :meth:`create` returns None when they
+    are gone or differ, and the source then calls the public functions.
+    """
+
+    def __init__(self, lookup: Callable[[str], Any], info: type[ctypes.Structure]) -> None:
+        self._lookup = lookup
+        self._info = info
+        fields = {field[0]: field[1] for field in info._fields_}
+        pid_at = info.pid.offset
+        used_at = info.usedGpuMemory.offset
+        size = ctypes.sizeof(info)
+        if (
+            fields.get("pid") is not ctypes.c_uint
+            or fields.get("usedGpuMemory") is not ctypes.c_ulonglong
+            or not pid_at + 4 <= used_at <= size - 8
+        ):
+            raise TypeError(f"unexpected layout of {info.__name__}: {info._fields_}")
+        # Native byte order, no implicit padding: the offsets are ctypes' own.
+        self._layout = struct.Struct(f"={pid_at}xI{used_at - pid_at - 4}xQ{size - used_at - 8}x")
+
+    @classmethod
+    def create(cls) -> RawProcessLists | None:
+        """The reader over this pynvml, or None when its internals are not as expected."""
+        lookup = getattr(pynvml, "_nvmlGetFunctionPointer", None)
+        info = getattr(pynvml, "c_nvmlProcessInfo_v2_t", None)
+        if not callable(lookup) or not isinstance(info, type):
+            return None
+        try:
+            return cls(lookup, info)
+        except (TypeError, AttributeError):
+            return None
+
+    def read(self, name: str, handle: Any) -> list[tuple[int, int | None]]:
+        """The list ``name`` (a ``_v2`` or ``_v3`` entry point) of one device."""
+        fn = self._lookup(name)
+        count = ctypes.c_uint(0)
+        ret = fn(handle, ctypes.byref(count), None)
+        if ret == pynvml.NVML_SUCCESS:
+            return []  # no process
+        if ret != pynvml.NVML_ERROR_INSUFFICIENT_SIZE:
+            raise pynvml.NVMLError(ret)
+        count.value = count.value * 2 + 5  # room for processes that start meanwhile
+        infos = (self._info * count.value)()
+        ret = fn(handle, ctypes.byref(count), infos)
+        if ret != pynvml.NVML_SUCCESS:
+            raise pynvml.NVMLError(ret)
+        data = ctypes.string_at(infos, self._layout.size * count.value)
+        return [
+            (pid, None if used == NOT_AVAILABLE else used)
+            for pid, used in self._layout.iter_unpack(data)
+        ]
+
+
+def _public_list(name: str, handle: Any) -> list[tuple[int, int | None]]:
+    """The list ``name`` through pynvml's public function (its friendly objects)."""
+    return [
+        (int(p.pid), None if p.usedGpuMemory is None else int(p.usedGpuMemory))
+        for p in getattr(pynvml, name)(handle)
+    ]
 
 
 def describe_init_failure(failure: NvmlFailure) -> str:
@@ -161,6 +238,8 @@ class NvmlSource:
         # (pid, used, kind): equal values are handed out again.
         self._made: dict[tuple[int, int | None, str], GpuProcess] = {}
         self._making: dict[tuple[int, int | None, str], GpuProcess] = {}
+        raw = RawProcessLists.create()
+        self._read_list = raw.read if raw is not None else _public_list
 
     def sample(self, now_ns: int) -> tuple[tuple[GpuSample, ...], str | None]:
         """Every GPU as a sample (``error`` set on failure), or the reason NVML is unusable."""
@@ -318,9 +397,7 @@ class NvmlSource:
     def _processes(self, handle: Any) -> tuple[GpuProcess, ...]:
         seen: dict[int, GpuProcess] = {}
         for kind, names in _PROCESS_LISTS:
-            for proc in self._process_list(handle, names, optional=kind != "compute"):
-                pid = int(proc.pid)
-                used = None if proc.usedGpuMemory is None else int(proc.usedGpuMemory)
+            for pid, used in self._process_list(handle, names, optional=kind != "compute"):
                 if pid in seen:
                     # A process can be both compute and graphics: count it once, keep
                     # the figure we know.
@@ -341,12 +418,15 @@ class NvmlSource:
         self._making[key] = made
         return made
 
-    def _process_list(self, handle: Any, names: tuple[str, ...], optional: bool) -> list[Any]:
+    def _process_list(
+        self, handle: Any, names: tuple[str, ...], optional: bool
+    ) -> list[tuple[int, int | None]]:
+        """(pid, used bytes or None) of one list, from the newest entry point the driver has."""
         i = 0
         races = 0
         while i < len(names):
             try:
-                return list(_call(getattr(pynvml, names[i]), handle))
+                return _call(self._read_list, names[i], handle)  # type: ignore[no-any-return]
             except NvmlFailure as failure:
                 if failure.code == "INSUFFICIENT_SIZE" and races < LIST_RACE_RETRIES:
                     races += 1  # processes appeared between the size query and the fill
