@@ -215,6 +215,8 @@ class UnitUsage:
     # Anonymous + shmem memory (never page cache or file-backed mappings): from
     # the unit's memory cgroup, or summed RssAnon + RssShmem of its processes.
     ram_bytes: int | None
+    # Its processes, for `status` and the trace: read only when the sampler is asked
+    # for them (Sampler.pids) or sums RAM over them; () otherwise (no decision uses them).
     pids: tuple[int, ...]
     # "memory.stat" (cgroup v2), "memory.stat (v1)", "rss-anon+shmem", "inactive",
     # or "" when unknown

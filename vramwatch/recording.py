@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from vramwatch.config import Config
 from vramwatch.daemon import Actuator, Daemon, SnapshotSource
@@ -215,14 +215,26 @@ class Recorder:
             self._fail(str(exc))
 
 
+@runtime_checkable
+class PidsOnRequest(Protocol):
+    """A sampler that reads tenants' PIDs (``UnitUsage.pids``) only while ``pids`` is
+    true (:class:`~vramwatch.sampler.Sampler`): no decision uses them, the trace does."""
+
+    pids: bool
+
+
 class RecordingSampler:
     """The daemon's sampler, with every sample (and failure) written to the trace."""
 
     def __init__(self, inner: SnapshotSource, recorder: Recorder) -> None:
         self.inner = inner
         self.recorder = recorder
+        self._pids = isinstance(inner, PidsOnRequest) and inner.pids
 
     def sample(self, config: Config, now_ns: int, *, recheck: bool = False) -> Snapshot:
+        if isinstance(self.inner, PidsOnRequest):
+            # Recording is switched on and off by a reload ([daemon] record).
+            self.inner.pids = self._pids or self.recorder.writer is not None
         try:
             snapshot = self.inner.sample(config, now_ns, recheck=recheck)
         except Exception as exc:

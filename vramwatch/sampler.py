@@ -116,10 +116,18 @@ class Sampler:
         procfs: ProcFs,
         engine: Callable[[str], Engine] = Engine,
         name_containers: bool = False,
+        pids: bool = False,
     ) -> None:
         """``engine`` makes the Engine API client for a socket; it is used only while
-        a tenant is a container, or always with ``name_containers`` (``status``)."""
+        a tenant is a container, or always with ``name_containers`` (``status``).
+
+        ``pids``: read every tenant's PIDs (``cgroup.procs``) into ``UnitUsage.pids``,
+        for ``status`` and a recording daemon (the attribute may change between
+        ticks). No decision uses them: without, a unit's PIDs are read only when its
+        RAM is summed over its processes (no memory cgroup), and are ``()`` otherwise.
+        """
         self.gpus = gpus
+        self.pids = pids
         # NVML runs on one worker thread with a per-tick deadline: a hung driver
         # costs the GPUs, never host-RAM guarding.
         self.nvml = DeadlineGpuSource(gpus)
@@ -377,15 +385,14 @@ class Sampler:
         now_ns: int,
         relaxed: bool = False,
     ) -> UnitUsage:
-        cgroup = self.procfs.locate_unit(unit, manager, now_ns)
+        cgroup = self.procfs.locate_unit(unit, manager, now_ns, pids=self.pids)
         if cgroup is None:
             pids: tuple[int, ...] = ()
             ram: int | None = 0  # not running: no cgroup, no memory
             source = "inactive"
         else:
             try:
-                pids = self.procfs.unit_pids(cgroup)
-                ram, source = self._unit_ram(unit, cgroup, pids, now_ns, relaxed)
+                pids, ram, source = self._unit_ram(unit, cgroup, now_ns, relaxed)
             except OSError:
                 # One unreadable cgroup must not blind the whole tick: this unit's
                 # RAM is unknown (never acted on), every other reading stands.
@@ -400,17 +407,36 @@ class Sampler:
         )
 
     def _unit_ram(
-        self, unit: str, cgroup: str, pids: tuple[int, ...], now_ns: int, relaxed: bool
-    ) -> tuple[int | None, str]:
+        self, unit: str, cgroup: str, now_ns: int, relaxed: bool
+    ) -> tuple[tuple[int, ...], int | None, str]:
+        """A located unit's PIDs (``()`` when not read), RAM and its source.
+
+        The PIDs are read first when wanted, or when the RAM was summed over them
+        last time (the relaxed sum below is kept only while they stay the same);
+        otherwise only when the unit turns out to have no memory cgroup."""
         last = self._rss.get(unit)
-        if relaxed and last is not None and last[0] == pids and now_ns - last[2] < RSS_RELAXED_NS:
-            return last[1], RSS_SOURCE  # same processes, far from the floor: the sum stands
-        ram, source = self.procfs.unit_ram(cgroup, pids)
-        if source == RSS_SOURCE and ram is not None:
+        pids: tuple[int, ...] = ()
+        if self.pids or last is not None:
+            pids = self.procfs.unit_pids(cgroup)
+            if (
+                relaxed
+                and last is not None
+                and last[0] == pids
+                and now_ns - last[2] < RSS_RELAXED_NS
+            ):
+                return pids, last[1], RSS_SOURCE  # same processes, far from the floor
+        found = self.procfs.cgroup_ram(cgroup)
+        if found is not None:
+            self._rss.pop(unit, None)
+            return pids, found[0], found[1]
+        if not self.pids and last is None:
+            pids = self.procfs.unit_pids(cgroup)
+        ram, source = self.procfs.rss_sum(pids)
+        if source == RSS_SOURCE:
             self._rss[unit] = (pids, ram, now_ns)
         else:
             self._rss.pop(unit, None)
-        return ram, source
+        return pids, ram, source
 
     def _comm(self, pid: int) -> str:
         try:

@@ -33,6 +33,7 @@ def collect(
     Containers are named through the Engine API whenever its socket answers,
     even with no container tenant; otherwise they show as their cgroup."""
     sampler = sampler or Sampler(NvmlSource(), ProcFs(), name_containers=True)
+    sampler.pids = True  # status lists each tenant's processes
     snapshot = sampler.sample(config, time.monotonic_ns())
     sampler.close()
     client = client or SystemdClient(config.daemon.bus)

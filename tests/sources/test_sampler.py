@@ -13,6 +13,7 @@ from tests.fakenvml import FakeGpu, FakeNvmlState, FakeProcess, mib
 from vramwatch import config as cfg
 from vramwatch.model import Owner
 from vramwatch.sampler import Sampler
+from vramwatch.sources import procfs
 from vramwatch.sources.nvml import NvmlSource
 from vramwatch.sources.procfs import CgroupLayout, ProcFs
 
@@ -99,7 +100,7 @@ def test_tenant_vram_sums_its_processes_and_ignores_same_named_user_units(
     fake_nvml: FakeNvmlState, tmp_path: Path
 ) -> None:
     fake_nvml.write(gpus())
-    sampler = Sampler(NvmlSource(), world(tmp_path, 900_000))
+    sampler = Sampler(NvmlSource(), world(tmp_path, 900_000), pids=True)
 
     snap = sampler.sample(CONFIG, 0)
     sampler.close()
@@ -213,7 +214,9 @@ def test_a_system_tenant_owns_everything_below_its_cgroup(
             )
         ]
     )
-    sampler = Sampler(NvmlSource(), ProcFs(tmp_path / "proc", layout=CgroupLayout("v2", cg, cg)))
+    sampler = Sampler(
+        NvmlSource(), ProcFs(tmp_path / "proc", layout=CgroupLayout("v2", cg, cg)), pids=True
+    )
 
     snap = sampler.sample(SYSTEM_WIDE, 0)
     sampler.close()
@@ -252,3 +255,98 @@ def test_an_unreadable_process_costs_only_itself_in_the_biggest_ram_users(
 
     assert (("immich-ml.service", 1000 * 1024),) == snap.ram_top
     assert mib(1500) == snap.units["immich-ml.service"].ram_bytes
+
+
+# --------------------------------------------------------------------------
+# A tenant's PIDs are read only when wanted (issue 17: tick cost)
+
+TWO_TENANTS = cfg.parse(
+    '[[tenant]]\nunit = "a.service"\nram = "1GiB"\n[[tenant]]\nunit = "b.service"\nram = "1GiB"\n',
+    "<test>",
+)
+
+
+def pids_world(tmp_path: Path) -> Path:
+    """a.service has a memory cgroup and a cgroup.procs that cannot be read (a
+    directory); b.service has no memory cgroup: its RAM is its process's."""
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "meminfo").write_text("MemTotal: 1000000 kB\nMemAvailable: 900000 kB\n")
+    cg = tmp_path / "cgroup"
+    a, b = cg / "system.slice" / "a.service", cg / "system.slice" / "b.service"
+    (a / "cgroup.procs").mkdir(parents=True)
+    (a / "memory.stat").write_text(memory_stat(mib(700), mib(100)))
+    b.mkdir(parents=True)
+    (b / "cgroup.procs").write_text("20\n")
+    proc(tmp_path, 20, "/system.slice/b.service", "python3", rss_pages=256)
+    return cg
+
+
+@pytest.mark.parametrize("held", [False, True])
+def test_a_tenant_s_pids_are_not_read_when_its_memory_cgroup_gives_its_ram(
+    fake_nvml: FakeNvmlState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: bool
+) -> None:
+    """No decision uses a tenant's PIDs: the daemon's tick reads cgroup.procs only to
+    sum RAM over processes (b.service), never where memory.stat gives it (a.service),
+    whether its cgroup is read afresh or through held descriptors."""
+    cg = pids_world(tmp_path)
+    if held:  # the fixture tree taken for a cgroup v2 mount: its files are held open
+        monkeypatch.setattr(procfs, "_cgroup2_mounts", lambda: frozenset({str(cg)}))
+    fake_nvml.write([FakeGpu(UUID, mib(15360))])
+    sampler = Sampler(NvmlSource(), ProcFs(tmp_path / "proc", layout=CgroupLayout("v2", cg, cg)))
+
+    snaps = [sampler.sample(TWO_TENANTS, t * 10**9) for t in range(3)]
+    sampler.close()
+
+    assert [
+        {
+            "a.service": ((), mib(800), "memory.stat"),
+            "b.service": ((20,), mib(1), "rss-anon+shmem"),
+        }
+    ] * 3 == [
+        {unit: (u.pids, u.ram_bytes, u.ram_source) for unit, u in snap.units.items()}
+        for snap in snaps
+    ]
+
+
+def test_pids_wanted_are_read_and_a_cgroup_procs_that_cannot_be_is_unknown_ram(
+    fake_nvml: FakeNvmlState, tmp_path: Path
+) -> None:
+    """The control for the test above: asked for PIDs (status, recording), the sampler
+    reads a.service's cgroup.procs, which fails: that tenant's RAM is unknown."""
+    cg = pids_world(tmp_path)
+    fake_nvml.write([FakeGpu(UUID, mib(15360))])
+    sampler = Sampler(
+        NvmlSource(), ProcFs(tmp_path / "proc", layout=CgroupLayout("v2", cg, cg)), pids=True
+    )
+
+    snap = sampler.sample(TWO_TENANTS, 0)
+    sampler.close()
+
+    assert {"a.service": ((), None, ""), "b.service": ((20,), mib(1), "rss-anon+shmem")} == {
+        unit: (u.pids, u.ram_bytes, u.ram_source) for unit, u in snap.units.items()
+    }
+
+
+def test_status_lists_every_tenant_s_pids(fake_nvml: FakeNvmlState, tmp_path: Path) -> None:
+    """`status` asks the sampler for PIDs, whatever sampler it is given."""
+    from vramwatch.status import collect
+    from vramwatch.systemd import BusError
+
+    class NoBus:
+        def unit_state(self, unit: str) -> Any:
+            raise BusError("no bus", "no bus")
+
+        def close(self) -> None:
+            pass
+
+    cg = pids_world(tmp_path)
+    (cg / "system.slice" / "a.service" / "cgroup.procs").rmdir()
+    (cg / "system.slice" / "a.service" / "cgroup.procs").write_text("10\n11\n")
+    fake_nvml.write([FakeGpu(UUID, mib(15360))])
+    sampler = Sampler(NvmlSource(), ProcFs(tmp_path / "proc", layout=CgroupLayout("v2", cg, cg)))
+
+    report = collect(TWO_TENANTS, sampler, NoBus())  # type: ignore[arg-type]
+
+    assert {"a.service": [10, 11], "b.service": [20]} == {
+        t["unit"]: t["pids"] for t in report["tenants"]
+    }

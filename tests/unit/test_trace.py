@@ -15,7 +15,7 @@ from tests.unit.builders import MIB, S, one_gpu
 from vramwatch import model
 from vramwatch.config import ConfigError, parse
 from vramwatch.model import GpuProcess, GpuSample, HostSample, Owner, Snapshot, UnitUsage
-from vramwatch.recording import Recorder
+from vramwatch.recording import Recorder, RecordingSampler
 from vramwatch.trace import (
     GPU_FIELDS,
     GPU_OPTIONAL,
@@ -315,6 +315,40 @@ def test_a_config_file_changed_after_loading_is_not_recorded_as_the_config(
     record = config_record(config, "start", False, lambda c: c)
 
     assert (None, "the file changed after it was loaded") == (record["text"], record["problem"])
+
+
+class PidsSampler:
+    """A sampler that notes, at each sample, whether it was asked for tenants' PIDs."""
+
+    def __init__(self, pids: bool) -> None:
+        self.pids = pids
+        self.asked: list[bool] = []
+
+    def sample(self, config: Any, now_ns: int, *, recheck: bool = False) -> Snapshot:
+        self.asked.append(self.pids)
+        return one_gpu(now_ns)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("own", "expected"), [(False, [True, False, True]), (True, [True] * 3)])
+def test_tenants_pids_are_asked_for_while_recording(
+    tmp_path: Path, own: bool, expected: list[bool]
+) -> None:
+    """The trace keeps each tenant's PIDs; the daemon's tick reads them only while
+    recording, which a reload switches on and off."""
+    recording = parse(CONFIG.replace('interval = "2s"', f'record = "{tmp_path}/trace.gz"'))
+    inner = PidsSampler(own)
+    recorder = Recorder(lambda *a, **f: None)
+    sampler = RecordingSampler(inner, recorder)
+
+    for i, config in enumerate((recording, parse(CONFIG), recording)):
+        recorder.configure(config, "reload", False, lambda c: c)
+        sampler.sample(config, i * S)
+    sampler.close()
+
+    assert expected == inner.asked
 
 
 def test_a_recording_error_is_logged_once_and_recording_never_raises(tmp_path: Path) -> None:

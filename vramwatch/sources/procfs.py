@@ -400,9 +400,12 @@ class ProcFs:
         self.layout = layout or CgroupLayout.detect(cgroup_root)
         self._located: dict[tuple[str, str], str] = {}
         self._not_found_until: dict[tuple[str, str], int] = {}
-        # (path, st_nlink, its cgroup.procs if read) of the unit cgroup locate_unit()
-        # just found there.
-        self._checked: tuple[str, int, str | None] | None = None
+        # (path, st_nlink if known, its cgroup.procs if read) of the unit cgroup
+        # locate_unit() just found there.
+        self._checked: tuple[str, int | None, str | None] | None = None
+        # (cgroup, its memory.stat) when locate_unit() checked a held cgroup by reading
+        # its memory.stat instead of its cgroup.procs (PIDs not wanted): cgroup_ram()'s.
+        self._checked_stat: tuple[str, str] | None = None
         # Located units' cgroups held open (hold()), by unit and by cgroup path.
         self._held: dict[tuple[str, str], _Held] = {}
         self._held_at: dict[str, _Held] = {}
@@ -566,6 +569,8 @@ class ProcFs:
             del self._held_at[held.cgroup]
         if self._checked is not None and self._checked[0] == held.top:
             self._checked = None
+        if self._checked_stat is not None and self._checked_stat[0] == held.cgroup:
+            self._checked_stat = None
         for fd in held.fds():
             os.close(fd)
         self._held_fds -= len(held.fds())
@@ -592,24 +597,36 @@ class ProcFs:
         self._held[key] = self._held_at[cgroup] = held
         self._held_fds += len(held.fds())
 
-    def _held_procs(self, key: tuple[str, str]) -> str | None:
-        """A held unit's ``cgroup.procs`` read now, its link count noted for unit_pids();
-        None (and released) when its cgroup is gone or fails to read."""
+    def _held_check(self, key: tuple[str, str], pids: bool) -> str | None:
+        """A held unit's cgroup, proven there by a read through a held descriptor (which
+        fails once it is removed); None (and released) when it is gone or fails to read.
+
+        The read is kept for what comes next: with ``pids`` its ``cgroup.procs`` and link
+        count for unit_pids(); without, its ``memory.stat`` when held (for cgroup_ram()),
+        else its ``cgroup.procs`` (the link count then only if unit_pids() asks)."""
         held = self._held[key]
         try:
+            if not pids and held.stat_fd is not None:
+                self._checked_stat = (held.cgroup, _pread(held.stat_fd))
+                return held.cgroup
             text = _pread(held.procs_fd)
-            links = os.fstat(held.dir_fd).st_nlink
+            links = os.fstat(held.dir_fd).st_nlink if pids else None
         except OSError:  # ENODEV: removed (stopped, or restarted in a new directory)
             self._release(key)
             return None
         self._checked = (held.top, links, text)
         return held.cgroup
 
-    def locate_unit(self, unit: str, manager: str, now_ns: int) -> str | None:
-        """The cgroup path (relative to the tracking root) of a running unit."""
+    def locate_unit(self, unit: str, manager: str, now_ns: int, *, pids: bool = True) -> str | None:
+        """The cgroup path (relative to the tracking root) of a running unit.
+
+        ``pids=False``: the caller reads the unit's RAM next (cgroup_ram()) and its PIDs
+        only if that finds no memory cgroup; a held cgroup is then checked by reading
+        its ``memory.stat``, not its ``cgroup.procs``."""
         key = (unit, manager)
+        self._checked = self._checked_stat = None
         if key in self._held:
-            found_held = self._held_procs(key)
+            found_held = self._held_check(key, pids)
             if found_held is not None:
                 return found_held
         cached = self._located.get(key)
@@ -688,11 +705,11 @@ class ProcFs:
         """Every PID in a unit's cgroup and its sub-cgroups."""
         top = self._under(self.layout.tracking, cgroup)
         checked, self._checked = self._checked, None
+        links: int | None = None
         text = None
         if checked is not None and checked[0] == top:
-            links: int | None = checked[1]
-            text = checked[2]  # read by locate_unit() through a held descriptor
-        else:
+            links, text = checked[1], checked[2]  # text: read through a held descriptor
+        if links is None:
             try:
                 links = os.stat(top).st_nlink
             except OSError:
@@ -723,10 +740,17 @@ class ProcFs:
         a fallback. A process that cannot be read is left out of the sum, which
         then says so (``RSS_PARTIAL_SOURCE``).
         """
+        found = self.cgroup_ram(cgroup)
+        return found if found is not None else self.rss_sum(pids)
+
+    def cgroup_ram(self, cgroup: str) -> tuple[int | None, str] | None:
+        """A unit's RAM from its memory cgroup (see unit_ram()), or None when it has none."""
         held = self._held_at.get(cgroup)
         if held is not None and held.stat_fd is not None:
+            checked, self._checked_stat = self._checked_stat, None
             try:
-                values = _stat_fields(_pread(held.stat_fd), ("anon", "shmem"))
+                text = checked[1] if checked is not None and checked[0] == cgroup else None
+                values = _stat_fields(text or _pread(held.stat_fd), ("anon", "shmem"))
             except OSError:  # removed since locate_unit(): read as without a held one
                 values = None
             else:
@@ -739,6 +763,10 @@ class ProcFs:
             v1 = self._memory_stat(self.layout.memory_v1, cgroup, ("total_rss", "total_shmem"))
             if v1 is not None:
                 return v1 if v1[0] is None else (v1[0], "memory.stat (v1)")
+        return None
+
+    def rss_sum(self, pids: Iterable[int]) -> tuple[int, str]:
+        """RAM summed over processes: RssAnon + RssShmem (see unit_ram())."""
         total = 0
         unreadable = 0
         for pid in pids:
