@@ -1021,3 +1021,37 @@ def test_an_unreadable_process_costs_only_that_process_in_top_ram_owners(
     actual = fs.top_ram_owners()
 
     assert [("foo.service", 10 * PAGE_SIZE)] == actual
+
+
+def test_a_file_read_short_of_half_a_page_takes_one_read_and_a_longer_one_reads_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """seq_file stops a read short where its page-sized buffer filled with whole
+    records (cgroup.procs, PID by PID): such a read goes on to the end; a read
+    shorter than half a page is the whole file (issue 17: one syscall per file)."""
+    small = tmp_path / "memory.stat"
+    small.write_text("anon 4096\nshmem 0\n")
+    # A cgroup.procs as seq_file hands it out: a page less a partial record, the rest.
+    pids = "".join(f"{pid}\n" for pid in range(100_000, 100_000 + procfs.PAGE_SIZE // 7 + 10))
+    cut = pids.rfind("\n", 0, procfs.PAGE_SIZE) + 1
+    reads: list[int] = []
+    real_read, real_pread = os.read, os.pread
+
+    def read(fd: int, n: int) -> bytes:
+        reads.append(fd)
+        return real_read(fd, n)
+
+    def seq_pread(fd: int, n: int, offset: int) -> bytes:
+        reads.append(fd)
+        data = pids.encode()
+        return data[offset:cut] if offset < cut else data[offset : offset + n]
+
+    monkeypatch.setattr(procfs.os, "read", read)
+    text = procfs._read(small)
+    one = len(reads)
+    monkeypatch.setattr(procfs.os, "pread", seq_pread)
+    whole = procfs._pread(0)
+    monkeypatch.setattr(procfs.os, "pread", real_pread)
+
+    assert ("anon 4096\nshmem 0\n", 1) == (text, one)
+    assert (pids, 2) == (whole, len(reads) - one)  # a page cut at a record, then the rest

@@ -71,6 +71,12 @@ def _counter(text: str) -> int | None:
 
 # /proc/PID files and cgroup.procs of a unit fit in one read; bigger ones loop.
 _READ_CHUNK = 65536
+# A read of a procfs or cgroupfs file (seq_file) returns less than asked only at the
+# end of the file, or where its buffer (a page at least) filled with whole records: a
+# record is one line of cgroup.procs, or the whole of a memory.stat or /proc/PID file,
+# so a read shorter than half a page is the whole file (as is any short read of a
+# regular file): no second read to meet the end. A file read per tenant per tick.
+_WHOLE_BELOW = PAGE_SIZE // 2
 
 
 def _read(path: Path | str) -> str | None:
@@ -87,6 +93,8 @@ def _read(path: Path | str) -> str | None:
         chunks = []
         while chunk := os.read(fd, _READ_CHUNK):
             chunks.append(chunk)
+            if len(chunk) < _WHOLE_BELOW:
+                break
     except _GONE:
         return None  # the process exited between open and read (ESRCH)
     finally:
@@ -115,6 +123,8 @@ def _pread(fd: int) -> str:
     while chunk := os.pread(fd, _READ_CHUNK, offset):
         chunks.append(chunk)
         offset += len(chunk)
+        if len(chunk) < _WHOLE_BELOW:
+            break
     return b"".join(chunks).decode("utf-8", errors="replace")
 
 
