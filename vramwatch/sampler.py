@@ -185,8 +185,7 @@ class Sampler:
             gpus = _name_containers(gpus, catalog)
         manager = manager_for(config.daemon.bus)
         vram_known = nvml_error is None and all(g.error is None for g in gpus)
-        vram = _vram_by_unit(gpus, manager)
-        mps_units = _mps_units(gpus, manager)
+        vram, mps_units = _vram_by_unit(gpus, manager)
         if catalog is not None:
             keys = {t.unit for t in config.tenants if t.id.is_container}
             vram.update(_vram_by_container(gpus, keys, catalog.error is not None))
@@ -462,19 +461,6 @@ def is_mps_daemon(proc: GpuProcess) -> bool:
     return proc.name.startswith(MPS_COMM)
 
 
-def _mps_units(gpus: tuple[GpuSample, ...], manager: str) -> frozenset[str]:
-    """The units of ``manager`` that run an MPS server."""
-    return frozenset(
-        proc.owner.unit
-        for gpu in gpus
-        for proc in gpu.processes
-        if is_mps_daemon(proc)
-        and proc.owner is not None
-        and proc.owner.unit is not None
-        and proc.owner.manager == manager
-    )
-
-
 def _name_containers(gpus: tuple[GpuSample, ...], catalog: Catalog) -> tuple[GpuSample, ...]:
     """Give each container process's owner the container's name and compose service."""
     named = []
@@ -533,13 +519,15 @@ def _vram_by_container(
 
 def _vram_by_unit(
     gpus: tuple[GpuSample, ...], manager: str
-) -> dict[str, tuple[dict[str, int], bool]]:
-    """Each unit of ``manager``'s VRAM per GPU UUID, and whether any of it is unknown.
+) -> tuple[dict[str, tuple[dict[str, int], bool]], frozenset[str]]:
+    """Each unit of ``manager``'s VRAM per GPU UUID, and whether any of it is unknown;
+    and the units of ``manager`` that run an MPS server.
 
     One pass over every GPU process, so a tick costs O(processes + tenants),
     not O(processes x tenants).
     """
     found: dict[str, tuple[dict[str, int], bool]] = {}
+    mps: set[str] = set()
     for gpu in gpus:
         uuid = gpu.uuid
         for proc in gpu.processes:
@@ -548,7 +536,11 @@ def _vram_by_unit(
             if unit is None:
                 continue
             if is_mps_daemon(proc):
-                continue  # memory held for MPS clients (listed on their own): no unit's
+                # Memory held for MPS clients (listed on their own): no unit's. Its own
+                # unit, not a user manager's processes seen from the system manager.
+                if owner is not None and owner.manager == manager:
+                    mps.add(unit)
+                continue
             entry = found.get(unit)
             if entry is None:
                 entry = found[unit] = ({}, False)
@@ -558,4 +550,4 @@ def _vram_by_unit(
                 continue
             by_gpu = entry[0]
             by_gpu[uuid] = by_gpu.get(uuid, 0) + used
-    return found
+    return found, frozenset(mps)
