@@ -384,14 +384,18 @@ class Sampler:
         now_ns: int,
         relaxed: bool = False,
     ) -> UnitUsage:
-        cgroup = self.procfs.locate_unit(unit, manager, now_ns, pids=self.pids)
+        # PIDs are read first when wanted, or when the RAM was summed over them last
+        # tick (the relaxed sum is kept only while they stay the same); otherwise only
+        # when the unit turns out to have no memory cgroup.
+        want = self.pids or unit in self._rss
+        cgroup = self.procfs.locate_unit(unit, manager, now_ns, pids=want)
         if cgroup is None:
             pids: tuple[int, ...] = ()
             ram: int | None = 0  # not running: no cgroup, no memory
             source = "inactive"
         else:
             try:
-                pids, ram, source = self._unit_ram(unit, cgroup, now_ns, relaxed)
+                pids, ram, source = self._unit_ram(unit, cgroup, now_ns, relaxed, want)
             except OSError:
                 # One unreadable cgroup must not blind the whole tick: this unit's
                 # RAM is unknown (never acted on), every other reading stands.
@@ -406,16 +410,12 @@ class Sampler:
         )
 
     def _unit_ram(
-        self, unit: str, cgroup: str, now_ns: int, relaxed: bool
+        self, unit: str, cgroup: str, now_ns: int, relaxed: bool, want: bool
     ) -> tuple[tuple[int, ...], int | None, str]:
-        """A located unit's PIDs (``()`` when not read), RAM and its source.
-
-        The PIDs are read first when wanted, or when the RAM was summed over them
-        last time (the relaxed sum below is kept only while they stay the same);
-        otherwise only when the unit turns out to have no memory cgroup."""
+        """A located unit's PIDs (``()`` when not read), RAM and its source."""
         last = self._rss.get(unit)
         pids: tuple[int, ...] = ()
-        if self.pids or last is not None:
+        if want:
             pids = self.procfs.unit_pids(cgroup)
             if (
                 relaxed
@@ -428,7 +428,7 @@ class Sampler:
         if found is not None:
             self._rss.pop(unit, None)
             return pids, found[0], found[1]
-        if not self.pids and last is None:
+        if not want:
             pids = self.procfs.unit_pids(cgroup)
         ram, source = self.procfs.rss_sum(pids)
         if source == RSS_SOURCE:

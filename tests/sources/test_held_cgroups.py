@@ -206,3 +206,41 @@ def test_a_tree_that_is_not_a_cgroup_v2_mount_is_read_afresh(tmp_path: Path) -> 
     pids = fs.unit_pids(fs.locate_unit("a.service", "system", S) or "")
 
     assert ((11,), start) == (pids, open_fds())
+
+
+def test_without_pids_a_held_unit_is_checked_without_reading_its_cgroup_procs(
+    units: Units, fake_nvml: FakeNvmlState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon's tick (no PIDs wanted) with RAM from a memory.stat outside the
+    tracking tree (bench.tick's v2 layout): a held unit is proven there by a lookup
+    in its held directory, never by reading cgroup.procs (the kernel walks its
+    processes for that); it still goes inactive when stopped and is read again
+    when started in a new directory."""
+    memory = tmp_path / "memory"
+    stat = memory / units.slice.name / "a.service" / "memory.stat"
+    stat.parent.mkdir(parents=True)
+    stat.write_text("anon 4096\nshmem 4096\n")
+    units.place("a.service", units.spawn())
+    fake_nvml.write([FakeGpu(UUID, mib(16000))])
+    sampler = Sampler(NvmlSource(), ProcFs(layout=CgroupLayout("v2", units.root, memory)))
+    conf = config("a.service")
+    reads: list[str] = []
+    real_read, real_pread = procfs._read, procfs._pread
+    monkeypatch.setattr(procfs, "_read", lambda p: reads.append(str(p)) or real_read(p))
+    monkeypatch.setattr(procfs, "_pread", lambda fd: reads.append(f"fd {fd}") or real_pread(fd))
+    try:
+        sampler.sample(conf, 0)  # located and held
+        reads.clear()
+        held = sampler.sample(conf, S).units["a.service"]
+        held_reads = [r for r in reads if "cgroup.procs" in r or r.startswith("fd")]
+        units.remove("a.service")
+        stopped = sampler.sample(conf, 2 * S).units["a.service"]
+        units.place("a.service", units.spawn())  # the same path, a new directory
+        again = sampler.sample(conf, 13 * S).units["a.service"]  # past LOCATE_RETRY_NS
+    finally:
+        sampler.close()
+
+    assert [] == held_reads
+    assert [((), 8192, "memory.stat"), ((), 0, "inactive"), ((), 8192, "memory.stat")] == [
+        (u.pids, u.ram_bytes, u.ram_source) for u in (held, stopped, again)
+    ]

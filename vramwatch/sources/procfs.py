@@ -608,31 +608,34 @@ class ProcFs:
         self._held_fds += len(held.fds())
 
     def _held_check(self, key: tuple[str, str], pids: bool) -> str | None:
-        """A held unit's cgroup, proven there by a read through a held descriptor (which
-        fails once it is removed); None (and released) when it is gone or fails to read.
+        """A held unit's cgroup, proven there through a held descriptor (a read fails
+        with ENODEV once the directory is removed, a lookup in it with ENOENT); None
+        (and released) when it is gone or fails to read.
 
-        The read is kept for what comes next: with ``pids`` its ``cgroup.procs`` and link
-        count for unit_pids(); without, its ``memory.stat`` when held (for cgroup_ram()),
-        else its ``cgroup.procs`` (the link count then only if unit_pids() asks)."""
+        With ``pids``: its ``cgroup.procs`` read and its link count, kept for
+        unit_pids(). Without: its ``memory.stat`` read when held, kept for cgroup_ram();
+        else only a lookup in it, as reading ``cgroup.procs`` costs the kernel a walk
+        of its processes (tens of µs for tens of them)."""
         held = self._held[key]
         try:
-            if not pids and held.stat_fd is not None:
+            if pids:
+                text = _pread(held.procs_fd)
+                self._checked = (held.top, os.fstat(held.dir_fd).st_nlink, text)
+            elif held.stat_fd is not None:
                 self._checked_stat = (held.cgroup, _pread(held.stat_fd))
-                return held.cgroup
-            text = _pread(held.procs_fd)
-            links = os.fstat(held.dir_fd).st_nlink if pids else None
-        except OSError:  # ENODEV: removed (stopped, or restarted in a new directory)
+            else:
+                os.stat("cgroup.procs", dir_fd=held.dir_fd)
+        except OSError:  # removed (stopped, or restarted in a new directory)
             self._release(key)
             return None
-        self._checked = (held.top, links, text)
         return held.cgroup
 
     def locate_unit(self, unit: str, manager: str, now_ns: int, *, pids: bool = True) -> str | None:
         """The cgroup path (relative to the tracking root) of a running unit.
 
         ``pids=False``: the caller reads the unit's RAM next (cgroup_ram()) and its PIDs
-        only if that finds no memory cgroup; a held cgroup is then checked by reading
-        its ``memory.stat``, not its ``cgroup.procs``."""
+        only if that finds no memory cgroup; a held cgroup is then checked without
+        reading its ``cgroup.procs``."""
         key = (unit, manager)
         self._checked = self._checked_stat = None
         if key in self._held:
