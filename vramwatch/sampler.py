@@ -47,6 +47,9 @@ RAM_TOP = 5
 # every owner afresh: no action rests on an owner read before the breach.
 IDENTITY_TTL_NS = 60 * 10**9
 
+# Exited processes' pidfds taken from epoll per call; a call that fills it asks again.
+EXITED_BATCH = 256
+
 
 # Summing RSS over a unit's processes (no memory cgroup: RssAnon + RssShmem) is the
 # costliest read of a tick. While MemAvailable is at least this many times its
@@ -62,8 +65,10 @@ class _Identity:
 
     The pidfd (Linux >= 5.3) pins the identity to the process, not the PID:
     once it polls readable the process has exited and a later process with
-    the same PID is read afresh. One poll() per tick checks them all, where a
-    /proc/PID/stat read per process per tick cost about half the tick.
+    the same PID is read afresh. One epoll_wait() per tick checks them all,
+    where a /proc/PID/stat read per process per tick cost about half the tick
+    (and a poll() over every pidfd 0.25 ms at 512 processes: epoll returns only
+    the exited ones).
     """
 
     pidfd: int
@@ -145,8 +150,8 @@ class Sampler:
         # cgroupfs reads, the bus and the journal. Past it a GPU process is read
         # from /proc every tick instead of being remembered, never left unattributed.
         self._max_pidfds = pidfd_budget()
-        # Every identity's pidfd, registered while it is kept: one poll() a tick.
-        self._poller = select.poll()
+        # Every identity's pidfd, registered while it is kept: one epoll_wait() a tick.
+        self._poller: select.epoll | None = None
         self._pid_of_fd: dict[int, int] = {}
         self._rss: dict[str, tuple[tuple[int, ...], int, int]] = {}  # unit -> pids, sum, at
         # Tenants' cgroups stay open between ticks (cgroup v2), those of the tenants of
@@ -289,20 +294,26 @@ class Sampler:
         self.nvml.close()
         for pid in list(self._identities):
             self._forget(pid)
+        if self._poller is not None:
+            self._poller.close()
+            self._poller = None
         self.procfs.close()
 
     def _forget(self, pid: int) -> None:
         identity = self._identities.pop(pid)
+        assert self._poller is not None  # registered with it when kept
         self._poller.unregister(identity.pidfd)
         del self._pid_of_fd[identity.pidfd]
         os.close(identity.pidfd)
 
     def _forget_exited(self) -> None:
         """Drop the identities of processes that have exited (their pidfd is readable)."""
-        if not self._identities:
-            return
-        for fd, _events in self._poller.poll(0):
-            self._forget(self._pid_of_fd[fd])
+        while self._identities and self._poller is not None:
+            exited = self._poller.poll(0, EXITED_BATCH)
+            for fd, _events in exited:
+                self._forget(self._pid_of_fd[fd])
+            if len(exited) < EXITED_BATCH:
+                return  # every exited one: each stays readable until forgotten
 
     def _attribute(
         self, gpu: GpuSample, before_ticks: int | None, now_ns: int, ttl_ns: int
@@ -371,7 +382,9 @@ class Sampler:
             os.close(pidfd)
         else:
             self._identities[pid] = _Identity(pidfd, owner, comm, now_ns)
-            self._poller.register(pidfd, select.POLLIN)
+            if self._poller is None:
+                self._poller = select.epoll()
+            self._poller.register(pidfd, select.EPOLLIN)
             self._pid_of_fd[pidfd] = pid
         return owner, comm
 

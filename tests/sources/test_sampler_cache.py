@@ -9,8 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.fakenvml import FakeGpu, FakeNvmlState, FakeProcess, mib
 from vramwatch import config as cfg
+from vramwatch import sampler as sampler_module
 from vramwatch.sampler import IDENTITY_TTL_NS, RSS_RELAXED_NS, Sampler
 from vramwatch.sources.nvml import NvmlSource
 from vramwatch.sources.procfs import PAGE_SIZE, CgroupLayout, ProcFs, parse_proc_cgroup
@@ -173,3 +176,31 @@ def test_run_raises_the_soft_open_files_limit_to_the_hard_one() -> None:
     ).stdout
 
     assert "True\n" == out
+
+
+def test_more_exited_gpu_processes_than_one_epoll_batch_are_all_dropped(
+    fake_nvml: FakeNvmlState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """epoll hands out exited pidfds a batch at a time: the tick asks until none is
+    left, so no exited process keeps its identity for a later one with its PID."""
+    monkeypatch.setattr(sampler_module, "EXITED_BATCH", 2)
+    children = [subprocess.Popen(["sleep", "60"]) for _ in range(5)]
+    time.sleep(0.05)  # older than the NVML list by more than one clock tick (10 ms)
+    procs = tuple(FakeProcess(c.pid, mib(100)) for c in children)
+    fake_nvml.write([FakeGpu(UUID, mib(16000), processes=procs)])
+    sampler = Sampler(NvmlSource(), ProcFs())
+    config = cfg.parse("", "<test>")
+    try:
+        first = sampler.sample(config, 0).gpus[0].processes
+        for child in children:
+            child.kill()
+            child.wait()
+
+        second = sampler.sample(config, S).gpus[0].processes  # NVML still lists them
+
+        assert [True] * 5 == [p.owner is not None for p in first]
+        assert [None] * 5 == [p.owner for p in second]
+    finally:
+        for child in children:
+            child.kill()
+        sampler.close()
