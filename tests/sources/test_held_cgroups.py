@@ -9,7 +9,9 @@ outlives its tenant (reload, close) or the budget.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,8 +61,17 @@ def test_a_held_unit_is_read_again_without_opening_or_stating_a_file(
     units.place("a.service", second)  # a new process: the held file must show it
     calls: list[str] = []
     real_open, real_stat = os.open, os.stat
-    monkeypatch.setattr(procfs.os, "open", lambda p, *a: calls.append(str(p)) or real_open(p, *a))
-    monkeypatch.setattr(procfs.os, "stat", lambda p, *a: calls.append(str(p)) or real_stat(p, *a))
+
+    def opening(path: str, *args: Any) -> int:
+        calls.append(str(path))
+        return real_open(path, *args)
+
+    def stating(path: str, *args: Any) -> os.stat_result:
+        calls.append(str(path))
+        return real_stat(path, *args)
+
+    monkeypatch.setattr(os, "open", opening)
+    monkeypatch.setattr(os, "stat", stating)
 
     again = fs.locate_unit("a.service", "system", S)
     pids = fs.unit_pids(cgroup)
@@ -82,7 +93,7 @@ def test_ticks_read_through_held_cgroups_are_what_reading_afresh_gives(
     held = Sampler(NvmlSource(), ProcFs(layout=units.layout))
     monkeypatch.setattr(sampler_module, "cgroup_fd_budget", lambda: 0)
     afresh = Sampler(NvmlSource(), ProcFs(layout=units.layout))
-    steps = [
+    steps: list[Callable[[], object]] = [
         lambda: None,
         lambda: units.place("b.service", a2),  # a process moves between units
         lambda: units.place("c.service", units.spawn()),  # a unit starts
@@ -226,8 +237,17 @@ def test_without_pids_a_held_unit_is_checked_without_reading_its_cgroup_procs(
     conf = config("a.service")
     reads: list[str] = []
     real_read, real_pread = procfs._read, procfs._pread
-    monkeypatch.setattr(procfs, "_read", lambda p: reads.append(str(p)) or real_read(p))
-    monkeypatch.setattr(procfs, "_pread", lambda fd: reads.append(f"fd {fd}") or real_pread(fd))
+
+    def read(path: Path | str) -> str | None:
+        reads.append(str(path))
+        return real_read(path)
+
+    def pread(fd: int) -> str:
+        reads.append(f"fd {fd}")
+        return real_pread(fd)
+
+    monkeypatch.setattr(procfs, "_read", read)
+    monkeypatch.setattr(procfs, "_pread", pread)
     try:
         sampler.sample(conf, 0)  # located and held
         reads.clear()

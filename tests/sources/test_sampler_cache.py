@@ -124,8 +124,7 @@ def test_summed_rss_is_reused_only_far_from_the_floor_and_for_the_same_pids(
     near_floor = ram(sampler, RSS_RELAXED_NS + 3 * S)
 
     assert [200, 200, 400, 600, 900] == [
-        n // PAGE_SIZE
-        for n in (first, relaxed, later, new_pid, near_floor)  # type: ignore[operator]
+        None if n is None else n // PAGE_SIZE for n in (first, relaxed, later, new_pid, near_floor)
     ]
 
 

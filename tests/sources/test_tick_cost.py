@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -112,7 +114,12 @@ def test_a_unit_without_sub_cgroups_is_read_without_a_directory_scan(
     assert cgroup is not None
     scans: list[object] = []
     real = os.scandir
-    monkeypatch.setattr(procfs.os, "scandir", lambda p: scans.append(p) or real(p))
+
+    def scanning(path: str) -> Iterator[os.DirEntry[str]]:
+        scans.append(path)
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scanning)
 
     pids = fs.unit_pids(cgroup)
 
@@ -189,11 +196,14 @@ def test_the_tenants_keys_are_not_parsed_again_each_tick(
     sampler = Sampler(NvmlSource(), fs)
     parsed: list[str] = []
     real = TenantId.from_key
+
+    def parsing(key: str, *args: Any) -> TenantId:
+        parsed.append(key)
+        return real(key, *args)
+
     try:
         sampler.sample(config, 0)
-        monkeypatch.setattr(
-            TenantId, "from_key", staticmethod(lambda key, *a: parsed.append(key) or real(key, *a))
-        )
+        monkeypatch.setattr(TenantId, "from_key", staticmethod(parsing))
 
         sampler.sample(config, S)
         sampler.sample(config, 2 * S)

@@ -987,14 +987,14 @@ def test_garbage_status_cgroup_procs_and_memory_stat_are_unknown_not_errors(
 
 def deny(monkeypatch: pytest.MonkeyPatch, *suffixes: str) -> None:
     """os.open of paths ending in ``suffixes`` fails with EACCES (root ignores modes)."""
-    real_open = procfs.os.open
+    real_open = os.open
 
     def refusing(path: Any, *args: Any, **kwargs: Any) -> int:
         if str(path).endswith(suffixes):
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(procfs.os, "open", refusing)
+    monkeypatch.setattr(os, "open", refusing)
 
 
 def test_an_unreadable_meminfo_is_a_host_error_not_an_exception(
@@ -1046,12 +1046,12 @@ def test_a_file_read_short_of_half_a_page_takes_one_read_and_a_longer_one_reads_
         data = pids.encode()
         return data[offset:cut] if offset < cut else data[offset : offset + n]
 
-    monkeypatch.setattr(procfs.os, "read", read)
+    monkeypatch.setattr(os, "read", read)
     text = procfs._read(small)
     one = len(reads)
-    monkeypatch.setattr(procfs.os, "pread", seq_pread)
+    monkeypatch.setattr(os, "pread", seq_pread)
     whole = procfs._pread(0)
-    monkeypatch.setattr(procfs.os, "pread", real_pread)
+    monkeypatch.setattr(os, "pread", real_pread)
 
     assert ("anon 4096\nshmem 0\n", 1) == (text, one)
     assert (pids, 2) == (whole, len(reads) - one)  # a page cut at a record, then the rest
