@@ -187,7 +187,7 @@ def test_a_sampler_exception_becomes_a_sampling_error(tmp_path: Path) -> None:
     run_ticks(daemon, clock, [0])
 
     assert ["sampling_error"] == names(out)
-    traceback = events(out)[0]["traceback"]
+    traceback = str(events(out)[0]["traceback"])
     assert traceback.startswith("Traceback (most recent call last):\n"), traceback
     assert traceback.endswith("\nPermissionError: /proc/meminfo\n"), traceback
     assert 'in broken\n    raise PermissionError("/proc/meminfo")\n' in traceback
