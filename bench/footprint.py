@@ -27,19 +27,20 @@ builds it, calls mlockall with each set of flags right before its loop, and
 runs for 10 s; its VmRSS and VmLck are read then.
 
 pressure: a hog tenant (tests/sandbox/hog.py in a unit, RAM budget 64 MiB)
-grows at 4 GiB/s until MemAvailable is down to ``--reserve-mib`` (it never
-takes more: its ceiling is MemAvailable at the start of the trial minus the
-reserve, and its oom_score_adj is 1000, so the kernel's OOM killer would take
-it first). vramwatch (``[host] min_available_ram = "2GiB"``, grace 2 s,
-interval 1 s) runs with the OOMScoreAdjust= of packaging/systemd/vramwatch.service
-written to its /proc/PID/oom_score_adj, and MemoryMin= as memory.min of a
-cgroup it is moved to where the memory controller is cgroup v2 (on a cgroup
-v1 memory controller there is no memory.min: reported as not applied). Per
-trial: from the start of the spell below the floor that lasted until the
-``restart`` event (this script polls /proc/meminfo every 10 ms; a spell that
-ended first, other processes freeing memory, restarted the daemon's grace) to
-the event's timestamp, against grace + interval + 0.1 s; the lowest
-MemAvailable seen; vramwatch's VmRSS.
+grows at 4 GiB/s until MemAvailable, which it reads every 0.1 s, is down to
+``--reserve-mib`` (a size worked out beforehand can stop short: the kernel's
+estimate moves by a GiB under pressure). It never takes more than MemAvailable
+at the start of the trial, and its oom_score_adj is 1000, so the kernel's OOM
+killer would take it first. vramwatch (``[host] min_available_ram = "2GiB"``,
+grace 2 s, interval 1 s) runs with the OOMScoreAdjust= of
+packaging/systemd/vramwatch.service written to its /proc/PID/oom_score_adj, and
+MemoryMin= as memory.min of a cgroup it is moved to where the memory controller
+is cgroup v2 (on a cgroup v1 memory controller there is no memory.min: reported
+as not applied). Per trial: from the start of the spell below the floor that
+lasted until the ``restart`` event (this script polls /proc/meminfo every 10
+ms; a spell that ended first, other processes freeing memory, restarted the
+daemon's grace) to the event's timestamp, against grace + interval + 0.1 s; the
+lowest MemAvailable seen; vramwatch's VmRSS.
 """
 
 from __future__ import annotations
@@ -403,8 +404,8 @@ def run_pressure(bed: Bed, trials: int, reserve_mib: int) -> list[str]:
     try:
         for i, name in enumerate(hogs):
             start = mem_available()
-            ceiling = (start - reserve_mib * MIB) // MIB
-            if ceiling < 4096:
+            ceiling = start // MIB
+            if ceiling - reserve_mib < 4096:
                 raise SystemExit(
                     f"bench.footprint: only {start // MIB} MiB available: no room for a hog"
                 )
@@ -412,7 +413,8 @@ def run_pressure(bed: Bed, trials: int, reserve_mib: int) -> list[str]:
             hog = f"{bed.sb.python} {bed.sb.hog_path} --ram-mib 8"
             script = (
                 f"if [ -e {flag} ]; then exec {hog}; fi; touch {flag}; "
-                f"exec {hog} --grow-mib-per-s {GROW_MIB_PER_S} --max-mib {ceiling}"
+                f"exec {hog} --grow-mib-per-s {GROW_MIB_PER_S} --max-mib {ceiling} "
+                f"--until-available-mib {reserve_mib}"
             )
             watch = MemWatch()
             state = bed.sb.start_unit(

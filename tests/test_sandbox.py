@@ -281,3 +281,30 @@ def test_stop_leaves_nothing(how: str) -> None:
     assert sb.stop_errors == []
     _assert_nothing_left(sb, pids, mounts_before)
     sb.stop()  # idempotent
+
+
+@pytest.mark.parametrize(("until_available_mib", "grows"), [(0, True), (1 << 30, False)])
+def test_the_hog_stops_growing_once_memavailable_is_down_to_its_mark(
+    until_available_mib: int, grows: bool
+) -> None:
+    """bench.footprint's pressure hog: a size worked out from MemAvailable beforehand
+    stopped short of the floor when the kernel's estimate moved, so the hog watches it."""
+    hog = Path(__file__).parent / "sandbox" / "hog.py"
+    argv = [sys.executable, str(hog), "--ram-mib", "8", "--grow-mib-per-s", "200"]
+    argv += ["--max-mib", "64", "--until-available-mib", str(until_available_mib)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and "ready" == proc.stdout.readline().strip()
+        time.sleep(1.0)  # 200 MiB/s: at its 64 MiB ceiling in 0.3 s unless it stopped
+        rss_kib = int(
+            next(
+                line.split()[1]
+                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                if line.startswith("VmRSS:")
+            )
+        )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+    assert (rss_kib > 48 * 1024) == grows, rss_kib
