@@ -238,9 +238,9 @@ def test_without_pids_a_held_unit_is_checked_without_reading_its_cgroup_procs(
     reads: list[str] = []
     real_read, real_pread = procfs._read, procfs._pread
 
-    def read(path: Path | str) -> str | None:
+    def read(path: Path | str, short_is_whole: bool = True) -> str | None:
         reads.append(str(path))
-        return real_read(path)
+        return real_read(path, short_is_whole)
 
     def pread(fd: int) -> str:
         reads.append(f"fd {fd}")

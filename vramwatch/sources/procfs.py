@@ -76,14 +76,18 @@ _READ_CHUNK = 65536
 # record is one line of cgroup.procs, or the whole of a memory.stat or /proc/PID file,
 # so a read shorter than half a page is the whole file (as is any short read of a
 # regular file): no second read to meet the end. A file read per tenant per tick.
+# Not so where a record can be long: a mountinfo line (an overlay mount's lowerdirs)
+# that does not fit in what is left of the page ends a read of any length, so
+# mountinfo is read until read() returns nothing (``short_is_whole=False``).
 _WHOLE_BELOW = PAGE_SIZE // 2
 
 
-def _read(path: Path | str) -> str | None:
+def _read(path: Path | str, short_is_whole: bool = True) -> str | None:
     """A whole small file, or None when it (or its process) is gone.
 
     Raw ``os.open``/``os.read``: per GPU process per tick this is the hot path,
     and a buffered text ``open()`` costs about twice as much (bench/tick.py).
+    ``short_is_whole``: a read shorter than half a page ends it (see _WHOLE_BELOW).
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -93,7 +97,7 @@ def _read(path: Path | str) -> str | None:
         chunks = []
         while chunk := os.read(fd, _READ_CHUNK):
             chunks.append(chunk)
-            if len(chunk) < _WHOLE_BELOW:
+            if short_is_whole and len(chunk) < _WHOLE_BELOW:
                 break
     except _GONE:
         return None  # the process exited between open and read (ESRCH)
@@ -130,7 +134,7 @@ def _pread(fd: int) -> str:
 
 def _cgroup2_mounts(mountinfo: str = "/proc/self/mountinfo") -> frozenset[str]:
     """The mount points of cgroup v2 hierarchies (kernfs), from ``mountinfo``."""
-    text = _read_optional(mountinfo)
+    text = _read_optional(mountinfo, short_is_whole=False)
     found = set()
     for line in (text or "").splitlines():
         fields = line.split()
@@ -163,10 +167,10 @@ class _Held:
         return (self.dir_fd, self.procs_fd) + ((self.stat_fd,) if self.stat_fd is not None else ())
 
 
-def _read_optional(path: Path | str) -> str | None:
+def _read_optional(path: Path | str, short_is_whole: bool = True) -> str | None:
     """A file that may be absent or refuse reads (PSI disabled: EOPNOTSUPP)."""
     try:
-        return _read(path)
+        return _read(path, short_is_whole)
     except OSError:
         return None
 
