@@ -57,7 +57,7 @@ import urllib.request
 from datetime import datetime
 from pathlib import Path
 
-from tests.e2e.harness import Bed, prepare, venv
+from tests.e2e.harness import Bed, installed_vramwatch, prepare, venv
 from tests.fakenvml import FakeGpu, FakeNvmlState, build, mib
 from tests.sandbox import Sandbox
 
@@ -457,12 +457,8 @@ def main(argv: list[str] | None = None) -> int:
         "--skip", choices=["footprint", "mlock", "pressure"], action="append", default=[]
     )
     args = ap.parse_args(argv)
-    vramwatch = venv() / "bin" / "vramwatch"
-    if not os.access(vramwatch, os.X_OK):
-        print(
-            f"bench.footprint: no {vramwatch}: run VRAMWATCH_VENV=... ./scripts/bootstrap",
-            file=sys.stderr,
-        )
+    vramwatch = installed_vramwatch("bench.footprint")
+    if vramwatch is None:
         return 1
     commit = subprocess.run(
         ["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True

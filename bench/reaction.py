@@ -30,18 +30,14 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
 import statistics
 import sys
 import time
 from datetime import datetime
-from pathlib import Path
 
-from tests.e2e.harness import Bed, venv
-from tests.fakenvml import build
+from tests.e2e.harness import Bed, installed_vramwatch, prepare
 from tests.sandbox import Sandbox
 
-E2E_DIR = Path(__file__).resolve().parent.parent / "tests" / "e2e"
 MIB = 1024 * 1024
 SLACK_S = 0.1
 
@@ -119,21 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench.reaction: run as root (it starts a sandbox user manager)", file=sys.stderr)
         return 1
-    vramwatch = venv() / "bin" / "vramwatch"
-    if not os.access(vramwatch, os.X_OK):
-        print(
-            f"bench.reaction: no {vramwatch}: run VRAMWATCH_VENV=... ./scripts/bootstrap",
-            file=sys.stderr,
-        )
+    vramwatch = installed_vramwatch("bench.reaction")
+    if vramwatch is None:
         return 1
     sb = Sandbox().start()
     try:
-        lib = build(sb.workdir / "nvml-lib")
-        for p in (lib, *lib.iterdir()):
-            p.chmod(0o755)
-        shutil.copy(E2E_DIR / "tenant.py", sb.workdir / "tenant.py")
-        (sb.workdir / "tenant.py").chmod(0o755)
-        bed = Bed(sb, lib, vramwatch)
+        bed = Bed(sb, prepare(sb), vramwatch)
         print(
             f"reaction, interval {args.interval:g} s, grace {args.grace:g} s, "
             f"bound grace + interval + {SLACK_S:g} s ({vramwatch}):"

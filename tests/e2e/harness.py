@@ -14,6 +14,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -30,6 +31,15 @@ T4_UUID = "GPU-8f1c2a3e-0000-0000-0000-000000000000"
 def venv() -> Path:
     """The virtual environment whose installed vramwatch is under test."""
     return Path(os.environ.get("VRAMWATCH_VENV", "/opt/vramwatch-venv"))
+
+
+def installed_vramwatch(caller: str) -> Path | None:
+    """The venv's ``vramwatch`` executable; None, having said how to install it, if absent."""
+    vramwatch = venv() / "bin" / "vramwatch"
+    if os.access(vramwatch, os.X_OK):
+        return vramwatch
+    print(f"{caller}: no {vramwatch}: run VRAMWATCH_VENV=... ./scripts/bootstrap", file=sys.stderr)
+    return None
 
 
 def prepare(sandbox: Sandbox) -> Path:
