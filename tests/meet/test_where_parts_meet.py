@@ -35,7 +35,6 @@ grace = "4s"
 """
 
 
-
 def config(
     *tenants: str,
     cooldown: str = "2m",

@@ -22,6 +22,7 @@ import shutil
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from vramwatch import config as cfg
 from vramwatch.daemon import Daemon
@@ -52,12 +53,30 @@ def uuid_of(index: int) -> str:
     return f"GPU-{index:08d}-0000-0000-0000-000000000000"
 
 
+def mig_uuid(index: int, mig: int) -> str:
+    """MIG device ``mig`` of GPU ``index`` (a GPU in MIG mode is guarded as its slices)."""
+    return f"MIG-{index:08d}-{mig:04d}-0000-0000-000000000000"
+
+
+@dataclass(frozen=True)
+class Device:
+    """What NVML guards: a whole GPU, or one MIG slice of a GPU in MIG mode."""
+
+    index: int
+    uuid: str
+    total: int
+    parent_uuid: str | None = None
+    mig_index: int | None = None
+
+
 @dataclass
 class Proc:
     pid: int
     cgroup: str  # where the process lives; an orphan lives outside its old unit
-    vram: dict[str, int]  # GPU UUID -> bytes
+    vram: dict[str, int]  # device UUID (GPU- or MIG-) -> bytes
     ram: int
+    # NVML says usedGpuMemory is not available for it (N/A): its VRAM is unknown.
+    vram_unknown: bool = False
 
 
 @dataclass
@@ -76,6 +95,8 @@ class Call:
 class World:
     root: Path
     gpu_count: int = 1
+    # GPU index -> how many MIG slices it is split into (each an equal share of it).
+    mig: Mapping[int, int] = field(default_factory=dict)
     procs: dict[int, Proc] = field(default_factory=dict)
     gpu_errors: dict[int, str] = field(default_factory=dict)  # index -> NVML error
     sampler_raises: bool = False
@@ -95,11 +116,27 @@ class World:
     def cgroup_of(unit: str) -> str:
         return f"/system.slice/{unit}"
 
-    def spawn(self, unit: str, vram: Mapping[int, int] | None = None, ram: int = 0) -> int:
-        """A process of ``unit`` using ``vram`` (GPU index -> bytes) and ``ram``."""
+    @property
+    def devices(self) -> list[Device]:
+        found = []
+        for i in range(self.gpu_count):
+            slices = self.mig.get(i, 0)
+            if not slices:
+                found.append(Device(i, uuid_of(i), GPU_TOTAL))
+                continue
+            found.extend(
+                Device(i, mig_uuid(i, m), GPU_TOTAL // slices, uuid_of(i), m) for m in range(slices)
+            )
+        return found
+
+    def device(self, uuid: str) -> Device:
+        return next(d for d in self.devices if d.uuid == uuid)
+
+    def spawn(self, unit: str, vram: Mapping[Any, int] | None = None, ram: int = 0) -> int:
+        """A process of ``unit`` using ``vram`` (GPU index or device UUID -> bytes) and ``ram``."""
         pid = self.next_pid
         self.next_pid += 1
-        by_uuid = {uuid_of(i): n for i, n in (vram or {}).items()}
+        by_uuid = {(uuid_of(i) if isinstance(i, int) else i): n for i, n in (vram or {}).items()}
         self.procs[pid] = Proc(pid, self.cgroup_of(unit), by_uuid, ram)
         self.sync()
         return pid
@@ -115,15 +152,17 @@ class World:
     def unit_ram(self, unit: str) -> int:
         return sum(p.ram for p in self.procs.values() if p.cgroup == self.cgroup_of(unit))
 
-    def grow(self, unit: str, gpu: int | None = None, vram: int = 0, ram: int = 0) -> None:
-        """Grow the unit's first process (spawn one if it has none)."""
+    def grow(self, unit: str, gpu: int | str | None = None, vram: int = 0, ram: int = 0) -> None:
+        """Grow the unit's first process (spawn one if it has none); ``gpu``: an index
+        or a device UUID."""
         pids = self.unit_pids(unit)
         if not pids:
-            self.spawn(unit, {gpu: vram} if gpu is not None else {}, ram)
+            where: dict[int | str, int] = {gpu: max(0, vram)} if gpu is not None else {}
+            self.spawn(unit, where, max(0, ram))
             return
         p = self.procs[pids[0]]
         if gpu is not None:
-            key = uuid_of(gpu)
+            key = uuid_of(gpu) if isinstance(gpu, int) else gpu
             p.vram[key] = max(0, p.vram.get(key, 0) + vram)
         p.ram = max(0, p.ram + ram)
         self.sync()
@@ -133,17 +172,25 @@ class World:
         return self.root / f"released-{unit}"
 
     def absorb_releases(self) -> None:
+        """A release marker's content says what the unit gives back: empty or ``vram``
+        its VRAM, ``ram`` its RAM, ``all`` both, ``none`` nothing."""
         for marker in self.root.glob("released-*"):
             unit = marker.name.removeprefix("released-")
+            what = marker.read_text().strip() or "vram"
             for pid in self.unit_pids(unit):
-                self.procs[pid].vram = {}
+                if what in ("vram", "all"):
+                    self.procs[pid].vram = {}
+                if what in ("ram", "all"):
+                    self.procs[pid].ram = 0
             marker.unlink()
             self.sync()
 
+    def device_free(self, uuid: str) -> int:
+        used = GPU_BASE + sum(p.vram.get(uuid, 0) for p in self.procs.values())
+        return max(0, self.device(uuid).total - used)
+
     def gpu_free(self, index: int) -> int:
-        key = uuid_of(index)
-        used = GPU_BASE + sum(p.vram.get(key, 0) for p in self.procs.values())
-        return max(0, GPU_TOTAL - used)
+        return self.device_free(uuid_of(index))
 
     def mem_available(self) -> int:
         return max(0, HOST_TOTAL - HOST_BASE - sum(p.ram for p in self.procs.values()))
@@ -249,19 +296,36 @@ class WorldGpus:
             raise ValueError("sampler fault injected by the test")
         samples = []
         for i in range(w.gpu_count):
-            uuid = uuid_of(i)
             if i in w.gpu_errors:
+                uuid = uuid_of(i)
                 samples.append(
                     GpuSample(i, uuid, "Tesla T4", None, None, None, (), w.gpu_errors[i])
                 )
                 continue
-            procs = tuple(
-                GpuProcess(p.pid, p.vram[uuid], "compute", "", None)
-                for p in w.procs.values()
-                if p.vram.get(uuid, 0) > 0
-            )
-            free = w.gpu_free(i)
-            samples.append(GpuSample(i, uuid, "Tesla T4", GPU_TOTAL, GPU_TOTAL - free, free, procs))
+            for dev in w.devices:
+                if dev.index != i:
+                    continue
+                procs = tuple(
+                    GpuProcess(
+                        p.pid, None if p.vram_unknown else p.vram[dev.uuid], "compute", "", None
+                    )
+                    for p in w.procs.values()
+                    if p.vram.get(dev.uuid, 0) > 0
+                )
+                free = w.device_free(dev.uuid)
+                samples.append(
+                    GpuSample(
+                        i,
+                        dev.uuid,
+                        "A100" if dev.mig_index is not None else "Tesla T4",
+                        dev.total,
+                        dev.total - free,
+                        free,
+                        procs,
+                        parent_uuid=dev.parent_uuid,
+                        mig_index=dev.mig_index,
+                    )
+                )
         return tuple(samples), None
 
     def close(self) -> None:
@@ -363,10 +427,11 @@ def make_bed(
     config_text: str,
     *,
     gpus: int = 1,
+    mig: Mapping[int, int] | None = None,
     notifier: Callable[[str], bool] = lambda state: False,
     state: object = None,
 ) -> Bed:
-    world = World(tmp_path / "host", gpu_count=gpus)
+    world = World(tmp_path / "host", gpu_count=gpus, mig=dict(mig or {}))
     path = tmp_path / "vramwatch.toml"
     path.write_text(config_text)
     clock = Clock()

@@ -1,0 +1,506 @@
+"""The new features together (issue 22, "the habit that catches the sixteenth"):
+hypothesis drives the real Daemon, policy and Sampler over the moving fixture host
+with every feature of the last round switched on at once:
+
+* a GPU in MIG mode with a tenant pinned by index (all its slices) and a tenant
+  reserving on one slice; a whole GPU beside it;
+* reserving tenants whose usage turns unknown (NVML says N/A);
+* release commands that free nothing, one resource or everything, with hostile
+  output (NUL bytes, invalid UTF-8, a flood, a forked child that keeps the pipe);
+* an ``after_action`` hook that floods its pipe, forks, fails or overruns;
+* reloads while a release is being waited for (SIGHUP during the wait);
+* GPU faults, job timeouts, refusals, raising clients, dry-run toggles.
+
+After every tick, besides the promises of ``test_property``:
+
+* ``tick`` never raised;
+* every call reached a configured, unprotected tenant that was, at that moment,
+  over its budget on the resource (as its pin counts it: an index on a MIG GPU
+  means every slice of it) and that resource was under its floor;
+* one incident, one victim, across MIG slices;
+* a tenant that keeps a resource it was acted on for is not ``released``: a
+  ``released`` entry means every resource the action held came back;
+* no wait spins: a tick samples a bounded number of times, and takes a bounded
+  wall time (release time limits, not forked children, bound it);
+* hooks: a hook that succeeds is never reported failed, and nothing it started
+  outlives its time limit.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.meet.world import (
+    GIB,
+    GPU_TOTAL,
+    Bed,
+    Clock,
+    World,
+    WorldActuator,
+    WorldGpus,
+    mig_uuid,
+    uuid_of,
+)
+from vramwatch import config as cfg
+from vramwatch.daemon import Daemon
+from vramwatch.events import EventLog
+from vramwatch.model import Action, Snapshot, Verb
+from vramwatch.sampler import Sampler
+from vramwatch.state import StateStore
+from vramwatch.systemd import JobOutcome
+
+# GPU 0 is whole (16 GiB); GPU 1 is in MIG mode, two 8 GiB slices.
+WHOLE = uuid_of(0)
+SLICE0 = mig_uuid(1, 0)
+SLICE1 = mig_uuid(1, 1)
+DEVICES = (WHOLE, SLICE0, SLICE1)
+
+A = "a.service"  # pinned to GPU 1 by index: its VRAM budget counts both slices; has a release
+B = "b.service"  # reserves its budget on MIG slice 0
+C = "c.service"  # unpinned, anywhere; has a release
+D = "d.service"  # protected
+X = "x.service"  # holds memory, no tenant
+UNITS = (A, B, C, D)
+RELEASING = (A, C)
+
+FLOOR = 1 * GIB
+RAM_FLOOR = 8 * GIB
+RELEASE_TIMEOUT_S = 1.0
+HOOK_TIMEOUT_S = 1.0
+# Wall time a tick may take beyond its release waits: sampling, a hook start.
+TICK_SLACK_S = 1.5
+# A release wait samples at most every RELEASE_POLL_S (0.5 s): a handful per wait.
+SAMPLES_PER_WAIT_MAX = 8
+
+RELEASE_SH = r"""#!/bin/sh
+# $1: the world's root; $2: the unit. What it gives back and what it prints are set
+# by the test in files beside the markers.
+mode=$(cat "$1/mode-$2" 2>/dev/null || echo vram)
+out=$(cat "$1/output" 2>/dev/null || echo ok)
+case "$out" in
+  nul) printf 'unloaded\000model \377\376 done\n' ;;
+  flood) head -c 3000000 /dev/zero | tr '\000' 'x' ;;
+  fork) sh -c 'sleep 5' vw-combined-child & echo forked ;;
+  fail) echo "unload refused" >&2; exit 3 ;;
+  *) echo ok ;;
+esac
+[ "$mode" = none ] || printf '%s' "$mode" > "$1/released-$2"
+"""
+
+HOOK_SH = r"""#!/bin/sh
+# $1: the world's root. How the hook behaves is set by the test.
+mode=$(cat "$1/hook-mode" 2>/dev/null || echo ok)
+case "$mode" in
+  flood) head -c 300000 /dev/zero | tr '\000' 'y' ;;
+  fork) sh -c 'sleep 0.3' vw-combined-child >/dev/null 2>&1 & echo forked ;;
+  fail) echo "notifier down" >&2; exit 4 ;;
+  slow) sh -c 'sleep 30' vw-combined-slow & sh -c 'sleep 30' vw-combined-slow ;;
+  *) echo "$VRAMWATCH_EVENT" ;;
+esac
+"""
+
+
+def config_text(root: Path, dry_run: bool, hooks: bool) -> str:
+    release = f'release = ["/bin/sh", "{root}/release.sh", "{root}", "{{unit}}"]\n'
+    text = f"""
+[daemon]
+interval = "2s"
+cooldown = "4s"
+max_restarts = 3
+restart_window = "1m"
+reclaim_timeout = "10s"
+dry_run = {"true" if dry_run else "false"}
+[gpu]
+min_free_vram = "1GiB"
+grace = "2s"
+[host]
+min_available_ram = "8GiB"
+grace = "2s"
+"""
+    if hooks:
+        text += f'[hooks]\nafter_action = ["/bin/sh", "{root}/hook.sh", "{root}"]\ntimeout = "1s"\n'
+    text += f"""
+[[tenant]]
+unit = "{A}"
+vram = "4GiB"
+ram = "12GiB"
+gpu = 1
+{release.format(unit=A)}release_timeout = "1s"
+
+[[tenant]]
+unit = "{B}"
+vram = "3GiB"
+ram = "10GiB"
+reserve = true
+gpu = "{SLICE0}"
+
+[[tenant]]
+unit = "{C}"
+vram = "3GiB"
+ram = "8GiB"
+{release.format(unit=C)}release_timeout = "1s"
+
+[[tenant]]
+unit = "{D}"
+vram = "2GiB"
+ram = "6GiB"
+protected = true
+"""
+    return text
+
+
+class Truth:
+    """What is true of the world, by the contract (not by vramwatch's code)."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    def mine(self, unit: str) -> list[object]:
+        w = self.world
+        return [p for p in w.procs.values() if p.cgroup == w.cgroup_of(unit)]
+
+    def devices_of(self, tenant: cfg.Tenant) -> tuple[str, ...]:
+        """The devices a tenant's VRAM budget counts: its pin (an index on a MIG GPU
+        means every slice of it), else every device."""
+        if tenant.gpu is None:
+            return DEVICES
+        if tenant.gpu == 1 or tenant.gpu == uuid_of(1):
+            return (SLICE0, SLICE1)
+        if tenant.gpu == 0 or tenant.gpu == WHOLE:
+            return (WHOLE,)
+        return (str(tenant.gpu),)
+
+    def vram(self, unit: str, devices: tuple[str, ...]) -> int:
+        return sum(
+            n
+            for p in self.world.procs.values()
+            if p.cgroup == self.world.cgroup_of(unit)
+            for u, n in p.vram.items()
+            if u in devices
+        )
+
+    def over(self, config: cfg.Config, unit: str) -> frozenset[str]:
+        """Resource keys the unit is over its budget on."""
+        tenant = config.tenant(unit)
+        if tenant is None:
+            return frozenset()
+        keys: set[str] = set()
+        devices = self.devices_of(tenant)
+        if tenant.vram_bytes is not None and self.vram(unit, devices) > tenant.vram_bytes:
+            keys |= {f"gpu:{u}" for u in devices if self.vram(unit, (u,)) > 0}
+        if tenant.ram_bytes is not None and self.world.unit_ram(unit) > tenant.ram_bytes:
+            keys.add("ram")
+        return frozenset(keys)
+
+    def floor(self, config: cfg.Config, device: str) -> int:
+        """min_free_vram plus the unused budgets reserved there (by the true usage)."""
+        floor = FLOOR
+        for tenant in config.tenants:
+            if tenant.reserve and tenant.vram_bytes is not None and tenant.gpu == device:
+                floor += max(0, tenant.vram_bytes - self.vram(tenant.unit, (device,)))
+        return floor
+
+    def breached(self, config: cfg.Config) -> frozenset[str]:
+        w = self.world
+        keys = {f"gpu:{u}" for u in DEVICES if w.device_free(u) < self.floor(config, u)}
+        if w.mem_available() < RAM_FLOOR:
+            keys.add("ram")
+        return frozenset(keys)
+
+
+class TruthActuator(WorldActuator):
+    """The scripted systemd, recording the contract's truth at each call."""
+
+    truth: Truth
+
+    def act(self, unit: str, verb: Verb, should_stop: Callable[[], bool]) -> JobOutcome:
+        assert self.daemon is not None
+        over = self.truth.over(self.daemon.config, unit)
+        breached = self.truth.breached(self.daemon.config)
+        n = len(self.calls)
+        outcome = super().act(unit, verb, should_stop)
+        self.calls[n].over = over
+        self.calls[n].breached = breached
+        return outcome
+
+
+class Combined:
+    """The bed: a daemon with every feature on, and counters around its seams."""
+
+    def __init__(self, root: Path, dry_run: bool, hooks: bool) -> None:
+        self.root = root
+        self.world = World(root / "host", gpu_count=2, mig={1: 2})
+        self.truth = Truth(self.world)
+        (self.world.root / "release.sh").write_text(RELEASE_SH)
+        (self.world.root / "hook.sh").write_text(HOOK_SH)
+        self.hooks_on = hooks
+        self.path = root / "vramwatch.toml"
+        self.path.write_text(config_text(self.world.root, dry_run, hooks))
+        self.clock = Clock()
+        self.actuator = TruthActuator(self.world, self.clock)
+        self.actuator.truth = self.truth
+        self.out = io.StringIO()
+        (root / "state").mkdir()
+        self.state = StateStore(root / "state")
+        self.samples = 0
+        self.reload_in_wait = False
+        sampler = Sampler(WorldGpus(self.world), self.world.procfs())
+        real_sample = sampler.sample
+
+        def counted(config: cfg.Config, now_ns: int, *, recheck: bool = False) -> Snapshot:
+            self.samples += 1
+            if self.reload_in_wait and self.waiting:
+                self.reload_in_wait = False
+                self.daemon._on_reload(signal.SIGHUP, None)  # SIGHUP during the wait
+            return real_sample(config, now_ns, recheck=recheck)
+
+        sampler.sample = counted  # type: ignore[method-assign]
+        self.daemon = Daemon(
+            self.path,
+            cfg.load(self.path),
+            sampler,
+            self.actuator,
+            EventLog("stderr", "json", stream=self.out),
+            clock=self.clock,
+            notifier=lambda state: False,
+            state=self.state,
+        )
+        self.actuator.daemon = self.daemon
+        self.bed = Bed(self.world, self.daemon, self.actuator, self.clock, self.out, self.path)
+        # Which action each call and each release wait was for: the journal names a MIG
+        # slice's GPU by its index only, the action by its resource key.
+        self.applied: list[tuple[Action, int, int]] = []  # action, calls before, after
+        self.waiting = False
+        real_apply = self.daemon._apply
+
+        def apply_(action: Action, snapshot: object) -> None:
+            before = len(self.actuator.calls)
+            self.waiting = True
+            try:
+                real_apply(action, snapshot)  # type: ignore[arg-type]
+            finally:
+                self.waiting = False
+            self.applied.append((action, before, len(self.actuator.calls)))
+
+        self.daemon._apply = apply_  # type: ignore[method-assign]
+
+    def events(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.out.getvalue().splitlines()]
+
+
+DEVICE = st.sampled_from(DEVICES)
+UNIT = st.sampled_from((*UNITS, X))
+STEP = st.one_of(
+    st.tuples(st.just("vram"), UNIT, DEVICE, st.integers(-3, 3)),
+    st.tuples(st.just("ram"), UNIT, st.integers(-6, 6)),
+    st.tuples(st.just("unknown"), st.sampled_from((B, C)), st.booleans()),
+    st.tuples(
+        st.just("release_gives"),
+        st.sampled_from(RELEASING),
+        st.sampled_from(("none", "vram", "ram", "all")),
+    ),
+    st.tuples(st.just("release_prints"), st.sampled_from(("ok", "nul", "flood", "fork", "fail"))),
+    st.tuples(st.just("hook"), st.sampled_from(("ok", "flood", "fork", "fail", "slow"))),
+    st.tuples(st.just("reload_in_wait"), st.just(True)),
+    st.tuples(st.just("gpu_fault"), st.integers(0, 1), st.booleans()),
+    st.tuples(st.just("script"), st.sampled_from(("done", "done", "timeout", "refused", "raise"))),
+    st.tuples(st.just("finish_pending"), st.just(True)),
+    st.tuples(st.just("reload"), st.booleans(), st.booleans()),
+    st.tuples(st.just("wait"), st.integers(1, 6)),
+)
+
+
+def apply_step(bed: Combined, step: tuple[object, ...]) -> None:
+    w = bed.world
+    op = step[0]
+    if op == "vram":
+        _, unit, device, gib = step
+        w.grow(str(unit), gpu=str(device), vram=int(gib) * GIB)  # type: ignore[call-overload]
+    elif op == "ram":
+        _, unit, gib = step
+        w.grow(str(unit), ram=int(gib) * GIB)  # type: ignore[call-overload]
+    elif op == "unknown":
+        _, unit, on = step
+        for pid in w.unit_pids(str(unit)):
+            w.procs[pid].vram_unknown = bool(on)
+    elif op == "release_gives":
+        _, unit, mode = step
+        (w.root / f"mode-{unit}").write_text(str(mode))
+    elif op == "release_prints":
+        (w.root / "output").write_text(str(step[1]))
+    elif op == "hook":
+        (w.root / "hook-mode").write_text(str(step[1]))
+    elif op == "reload_in_wait":
+        bed.reload_in_wait = True
+    elif op == "gpu_fault":
+        _, gpu, on = step
+        if on:
+            w.gpu_errors[int(gpu)] = "GPU_IS_LOST: GPU is lost"  # type: ignore[call-overload]
+        else:
+            w.gpu_errors.pop(int(gpu), None)  # type: ignore[call-overload]
+    elif op == "script":
+        bed.actuator.script.append(str(step[1]))
+    elif op == "finish_pending":
+        bed.actuator.finish_pending()
+    elif op == "reload":
+        _, dry, hooks = step
+        bed.path.write_text(config_text(w.root, bool(dry), bool(hooks)))
+        bed.hooks_on = bool(hooks)
+        bed.daemon.reload()
+
+
+class Oracle:
+    def __init__(self, bed: Combined) -> None:
+        self.bed = bed
+        self.events_seen = 0
+        self.applied_seen = 0
+        self.holds: dict[str, str] = {}  # resource key -> unit whose accepted action holds it
+
+    def check(self, before_over: dict[str, frozenset[str]], samples: int, took_s: float) -> None:
+        bed = self.bed
+        events = bed.events()
+        new_events = events[self.events_seen :]
+        self.events_seen = len(events)
+        applied = bed.applied[self.applied_seen :]
+        self.applied_seen = len(bed.applied)
+
+        # No wait spins: each action samples a bounded number of times.
+        waits = sum(1 for e in new_events if e["event"] in ("released", "release_failed"))
+        assert samples <= 2 + len(applied) * (1 + SAMPLES_PER_WAIT_MAX), (samples, new_events)
+        # Hostile release output and forked children do not hold the loop.
+        assert took_s <= TICK_SLACK_S + waits * (RELEASE_TIMEOUT_S + 0.6), (took_s, new_events)
+
+        # Settlements free holds (a MIG slice's entry names its GPU's index only: free
+        # every slice the unit held there).
+        for e in new_events:
+            if e["event"] not in ("reclaimed", "not_reclaimed"):
+                continue
+            unit = e["unit"]
+            if e["resource"] == "ram":
+                keys = {"ram"}
+            elif e["gpu"] == 0:
+                keys = {f"gpu:{WHOLE}"}
+            else:
+                keys = {f"gpu:{SLICE0}", f"gpu:{SLICE1}"}
+            for k in keys:
+                if self.holds.get(k) == unit:
+                    del self.holds[k]
+
+        # Every call: an unprotected tenant, over budget on a breached resource.
+        for action, before, after in applied:
+            for call in bed.actuator.calls[before:after]:
+                assert call.unit == action.unit
+                tenant = bed.daemon.config.tenant(call.unit)
+                assert tenant is not None and not tenant.protected, call
+                assert action.resource_key in call.breached, (action, call)
+                assert action.resource_key in call.over, (action, call)
+                if call.result == "refused":
+                    continue
+                for held in before_over.get(call.unit, frozenset()) | {action.resource_key}:
+                    holder = self.holds.get(held)
+                    assert holder in (None, call.unit), (
+                        f"{call.unit} acted on while {held} is held by {holder}"
+                    )
+                    self.holds[held] = call.unit
+
+        # released means every resource the action held came back.
+        config = bed.daemon.config
+        for e in new_events:
+            if e["event"] != "released":
+                continue
+            unit = str(e["unit"])
+            kept = before_over.get(unit, frozenset()) & bed.truth.over(config, unit)
+            still = kept & bed.truth.breached(config)
+            assert not still, f"{unit} released, yet keeps {sorted(still)} under its floor"
+
+        # Hooks: a hook that worked (it printed its event, "forked" or its flood) is never
+        # reported failed; the failing one says "notifier down", the slow one nothing.
+        for e in new_events:
+            if e["event"] == "hook_failed":
+                output = str(e.get("output") or "")
+                assert output in ("", "notifier down"), e
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    dry=st.booleans(),
+    hooks=st.booleans(),
+    steps=st.lists(STEP, min_size=5, max_size=30),
+)
+def test_property_the_features_keep_the_promises_together(
+    tmp_path_factory: object,
+    dry: bool,
+    hooks: bool,
+    steps: list[tuple[object, ...]],
+) -> None:
+    root = Path(tmp_path_factory.mktemp("combined"))  # type: ignore[attr-defined]
+    bed = Combined(root, dry, hooks)
+    previous = signal.signal(signal.SIGHUP, bed.daemon._on_reload)
+    try:
+        run(bed, steps)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+        bed.daemon.hooks.close(grace_s=0.0)
+        leftovers(bed)
+
+
+def run(bed: Combined, steps: list[tuple[object, ...]]) -> None:
+    bed.daemon.restore_state()
+    # Every device and the host start near their floors, so most ticks decide something:
+    # the whole GPU has 2.2 GiB free; slice 0 holds B's reserve, slice 1 has 2.7 GiB free.
+    for unit, vram, ram in (
+        (A, {SLICE0: 1 * GIB, SLICE1: 4 * GIB}, 14),
+        (B, {SLICE0: 2 * GIB}, 10),
+        (C, {WHOLE: 6 * GIB, SLICE0: 1 * GIB}, 12),
+        (D, {WHOLE: 3 * GIB}, 5),
+        (X, {WHOLE: 4 * GIB}, 7),
+    ):
+        bed.world.spawn(unit, vram, ram=ram * GIB)
+    assert GPU_TOTAL == 16 * GIB
+    oracle = Oracle(bed)
+    now = 0
+    for step in steps:
+        apply_step(bed, step)
+        now += int(step[1]) * 2 if step[0] == "wait" else 2  # type: ignore[call-overload]
+        before_over = {u: bed.truth.over(bed.daemon.config, u) for u in UNITS}
+        bed.samples = 0
+        started = time.monotonic()
+        bed.clock.now = now * 10**9
+        bed.daemon.tick()  # never raises
+        if bed.daemon._reload.is_set():  # the loop reloads before its next tick
+            bed.daemon._reload.clear()
+            bed.daemon.reload()
+        oracle.check(before_over, bed.samples, time.monotonic() - started)
+    # Give hooks their time, then check none that worked was reported failed.
+    deadline = time.monotonic() + HOOK_TIMEOUT_S + 0.5
+    while bed.daemon.hooks._running and time.monotonic() < deadline:  # noqa: SLF001
+        time.sleep(0.05)
+        bed.daemon._reap_hooks(bed.clock.now)
+    oracle.check({}, 0, 0.0)
+
+
+def leftovers(bed: Combined) -> None:
+    """Nothing a hook or a release started outlives its time limit (it was killed
+    with its process group), beyond the short-lived children of forking modes."""
+    deadline = time.monotonic() + 3.5
+    while time.monotonic() < deadline:
+        found = subprocess.run(
+            ["pgrep", "-f", "vw-combined-slow"], capture_output=True, text=True, check=False
+        ).stdout.split()
+        if not found:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"processes left behind by hooks or releases: {found}")
