@@ -307,8 +307,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from vramwatch.sink import MetricsSink, NoMetrics, enabled
     from vramwatch.sources.nvml import NvmlSource
     from vramwatch.sources.procfs import ProcFs
+    from vramwatch.sources.worker import KeepAlive
     from vramwatch.state import StateStore, default_dir
-    from vramwatch.systemd import SystemdClient
+    from vramwatch.systemd import SystemdClient, notify, watchdog_interval_ns
 
     # The config decides which services get restarted: run only trusts a file
     # that nobody but root (or vramwatch's own user) can change.
@@ -324,18 +325,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         problem = start_exporter(exporter, config.metrics)
         if problem is not None:  # no metrics is no reason to stop guarding
             events.say("metrics_error", "error", problem, error=problem)
-    nvml = NvmlSource()
-    try:
-        gpus, _error = nvml.sample(time.monotonic_ns())
-        totals: list[int | None] = [g.total_bytes for g in gpus]
-    except Exception:  # noqa: BLE001 - only for the warnings below; the loop reports errors
-        totals = []
-    for warning in floor_warnings(config, totals, _mem_total()):
-        events.say(
-            "config_warning", "warning", f"{path}: {warning}", config=str(path), warning=warning
-        )
+    # Nothing before READY=1 calls NVML but the loop's first sample, within nvml_timeout
+    # (a hung driver must not hold the start): the daemon says its config_warnings from
+    # that sample. While a sample waits for NVML, systemd's watchdog is kept fed.
+    watchdog_ns = watchdog_interval_ns()
+    keepalive = KeepAlive(watchdog_ns, lambda: notify("WATCHDOG=1")) if watchdog_ns else None
     raise_open_files_limit()
-    sampler = Sampler(nvml, ProcFs())
+    sampler = Sampler(NvmlSource(), ProcFs(), keepalive=keepalive)
     running: list[Daemon] = []
     # Containers are acted on with the running config's socket and stop_timeout
     # (they follow a reload); the Engine API is only reached for a container tenant.

@@ -863,3 +863,52 @@ def floor_warnings(
                 "every tick is a breach"
             )
     return warnings
+
+
+def watchdog_warnings(config: Config, watchdog_ns: int | None) -> list[str]:
+    """Waits in the loop longer than ``watchdog_ns`` (systemd's keep-alive interval, half
+    of ``WatchdogSec=``; None: no watchdog). vramwatch feeds the watchdog while such a
+    wait is within its own limit, but the loop acts on nothing else meanwhile."""
+    if watchdog_ns is None:
+        return []
+    waits = [("gpu.nvml_timeout", config.nvml_timeout_ns, "a hung driver holds the loop")]
+    waits += [
+        (f"tenant[{i}].release_timeout", t.release_timeout_ns, f"{t.unit}'s release holds the loop")
+        for i, t in enumerate(config.tenants)
+        if t.release
+    ]
+    if config.has_containers:
+        stop = config.containers.stop_timeout_ns
+        waits.append(("containers.stop_timeout", stop, "a container's restart holds the loop"))
+    return [
+        f"{key} {_span(ns)} is longer than half of the unit's WatchdogSec= "
+        f"({_span(2 * watchdog_ns)}): {what} up to that long; vramwatch keeps the "
+        "watchdog fed meanwhile but acts on nothing else; lower it, or raise WatchdogSec="
+        for key, ns, what in waits
+        if ns > watchdog_ns
+    ]
+
+
+def run_warnings(
+    config: Config,
+    gpus: list[tuple[int, str, int | None]],
+    mem_total_bytes: int | None,
+    watchdog_ns: int | None,
+) -> list[str]:
+    """What ``vramwatch run`` says (config_warning) about a config it runs all the same,
+    at start and after each reload. run never refuses what an earlier release accepted:
+    its exit 78 with ``RestartPreventExitStatus=78`` would leave the host unguarded.
+
+    ``gpus``: the devices sampled, (index, UUID, total bytes or None: unknown);
+    ``watchdog_ns``: as in :func:`watchdog_warnings`.
+    """
+    present = [(index, uuid, total) for index, uuid, total in gpus if total is not None]
+    return (
+        floor_warnings(config, [total for _, _, total in gpus], mem_total_bytes)
+        + [
+            f"{problem}; vramwatch check refuses this, and run cannot keep this "
+            "reservation as configured"
+            for problem in reserve_fit_errors(config, present)
+        ]
+        + watchdog_warnings(config, watchdog_ns)
+    )

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from vramwatch import commands, policy
 from vramwatch.commands import Hooks
-from vramwatch.config import Config, ConfigError, load
+from vramwatch.config import Config, ConfigError, load, run_warnings
 from vramwatch.events import EventLog, event_dict, journal_fields
 from vramwatch.model import Action, Event, Snapshot, Verb
 from vramwatch.sink import WITHDRAWN, MetricsSink
@@ -95,6 +95,10 @@ class Daemon:
         self._watchdog_ns = watchdog_interval_ns()  # WatchdogSec= / 2, read once
         self._last_keepalive_ns = 0
         self._ready = False
+        # config_warning: said from the first sample (that read the GPUs) after the
+        # start and after each reload, each warning once.
+        self._warnings_pending = True
+        self._warned: set[str] = set()
 
     def _effective(self, config: Config) -> Config:
         if self.force_dry_run and not config.daemon.dry_run:
@@ -206,6 +210,8 @@ class Daemon:
         self._tell_ready()
         if self._failing.end("sampler"):
             self.events.say("sampling_recovered", "info", "sampling works again")
+        if self._warnings_pending:
+            self._config_warnings(snapshot)
         self.metrics.observe_snapshot(self.config, snapshot)
         try:
             decision = policy.decide(self.config, snapshot, self.history)
@@ -224,6 +230,29 @@ class Daemon:
         self._flush_metrics()
         self.save_state()
         self.notify("STATUS=" + status_line(snapshot) + "\nWATCHDOG=1")
+
+    def _config_warnings(self, snapshot: Snapshot) -> None:
+        """What run runs anyway but warns about (config.run_warnings), each once per config;
+        the GPU-dependent ones wait for a sample in which NVML answered."""
+        try:
+            gpus = [(g.index, g.uuid, g.total_bytes) for g in snapshot.gpus]
+            found = run_warnings(
+                self.config, gpus, snapshot.host.mem_total_bytes, self._watchdog_ns
+            )
+        except Exception as exc:  # noqa: BLE001 - a warning must never stop guarding
+            self._internal_error("config_warning", exc, snapshot.now_ns, "no config warnings")
+            return
+        self._warnings_pending = snapshot.nvml_hung_ns is not None
+        for warning in found:
+            if warning not in self._warned:
+                self._warned.add(warning)
+                self.events.say(
+                    "config_warning",
+                    "warning",
+                    f"{self.config_path}: {warning}",
+                    config=str(self.config_path),
+                    warning=warning,
+                )
 
     def _observe_trends(self, snapshot: Snapshot) -> None:
         try:
@@ -513,6 +542,7 @@ class Daemon:
             )
         else:
             self.config = new
+            self._warnings_pending, self._warned = True, set()
             self.events.say(
                 "config_reloaded",
                 "info",

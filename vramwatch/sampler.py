@@ -27,7 +27,7 @@ from vramwatch.model import (
 )
 from vramwatch.sources.containers import Catalog, Engine
 from vramwatch.sources.procfs import RSS_SOURCE, ProcFs, container_of_cgroup_path
-from vramwatch.sources.worker import DeadlineGpuSource, GpuSource
+from vramwatch.sources.worker import DeadlineGpuSource, GpuSource, KeepAlive
 
 # The error code of a GPU sample with impossible values (a PID that does not
 # exist, a process holding more than the device): never attributed.
@@ -122,6 +122,7 @@ class Sampler:
         engine: Callable[[str], Engine] = Engine,
         name_containers: bool = False,
         pids: bool = False,
+        keepalive: KeepAlive | None = None,
     ) -> None:
         """``engine`` makes the Engine API client for a socket; it is used only while
         a tenant is a container, or always with ``name_containers`` (``status``).
@@ -130,12 +131,14 @@ class Sampler:
         for ``status`` and a recording daemon (the attribute may change between
         ticks). No decision uses them: without, a unit's PIDs are read only when its
         RAM is summed over its processes (no memory cgroup), and are ``()`` otherwise.
+
+        ``keepalive``: systemd's watchdog, fed while a sample waits for NVML.
         """
         self.gpus = gpus
         self.pids = pids
         # NVML runs on one worker thread with a per-tick deadline: a hung driver
         # costs the GPUs, never host-RAM guarding.
-        self.nvml = DeadlineGpuSource(gpus)
+        self.nvml = DeadlineGpuSource(gpus, keepalive)
         self.procfs = procfs
         self._engine = engine
         self._name_containers = name_containers

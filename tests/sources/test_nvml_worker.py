@@ -19,7 +19,7 @@ from vramwatch import policy
 from vramwatch.model import GpuSample
 from vramwatch.sampler import Sampler
 from vramwatch.sources.nvml import NvmlSource
-from vramwatch.sources.worker import HUNG, DeadlineGpuSource
+from vramwatch.sources.worker import HUNG, DeadlineGpuSource, KeepAlive
 
 S = 10**9
 MS = 10**6
@@ -151,3 +151,67 @@ def test_nvml_hung_is_told_once_then_reminded_and_ends_with_recovered(
     assert ["sampling_recovered"] == [e.name for e in decision.events]
     # stuck from the first tick's deadline (t=0 + 200 ms) until t = REMINDER + 3 s
     assert policy.REMINDER_NS + 3 * S + TIMEOUT_NS == decision.events[0].fields["hung_ns"]
+
+
+class Blocking:
+    """A GPU source whose call blocks until ``release`` is set (or ``hold_s`` passes)."""
+
+    def __init__(self, hold_s: float) -> None:
+        self.hold_s = hold_s
+        self.release = threading.Event()
+
+    def sample(self, now_ns: int) -> tuple[tuple[GpuSample, ...], str | None]:
+        self.release.wait(self.hold_s)
+        return (GpuSample(0, "GPU-0", "Tesla T4", 16 * 2**30, 0, 16 * 2**30, ()),), None
+
+    def close(self) -> None:
+        self.release.set()
+
+
+class Beats:
+    """Keep-alives received, in seconds since ``started``."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.at: list[float] = []
+
+    def __call__(self) -> None:
+        self.at.append(time.monotonic() - self.started)
+
+
+def test_a_slow_answer_within_the_deadline_keeps_the_watchdog_fed() -> None:
+    """Issue 22 item 4: nvml_timeout near its 60 s maximum, WatchdogSec=1min. Before: the
+    tick waited on the worker with no WATCHDOG=1, and systemd killed vramwatch."""
+    beats = Beats()
+    source = DeadlineGpuSource(Blocking(1.0), KeepAlive(200 * MS, beats))
+
+    reading, took_s = timed(lambda: source.sample(0, 5 * S))
+    source.close()
+
+    assert None is reading.hung_ns  # type: ignore[attr-defined]
+    assert 3 <= len(beats.at), beats.at
+    gaps = [b - a for a, b in zip([0.0, *beats.at], [*beats.at, took_s], strict=True)]
+    assert max(gaps) < 0.4, (gaps, beats.at)
+
+
+def test_a_wait_past_its_deadline_is_not_kept_alive() -> None:
+    """Keep-alives stop at the deadline; later ticks skip the stuck call at once, unfed:
+    a loop that hangs past its own limits must let systemd act."""
+    beats = Beats()
+    inner = Blocking(60.0)
+    source = DeadlineGpuSource(inner, KeepAlive(200 * MS, beats))
+
+    first, first_s = timed(lambda: source.sample(0, 700 * MS))
+    during = list(beats.at)
+    later = source.sample(S, 700 * MS)
+    time.sleep(0.5)
+    after = list(beats.at)
+    inner.release.set()
+    wait_idle(source)
+    source.close()
+
+    assert first.hung_ns is not None and later.hung_ns is not None  # type: ignore[attr-defined]
+    assert 2 <= len(during), during
+    assert all(t < 0.7 for t in during), during  # none past the 700 ms deadline
+    assert during == after  # nothing while stuck past it, nor from the skipped sample
+    assert first_s < 1.0

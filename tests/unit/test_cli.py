@@ -71,7 +71,8 @@ def test_run_warns_at_start_about_a_floor_above_this_hosts_memory(
 ) -> None:
     from vramwatch.daemon import Daemon
 
-    monkeypatch.setattr(Daemon, "run", lambda _self: 0)  # the wiring only, not the loop
+    # The wiring and the first tick (whose sample the warnings come from), not the loop.
+    monkeypatch.setattr(Daemon, "run", lambda self: self.tick() or 0)
     tmp_path.chmod(0o755)
     path = tmp_path / "vramwatch.toml"
     path.write_text('[host]\nmin_available_ram = "1024TiB"\n')

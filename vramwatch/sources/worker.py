@@ -7,11 +7,18 @@ goes on with host RAM meanwhile. While the worker is stuck, later ticks do not
 queue more work behind it (no thread pile-up): they skip GPU sampling at once
 and report every GPU known so far as unknown. When the stuck call returns, its
 stale result is dropped and the next tick samples afresh.
+
+While a sample waits for the worker within its deadline it sends systemd's
+keep-alive (``KeepAlive``) every watchdog interval: ``nvml_timeout`` may be
+longer than half of ``WatchdogSec=``. A wait never outlasts its deadline, and
+no keep-alive is sent past it, so a loop stuck anywhere else is still killed.
 """
 
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -37,6 +44,15 @@ class GpuReading:
     hung_ns: int | None = None  # how long the running NVML call has been stuck
 
 
+@dataclass(frozen=True, slots=True)
+class KeepAlive:
+    """While a sample waits for NVML within its deadline: ``send()`` every ``every_ns``
+    (the watchdog interval: ``systemd.watchdog_interval_ns()``)."""
+
+    every_ns: int
+    send: Callable[[], object]
+
+
 class _Job:
     __slots__ = ("now_ns", "done", "result", "error")
 
@@ -50,8 +66,9 @@ class _Job:
 class DeadlineGpuSource:
     """Runs ``inner.sample`` on one worker thread; each call waits at most ``timeout_ns``."""
 
-    def __init__(self, inner: GpuSource) -> None:
+    def __init__(self, inner: GpuSource, keepalive: KeepAlive | None = None) -> None:
         self.inner = inner
+        self.keepalive = keepalive
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._pending: _Job | None = None  # handed over, not yet taken by the worker
@@ -73,7 +90,7 @@ class DeadlineGpuSource:
                 self._wake.notify()
         if stuck is not None:
             return self._hung(stuck, now_ns, timeout_ns)
-        if not job.done.wait(timeout_ns / 1e9):
+        if not self._wait(job, timeout_ns):
             return self._hung(job, now_ns, timeout_ns)
         if job.error is not None:
             raise job.error
@@ -101,6 +118,25 @@ class DeadlineGpuSource:
             self.inner.close()
         # A stuck call keeps its (daemon) thread until it returns; nvmlShutdown
         # would block behind it, and the process is exiting anyway.
+
+    def _wait(self, job: _Job, timeout_ns: int) -> bool:
+        """Wait up to ``timeout_ns`` for the job; keep the watchdog fed meanwhile, never
+        past the deadline. True when it finished."""
+        keepalive = self.keepalive
+        if keepalive is None or keepalive.every_ns <= 0:
+            return job.done.wait(timeout_ns / 1e9)
+        deadline = time.monotonic_ns() + timeout_ns
+        while True:
+            left = deadline - time.monotonic_ns()
+            if left <= 0:
+                return job.done.is_set()
+            if job.done.wait(min(left, keepalive.every_ns) / 1e9):
+                return True
+            if time.monotonic_ns() < deadline:
+                try:
+                    keepalive.send()
+                except Exception:  # noqa: BLE001 - a lost keep-alive must not lose the GPUs
+                    pass
 
     def _hung(self, job: _Job, now_ns: int, timeout_ns: int) -> GpuReading:
         hung_ns = max(now_ns - job.now_ns, timeout_ns)
