@@ -6,7 +6,7 @@ unreadable), which the policy treats as "not proven over budget".
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -77,6 +77,16 @@ class ContainerInfo:
         if self.compose is not None:
             keys.append(TenantId(TenantKind.COMPOSE, self.compose).key)
         return tuple(keys)
+
+    def tenant(self, keys: Collection[str]) -> str | None:
+        """The one configured tenant (of the container and compose ``keys``) it counts
+        against: the tenant that names it, else its compose service's. So a compose
+        tenant's members are the containers of its service that no other tenant
+        names. Sampling, acting and ``status`` all ask this, and only this."""
+        for key in self.tenant_keys():
+            if key in keys:
+                return key
+        return None
 
     def label(self) -> str:
         """For people: ``container immich_ml (compose immich/ml)``."""

@@ -17,7 +17,6 @@ from dataclasses import dataclass, replace
 
 from vramwatch.config import Config
 from vramwatch.model import (
-    ContainerInfo,
     GpuProcess,
     GpuSample,
     HostSample,
@@ -191,6 +190,7 @@ class Sampler:
         manager = manager_for(config.daemon.bus)
         vram_known = nvml_error is None and all(g.error is None for g in gpus)
         vram, mps_units = _vram_by_unit(gpus, manager)
+        keys: set[str] = set()
         if catalog is not None:
             keys = {t.unit for t in config.tenants if t.id.is_container}
             vram.update(_vram_by_container(gpus, keys, catalog.error is not None))
@@ -202,7 +202,7 @@ class Sampler:
             # Without a catalog no tenant is a container: skip parsing the key.
             if catalog is not None and tenant.id.is_container:
                 units[tenant.unit] = self._container_tenant(
-                    tenant.unit, catalog, by_gpu, unknown or not vram_known
+                    tenant.unit, keys, catalog, by_gpu, unknown or not vram_known
                 )
                 continue
             units[tenant.unit] = self._unit(
@@ -253,11 +253,11 @@ class Sampler:
         return found[1] if found is not None else None
 
     def _container_tenant(
-        self, key: str, catalog: Catalog, by_gpu: dict[str, int], unknown: bool
+        self, key: str, keys: set[str], catalog: Catalog, by_gpu: dict[str, int], unknown: bool
     ) -> UnitUsage:
         """A container or compose tenant: its containers' VRAM, and RAM from their
         memory cgroups, summed; unknown while the Engine API cannot name them."""
-        members = catalog.members(key)
+        members = catalog.members(key, keys)
         if catalog.error is not None and not catalog.by_id:
             return UnitUsage(key, None, by_gpu, None, (), "")
         pids: list[int] = []
@@ -490,14 +490,6 @@ def _name_containers(gpus: tuple[GpuSample, ...], catalog: Catalog) -> tuple[Gpu
     return tuple(named)
 
 
-def container_tenant(info: ContainerInfo, keys: set[str]) -> str | None:
-    """The configured tenant a container counts against: by name, else by service."""
-    for key in info.tenant_keys():
-        if key in keys:
-            return key
-    return None
-
-
 def _vram_by_container(
     gpus: tuple[GpuSample, ...], keys: set[str], engine_failing: bool
 ) -> dict[str, tuple[dict[str, int], bool]]:
@@ -517,7 +509,7 @@ def _vram_by_container(
             if owner.container is None:
                 unnamed = True
                 continue
-            key = container_tenant(owner.container, keys)
+            key = owner.container.tenant(keys)
             if key is None:
                 continue
             by_gpu, unknown = found[key]

@@ -10,6 +10,7 @@ import pytest
 
 from tests.fakenvml import FakeGpu, FakeNvmlState, FakeProcess, mib
 from vramwatch import config as cfg
+from vramwatch import status
 from vramwatch.model import ContainerInfo, Owner
 from vramwatch.sampler import Sampler
 from vramwatch.sources import containers
@@ -382,3 +383,50 @@ def test_a_failing_engine_is_asked_again_after_a_pause_not_on_every_tick() -> No
         catalog.error,
         [c.name for c in catalog.by_id.values()],
     )
+
+
+# one membership rule (issue 22, item 6) -------------------------------------------
+
+SERVICE_AND_NAMED = cfg.parse(
+    """
+[[tenant]]
+compose = "immich/immich-machine-learning"
+vram = "3000MiB"
+ram = "1GiB"
+[[tenant]]
+container = "immich_ml_2"
+vram = "3000MiB"
+protected = true
+""",
+    "/etc/vramwatch.toml",
+)
+
+
+def test_a_container_that_is_its_own_tenant_is_no_member_of_its_services_tenant(
+    fake_nvml: FakeNvmlState, tmp_path: Path
+) -> None:
+    """Sampling and status count a compose tenant by one rule: the containers of the
+    service that no other tenant names, for VRAM and RAM alike."""
+    fake_nvml.write(gpu((100, 1000), (200, 2000)))
+    engine = engine_with(
+        info(ML, "immich_ml_1", *SERVICE),
+        info(ML2, "immich_ml_2", *SERVICE),
+    )
+    sampler = Sampler(NvmlSource(), world(tmp_path), engine=scripted(engine), pids=True)
+
+    snap = sampler.sample(SERVICE_AND_NAMED, 0)
+    sampler.close()
+    rows = {t["tenant"]: t for t in status.report(SERVICE_AND_NAMED, snap, {}, None)["tenants"]}
+
+    expected = {
+        "compose:immich/immich-machine-learning": (mib(1000), mib(800), [100], ["immich_ml_1"]),
+        "container:immich_ml_2": (mib(2000), mib(500), [200], ["immich_ml_2"]),
+    }
+    assert expected == {
+        key: (u.vram_bytes, u.ram_bytes, sorted(u.pids), [c.name for c in u.containers])
+        for key, u in snap.units.items()
+    }
+    assert expected == {
+        key: (r["vram_bytes"], r["ram_bytes"], r["pids"], [c["name"] for c in r["containers"]])
+        for key, r in rows.items()
+    }

@@ -10,7 +10,7 @@ caller never sees the SDK's or ``requests``' exceptions.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
 from vramwatch.model import ContainerInfo, TenantId, TenantKind
@@ -208,10 +208,12 @@ class Catalog:
         for gone in set(self._cgroups) - set(self.by_id):
             del self._cgroups[gone]
 
-    def members(self, key: str) -> list[ContainerInfo]:
-        """The running containers of a tenant key (``container:NAME``, ``compose:P/S``)."""
+    def members(self, key: str, keys: Collection[str]) -> list[ContainerInfo]:
+        """The running containers of tenant ``key`` (``container:NAME``,
+        ``compose:P/S``) among the configured container tenants ``keys``: a
+        container that another tenant names is that tenant's, not its service's."""
         return sorted(
-            (c for c in self.by_id.values() if key in c.tenant_keys()), key=lambda c: c.name
+            (c for c in self.by_id.values() if c.tenant(keys) == key), key=lambda c: c.name
         )
 
     def cgroup(self, container: ContainerInfo, exists: Callable[[str], bool]) -> str | None:
