@@ -107,9 +107,11 @@ class Owner:
     cgroup: str
     unit: str | None
     manager: str
-    # A container's processes: the container id found in the cgroup path
-    # (docker-<id>.scope, /docker/<id>, libpod-<id>.scope), and what the Engine
-    # API calls it, once the sampler has asked.
+    # A container's processes. From /proc: the id a component of the cgroup path
+    # looks like (docker-<id>.scope, /docker/<id>, libpod-<id>.scope), a candidate
+    # only, as any user can name a scope so. In a Snapshot: set only where the
+    # Engine API confirms that the process is in that container's own cgroup (or
+    # below it), with what the API calls the container; None everywhere else.
     container_id: str | None = None
     container: ContainerInfo | None = None
 

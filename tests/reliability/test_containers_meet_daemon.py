@@ -2,8 +2,10 @@
 container actuator over a fixture /proc and cgroup tree, the fake NVML and one
 scripted Engine API that both the sampler and the actuator talk to.
 
-Item 6: a compose tenant's members are the containers of its service that no
-other tenant names, in what is sampled and in what is restarted.
+Item 1: a user's scope named after a container is not that container, so the
+container is not restarted for the user's VRAM. Item 6: a compose tenant's
+members are the containers of its service that no other tenant names, in what
+is sampled and in what is restarted.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.fakenvml import FakeGpu, FakeNvmlState
-from tests.reliability.test_sources_meet_daemon import Host, events, one_gpu
+from tests.reliability.test_sources_meet_daemon import USER, Host, events, one_gpu
 from vramwatch import config as cfg
 from vramwatch.actuators import Router
 from vramwatch.actuators.containers import ContainerActuator
@@ -115,6 +117,38 @@ def run(
         daemon.tick()
     sampler.close()
     return units, out
+
+
+def test_a_users_scope_named_after_a_container_does_not_get_the_container_restarted(
+    tmp_path: Path, fake_nvml: FakeNvmlState
+) -> None:
+    """Item 1: `systemd-run --user --scope --unit=docker-<ID>.scope` holds 9000 MiB.
+    The container (1000 MiB of its 3000 MiB) is not restarted; no_candidate names
+    the user's scope, not the container."""
+    host = Host(tmp_path, 60_000_000)
+    host.process(100, f"/system.slice/docker-{ML1.id}.scope")
+    host.process(600, f"{USER}/app.slice/docker-{ML1.id}.scope")
+    engine = Engine({ML1: 100})
+    config = (
+        '[gpu]\nmin_free_vram = "2GiB"\ngrace = "1s"\n'
+        '[[tenant]]\ncontainer = "immich_ml_1"\nvram = "3000MiB"\n'
+    )
+
+    units, out = run(
+        tmp_path,
+        config,
+        host,
+        one_gpu(1000, (100, 1000), (600, 9000)),
+        engine,
+        fake_nvml,
+        [0, 1, 2, 3],
+    )
+
+    assert ([], [], []) == (engine.restarts, units.calls, events(out, "restart"))
+    (report,) = events(out, "no_candidate")
+    assert {"owner": f"docker-{ML1.id}.scope (user@1000)", "bytes": 9000 * MIB} == report[
+        "top_users"
+    ][0]
 
 
 def test_a_compose_restart_spares_the_protected_container_that_is_its_own_tenant(

@@ -12,6 +12,7 @@ from tests.fakenvml import FakeGpu, FakeNvmlState, FakeProcess, mib
 from vramwatch import config as cfg
 from vramwatch import status
 from vramwatch.model import ContainerInfo, Owner
+from vramwatch.policy import biggest_users
 from vramwatch.sampler import Sampler
 from vramwatch.sources import containers
 from vramwatch.sources.containers import Catalog, Engine, EngineError
@@ -59,6 +60,10 @@ class ScriptedEngine:
         self.error: EngineError | None = None
         self.listings = 0
         self.closed = False
+        self.uid: int | None = 0  # who owns the socket: root's engine
+
+    def owner_uid(self) -> int | None:
+        return self.uid
 
     def running(self) -> list[ContainerInfo]:
         self.listings += 1
@@ -383,6 +388,130 @@ def test_a_failing_engine_is_asked_again_after_a_pause_not_on_every_tick() -> No
         catalog.error,
         [c.name for c in catalog.by_id.values()],
     )
+
+
+# a container is its own cgroup, as the Engine API tells (issue 22, item 1) ---------
+
+USER_1000 = "/user.slice/user-1000.slice/user@1000.service"
+NAMED = cfg.parse(
+    '[[tenant]]\ncontainer = "immich_ml_1"\nvram = "3000MiB"\nprotected = true\n', "<test>"
+)
+
+
+@pytest.mark.parametrize(
+    ("cgroup", "label"),
+    [
+        # systemd-run --user --scope --unit=docker-<ID>.scope: any user may name a scope
+        (f"{USER_1000}/app.slice/docker-{ML}.scope", f"docker-{ML}.scope (user@1000)"),
+        (f"{USER_1000}/app.slice/libpod-{ML}.scope", f"libpod-{ML}.scope (user@1000)"),
+        # a sub-cgroup of a user's own delegated unit, named by the bare id
+        (f"{USER_1000}/app.slice/build.service/{ML}", "build.service (user@1000)"),
+        # not a user's, and still not the container's own cgroup
+        (f"/system.slice/ci-runner.service/docker-{ML}.scope", "ci-runner.service"),
+    ],
+    ids=["user docker scope", "user libpod scope", "bare id", "system sub-cgroup"],
+)
+@pytest.mark.parametrize("container_on_gpu", [True, False], ids=["on gpu", "idle"])
+def test_a_cgroup_named_after_a_container_is_not_that_container(
+    fake_nvml: FakeNvmlState, tmp_path: Path, cgroup: str, label: str, container_on_gpu: bool
+) -> None:
+    """Only the container's own cgroup (its PID's, as the Engine API names the PID)
+    or one below it is the container's: a process elsewhere that carries the id
+    is its own unit's, in the tenant's usage and in the no_candidate report."""
+    fs = world(tmp_path)
+    proc(tmp_path, 600, cgroup, "miner")
+    fake_nvml.write(gpu(*([(100, 1000)] if container_on_gpu else []), (600, 9000)))
+    engine = engine_with(info(ML, "immich_ml_1", *SERVICE))
+    sampler = Sampler(NvmlSource(), fs, engine=scripted(engine))
+
+    first = sampler.sample(NAMED, 0)
+    recheck = sampler.sample(NAMED, 10**9, recheck=True)
+    sampler.close()
+
+    for snap in (first, recheck):
+        ml = snap.units["container:immich_ml_1"]
+        (miner,) = (p for p in snap.gpus[0].processes if p.pid == 600)
+        assert miner.owner is not None
+        assert (mib(1000) if container_on_gpu else 0, None, None) == (
+            ml.vram_bytes,
+            miner.owner.container_id,
+            miner.owner.container,
+        )
+        assert [(label, mib(9000))] == [
+            (label, n) for label, n in biggest_users(snap, snap.gpus[0]) if n == mib(9000)
+        ]
+
+
+ROOTLESS = "e5" * 32  # a rootless engine's container, under its user's manager
+
+
+MINER_1001 = f"/user.slice/user-1001.slice/user@1001.service/app.slice/docker-{ROOTLESS}.scope"
+
+
+@pytest.mark.parametrize(
+    ("socket_uid", "expected"),
+    [
+        # user 1000's rootless engine: its container is under user@1000, and is its own;
+        # user 1001's scope of the same name is not
+        (1000, (mib(1000), ROOTLESS, None)),
+        # the system's engine has no container under a user's manager: when it names a
+        # PID there (one reused since), that cgroup is not taken as the container's
+        (0, (0, None, None)),
+    ],
+    ids=["rootless engine of that user", "system engine"],
+)
+def test_a_container_under_a_users_manager_is_taken_only_from_that_users_engine(
+    fake_nvml: FakeNvmlState,
+    tmp_path: Path,
+    socket_uid: int,
+    expected: tuple[int, str | None, str | None],
+) -> None:
+    fs = world(tmp_path)
+    proc(tmp_path, 700, f"{USER_1000}/user.slice/docker-{ROOTLESS}.scope", "python")
+    cgroup(tmp_path, f"{USER_1000}/user.slice/docker-{ROOTLESS}.scope", [700], mib(300))
+    proc(tmp_path, 600, MINER_1001, "miner")
+    fake_nvml.write(gpu((700, 1000), (600, 9000)))
+    engine = engine_with(info(ROOTLESS, "immich_ml_1"))
+    engine.pids[ROOTLESS] = 700
+    engine.uid = socket_uid
+    sampler = Sampler(NvmlSource(), fs, engine=scripted(engine))
+
+    snap = sampler.sample(NAMED, 0)
+    sampler.close()
+
+    owners = {p.pid: p.owner for p in snap.gpus[0].processes}
+    assert owners[600] is not None and owners[700] is not None
+    assert expected == (
+        snap.units["container:immich_ml_1"].vram_bytes,
+        owners[700].container_id,
+        owners[600].container_id,
+    )
+
+
+def test_a_pid_reused_while_the_containers_cgroup_is_read_does_not_name_its_cgroup(
+    fake_nvml: FakeNvmlState, tmp_path: Path
+) -> None:
+    """The engine names the container's PID, the container exits and the PID goes to
+    a user's process in a scope named after it: that scope is not the container."""
+    fs = world(tmp_path)
+    miner = f"{USER_1000}/app.slice/docker-{ML}.scope"
+    proc(tmp_path, 600, miner, "miner")
+    fake_nvml.write(gpu((600, 9000)))
+    engine = engine_with(info(ML, "immich_ml_1", *SERVICE))
+    answers = iter([600, 100])  # the first inspect's PID is the miner's by the time it is read
+
+    def pid(ident: str) -> int | None:
+        return next(answers, 100) if ident == ML else engine.pids.get(ident)
+
+    engine.pid = pid  # type: ignore[method-assign]
+    sampler = Sampler(NvmlSource(), fs, engine=scripted(engine))
+
+    snap = sampler.sample(NAMED, 0)
+    sampler.close()
+
+    owner = snap.gpus[0].processes[0].owner
+    assert owner is not None
+    assert (0, None) == (snap.units["container:immich_ml_1"].vram_bytes, owner.container_id)
 
 
 # one membership rule (issue 22, item 6) -------------------------------------------
