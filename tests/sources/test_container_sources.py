@@ -3,6 +3,8 @@ scripted Engine API, and what the sampler makes of a failing one."""
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -373,7 +375,9 @@ def test_the_catalog_finds_a_container_cgroup_once_and_again_after_it_moves() ->
 def test_a_failing_engine_is_asked_again_after_a_pause_not_on_every_tick() -> None:
     engine = engine_with(info(ML, "immich_ml_1", *SERVICE))
     engine.error = EngineError(containers.TIMEOUT, "list containers: did not answer in time")
-    catalog = Catalog(engine, lambda _pid: None)  # type: ignore[arg-type]
+    # Each call answers at once (the clock does not move): see the test below for one
+    # that hangs.
+    catalog = Catalog(engine, lambda _pid: None, clock=lambda: 0)  # type: ignore[arg-type]
 
     for second in range(6):  # one tick a second
         catalog.refresh(second * 10**9, {ML})
@@ -512,6 +516,64 @@ def test_a_pid_reused_while_the_containers_cgroup_is_read_does_not_name_its_cgro
     owner = snap.gpus[0].processes[0].owner
     assert owner is not None
     assert (0, None) == (snap.units["container:immich_ml_1"].vram_bytes, owner.container_id)
+
+
+class HungEngine:
+    """An Engine API that answers once, then hangs every call for its whole timeout."""
+
+    def __init__(self, clock: list[int]) -> None:
+        self.socket = "unix:///run/docker.sock"
+        self.clock = clock
+        self.hung = False
+        self.calls: list[tuple[str, int]] = []  # (call, when it began, in seconds)
+
+    def _call(self, what: str) -> None:
+        if not self.hung:
+            return
+        self.calls.append((what, self.clock[0] // 10**9))
+        self.clock[0] += int(containers.READ_TIMEOUT_S * 10**9)
+        raise EngineError(containers.TIMEOUT, f"{what}: did not answer in time")
+
+    def running(self) -> list[ContainerInfo]:
+        self._call("list")
+        return [info(ML, "immich_ml_1", *SERVICE)]
+
+    def pid(self, ident: str) -> int | None:
+        self._call("inspect")
+        return 100
+
+    def owner_uid(self) -> int | None:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_hung_engine_costs_one_timeout_per_back_off_not_one_per_tick(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 22, item 11: the back-off runs from when the failure was seen (the call's
+    end), so a dockerd that hangs every call holds a one-second loop up for one
+    READ_TIMEOUT_S in each UNKNOWN_RETRY_NS after it, inspects included."""
+    clock = [-20 * 10**9]
+    engine = HungEngine(clock)
+    monkeypatch.setattr(time, "monotonic_ns", lambda: clock[0])  # the calls take time
+    catalog = Catalog(engine, lambda _pid: None)  # type: ignore[arg-type]
+    catalog.refresh(clock[0], {ML})  # named while dockerd answered
+    container = catalog.by_id[ML]
+    engine.hung = True
+    tick, interval = 0, 10**9
+
+    while tick < 60 * 10**9:  # the daemon's loop: a fixed grid, missed slots skipped
+        clock[0] = tick
+        catalog.refresh(tick, {ML})
+        with contextlib.suppress(EngineError):
+            catalog.cgroup(container, lambda _path: False)  # its cgroup is not known yet
+        tick += interval
+        if tick <= clock[0]:
+            tick += ((clock[0] - tick) // interval + 1) * interval
+
+    assert [("list", s) for s in (0, 10, 20, 30, 40, 50)] == engine.calls
 
 
 # one membership rule (issue 22, item 6) -------------------------------------------

@@ -11,6 +11,7 @@ caller never sees the SDK's or ``requests``' exceptions.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
@@ -166,8 +167,8 @@ def _translate(socket: str, what: str, exc: Exception) -> EngineError:
 LIST_TTL_NS = 10 * 10**9
 # An id that is still unknown after a fresh listing (a container of another
 # runtime, or one that just exited) does not trigger another one before this;
-# nor is a failing Engine API asked again sooner (a hung dockerd would
-# otherwise cost every tick READ_TIMEOUT_S).
+# nor is a failing Engine API asked again sooner after its failure was seen (a
+# hung dockerd would otherwise cost every tick READ_TIMEOUT_S).
 UNKNOWN_RETRY_NS = 5 * 10**9
 
 
@@ -180,16 +181,22 @@ class Catalog:
     restart, the PID does not). ``confirm`` says whether a process is a
     container's. When the API fails, ``error`` says why, the last listing
     stands (an id it lacks is then unknown), and the API is not asked again
-    for UNKNOWN_RETRY_NS.
+    for UNKNOWN_RETRY_NS after the failure was seen.
+
+    ``now_ns`` is the tick's time; ``clock`` (monotonic ns) measures how long
+    the calls made since took, so that a failure is stamped when it was seen,
+    not when the tick started.
     """
 
     def __init__(
         self,
         engine: Engine,
         cgroup_of_pid: Callable[[int], str | None],
+        clock: Callable[[], int] | None = None,
     ) -> None:
         self.engine = engine
         self.cgroup_of_pid = cgroup_of_pid  # a PID's cgroup path, None when it is gone
+        self.clock = clock or time.monotonic_ns
         self.by_id: dict[str, ContainerInfo] = {}
         self.error: str | None = None
         self._outcome = OK  # the last failure's, while ``error`` stands
@@ -197,12 +204,14 @@ class Catalog:
         self._failed_ns: int | None = None
         self._unknown_since: dict[str, int] = {}
         self._cgroups: dict[str, str] = {}
-        self._tick_ns = 0
+        self._tick = (0, self.clock())  # (the tick's now_ns, the clock then)
         self._socket_uid: int | None = None
         self._socket_uid_read = False
 
     def _now(self) -> int:
-        return self._tick_ns
+        """The tick's time, moved on by what the calls since it began took."""
+        now_ns, then = self._tick
+        return now_ns + max(0, self.clock() - then)
 
     def _backing_off(self) -> bool:
         return self._failed_ns is not None and self._now() - self._failed_ns < UNKNOWN_RETRY_NS
@@ -215,7 +224,7 @@ class Catalog:
         return EngineError(self._outcome, self.error or "the Engine API failed")
 
     def refresh(self, now_ns: int, seen_ids: set[str]) -> None:
-        self._tick_ns = now_ns
+        self._tick = (now_ns, self.clock())
         new = {i for i in seen_ids if i not in self.by_id}
         due = self._listed_ns is None or now_ns - self._listed_ns >= LIST_TTL_NS
         retry = any(
