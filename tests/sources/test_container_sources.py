@@ -353,6 +353,7 @@ def test_a_service_with_no_running_container_holds_nothing(
 
 
 def test_the_catalog_finds_a_container_cgroup_once_and_again_after_it_moves() -> None:
+    """Looked up once per id, its existence checked once a tick, asked again when gone."""
     engine = engine_with(info(ML, "immich_ml_1", *SERVICE))
     cgroups = {100: "/docker/" + ML}
     asked: list[int] = []
@@ -364,12 +365,23 @@ def test_the_catalog_finds_a_container_cgroup_once_and_again_after_it_moves() ->
     catalog = Catalog(engine, of_pid)  # type: ignore[arg-type]
     catalog.refresh(0, set())
     present = {"/docker/" + ML}
-    first = catalog.cgroup(engine.containers[0], present.__contains__)
-    second = catalog.cgroup(engine.containers[0], present.__contains__)
-    present.clear()  # the cgroup is gone: ask again
-    third = catalog.cgroup(engine.containers[0], present.__contains__)
+    checked: list[str] = []
 
-    assert (["/docker/" + ML] * 3, [100, 100]) == ([first, second, third], asked)
+    def exists(path: str) -> bool:
+        checked.append(path)
+        return path in present
+
+    first = catalog.cgroup(engine.containers[0], exists)
+    second = catalog.cgroup(engine.containers[0], exists)  # same tick: not checked again
+    present.clear()  # the cgroup is gone by the next tick: ask again
+    catalog.refresh(10**9, set())
+    third = catalog.cgroup(engine.containers[0], exists)
+
+    assert (["/docker/" + ML] * 3, [100, 100], ["/docker/" + ML]) == (
+        [first, second, third],
+        asked,
+        checked,
+    )
 
 
 def test_a_failing_engine_is_asked_again_after_a_pause_not_on_every_tick() -> None:

@@ -204,6 +204,7 @@ class Catalog:
         self._failed_ns: int | None = None
         self._unknown_since: dict[str, int] = {}
         self._cgroups: dict[str, str] = {}
+        self._checked: set[str] = set()  # ids whose cached cgroup was seen this tick
         self._tick = (0, self.clock())  # (the tick's now_ns, the clock then)
         self._socket_uid: int | None = None
         self._socket_uid_read = False
@@ -225,6 +226,7 @@ class Catalog:
 
     def refresh(self, now_ns: int, seen_ids: set[str]) -> None:
         self._tick = (now_ns, self.clock())
+        self._checked = set()
         new = {i for i in seen_ids if i not in self.by_id}
         due = self._listed_ns is None or now_ns - self._listed_ns >= LIST_TTL_NS
         retry = any(
@@ -277,7 +279,9 @@ class Catalog:
         Raises EngineError when the Engine API cannot say now (failing, or
         still within its back-off)."""
         cached = self._cgroups.get(container.id)
-        if cached is not None and exists(cached):
+        # Once a tick: every GPU process of a container asks for its cgroup.
+        if cached is not None and (container.id in self._checked or exists(cached)):
+            self._checked.add(container.id)
             return cached
         if self._backing_off():
             raise self._cannot_say()
@@ -298,6 +302,7 @@ class Catalog:
         if found is None or not self.plausible(found):
             return None
         self._cgroups[container.id] = found
+        self._checked.add(container.id)
         return found
 
     def confirm(
