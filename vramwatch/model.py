@@ -6,7 +6,7 @@ unreadable), which the policy treats as "not proven over budget".
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -78,6 +78,16 @@ class ContainerInfo:
             keys.append(TenantId(TenantKind.COMPOSE, self.compose).key)
         return tuple(keys)
 
+    def tenant(self, keys: Collection[str]) -> str | None:
+        """The one configured tenant (of the container and compose ``keys``) it counts
+        against: the tenant that names it, else its compose service's. So a compose
+        tenant's members are the containers of its service that no other tenant
+        names. Sampling, acting and ``status`` all ask this, and only this."""
+        for key in self.tenant_keys():
+            if key in keys:
+                return key
+        return None
+
     def label(self) -> str:
         """For people: ``container immich_ml (compose immich/ml)``."""
         text = f"container {self.name}"
@@ -97,9 +107,11 @@ class Owner:
     cgroup: str
     unit: str | None
     manager: str
-    # A container's processes: the container id found in the cgroup path
-    # (docker-<id>.scope, /docker/<id>, libpod-<id>.scope), and what the Engine
-    # API calls it, once the sampler has asked.
+    # A container's processes. From /proc: the id a component of the cgroup path
+    # looks like (docker-<id>.scope, /docker/<id>, libpod-<id>.scope), a candidate
+    # only, as any user can name a scope so. In a Snapshot: set only where the
+    # Engine API confirms that the process is in that container's own cgroup (or
+    # below it), with what the API calls the container; None everywhere else.
     container_id: str | None = None
     container: ContainerInfo | None = None
 

@@ -25,8 +25,8 @@ from vramwatch.model import (
     Snapshot,
     UnitUsage,
 )
-from vramwatch.sources.containers import Catalog, Engine
-from vramwatch.sources.procfs import RSS_SOURCE, ProcFs, container_of_cgroup_path
+from vramwatch.sources.containers import Catalog, Engine, EngineError
+from vramwatch.sources.procfs import RSS_SOURCE, ProcFs
 from vramwatch.sources.worker import DeadlineGpuSource, GpuSource, KeepAlive
 
 # The error code of a GPU sample with impossible values (a PID that does not
@@ -189,14 +189,14 @@ class Sampler:
         for pid in self._identities.keys() - listed:
             self._forget(pid)
         catalog = self._containers(config, gpus, now_ns)
-        if catalog is not None:
-            gpus = _name_containers(gpus, catalog)
+        gpus, unsure = _confirm_containers(gpus, catalog, self.procfs.cgroup_exists)
         manager = manager_for(config.daemon.bus)
         vram_known = nvml_error is None and all(g.error is None for g in gpus)
         vram, mps_units = _vram_by_unit(gpus, manager)
+        keys: set[str] = set()
         if catalog is not None:
             keys = {t.unit for t in config.tenants if t.id.is_container}
-            vram.update(_vram_by_container(gpus, keys, catalog.error is not None))
+            vram.update(_vram_by_container(gpus, keys, unsure))
         room = _host_room(config, host)  # (MemAvailable, its floor), or None
         relaxed = room is not None and room[0] >= RSS_RELAXED_HEADROOM * room[1]
         units: dict[str, UnitUsage] = {}
@@ -205,7 +205,7 @@ class Sampler:
             # Without a catalog no tenant is a container: skip parsing the key.
             if catalog is not None and tenant.id.is_container:
                 units[tenant.unit] = self._container_tenant(
-                    tenant.unit, catalog, by_gpu, unknown or not vram_known
+                    tenant.unit, keys, catalog, by_gpu, unknown or not vram_known
                 )
                 continue
             units[tenant.unit] = self._unit(
@@ -240,34 +240,42 @@ class Sampler:
         if self._catalog is None or self._catalog.engine.socket != socket:
             if self._catalog is not None:
                 self._catalog.close()
-            self._catalog = Catalog(self._engine(socket), self._container_cgroup)
+            self._catalog = Catalog(self._engine(socket), self._cgroup_of_pid)
+        catalog = self._catalog
+        # A cgroup under a user's manager is looked up only with that user's engine:
+        # other users' scopes named after containers cost no listing.
         seen = {
             p.owner.container_id
             for gpu in gpus
             for p in gpu.processes
-            if p.owner is not None and p.owner.container_id is not None
+            if p.owner is not None
+            and p.owner.container_id is not None
+            and catalog.plausible(p.owner.cgroup)
         }
-        self._catalog.refresh(now_ns, seen)
-        return self._catalog
+        catalog.refresh(now_ns, seen)
+        return catalog
 
-    def _container_cgroup(self, pid: int) -> str | None:
+    def _cgroup_of_pid(self, pid: int) -> str | None:
         owner = self.procfs.owner(pid)
-        found = container_of_cgroup_path(owner.cgroup) if owner is not None else None
-        return found[1] if found is not None else None
+        return owner.cgroup if owner is not None else None
 
     def _container_tenant(
-        self, key: str, catalog: Catalog, by_gpu: dict[str, int], unknown: bool
+        self, key: str, keys: set[str], catalog: Catalog, by_gpu: dict[str, int], unknown: bool
     ) -> UnitUsage:
         """A container or compose tenant: its containers' VRAM, and RAM from their
         memory cgroups, summed; unknown while the Engine API cannot name them."""
-        members = catalog.members(key)
+        members = catalog.members(key, keys)
         if catalog.error is not None and not catalog.by_id:
             return UnitUsage(key, None, by_gpu, None, (), "")
         pids: list[int] = []
         ram: int | None = 0
         sources: list[str] = []
         for container in members:
-            cgroup = catalog.cgroup(container, self.procfs.cgroup_exists)
+            try:
+                cgroup = catalog.cgroup(container, self.procfs.cgroup_exists)
+            except EngineError:
+                ram = None  # the Engine API cannot say where it is: unknown, never 0
+                continue
             if cgroup is None:
                 continue  # exited since the listing: it holds nothing now
             try:
@@ -477,50 +485,54 @@ def is_mps_daemon(proc: GpuProcess) -> bool:
     return proc.name.startswith(MPS_COMM)
 
 
-def _name_containers(gpus: tuple[GpuSample, ...], catalog: Catalog) -> tuple[GpuSample, ...]:
-    """Give each container process's owner the container's name and compose service."""
+def _confirm_containers(
+    gpus: tuple[GpuSample, ...], catalog: Catalog | None, exists: Callable[[str], bool]
+) -> tuple[tuple[GpuSample, ...], bool]:
+    """Keep a process's container id only where the Engine API confirms it (the
+    process is in that container's own cgroup or below it), naming the container;
+    clear it everywhere else, so that the process counts as its unit's (SPEC
+    "Tenants: units and containers"). Without a catalog nothing can be confirmed.
+
+    Also returns whether some process could not be told apart now (the API is
+    failing): it may be any container tenant's."""
+    unsure = False
     named = []
     for gpu in gpus:
-        procs = []
-        for p in gpu.processes:
+        procs: list[GpuProcess] | None = None
+        for i, p in enumerate(gpu.processes):
             owner = p.owner
-            if owner is not None and owner.container_id is not None:
-                info = catalog.by_id.get(owner.container_id)
-                if info is not None:
-                    p = replace(p, owner=replace(owner, container=info))
-            procs.append(p)
-        named.append(replace(gpu, processes=tuple(procs)))
-    return tuple(named)
-
-
-def container_tenant(info: ContainerInfo, keys: set[str]) -> str | None:
-    """The configured tenant a container counts against: by name, else by service."""
-    for key in info.tenant_keys():
-        if key in keys:
-            return key
-    return None
+            if owner is None or owner.container_id is None:
+                continue
+            info: ContainerInfo | None = None
+            if catalog is not None:
+                try:
+                    info = catalog.confirm(owner.container_id, owner.cgroup, exists)
+                except EngineError:
+                    unsure = True
+            if procs is None:
+                procs = list(gpu.processes)
+            confirmed = replace(owner, container=info, container_id=info.id if info else None)
+            procs[i] = replace(p, owner=confirmed)
+        named.append(gpu if procs is None else replace(gpu, processes=tuple(procs)))
+    return tuple(named), unsure
 
 
 def _vram_by_container(
-    gpus: tuple[GpuSample, ...], keys: set[str], engine_failing: bool
+    gpus: tuple[GpuSample, ...], keys: set[str], unsure: bool
 ) -> dict[str, tuple[dict[str, int], bool]]:
     """Each container tenant's VRAM per GPU UUID, and whether any of it is unknown.
 
-    A container process the Engine API has not named while the API is failing
-    may be any container tenant's: then every container tenant's VRAM is only
-    a lower bound (unknown is narrow: unit tenants are not affected).
+    ``unsure``: a process the Engine API could not confirm or rule out (it is
+    failing) may be any container tenant's: then every container tenant's VRAM
+    is only a lower bound (unknown is narrow: unit tenants are not affected).
     """
     found: dict[str, tuple[dict[str, int], bool]] = {key: ({}, False) for key in keys}
-    unnamed = False
     for gpu in gpus:
         for proc in gpu.processes:
             owner = proc.owner
-            if owner is None or owner.container_id is None:
+            if owner is None or owner.container is None:
                 continue
-            if owner.container is None:
-                unnamed = True
-                continue
-            key = container_tenant(owner.container, keys)
+            key = owner.container.tenant(keys)
             if key is None:
                 continue
             by_gpu, unknown = found[key]
@@ -528,7 +540,7 @@ def _vram_by_container(
                 found[key] = (by_gpu, True)
                 continue
             by_gpu[gpu.uuid] = by_gpu.get(gpu.uuid, 0) + proc.used_bytes
-    if unnamed and engine_failing:
+    if unsure:
         found = {key: (by_gpu, True) for key, (by_gpu, _) in found.items()}
     return found
 

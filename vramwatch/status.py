@@ -18,7 +18,7 @@ import psutil
 from vramwatch.config import Config
 from vramwatch.model import Owner, Snapshot
 from vramwatch.policy import gpu_floor, reservations
-from vramwatch.sampler import Sampler, container_tenant, manager_for
+from vramwatch.sampler import Sampler, manager_for
 from vramwatch.sources.nvml import NvmlSource
 from vramwatch.sources.procfs import ProcFs
 from vramwatch.systemd import BusError, SystemdClient
@@ -83,7 +83,7 @@ def report(
     def is_tenant(owner: Owner | None) -> bool:
         if owner is None:
             return False
-        if owner.container is not None and container_tenant(owner.container, container_keys):
+        if owner.container is not None and owner.container.tenant(container_keys):
             return True
         return owner.unit_for(manager) in tenant_units
 

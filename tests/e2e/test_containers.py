@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from tests.e2e.conftest import Bed, Dockerd, Podman
@@ -303,3 +304,40 @@ def test_a_podman_container_is_restarted_through_podmans_docker_compatible_socke
     )
     assert (worker["Id"], True) == (after["Id"], pid_of(after) != pid_of(worker))
     assert f"/libpod-{worker['Id']}" in open(f"/proc/{pid_of(after)}/cgroup").read()
+
+
+def test_a_users_scope_named_after_a_container_is_not_that_container(
+    bed: Bed, dockerd: Dockerd
+) -> None:
+    """Issue 22, item 1: a local user runs ``systemd-run --user --scope
+    --unit=docker-<ID>.scope`` with a real container's id and holds 13000 MiB
+    there. The container (1000 MiB of its 3000 MiB) is not restarted: the scope is
+    not the container's own cgroup as the Engine API locates it, and no_candidate
+    names the scope, not the container."""
+    bed.gpu(total_mib=15360)
+    ml = dockerd.run("immich_ml_1", IDLE)
+    declare(bed, pid_of(ml), 1000)
+    scope = f"docker-{ml['Id']}.scope"
+    # Run from a unit of the user's manager, which may then move it into the scope;
+    # systemd-run execs sleep, so the unit's main PID is the scope's process.
+    user_bus = {k: bed.sb.user_env()[k] for k in ("XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS")}
+    miner = bed.sb.start_unit(
+        "miner.service",
+        ["systemd-run", "--user", "--scope", "--quiet", f"--unit={scope}", "--", "sleep", "1000"],
+        env=user_bus,
+    ).main_pid
+    deadline = time.monotonic() + 10
+    while f"/{scope}\n" not in Path(f"/proc/{miner}/cgroup").read_text():
+        assert time.monotonic() < deadline, "the scope did not start"
+        time.sleep(0.1)
+    declare(bed, miner, 13000)
+    tenants = '[[tenant]]\ncontainer = "immich_ml_1"\nvram = "3000MiB"\n'
+    daemon = bed.run_daemon(bed.config(config(dockerd, tenants)))
+
+    report = daemon.wait_event("no_candidate", timeout=INTERVAL_S + GRACE_S + 8)
+    time.sleep(INTERVAL_S * 2)  # a restart would follow within a tick
+
+    top = report["top_users"][0]
+    assert (True, mib(13000)) == (top["owner"].startswith(scope), top["bytes"]), report
+    assert [] == daemon.named("restart") + daemon.named("action_failed")
+    assert ml["State"]["StartedAt"] == dockerd.inspect(ml["Id"])["State"]["StartedAt"]

@@ -288,3 +288,38 @@ def test_the_daemon_restarts_a_compose_tenant_through_the_engine_and_names_it_in
     assert "unit" not in restart and "unit" not in failed
     assert {} == dict(daemon.history.in_flight)  # not accepted: nothing holds the GPU
     assert [] == units
+
+
+# one membership rule (issue 22, item 6) -------------------------------------------
+
+NAMED_MEMBER = cfg.parse(
+    '[[tenant]]\ncompose = "immich/ml"\nvram = "1GiB"\n'
+    '[[tenant]]\ncontainer = "immich_ml_2"\nvram = "1GiB"\nprotected = true\n'
+)
+
+
+def test_a_compose_restart_leaves_a_container_that_is_a_tenant_of_its_own_alone() -> None:
+    engine = ScriptedEngine("unix:///run/docker.sock")
+    act = ContainerActuator(lambda: NAMED_MEMBER, engine=lambda _socket: engine)  # type: ignore[arg-type,return-value]
+
+    outcome = act.act("compose:immich/ml", Verb.RESTART, never)
+
+    assert ([("restart", ML1.id, 10)], "ok") == (engine.calls, outcome.result)
+
+
+def test_a_compose_service_whose_only_container_is_another_tenant_is_not_acted_on() -> None:
+    engine = ScriptedEngine("unix:///run/docker.sock")
+    engine.service_members = [ML2]
+    act = ContainerActuator(lambda: NAMED_MEMBER, engine=lambda _socket: engine)  # type: ignore[arg-type,return-value]
+
+    outcome = act.act("compose:immich/ml", Verb.RESTART, never)
+
+    assert (
+        [],
+        "no_such_container",
+        False,
+        (
+            "no running container of compose service immich/ml that is not a tenant of its own "
+            f"(immich_ml_2 ({ML2.id[:12]}))"
+        ),
+    ) == (engine.calls, outcome.result, outcome.accepted, outcome.detail)

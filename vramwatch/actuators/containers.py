@@ -1,7 +1,8 @@
 """Restart or stop container tenants through the Engine API (Docker or Podman).
 
 A container tenant is one container by name; a compose tenant is every
-running container of a compose service, each restarted in turn. The API's
+running container of a compose service that no other tenant names, each
+restarted in turn (never a container that is a tenant of its own). The API's
 answers become :class:`~vramwatch.systemd.JobOutcome` results: ``ok``,
 ``no_such_container``, ``timeout``, ``api_error``, ``unreachable`` (and
 ``interrupted`` when vramwatch is stopping mid-call). Nothing raises.
@@ -41,11 +42,13 @@ class ContainerActuator:
 
     def act(self, unit: str, verb: Verb, should_stop: Callable[[], bool]) -> JobOutcome:
         started = time.monotonic()
-        settings = self._config().containers
+        config = self._config()
+        settings = config.containers
         ident = TenantId.from_key(unit)
+        keys = {t.unit for t in config.tenants if t.id.is_container}
         engine = self._engine(settings.socket)
         try:
-            members = _members(engine, ident)
+            members, others = _members(engine, ident, keys)
         except EngineError as exc:
             engine.close()
             return JobOutcome(False, exc.outcome, exc.detail, time.monotonic() - started)
@@ -54,7 +57,8 @@ class ContainerActuator:
             return JobOutcome(
                 False,
                 NO_SUCH_CONTAINER,
-                f"no running container of compose service {ident.name}",
+                f"no running container of compose service {ident.name}"
+                + (f" that is not a tenant of its own ({_names(others)})" if others else ""),
                 time.monotonic() - started,
             )
         done: list[ContainerInfo] = []
@@ -89,11 +93,18 @@ class ContainerActuator:
         return JobOutcome(True, OK, f"{verb.value} {_names(done)} done in {elapsed:.1f}s", elapsed)
 
 
-def _members(engine: Engine, ident: TenantId) -> list[ContainerInfo]:
+def _members(
+    engine: Engine, ident: TenantId, keys: set[str]
+) -> tuple[list[ContainerInfo], list[ContainerInfo]]:
+    """The containers to act on for a tenant, and those of its compose service left
+    alone because another tenant names them (ContainerInfo.tenant: the rule the
+    sampler and ``status`` count by)."""
     if ident.kind is TenantKind.CONTAINER:
-        return [engine.inspect(ident.name)]
+        return [engine.inspect(ident.name)], []
     project, _, service = ident.name.partition("/")
-    return engine.service(project, service)
+    running = engine.service(project, service)
+    mine = [c for c in running if c.tenant(keys) == ident.key]
+    return mine, [c for c in running if c.tenant(keys) != ident.key]
 
 
 def _names(containers: list[ContainerInfo]) -> str:

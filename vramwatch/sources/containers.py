@@ -10,10 +10,13 @@ caller never sees the SDK's or ``requests``' exceptions.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import time
+from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
 from vramwatch.model import ContainerInfo, TenantId, TenantKind
+from vramwatch.sources.procfs import container_cgroup, user_manager_uid
 
 # Outcomes of an Engine API call, as the journal and metrics name them.
 OK = "ok"
@@ -121,6 +124,14 @@ class Engine:
         """``POST /containers/{id}/stop?t=``."""
         self.call(f"stop {ident}", lambda api: api.stop(ident, timeout=t_s))
 
+    def owner_uid(self) -> int | None:
+        """Who owns the socket file: a rootless engine's is its user's (root's is 0);
+        None when it cannot be read."""
+        try:
+            return os.stat(self.socket.removeprefix("unix://")).st_uid
+        except (OSError, ValueError):
+            return None
+
     def close(self) -> None:
         if self._client is not None:
             try:
@@ -156,8 +167,8 @@ def _translate(socket: str, what: str, exc: Exception) -> EngineError:
 LIST_TTL_NS = 10 * 10**9
 # An id that is still unknown after a fresh listing (a container of another
 # runtime, or one that just exited) does not trigger another one before this;
-# nor is a failing Engine API asked again sooner (a hung dockerd would
-# otherwise cost every tick READ_TIMEOUT_S).
+# nor is a failing Engine API asked again sooner after its failure was seen (a
+# hung dockerd would otherwise cost every tick READ_TIMEOUT_S).
 UNKNOWN_RETRY_NS = 5 * 10**9
 
 
@@ -167,68 +178,152 @@ class Catalog:
     ``refresh`` lists the running containers when the listing is older than
     LIST_TTL_NS or an id is seen that it lacks. ``cgroup`` finds a container's
     own cgroup from its main PID (inspect once per id: the cgroup outlives a
-    restart, the PID does not). When the API fails, ``error`` says why and the
-    last listing stands (an id it lacks is then unknown).
+    restart, the PID does not). ``confirm`` says whether a process is a
+    container's. When the API fails, ``error`` says why, the last listing
+    stands (an id it lacks is then unknown), and the API is not asked again
+    for UNKNOWN_RETRY_NS after the failure was seen.
+
+    ``now_ns`` is the tick's time; ``clock`` (monotonic ns) measures how long
+    the calls made since took, so that a failure is stamped when it was seen,
+    not when the tick started.
     """
 
-    def __init__(self, engine: Engine, cgroup_of_pid: Callable[[int], str | None]) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        cgroup_of_pid: Callable[[int], str | None],
+        clock: Callable[[], int] | None = None,
+    ) -> None:
         self.engine = engine
-        self.cgroup_of_pid = cgroup_of_pid
+        self.cgroup_of_pid = cgroup_of_pid  # a PID's cgroup path, None when it is gone
+        self.clock = clock or time.monotonic_ns
         self.by_id: dict[str, ContainerInfo] = {}
         self.error: str | None = None
+        self._outcome = OK  # the last failure's, while ``error`` stands
         self._listed_ns: int | None = None
         self._failed_ns: int | None = None
         self._unknown_since: dict[str, int] = {}
         self._cgroups: dict[str, str] = {}
+        self._checked: set[str] = set()  # ids whose cached cgroup was seen this tick
+        self._tick = (0, self.clock())  # (the tick's now_ns, the clock then)
+        self._socket_uid: int | None = None
+        self._socket_uid_read = False
+
+    def _now(self) -> int:
+        """The tick's time, moved on by what the calls since it began took."""
+        now_ns, then = self._tick
+        return now_ns + max(0, self.clock() - then)
+
+    def _backing_off(self) -> bool:
+        return self._failed_ns is not None and self._now() - self._failed_ns < UNKNOWN_RETRY_NS
+
+    def _failed(self, exc: EngineError) -> None:
+        self.error, self._outcome = exc.detail, exc.outcome
+        self._failed_ns = self._now()
+
+    def _cannot_say(self) -> EngineError:
+        return EngineError(self._outcome, self.error or "the Engine API failed")
 
     def refresh(self, now_ns: int, seen_ids: set[str]) -> None:
+        self._tick = (now_ns, self.clock())
+        self._checked = set()
         new = {i for i in seen_ids if i not in self.by_id}
         due = self._listed_ns is None or now_ns - self._listed_ns >= LIST_TTL_NS
         retry = any(
             now_ns - self._unknown_since.get(i, now_ns - UNKNOWN_RETRY_NS) >= UNKNOWN_RETRY_NS
             for i in new
         )
-        if self._failed_ns is not None and now_ns - self._failed_ns < UNKNOWN_RETRY_NS:
+        if self._backing_off():
             return  # still failing: the last listing and the error stand
         if not due and not retry and self.error is None:
             return
         try:
             running = self.engine.running()
         except EngineError as exc:
-            self.error = exc.detail
-            self._failed_ns = now_ns
+            self._failed(exc)
             for i in new:
                 self._unknown_since.setdefault(i, now_ns)
             return
         self.error = None
         self._failed_ns = None
         self._listed_ns = now_ns
+        self._socket_uid_read = False  # the socket may have been made again
         self.by_id = {c.id: c for c in running}
         self._unknown_since = {i: now_ns for i in new if i not in self.by_id}
         for gone in set(self._cgroups) - set(self.by_id):
             del self._cgroups[gone]
 
-    def members(self, key: str) -> list[ContainerInfo]:
-        """The running containers of a tenant key (``container:NAME``, ``compose:P/S``)."""
+    def members(self, key: str, keys: Collection[str]) -> list[ContainerInfo]:
+        """The running containers of tenant ``key`` (``container:NAME``,
+        ``compose:P/S``) among the configured container tenants ``keys``: a
+        container that another tenant names is that tenant's, not its service's."""
         return sorted(
-            (c for c in self.by_id.values() if key in c.tenant_keys()), key=lambda c: c.name
+            (c for c in self.by_id.values() if c.tenant(keys) == key), key=lambda c: c.name
         )
 
+    def _socket_owner(self) -> int | None:
+        if not self._socket_uid_read:
+            self._socket_uid = self.engine.owner_uid()
+            self._socket_uid_read = True
+        return self._socket_uid
+
+    def plausible(self, cgroup: str) -> bool:
+        """Whether a cgroup may hold this engine's containers at all: one under
+        ``user@UID.service`` only when the socket is that user's (a rootless engine)."""
+        uid = user_manager_uid(cgroup)
+        return uid is None or uid == self._socket_owner()
+
     def cgroup(self, container: ContainerInfo, exists: Callable[[str], bool]) -> str | None:
-        """The container's own cgroup path; None when it cannot be found now."""
+        """The container's own cgroup path; None when it has none now (it exited).
+
+        Raises EngineError when the Engine API cannot say now (failing, or
+        still within its back-off)."""
         cached = self._cgroups.get(container.id)
-        if cached is not None and exists(cached):
+        # Once a tick: every GPU process of a container asks for its cgroup.
+        if cached is not None and (container.id in self._checked or exists(cached)):
+            self._checked.add(container.id)
             return cached
+        if self._backing_off():
+            raise self._cannot_say()
         try:
             pid = self.engine.pid(container.id)
+            path = self.cgroup_of_pid(pid) if pid is not None else None
+            # The PID was the container's while its cgroup was read only if the
+            # engine still names it after: a PID freed and reused meanwhile may be
+            # anyone's, in a scope named after the container.
+            if path is not None and self.engine.pid(container.id) != pid:
+                path = None
         except EngineError as exc:
-            if exc.outcome != NO_SUCH_CONTAINER:
-                self.error = exc.detail
+            if exc.outcome == NO_SUCH_CONTAINER:
+                return None
+            self._failed(exc)
+            raise
+        found = container_cgroup(path, container.id) if path is not None else None
+        if found is None or not self.plausible(found):
             return None
-        found = self.cgroup_of_pid(pid) if pid is not None else None
-        if found is not None:
-            self._cgroups[container.id] = found
+        self._cgroups[container.id] = found
+        self._checked.add(container.id)
         return found
+
+    def confirm(
+        self, ident: str, cgroup: str, exists: Callable[[str], bool]
+    ) -> ContainerInfo | None:
+        """The running container ``ident`` when ``cgroup`` is its own cgroup or below
+        it, as the Engine API locates it; None when the process is not that
+        container's (whatever its cgroup is called).
+
+        Raises EngineError when the API cannot say now."""
+        if not self.plausible(cgroup):
+            return None
+        info = self.by_id.get(ident)
+        if info is None:
+            if self.error is not None:
+                raise self._cannot_say()
+            return None
+        own = self.cgroup(info, exists)
+        if own is None or not (cgroup == own or cgroup.startswith(own.rstrip("/") + "/")):
+            return None
+        return info
 
     def close(self) -> None:
         self.engine.close()

@@ -322,18 +322,42 @@ def unit_of_cgroup_path(path: str) -> tuple[str | None, str]:
 
 
 def container_of_cgroup_path(path: str) -> tuple[str, str] | None:
-    """The container a cgroup path belongs to: (its 64-hex id, the container's own
-    cgroup, which may be an ancestor of ``path``), or None for no container.
+    """The container a cgroup path looks like it belongs to: (the 64-hex id of its
+    first container-like component, the path up to that component), or None.
 
     ``/system.slice/docker-<id>.scope``, ``/docker/<id>``,
     ``/machine.slice/libpod-<id>.scope/container`` (Podman's nested cgroup)
-    and the rootless forms under ``user@UID.service`` all name one.
+    and the rootless forms under ``user@UID.service`` all look like one. A
+    candidate only: any local user can name a scope ``docker-<id>.scope``, so
+    a process is a container's only when the Engine API confirms it (see
+    :meth:`vramwatch.sources.containers.Catalog.confirm`).
     """
     parts = path.split("/")
     for i, part in enumerate(parts):
         match = _CONTAINER_COMPONENT_RE.fullmatch(part)
         if match is not None:
             return match[1], "/".join(parts[: i + 1]) or "/"
+    return None
+
+
+def container_cgroup(path: str, ident: str) -> str | None:
+    """A container's own cgroup from its main process's cgroup ``path``: the path up
+    to the component that names ``ident`` (Podman's payload sits one level below
+    ``libpod-<id>.scope``); None when no component names it."""
+    parts = path.split("/")
+    for i, part in enumerate(parts):
+        match = _CONTAINER_COMPONENT_RE.fullmatch(part)
+        if match is not None and match[1] == ident:
+            return "/".join(parts[: i + 1]) or "/"
+    return None
+
+
+def user_manager_uid(path: str) -> int | None:
+    """The UID whose ``user@UID.service`` holds the cgroup ``path``; None for none."""
+    for part in path.split("/"):
+        match = _USER_MANAGER_RE.fullmatch(part)
+        if match is not None:
+            return int(match[1])
     return None
 
 
