@@ -9,6 +9,9 @@ with every feature of the last round switched on at once:
   output (NUL bytes, invalid UTF-8, a flood, a forked child that keeps the pipe);
 * an ``after_action`` hook that floods its pipe, forks, fails or overruns;
 * reloads while a release is being waited for (SIGHUP during the wait);
+* a compose service whose second container is a protected tenant of its own, and
+  a local user's scope named after the first container's id (SPEC "Tenants");
+* an Engine API that fails every call (a hung or gone dockerd);
 * GPU faults, job timeouts, refusals, raising clients, dry-run toggles.
 
 After every tick, besides the promises of ``test_property``:
@@ -18,6 +21,8 @@ After every tick, besides the promises of ``test_property``:
   over its budget on the resource (as its pin counts it: an index on a MIG GPU
   means every slice of it) and that resource was under its floor;
 * one incident, one victim, across MIG slices;
+* no action on a container that is another tenant, and none for memory a
+  container's look-alike scope holds;
 * a tenant that keeps a resource it was acted on for is not ``released``: a
   ``released`` entry means every resource the action held came back;
 * no wait spins: a tick samples a bounded number of times, and takes a bounded
@@ -43,6 +48,7 @@ from tests.meet.world import (
     GIB,
     GPU_TOTAL,
     Bed,
+    Call,
     Clock,
     World,
     WorldActuator,
@@ -51,10 +57,14 @@ from tests.meet.world import (
     uuid_of,
 )
 from vramwatch import config as cfg
+from vramwatch.actuators import Router
+from vramwatch.actuators.containers import ContainerActuator
 from vramwatch.daemon import Daemon
 from vramwatch.events import EventLog
-from vramwatch.model import Action, Snapshot, Verb
+from vramwatch.model import Action, ContainerInfo, Snapshot, Verb
 from vramwatch.sampler import Sampler
+from vramwatch.sources import containers
+from vramwatch.sources.containers import EngineError
 from vramwatch.state import StateStore
 from vramwatch.systemd import JobOutcome
 
@@ -69,7 +79,14 @@ B = "b.service"  # reserves its budget on MIG slice 0
 C = "c.service"  # unpinned, anywhere; has a release
 D = "d.service"  # protected
 X = "x.service"  # holds memory, no tenant
-UNITS = (A, B, C, D)
+# A compose service of two containers; the second is also a protected tenant of its own.
+ML1 = ContainerInfo("a1" * 32, "immich_ml_1", "immich", "ml")
+ML2 = ContainerInfo("b2" * 32, "immich_ml_2", "immich", "ml")
+POOL = "compose:immich/ml"
+SOLO = "container:immich_ml_2"
+# A local user's scope named after ML1: anyone can make one (systemd-run --user --scope).
+FAKE_ML1 = f"/user.slice/user-1000.slice/user@1000.service/app.slice/docker-{ML1.id}.scope"
+UNITS = (A, B, C, D, POOL, SOLO)
 RELEASING = (A, C)
 
 FLOOR = 1 * GIB
@@ -154,6 +171,16 @@ unit = "{D}"
 vram = "2GiB"
 ram = "6GiB"
 protected = true
+
+[[tenant]]
+compose = "immich/ml"
+vram = "3GiB"
+ram = "6GiB"
+
+[[tenant]]
+container = "immich_ml_2"
+vram = "2GiB"
+protected = true
 """
     return text
 
@@ -164,9 +191,14 @@ class Truth:
     def __init__(self, world: World) -> None:
         self.world = world
 
-    def mine(self, unit: str) -> list[object]:
-        w = self.world
-        return [p for p in w.procs.values() if p.cgroup == w.cgroup_of(unit)]
+    def cgroups_of(self, unit: str) -> tuple[str, ...]:
+        """A tenant's own cgroups: a unit's; a container's scope; a compose tenant's
+        members, the service's containers no other tenant names."""
+        if unit == POOL:
+            return (scope(ML1),)
+        if unit == SOLO:
+            return (scope(ML2),)
+        return (self.world.cgroup_of(unit),)
 
     def devices_of(self, tenant: cfg.Tenant) -> tuple[str, ...]:
         """The devices a tenant's VRAM budget counts: its pin (an index on a MIG GPU
@@ -180,13 +212,18 @@ class Truth:
         return (str(tenant.gpu),)
 
     def vram(self, unit: str, devices: tuple[str, ...]) -> int:
+        cgroups = self.cgroups_of(unit)
         return sum(
             n
             for p in self.world.procs.values()
-            if p.cgroup == self.world.cgroup_of(unit)
+            if p.cgroup in cgroups
             for u, n in p.vram.items()
             if u in devices
         )
+
+    def ram(self, unit: str) -> int:
+        cgroups = self.cgroups_of(unit)
+        return sum(p.ram for p in self.world.procs.values() if p.cgroup in cgroups)
 
     def over(self, config: cfg.Config, unit: str) -> frozenset[str]:
         """Resource keys the unit is over its budget on."""
@@ -197,7 +234,7 @@ class Truth:
         devices = self.devices_of(tenant)
         if tenant.vram_bytes is not None and self.vram(unit, devices) > tenant.vram_bytes:
             keys |= {f"gpu:{u}" for u in devices if self.vram(unit, (u,)) > 0}
-        if tenant.ram_bytes is not None and self.world.unit_ram(unit) > tenant.ram_bytes:
+        if tenant.ram_bytes is not None and self.ram(unit) > tenant.ram_bytes:
             keys.add("ram")
         return frozenset(keys)
 
@@ -233,6 +270,89 @@ class TruthActuator(WorldActuator):
         return outcome
 
 
+def scope(container: ContainerInfo) -> str:
+    """A container's own cgroup, as dockerd's systemd driver makes it."""
+    return f"/system.slice/docker-{container.id}.scope"
+
+
+class FakeEngine:
+    """dockerd as far as the world goes: two running containers whose main processes
+    live in their own scopes; a restart restarts those; ``fails`` makes every call
+    fail as a hung or gone engine's does."""
+
+    socket = "unix:///run/docker.sock"
+
+    def __init__(self, world: World, actuator: TruthActuator) -> None:
+        self.world = world
+        self.actuator = actuator
+        self.fails = False
+        self.calls = 0
+        self.main = {c.id: world.spawn_in(scope(c), {}, 64 * 2**20) for c in (ML1, ML2)}
+        self.acted_on: list[ContainerInfo] = []
+
+    def _call(self) -> None:
+        self.calls += 1
+        if self.fails:
+            raise EngineError(containers.TIMEOUT, "GET /containers/json: timed out after 5s")
+
+    def running(self) -> list[ContainerInfo]:
+        self._call()
+        return [ML1, ML2]
+
+    def pid(self, ident: str) -> int | None:
+        self._call()
+        for c in (ML1, ML2):
+            if ident in (c.id, c.name):
+                return self.main[c.id]
+        return None
+
+    def owner_uid(self) -> int | None:
+        return 0
+
+    def inspect(self, ident: str) -> ContainerInfo:
+        self._call()
+        for c in (ML1, ML2):
+            if ident in (c.id, c.name):
+                return c
+        raise EngineError(containers.NO_SUCH_CONTAINER, f"inspect {ident}: no such container")
+
+    def service(self, project: str, service: str, *, every: bool = False) -> list[ContainerInfo]:
+        self._call()
+        return [c for c in (ML1, ML2) if (c.project, c.service) == (project, service)]
+
+    def restart(self, ident: str, t_s: int) -> None:
+        self._do(ident, Verb.RESTART)
+
+    def stop(self, ident: str, t_s: int) -> None:
+        self._do(ident, Verb.STOP)
+
+    def _do(self, ident: str, verb: Verb) -> None:
+        self._call()
+        container = next(c for c in (ML1, ML2) if ident in (c.id, c.name))
+        self.acted_on.append(container)
+        config = self.actuator.daemon.config if self.actuator.daemon else None
+        assert config is not None
+        key = POOL if container is ML1 else SOLO
+        truth = self.actuator.truth
+        self.actuator.calls.append(
+            Call(
+                key,
+                verb,
+                self.actuator.clock(),
+                "done",
+                truth.over(config, key),
+                truth.breached(config),
+            )
+        )
+        w = self.world
+        for pid in [p.pid for p in w.procs.values() if p.cgroup == scope(container)]:
+            del w.procs[pid]
+        self.main[container.id] = w.spawn_in(scope(container), {}, 64 * 2**20)
+
+    def close(self) -> None:
+        pass
+
+
 class Combined:
     """The bed: a daemon with every feature on, and counters around its seams."""
 
@@ -253,7 +373,12 @@ class Combined:
         self.state = StateStore(root / "state")
         self.samples = 0
         self.reload_in_wait = False
-        sampler = Sampler(WorldGpus(self.world), self.world.procfs())
+        self.engine = FakeEngine(self.world, self.actuator)
+        sampler = Sampler(
+            WorldGpus(self.world),
+            self.world.procfs(),
+            engine=lambda _socket: self.engine,  # type: ignore[arg-type,return-value]
+        )
         real_sample = sampler.sample
 
         def counted(config: cfg.Config, now_ns: int, *, recheck: bool = False) -> Snapshot:
@@ -268,7 +393,13 @@ class Combined:
             self.path,
             cfg.load(self.path),
             sampler,
-            self.actuator,
+            Router(
+                self.actuator,
+                ContainerActuator(
+                    lambda: self.daemon.config,
+                    engine=lambda _socket: self.engine,  # type: ignore[arg-type,return-value]
+                ),
+            ),
             EventLog("stderr", "json", stream=self.out),
             clock=self.clock,
             notifier=lambda state: False,
@@ -298,7 +429,9 @@ class Combined:
 
 
 DEVICE = st.sampled_from(DEVICES)
-UNIT = st.sampled_from((*UNITS, X))
+UNIT = st.sampled_from((A, B, C, D, X, "ml1", "ml2", "fake_ml1"))
+# Where a step's memory goes: a unit, a container's own scope, or the look-alike scope.
+CGROUP_OF = {"ml1": scope(ML1), "ml2": scope(ML2), "fake_ml1": FAKE_ML1}
 STEP = st.one_of(
     st.tuples(st.just("vram"), UNIT, DEVICE, st.integers(-3, 3)),
     st.tuples(st.just("ram"), UNIT, st.integers(-6, 6)),
@@ -311,6 +444,7 @@ STEP = st.one_of(
     st.tuples(st.just("release_prints"), st.sampled_from(("ok", "nul", "flood", "fork", "fail"))),
     st.tuples(st.just("hook"), st.sampled_from(("ok", "flood", "fork", "fail", "slow"))),
     st.tuples(st.just("reload_in_wait"), st.just(True)),
+    st.tuples(st.just("engine_fault"), st.booleans()),
     st.tuples(st.just("gpu_fault"), st.integers(0, 1), st.booleans()),
     st.tuples(st.just("script"), st.sampled_from(("done", "done", "timeout", "refused", "raise"))),
     st.tuples(st.just("finish_pending"), st.just(True)),
@@ -319,15 +453,34 @@ STEP = st.one_of(
 )
 
 
+def grow(w: World, who: str, gpu: str | None = None, vram: int = 0, ram: int = 0) -> None:
+    """Grow a unit, or a process of a container's scope (or the look-alike scope)."""
+    cgroup = CGROUP_OF.get(who)
+    if cgroup is None:
+        w.grow(who, gpu=gpu, vram=vram, ram=ram)
+        return
+    pids = [p.pid for p in w.procs.values() if p.cgroup == cgroup]
+    if not pids:
+        w.spawn_in(cgroup, {gpu: max(0, vram)} if gpu else {}, max(0, ram))
+        return
+    p = w.procs[pids[-1]]
+    if gpu is not None:
+        p.vram[gpu] = max(0, p.vram.get(gpu, 0) + vram)
+    p.ram = max(0, p.ram + ram)
+    w.sync()
+
+
 def apply_step(bed: Combined, step: tuple[object, ...]) -> None:
     w = bed.world
     op = step[0]
     if op == "vram":
         _, unit, device, gib = step
-        w.grow(str(unit), gpu=str(device), vram=int(gib) * GIB)  # type: ignore[call-overload]
+        grow(w, str(unit), gpu=str(device), vram=int(gib) * GIB)  # type: ignore[call-overload]
     elif op == "ram":
         _, unit, gib = step
-        w.grow(str(unit), ram=int(gib) * GIB)  # type: ignore[call-overload]
+        grow(w, str(unit), ram=int(gib) * GIB)  # type: ignore[call-overload]
+    elif op == "engine_fault":
+        bed.engine.fails = bool(step[1])
     elif op == "unknown":
         _, unit, on = step
         for pid in w.unit_pids(str(unit)):
@@ -412,6 +565,12 @@ class Oracle:
                     )
                     self.holds[held] = call.unit
 
+        # No action on a container that is another tenant: a compose restart spares ML2.
+        for action, _before, _after in applied:
+            if action.unit == POOL:
+                assert ML2 not in bed.engine.acted_on, "the compose tenant restarted ML2"
+        bed.engine.acted_on.clear()
+
         # released means every resource the action held came back.
         config = bed.daemon.config
         for e in new_events:
@@ -466,9 +625,11 @@ def run(bed: Combined, steps: list[tuple[object, ...]]) -> None:
         (B, {SLICE0: 2 * GIB}, 10),
         (C, {WHOLE: 6 * GIB, SLICE0: 1 * GIB}, 12),
         (D, {WHOLE: 3 * GIB}, 5),
-        (X, {WHOLE: 4 * GIB}, 7),
+        (X, {WHOLE: 3 * GIB}, 7),
     ):
         bed.world.spawn(unit, vram, ram=ram * GIB)
+    bed.world.spawn_in(scope(ML1), {WHOLE: 2 * GIB}, 3 * GIB)
+    bed.world.spawn_in(scope(ML2), {SLICE1: 1 * GIB}, 2 * GIB)
     assert GPU_TOTAL == 16 * GIB
     oracle = Oracle(bed)
     now = 0

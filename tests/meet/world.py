@@ -134,10 +134,14 @@ class World:
 
     def spawn(self, unit: str, vram: Mapping[Any, int] | None = None, ram: int = 0) -> int:
         """A process of ``unit`` using ``vram`` (GPU index or device UUID -> bytes) and ``ram``."""
+        return self.spawn_in(self.cgroup_of(unit), vram, ram)
+
+    def spawn_in(self, cgroup: str, vram: Mapping[Any, int] | None = None, ram: int = 0) -> int:
+        """A process in ``cgroup`` (a container's scope, a user's scope, any cgroup)."""
         pid = self.next_pid
         self.next_pid += 1
         by_uuid = {(uuid_of(i) if isinstance(i, int) else i): n for i, n in (vram or {}).items()}
-        self.procs[pid] = Proc(pid, self.cgroup_of(unit), by_uuid, ram)
+        self.procs[pid] = Proc(pid, cgroup, by_uuid, ram)
         self.sync()
         return pid
 
