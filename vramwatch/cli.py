@@ -23,9 +23,11 @@ from vramwatch.config import (
     default_path,
     floor_warnings,
     load,
+    mig_reserve_problems,
     reserve_fit_errors,
 )
 from vramwatch.events import FORMATS, TARGETS
+from vramwatch.model import GpuSample
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -226,7 +228,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if reading.hung_ns is not None:
         nvml_error = f"NVML did not answer within nvml_timeout ({reading.hung_ns / 1e9:g}s)"
     totals = [g.total_bytes for g in gpus if g.total_bytes is not None]
-    present = [(g.index, g.uuid, g.total_bytes) for g in gpus if g.total_bytes is not None]
+    present = [g for g in gpus if g.total_bytes is not None]
     problems = reserve_fit_errors(config, present)
     for problem in problems:
         print(f"vramwatch: {path}: {problem}", file=sys.stderr)
@@ -325,12 +327,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         if problem is not None:  # no metrics is no reason to stop guarding
             events.say("metrics_error", "error", problem, error=problem)
     nvml = NvmlSource()
+    gpus: tuple[GpuSample, ...] = ()
     try:
         gpus, _error = nvml.sample(time.monotonic_ns())
-        totals: list[int | None] = [g.total_bytes for g in gpus]
     except Exception:  # noqa: BLE001 - only for the warnings below; the loop reports errors
-        totals = []
-    for warning in floor_warnings(config, totals, _mem_total()):
+        pass
+    totals: list[int | None] = [g.total_bytes for g in gpus]
+    warnings = floor_warnings(config, totals, _mem_total()) + mig_reserve_problems(config, gpus)
+    for warning in warnings:
         events.say(
             "config_warning", "warning", f"{path}: {warning}", config=str(path), warning=warning
         )

@@ -16,6 +16,8 @@ Rules (SPEC.md "Decision rules"):
 * a tenant within budget, or whose usage is unknown, is never acted on; known
   VRAM on the GPUs that could be read is a lower bound that can prove a tenant
   over budget when another GPU is unknown;
+* a tenant pinned to a GPU in MIG mode by its index or GPU- UUID counts its
+  usage summed over all the MIG devices of that GPU;
 * one incident, one victim: an action holds every resource its unit is over
   budget on (each GPU it uses, RAM), and no other tenant is acted on for a
   held resource until it settles: "reclaimed" when the resource came back
@@ -340,12 +342,20 @@ def _tenant_used(
     tenant = config.tenant(unit) if isinstance(config, Config) else config
     if resource != VRAM or tenant is None or tenant.gpu is None or usage is None:
         return _used(usage, resource)
-    for gpu in snapshot.gpus:
-        if tenant.pinned_to(gpu.index, gpu.uuid):
-            if not gpu.ok:
-                return 0, False
-            return usage.vram_by_gpu.get(gpu.uuid, 0), usage.vram_bytes is not None
-    return 0, False  # the GPU it is pinned to is not there
+    # On a GPU in MIG mode, its index or GPU- UUID is every MIG device of it: summed.
+    devices = [gpu for gpu in snapshot.gpus if tenant.pinned_to(gpu)]
+    if not devices:
+        return 0, False  # the GPU it is pinned to is not there
+    used = sum(usage.vram_by_gpu.get(gpu.uuid, 0) for gpu in devices)
+    return used, usage.vram_bytes is not None and all(gpu.ok for gpu in devices)
+
+
+def counted_usage(tenant: Tenant, snapshot: Snapshot, resource: str) -> int | None:
+    """A tenant's usage as its budget counts it (its GPU alone when pinned: on a GPU in
+    MIG mode, summed over its MIG devices), or None when it is not fully known. For
+    status, so that it shows what the policy compares with the budget."""
+    used, complete = _tenant_used(tenant, snapshot, tenant.unit, resource)
+    return used if complete else None
 
 
 def _used(usage: UnitUsage | None, resource: str) -> tuple[int | None, bool]:
@@ -639,16 +649,12 @@ def reservations(
 ) -> tuple[tuple[str, int, int], ...]:
     """The reserving tenants on a GPU: (unit, unused budget kept free, used there).
 
-    A tenant reserves on the GPU it is pinned to, or on the only GPU there is.
+    A tenant reserves on the device it is pinned to, or on the only device there is;
+    pinned to a whole GPU in MIG mode, on none (``config.mig_reserve_problems``).
     """
     found = []
     for tenant in config.tenants:
-        if not tenant.reserve or tenant.vram_bytes is None:
-            continue
-        if not (
-            tenant.pinned_to(gpu.index, gpu.uuid)
-            or (tenant.gpu is None and len(snapshot.gpus) == 1)
-        ):
+        if tenant.vram_bytes is None or not tenant.reserves_on(gpu, len(snapshot.gpus)):
             continue
         usage = snapshot.units.get(tenant.unit)
         used = usage.vram_by_gpu.get(gpu.uuid, 0) if usage is not None else 0
@@ -792,11 +798,7 @@ def _candidates(
         budget = tenant.budget(res.resource)
         if budget is None:
             continue
-        if (
-            res.gpu is not None
-            and tenant.gpu is not None
-            and not tenant.pinned_to(res.gpu.index, res.gpu.uuid)
-        ):
+        if res.gpu is not None and tenant.gpu is not None and not tenant.pinned_to(res.gpu):
             continue  # pinned to another GPU: its budget is there
         usage = snapshot.units.get(tenant.unit)
         used, complete = _tenant_used(tenant, snapshot, tenant.unit, res.resource)
@@ -825,10 +827,12 @@ def _holds(
         return holds
     vram, _ = _tenant_used(tenant, snapshot, tenant.unit, VRAM)
     if tenant.vram_bytes is not None and vram is not None and vram > tenant.vram_bytes:
-        index = {g.uuid: g.index for g in snapshot.gpus}
+        devices = {g.uuid: g for g in snapshot.gpus}
         for uuid, n in usage.vram_by_gpu.items():
-            if n > 0 and (tenant.gpu is None or tenant.pinned_to(index.get(uuid, -1), uuid)):
-                holds[gpu_key(uuid)] = (VRAM, index.get(uuid), vram, tenant.vram_bytes)
+            device = devices.get(uuid)
+            if n > 0 and (tenant.gpu is None or (device is not None and tenant.pinned_to(device))):
+                index = device.index if device is not None else None
+                holds[gpu_key(uuid)] = (VRAM, index, vram, tenant.vram_bytes)
     ram = usage.ram_bytes
     if tenant.ram_bytes is not None and ram is not None and ram > tenant.ram_bytes:
         holds[RAM_KEY] = (RAM, None, ram, tenant.ram_bytes)

@@ -16,8 +16,8 @@ from typing import Any
 import psutil
 
 from vramwatch.config import Config
-from vramwatch.model import Owner, Snapshot
-from vramwatch.policy import gpu_floor, reservations
+from vramwatch.model import VRAM, Owner, Snapshot
+from vramwatch.policy import counted_usage, gpu_floor, reservations
 from vramwatch.sampler import Sampler, container_tenant, manager_for
 from vramwatch.sources.nvml import NvmlSource
 from vramwatch.sources.procfs import ProcFs
@@ -144,8 +144,10 @@ def report(
                 ],
                 "protected": tenant.protected,
                 "action": tenant.verb.value,
-                "vram_bytes": usage.vram_bytes if usage else None,
+                # As its budget counts it: on its GPU alone when pinned (``gpu``).
+                "vram_bytes": counted_usage(tenant, snapshot, VRAM),
                 "vram_budget_bytes": tenant.vram_bytes,
+                "gpu": tenant.gpu,
                 "ram_bytes": usage.ram_bytes if usage else None,
                 "ram_source": usage.ram_source if usage else "",
                 "ram_budget_bytes": tenant.ram_bytes,
