@@ -115,8 +115,11 @@ def report(
                 "used_bytes": gpu.used_bytes,
                 "free_bytes": gpu.free_bytes,
                 "floor_bytes": floor,
-                "reserved_bytes": sum(r for _, r, _ in kept),
-                "reserved_for": [unit for unit, r, _ in kept if r],
+                "reserved_bytes": sum(r.reserved_bytes for r in kept),
+                "reserved_for": [r.unit for r in kept if r.reserved_bytes],
+                # Reserves left out of the floor: their tenants' VRAM use is unknown.
+                "unproven_bytes": sum(r.unproven_bytes for r in kept),
+                "unproven_for": [r.unit for r in kept if r.unproven_bytes],
                 "below_floor": (
                     gpu.free_bytes < floor if gpu.free_bytes is not None and floor else None
                 ),
@@ -270,6 +273,13 @@ def render_text(rep: dict[str, Any]) -> str:
                 f" ({format_size(gpu['reserved_bytes'])} reserved for "
                 f"{printable(', '.join(gpu['reserved_for']), NAME_MAX)})"
                 if gpu.get("reserved_bytes")
+                else ""
+            )
+            + (
+                f" (not counted: up to {format_size(gpu['unproven_bytes'])} reserved for "
+                f"{printable(', '.join(gpu['unproven_for']), NAME_MAX)}, whose VRAM use is "
+                "unknown)"
+                if gpu.get("unproven_bytes")
                 else ""
             )
             + mark

@@ -399,3 +399,47 @@ def test_a_tenant_pinned_to_a_mig_gpu_is_charged_on_all_its_mig_devices_and_rest
             "4.5 GiB VRAM, budget 3 GiB; also over budget on GPU 0 MIG 0, held until this settles"
         )
     ] == [e["message"] for e in events(out, "restart")]
+
+
+# issue 22, item 8: a reserving tenant whose VRAM use the driver cannot say ---------------
+
+RESERVE_UNKNOWN = """
+[gpu]
+min_free_vram = "1GiB"
+grace = "1s"
+[[tenant]]
+unit = "llama-swap.service"
+vram = "5000MiB"
+reserve = true
+[[tenant]]
+unit = "immich-ml.service"
+vram = "3000MiB"
+"""
+
+
+def test_a_reserving_tenant_of_unknown_use_reserves_nothing_and_the_breach_is_unprovable(
+    tmp_path: Path, fake_nvml: FakeNvmlState
+) -> None:
+    """llama-swap holds 4.5 GiB the driver reports as N/A; immich is 500 MiB over its
+    budget; 2.7 GiB free. Before: llama-swap read 0 B, its whole 4.9 GiB went on the
+    floor (5.9 GiB) and immich was restarted for a breach nobody could prove."""
+    host = Host(tmp_path, 60_000_000)
+    host.process(100, "/system.slice/llama-swap.service")
+    host.process(200, "/system.slice/immich-ml.service")
+    t4 = FakeGpu(
+        UUID,
+        mib(15360),
+        # the 4.5 GiB llama-swap holds is in the GPU's used memory, not in its process's
+        base_used_bytes=mib(15360 - 2800 - 3500),
+        processes=(FakeProcess(100, None), FakeProcess(200, mib(3500))),
+    )
+    d, actuator, out, run = daemon(tmp_path, RESERVE_UNKNOWN, host, [t4], fake_nvml)
+
+    run([0, 1, 2, 3])
+    d.sampler.close()
+
+    assert [] == actuator.calls
+    assert [(mib(2800), gib(1), mib(5000), ["llama-swap.service"])] == [
+        (e["free_bytes"], e["floor_bytes"], e["unproven_bytes"], e["unproven_for"])
+        for e in events(out, "floor_unprovable")
+    ]

@@ -17,6 +17,7 @@ from tests.unit.test_policy import (
     cfg,
     gpu,
     named,
+    names,
     proc,
     run,
     snap,
@@ -273,6 +274,76 @@ def test_a_reserve_is_kept_on_the_mig_device_its_mig_uuid_names_and_never_on_a_w
     s = snap(0, units=units, gpus=a100(30 * GIB, 30 * GIB, [], []))
 
     assert [4 * GIB, 4 * GIB + 5 * GIB] == [gpu_floor(config, s, g) for g in s.gpus]
+
+
+# --------------------------------------------------------------------------
+# Unknown is never zero (issue 22, item 8): a reserving tenant whose VRAM use is not
+# known reserves nothing; a breach only its reserve would make is said once as unprovable.
+
+
+def unknown_llama_snap(now_s: float, free_mib: int, llama_known_mib: int = 0) -> Snapshot:
+    """The T4 with immich 500 MiB over its 3000 MiB budget and llama-swap (reserving 5000
+    MiB) holding memory NVML cannot attribute (per-process usage N/A)."""
+    units = [
+        usage(LLAMA, vram=None, by_gpu={UUID0: llama_known_mib * MIB} if llama_known_mib else {}),
+        usage(IMMICH, vram=3500 * MIB),
+    ]
+    procs = [proc(1, None, LLAMA), proc(2, 3500 * MIB, IMMICH)]
+    return snap(now_s, units=units, gpus=[gpu(free_mib * MIB, total=T4, processes=procs)])
+
+
+def test_a_reserving_tenant_of_unknown_use_adds_nothing_to_the_floor_and_nobody_is_restarted() -> (
+    None
+):
+    """llama-swap holds memory NVML cannot attribute: read as 0 B, its whole budget
+    went onto the floor (5.9 GiB > 2.7 GiB free) and immich was restarted for nothing."""
+    config = incident_config(True)
+    snaps = [unknown_llama_snap(t, 2800) for t in (0, 10, 20, 30)]
+
+    decisions = run(config, *snaps)
+
+    assert [] == acted(decisions)
+    assert [] == named(decisions, "floor_breached")
+    assert 1 * GIB == gpu_floor(config, snaps[0], snaps[0].gpus[0])
+
+
+def test_a_breach_only_an_unknown_reserve_would_make_is_said_once_per_episode_as_unprovable() -> (
+    None
+):
+    config = incident_config(True)
+    dip = [unknown_llama_snap(t, 2800) for t in (0, 10, 20)]
+    back = unknown_llama_snap(30, 7000)  # above even the full 5.9 GiB: the episode ends
+    again = [unknown_llama_snap(t, 2800, llama_known_mib=1000) for t in (40, 50)]
+
+    decisions = run(config, *dip, back, *again)
+
+    unprovable = named(decisions, "floor_unprovable")
+    assert [1, 5] == [i for i, d in enumerate(decisions) if "floor_unprovable" in names(d)]
+    assert [
+        (
+            f"GPU 0 free 2.7 GiB would be under floor 5.9 GiB for 10s only with the 4.9 GiB "
+            f"reserved for {LLAMA}, whose VRAM use is unknown; without it, floor 1 GiB: no "
+            "action until that use is known"
+        ),
+        (
+            f"GPU 0 free 2.7 GiB would be under floor 4.9 GiB for 10s only with the 3.9 GiB "
+            f"reserved for {LLAMA}, whose VRAM use is unknown; without it, floor 1 GiB: no "
+            "action until that use is known"
+        ),
+    ] == [e.message for e in unprovable]
+    assert [
+        (2800 * MIB, 1 * GIB, 5000 * MIB, [LLAMA]),
+        (2800 * MIB, 1 * GIB, 4000 * MIB, [LLAMA]),
+    ] == [
+        (
+            e.fields["free_bytes"],
+            e.fields["floor_bytes"],
+            e.fields["unproven_bytes"],
+            e.fields["unproven_for"],
+        )
+        for e in unprovable
+    ]
+    assert [] == acted(decisions)
 
 
 MIG_CHECK = """

@@ -126,3 +126,34 @@ def test_a_pin_to_a_mig_gpu_shows_its_use_on_all_its_mig_devices_and_reserves_on
     assert "whisper.service" in [
         line.split()[0] for line in render_text(rep).splitlines() if "4 GiB / 6 GiB" in line
     ]
+
+
+def test_a_reserve_of_unknown_use_is_left_out_of_the_floor_and_status_says_so() -> None:
+    """llama-swap reserves 5 GiB on the T4 but NVML cannot say its processes' memory:
+    the floor is 1.5 GiB, not 6.5 GiB, and the line says whose reserve is not counted
+    (issue 22, item 8)."""
+    config = cfg.parse(
+        '[gpu]\nmin_free_vram = "10%"\n[[tenant]]\nunit = "llama-swap.service"\n'
+        'vram = "5GiB"\nreserve = true\n',
+        "/etc/vramwatch.toml",
+    )
+    usage = {"llama-swap.service": UnitUsage("llama-swap.service", None, {}, 0, ())}
+    snap = Snapshot(
+        0,
+        (GpuSample(1, T4, "Tesla T4", 15 * GIB, 11 * GIB, 4 * GIB),),
+        HostSample(64 * GIB, 32 * GIB),
+        usage,
+    )
+
+    rep = report(config, snap, {}, None)
+
+    assert (int(1.5 * GIB), 0, 5 * GIB, ["llama-swap.service"]) == (
+        rep["gpus"][0]["floor_bytes"],
+        rep["gpus"][0]["reserved_bytes"],
+        rep["gpus"][0]["unproven_bytes"],
+        rep["gpus"][0]["unproven_for"],
+    )
+    assert (
+        "GPU 1 Tesla T4: free 4 GiB of 15 GiB, floor 1.5 GiB (not counted: up to 5 GiB "
+        "reserved for llama-swap.service, whose VRAM use is unknown)"
+    ) == render_text(rep).splitlines()[0]
