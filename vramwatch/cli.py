@@ -226,7 +226,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if reading.hung_ns is not None:
         nvml_error = f"NVML did not answer within nvml_timeout ({reading.hung_ns / 1e9:g}s)"
     totals = [g.total_bytes for g in gpus if g.total_bytes is not None]
-    present = [(g.index, g.uuid, g.total_bytes) for g in gpus if g.total_bytes is not None]
+    present = [g for g in gpus if g.total_bytes is not None]
     problems = reserve_fit_errors(config, present)
     for problem in problems:
         print(f"vramwatch: {path}: {problem}", file=sys.stderr)

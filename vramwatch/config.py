@@ -11,13 +11,13 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from vramwatch import security, units
-from vramwatch.model import KEY_PREFIXES, TenantId, TenantKind, Verb
+from vramwatch.model import KEY_PREFIXES, GpuSample, TenantId, TenantKind, Verb
 
 DEFAULT_PATH = Path("/etc/vramwatch.toml")
 CONFIG_ENV = "VRAMWATCH_CONFIG"
@@ -146,9 +146,22 @@ class Tenant:
     def budget(self, resource: str) -> int | None:
         return self.vram_bytes if resource == "vram" else self.ram_bytes
 
-    def pinned_to(self, index: int, uuid: str) -> bool:
-        """Whether this tenant is pinned to the GPU with this index and UUID."""
-        return self.gpu is not None and (self.gpu == index or self.gpu == uuid)
+    def pinned_to(self, gpu: GpuSample) -> bool:
+        """Whether this tenant is pinned to this device. A MIG device carries its GPU's
+        index, so ``gpu`` as that index or as the GPU's own UUID means every MIG device
+        of that GPU (SPEC "Budgets that are guarantees"); a MIG- UUID means one."""
+        return self.gpu is not None and self.gpu in (gpu.index, gpu.uuid, gpu.parent_uuid)
+
+    def reserves_on(self, gpu: GpuSample, devices: int) -> bool:
+        """Whether this tenant's unused budget is kept free on this device: the one it is
+        pinned to, or the only one there is (``devices``: how many the host shows).
+        Pinned to a whole GPU in MIG mode, it reserves on none of its MIG devices: the
+        room must be on one of them, and which one is not said (:func:`mig_reserve_problems`)."""
+        if not self.reserve or self.vram_bytes is None:
+            return False
+        if self.gpu is None:
+            return devices == 1
+        return self.gpu == gpu.uuid or (gpu.parent_uuid is None and self.gpu == gpu.index)
 
     @property
     def key(self) -> str:
@@ -804,37 +817,58 @@ def budget_fit_warnings(config: Config, gpu_totals_bytes: list[int]) -> list[str
     ]
 
 
-def reserve_fit_errors(config: Config, gpus: list[tuple[int, str, int]]) -> list[str]:
-    """Why the reserving tenants cannot be honoured on the GPUs present (index, UUID,
-    total bytes): each GPU's floor plus the budgets reserved on it must fit the GPU,
-    and with more than one GPU a reserving tenant must say which (``gpu``)."""
+def reserve_fit_errors(config: Config, gpus: Sequence[GpuSample]) -> list[str]:
+    """Why the reserving tenants cannot be honoured on the devices present (those whose
+    total is known): each device's floor plus the budgets reserved on it must fit it,
+    with more than one device a reserving tenant must say which (``gpu``), and on a GPU
+    in MIG mode it must name a MIG device (:func:`mig_reserve_problems`)."""
     problems: list[str] = []
     reserving = [(i, t) for i, t in enumerate(config.tenants) if t.reserve]
     if not reserving or not gpus:
         return problems
+    mig = any(g.parent_uuid is not None for g in gpus)
     for number, tenant in reserving:
         if tenant.gpu is None and len(gpus) > 1:
             problems.append(
                 f"tenant[{number}].gpu: {tenant.unit} reserves VRAM and {len(gpus)} GPUs are "
-                "present: say which one (an index or a GPU-/MIG- UUID)"
+                "present: say which one (an index or a GPU-/MIG- UUID"
+                + ("; on a GPU in MIG mode, a MIG- UUID)" if mig else ")")
             )
-        elif tenant.gpu is not None and not any(tenant.pinned_to(i, u) for i, u, _ in gpus):
+        elif tenant.gpu is not None and not any(tenant.pinned_to(g) for g in gpus):
             problems.append(f"tenant[{number}].gpu: no GPU {tenant.gpu} is present")
-    for index, uuid, total in gpus:
-        on_it = [
-            t
-            for _, t in reserving
-            if t.pinned_to(index, uuid) or (t.gpu is None and len(gpus) == 1)
-        ]
+    problems += mig_reserve_problems(config, gpus)
+    for gpu in gpus:
+        on_it = [t for _, t in reserving if t.reserves_on(gpu, len(gpus))]
         reserved = sum(t.vram_bytes or 0 for t in on_it)
-        floor = config.gpu.floor.resolve(total)
-        if on_it and floor + reserved > total:
+        if gpu.total_bytes is None:
+            continue
+        floor = config.gpu.floor.resolve(gpu.total_bytes)
+        if on_it and floor + reserved > gpu.total_bytes:
             problems.append(
-                f"GPU {index}: min_free_vram ({units.format_size(floor)}) plus the budgets "
+                f"{gpu.where}: min_free_vram ({units.format_size(floor)}) plus the budgets "
                 f"reserved on it ({units.format_size(reserved)} for "
                 f"{', '.join(t.unit for t in on_it)}) exceed its "
-                f"{units.format_size(total)}"
+                f"{units.format_size(gpu.total_bytes)}"
             )
+    return problems
+
+
+def mig_reserve_problems(config: Config, gpus: Sequence[GpuSample]) -> list[str]:
+    """Reserving tenants pinned to a whole GPU in MIG mode (its index or GPU- UUID): the
+    room must be kept on one MIG device, named by its MIG- UUID, so nothing is reserved
+    for them. ``check`` refuses these; ``run`` says them as config_warning."""
+    problems = []
+    for number, tenant in enumerate(config.tenants):
+        if not tenant.reserve or tenant.gpu is None:
+            continue
+        whole = [g for g in gpus if g.parent_uuid is not None and tenant.pinned_to(g)]
+        if not whole or any(g.uuid == tenant.gpu for g in whole):
+            continue
+        problems.append(
+            f"tenant[{number}].gpu: {tenant.unit} reserves VRAM on GPU {whole[0].index}, "
+            f"which is in MIG mode: name one of its MIG devices by its UUID "
+            f"({', '.join(g.uuid for g in whole)}); until then nothing is reserved for it"
+        )
     return problems
 
 
@@ -891,7 +925,7 @@ def watchdog_warnings(config: Config, watchdog_ns: int | None) -> list[str]:
 
 def run_warnings(
     config: Config,
-    gpus: list[tuple[int, str, int | None]],
+    gpus: Sequence[GpuSample],
     mem_total_bytes: int | None,
     watchdog_ns: int | None,
 ) -> list[str]:
@@ -899,12 +933,12 @@ def run_warnings(
     at start and after each reload. run never refuses what an earlier release accepted:
     its exit 78 with ``RestartPreventExitStatus=78`` would leave the host unguarded.
 
-    ``gpus``: the devices sampled, (index, UUID, total bytes or None: unknown);
+    ``gpus``: the devices sampled (a device whose total is unknown counts as absent);
     ``watchdog_ns``: as in :func:`watchdog_warnings`.
     """
-    present = [(index, uuid, total) for index, uuid, total in gpus if total is not None]
+    present = [gpu for gpu in gpus if gpu.total_bytes is not None]
     return (
-        floor_warnings(config, [total for _, _, total in gpus], mem_total_bytes)
+        floor_warnings(config, [gpu.total_bytes for gpu in gpus], mem_total_bytes)
         + [
             f"{problem}; vramwatch check refuses this, and run cannot keep this "
             "reservation as configured"

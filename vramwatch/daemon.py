@@ -235,9 +235,8 @@ class Daemon:
         """What run runs anyway but warns about (config.run_warnings), each once per config;
         the GPU-dependent ones wait for a sample in which NVML answered."""
         try:
-            gpus = [(g.index, g.uuid, g.total_bytes) for g in snapshot.gpus]
             found = run_warnings(
-                self.config, gpus, snapshot.host.mem_total_bytes, self._watchdog_ns
+                self.config, snapshot.gpus, snapshot.host.mem_total_bytes, self._watchdog_ns
             )
         except Exception as exc:  # noqa: BLE001 - a warning must never stop guarding
             self._internal_error("config_warning", exc, snapshot.now_ns, "no config warnings")

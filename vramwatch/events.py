@@ -36,6 +36,7 @@ MESSAGE_IDS: dict[str, str] = {
     "config_rejected": "947da9c8b3da4337a932e70bb51f97ba",
     "floor_breached": "94c65446304543aab774198bf2257be7",
     "floor_recovered": "8f95d04c6f8a4f3b84506cc1ab702447",
+    "floor_unprovable": "9101e3772c5d4014a3f7d670ec0a2e15",
     "restart": "d018d6e4eb8d4146a86e458ceda09147",
     "stop": "f10ed1989c2248f5ab044be60602723b",
     "would_restart": "edddbd09d5cc4c63bb45a46d92272640",

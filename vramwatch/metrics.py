@@ -393,7 +393,7 @@ class _View:
             effective = gpu_floor(config, snap, gpu, kept)
             assert effective is not None  # total_bytes is known: the GPU read cleanly
             floor.add_metric(labels, effective)
-            reserved.add_metric(labels, sum(r for _, r, _ in kept))
+            reserved.add_metric(labels, sum(r.reserved_bytes for r in kept))
             if gpu.used_bytes is not None and gpu.unattributed_bytes is not None:
                 used.add_metric(labels, gpu.used_bytes)
                 rest.add_metric(labels, gpu.unattributed_bytes)

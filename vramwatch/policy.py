@@ -16,6 +16,11 @@ Rules (SPEC.md "Decision rules"):
 * a tenant within budget, or whose usage is unknown, is never acted on; known
   VRAM on the GPUs that could be read is a lower bound that can prove a tenant
   over budget when another GPU is unknown;
+* a tenant pinned to a GPU in MIG mode by its index or GPU- UUID counts its
+  usage summed over all the MIG devices of that GPU;
+* a reserving tenant's unused budget is added to its GPU's floor; while its use
+  is unknown it adds nothing (the floor is a lower bound), and a breach only its
+  reserve would make is ``floor_unprovable``, once per episode;
 * one incident, one victim: an action holds every resource its unit is over
   budget on (each GPU it uses, RAM), and no other tenant is acted on for a
   held resource until it settles: "reclaimed" when the resource came back
@@ -99,6 +104,9 @@ class History:
     errors: Mapping[str, str] = field(default_factory=dict)  # source key -> current error
     error_fields: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     errors_told_ns: Mapping[str, int] = field(default_factory=dict)  # source key -> logged
+    # resource key -> since when free VRAM is under the floor that the reserves of
+    # tenants of unknown use would make (a breach that cannot be proven)
+    unproven_since_ns: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +114,32 @@ class Decision:
     actions: tuple[Action, ...]
     events: tuple[Event, ...]
     history: History
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A reserving tenant on one GPU (SPEC "Budgets that are guarantees")."""
+
+    unit: str
+    budget_bytes: int
+    used_bytes: int  # its VRAM on that GPU; a lower bound when not ``known``
+    known: bool = True  # False: part of its use could not be read (N/A, a GPU failed)
+
+    @property
+    def reserved_bytes(self) -> int:
+        """Added to the floor: its unused budget, or 0 while its use is unknown, so
+        that a floor is never raised on a guess (the floor is then a lower bound)."""
+        return max(0, self.budget_bytes - self.used_bytes) if self.known else 0
+
+    @property
+    def unproven_bytes(self) -> int:
+        """What its reserve could be while its use is unknown: at most its budget less
+        the part of its use that is known."""
+        return 0 if self.known else max(0, self.budget_bytes - self.used_bytes)
+
+
+def _reserved_sum(reserved: tuple[Reservation, ...]) -> int:
+    return sum(r.reserved_bytes for r in reserved)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,12 +152,17 @@ class _Resource:
     free_bytes: int
     floor_bytes: int
     settings: FloorConfig
-    # Reserving tenants' unused budgets included in floor_bytes: (unit, reserved, used).
-    reserved: tuple[tuple[str, int, int], ...] = ()
+    # The reserving tenants on this GPU; their unused budgets are in floor_bytes.
+    reserved: tuple[Reservation, ...] = ()
 
     @property
     def reserved_bytes(self) -> int:
-        return sum(r for _, r, _ in self.reserved)
+        return _reserved_sum(self.reserved)
+
+    @property
+    def unproven_bytes(self) -> int:
+        """Reserves left out of the floor because their tenants' use is unknown."""
+        return sum(r.unproven_bytes for r in self.reserved)
 
     def floor_text(self) -> str:
         """The floor, and what it is made of when budgets are reserved on it."""
@@ -132,9 +171,9 @@ class _Resource:
             return text
         base = self.floor_bytes - self.reserved_bytes
         parts = ", ".join(
-            f"{unit}, " + ("idle" if used == 0 else f"uses {format_size(used)}")
-            for unit, reserved, used in self.reserved
-            if reserved
+            f"{r.unit}, " + ("idle" if r.used_bytes == 0 else f"uses {format_size(r.used_bytes)}")
+            for r in self.reserved
+            if r.reserved_bytes
         )
         return (
             f"{text} ({format_size(base)} + {format_size(self.reserved_bytes)} reserved for "
@@ -158,7 +197,10 @@ class _Resource:
             fields.update(_gpu_fields(self.gpu))
         if self.reserved_bytes:
             fields["reserved_bytes"] = self.reserved_bytes
-            fields["reserved_for"] = [unit for unit, r, _ in self.reserved if r]
+            fields["reserved_for"] = [r.unit for r in self.reserved if r.reserved_bytes]
+        if self.unproven_bytes:
+            fields["unproven_bytes"] = self.unproven_bytes
+            fields["unproven_for"] = [r.unit for r in self.reserved if r.unproven_bytes]
         return fields
 
     def breach_text(self, since_ns: int, now_ns: int) -> str:
@@ -194,6 +236,7 @@ class _Builder:
         self.errors = dict(history.errors)
         self.error_fields = dict(history.error_fields)
         self.errors_told = dict(history.errors_told_ns)
+        self.unproven_since = dict(history.unproven_since_ns)
         self.acted: set[str] = set()  # units acted on this tick
         self.readable: dict[str, _Resource] = {}  # resource key -> this tick's reading
         self.actions: list[Action] = []
@@ -222,6 +265,7 @@ class _Builder:
             errors=_frozen(self.errors),
             error_fields=_frozen(self.error_fields),
             errors_told_ns=_frozen(self.errors_told),
+            unproven_since_ns=_frozen(self.unproven_since),
         )
 
 
@@ -340,12 +384,20 @@ def _tenant_used(
     tenant = config.tenant(unit) if isinstance(config, Config) else config
     if resource != VRAM or tenant is None or tenant.gpu is None or usage is None:
         return _used(usage, resource)
-    for gpu in snapshot.gpus:
-        if tenant.pinned_to(gpu.index, gpu.uuid):
-            if not gpu.ok:
-                return 0, False
-            return usage.vram_by_gpu.get(gpu.uuid, 0), usage.vram_bytes is not None
-    return 0, False  # the GPU it is pinned to is not there
+    # On a GPU in MIG mode, its index or GPU- UUID is every MIG device of it: summed.
+    devices = [gpu for gpu in snapshot.gpus if tenant.pinned_to(gpu)]
+    if not devices:
+        return 0, False  # the GPU it is pinned to is not there
+    used = sum(usage.vram_by_gpu.get(gpu.uuid, 0) for gpu in devices)
+    return used, usage.vram_bytes is not None and all(gpu.ok for gpu in devices)
+
+
+def counted_usage(tenant: Tenant, snapshot: Snapshot, resource: str) -> int | None:
+    """A tenant's usage as its budget counts it (its GPU alone when pinned: on a GPU in
+    MIG mode, summed over its MIG devices), or None when it is not fully known. For
+    status, so that it shows what the policy compares with the budget."""
+    used, complete = _tenant_used(tenant, snapshot, tenant.unit, resource)
+    return used if complete else None
 
 
 def _used(usage: UnitUsage | None, resource: str) -> tuple[int | None, bool]:
@@ -634,25 +686,22 @@ def _settled_event(
     b.event("not_reclaimed", "warning", message, **fields)
 
 
-def reservations(
-    config: Config, snapshot: Snapshot, gpu: GpuSample
-) -> tuple[tuple[str, int, int], ...]:
-    """The reserving tenants on a GPU: (unit, unused budget kept free, used there).
+def reservations(config: Config, snapshot: Snapshot, gpu: GpuSample) -> tuple[Reservation, ...]:
+    """The reserving tenants on a GPU and what each keeps free there.
 
-    A tenant reserves on the GPU it is pinned to, or on the only GPU there is.
+    A tenant reserves on the device it is pinned to, or on the only device there is;
+    pinned to a whole GPU in MIG mode, on none (``config.mig_reserve_problems``). A
+    tenant whose use there is not fully known reserves nothing: unknown is never 0 B
+    used, and its budget is not put on the floor on a guess.
     """
     found = []
     for tenant in config.tenants:
-        if not tenant.reserve or tenant.vram_bytes is None:
-            continue
-        if not (
-            tenant.pinned_to(gpu.index, gpu.uuid)
-            or (tenant.gpu is None and len(snapshot.gpus) == 1)
-        ):
+        if tenant.vram_bytes is None or not tenant.reserves_on(gpu, len(snapshot.gpus)):
             continue
         usage = snapshot.units.get(tenant.unit)
         used = usage.vram_by_gpu.get(gpu.uuid, 0) if usage is not None else 0
-        found.append((tenant.unit, max(0, tenant.vram_bytes - used), used))
+        known = usage is not None and usage.vram_bytes is not None and gpu.ok
+        found.append(Reservation(tenant.unit, tenant.vram_bytes, used, known))
     return tuple(found)
 
 
@@ -660,15 +709,16 @@ def gpu_floor(
     config: Config,
     snapshot: Snapshot,
     gpu: GpuSample,
-    reserved: tuple[tuple[str, int, int], ...] | None = None,
+    reserved: tuple[Reservation, ...] | None = None,
 ) -> int | None:
     """A GPU's effective floor: min_free_vram plus the budgets reserved on it
-    (``reserved``: :func:`reservations`, when the caller has them already)."""
+    (``reserved``: :func:`reservations`, when the caller has them already). A lower
+    bound while a reserving tenant's use is unknown."""
     if gpu.total_bytes is None:
         return None
     if reserved is None:
         reserved = reservations(config, snapshot, gpu)
-    return config.gpu.floor.resolve(gpu.total_bytes) + sum(r for _, r, _ in reserved)
+    return config.gpu.floor.resolve(gpu.total_bytes) + _reserved_sum(reserved)
 
 
 def _gpu_resource(config: Config, snapshot: Snapshot, gpu: GpuSample) -> _Resource | None:
@@ -719,6 +769,9 @@ def _resources(config: Config, snapshot: Snapshot, b: _Builder) -> list[_Resourc
         if key not in readable_keys:
             # Unknown is not breached: the floor must be seen breached in every sample.
             del b.breach_since[key]
+    for key in list(b.unproven_since):
+        if key not in readable_keys:
+            _end_unproven(b, key)
     for key in list(b.episodes):
         if key not in known_keys:
             _end_episode(b, key)  # the GPU is gone
@@ -732,6 +785,7 @@ def _end_episode(b: _Builder, key: str) -> None:
 
 def _guard(b: _Builder, config: Config, snapshot: Snapshot, res: _Resource) -> None:
     now = snapshot.now_ns
+    _unproven(b, res, now)
     if res.free_bytes >= res.floor_bytes:
         b.breach_since.pop(res.key, None)
         if res.key in b.episodes:
@@ -781,6 +835,41 @@ def _guard(b: _Builder, config: Config, snapshot: Snapshot, res: _Resource) -> N
     _no_candidate(b, config, snapshot, res, candidates, unknown, since)
 
 
+UNPROVEN = "unprovable"  # the told token of a breach only an unknown reserve would make
+
+
+def _unproven(b: _Builder, res: _Resource, now: int) -> None:
+    """floor_unprovable, once per episode: free VRAM stays (for grace) under the floor
+    that the reserves of tenants of unknown use would make, but not under the floor
+    that is proven. No action: the breach cannot be proven (SPEC "Budgets that are
+    guarantees"); its numbers let a person judge."""
+    unproven = res.unproven_bytes
+    if not unproven or res.free_bytes >= res.floor_bytes + unproven:
+        _end_unproven(b, res.key)
+        return
+    since = b.unproven_since.setdefault(res.key, now)
+    if res.free_bytes < res.floor_bytes or now - since < res.settings.grace_ns:
+        return  # a proven breach speaks for itself (floor_breached)
+    if not b.tell_once(res.key, UNPROVEN, ""):
+        return
+    units = ", ".join(r.unit for r in res.reserved if r.unproven_bytes)
+    b.event(
+        "floor_unprovable",
+        "warning",
+        f"{res.free_text()} {format_size(res.free_bytes)} would be under floor "
+        f"{format_size(res.floor_bytes + unproven)} for {format_duration(now - since)} only "
+        f"with the {format_size(unproven)} reserved for {units}, whose VRAM use is unknown; "
+        f"without it, {res.floor_text()}: no action until that use is known",
+        breached_ns=now - since,
+        **res.fields(),
+    )
+
+
+def _end_unproven(b: _Builder, key: str) -> None:
+    b.unproven_since.pop(key, None)
+    b.told.discard((key, UNPROVEN, ""))
+
+
 def _candidates(
     config: Config, snapshot: Snapshot, res: _Resource
 ) -> tuple[list[_Candidate], list[str]]:
@@ -792,11 +881,7 @@ def _candidates(
         budget = tenant.budget(res.resource)
         if budget is None:
             continue
-        if (
-            res.gpu is not None
-            and tenant.gpu is not None
-            and not tenant.pinned_to(res.gpu.index, res.gpu.uuid)
-        ):
+        if res.gpu is not None and tenant.gpu is not None and not tenant.pinned_to(res.gpu):
             continue  # pinned to another GPU: its budget is there
         usage = snapshot.units.get(tenant.unit)
         used, complete = _tenant_used(tenant, snapshot, tenant.unit, res.resource)
@@ -825,10 +910,12 @@ def _holds(
         return holds
     vram, _ = _tenant_used(tenant, snapshot, tenant.unit, VRAM)
     if tenant.vram_bytes is not None and vram is not None and vram > tenant.vram_bytes:
-        index = {g.uuid: g.index for g in snapshot.gpus}
+        devices = {g.uuid: g for g in snapshot.gpus}
         for uuid, n in usage.vram_by_gpu.items():
-            if n > 0 and (tenant.gpu is None or tenant.pinned_to(index.get(uuid, -1), uuid)):
-                holds[gpu_key(uuid)] = (VRAM, index.get(uuid), vram, tenant.vram_bytes)
+            device = devices.get(uuid)
+            if n > 0 and (tenant.gpu is None or (device is not None and tenant.pinned_to(device))):
+                index = device.index if device is not None else None
+                holds[gpu_key(uuid)] = (VRAM, index, vram, tenant.vram_bytes)
     ram = usage.ram_bytes
     if tenant.ram_bytes is not None and ram is not None and ram > tenant.ram_bytes:
         holds[RAM_KEY] = (RAM, None, ram, tenant.ram_bytes)

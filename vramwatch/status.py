@@ -16,8 +16,8 @@ from typing import Any
 import psutil
 
 from vramwatch.config import Config
-from vramwatch.model import Owner, Snapshot
-from vramwatch.policy import gpu_floor, reservations
+from vramwatch.model import VRAM, Owner, Snapshot
+from vramwatch.policy import counted_usage, gpu_floor, reservations
 from vramwatch.sampler import Sampler, manager_for
 from vramwatch.sources.nvml import NvmlSource
 from vramwatch.sources.procfs import ProcFs
@@ -115,8 +115,11 @@ def report(
                 "used_bytes": gpu.used_bytes,
                 "free_bytes": gpu.free_bytes,
                 "floor_bytes": floor,
-                "reserved_bytes": sum(r for _, r, _ in kept),
-                "reserved_for": [unit for unit, r, _ in kept if r],
+                "reserved_bytes": sum(r.reserved_bytes for r in kept),
+                "reserved_for": [r.unit for r in kept if r.reserved_bytes],
+                # Reserves left out of the floor: their tenants' VRAM use is unknown.
+                "unproven_bytes": sum(r.unproven_bytes for r in kept),
+                "unproven_for": [r.unit for r in kept if r.unproven_bytes],
                 "below_floor": (
                     gpu.free_bytes < floor if gpu.free_bytes is not None and floor else None
                 ),
@@ -144,8 +147,10 @@ def report(
                 ],
                 "protected": tenant.protected,
                 "action": tenant.verb.value,
-                "vram_bytes": usage.vram_bytes if usage else None,
+                # As its budget counts it: on its GPU alone when pinned (``gpu``).
+                "vram_bytes": counted_usage(tenant, snapshot, VRAM),
                 "vram_budget_bytes": tenant.vram_bytes,
+                "gpu": tenant.gpu,
                 "ram_bytes": usage.ram_bytes if usage else None,
                 "ram_source": usage.ram_source if usage else "",
                 "ram_budget_bytes": tenant.ram_bytes,
@@ -268,6 +273,13 @@ def render_text(rep: dict[str, Any]) -> str:
                 f" ({format_size(gpu['reserved_bytes'])} reserved for "
                 f"{printable(', '.join(gpu['reserved_for']), NAME_MAX)})"
                 if gpu.get("reserved_bytes")
+                else ""
+            )
+            + (
+                f" (not counted: up to {format_size(gpu['unproven_bytes'])} reserved for "
+                f"{printable(', '.join(gpu['unproven_for']), NAME_MAX)}, whose VRAM use is "
+                "unknown)"
+                if gpu.get("unproven_bytes")
                 else ""
             )
             + mark

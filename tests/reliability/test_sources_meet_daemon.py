@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.fakenvml import FakeGpu, FakeNvmlState, FakeProcess, mib
+from tests.fakenvml import FakeGpu, FakeMig, FakeNvmlState, FakeProcess, gib, mib
 from vramwatch import config as cfg
 from vramwatch.daemon import Daemon
 from vramwatch.events import EventLog
@@ -335,3 +335,111 @@ def test_no_candidate_keeps_a_user_units_vram_apart_from_the_system_units_of_its
     ] == event["top_users"][:2]
     assert "llm.service (user@1000) 7 GiB, llm.service 6 GiB" in event["message"]
     assert [] == actuator.calls
+
+
+# issue 22, item 2: a tenant pinned to a GPU in MIG mode ----------------------------------
+
+PARENT = "GPU-a1000000-0000-0000-0000-000000000000"
+MIG0 = "MIG-a1000000-0000-0000-0000-000000000000"
+MIG1 = "MIG-a1000000-0000-0000-0000-000000000001"
+MIG_PINNED = """
+[gpu]
+min_free_vram = "10%"
+grace = "1s"
+[[tenant]]
+unit = "whisper.service"
+vram = "3GiB"
+gpu = {pin}
+[[tenant]]
+unit = "immich-ml.service"
+vram = "3GiB"
+"""
+
+
+@pytest.mark.parametrize("pin", ["0", f'"{PARENT}"'], ids=["index", "GPU- UUID"])
+def test_a_tenant_pinned_to_a_mig_gpu_is_charged_on_all_its_mig_devices_and_restarted(
+    tmp_path: Path, fake_nvml: FakeNvmlState, pin: str
+) -> None:
+    """The A100 in MIG mode: whisper (gpu = 0, or the A100's GPU- UUID) has 2 GiB on MIG 0
+    and 2.5 GiB on MIG 1, 1.5 GiB over its 3 GiB; immich has 4 GiB on MIG 1, 1 GiB over.
+    MIG 1 (40 GiB, floor 4 GiB) has 3.5 GiB free. Before: whisper read 0 B (its first MIG
+    device, or no device at all for the GPU- UUID) and immich was restarted."""
+    host = Host(tmp_path, 60_000_000)
+    host.process(100, "/system.slice/whisper.service")
+    host.process(101, "/system.slice/whisper.service")
+    host.process(200, "/system.slice/immich-ml.service")
+    host.process(300, "/system.slice/ollama.service")  # no tenant
+    a100 = FakeGpu(
+        PARENT,
+        gib(80),
+        "NVIDIA A100-SXM4-80GB",
+        mig=(
+            FakeMig(MIG0, gib(20), "MIG 2g.20gb", (FakeProcess(100, gib(2)),)),
+            FakeMig(
+                MIG1,
+                gib(40),
+                "MIG 3g.40gb",
+                (
+                    FakeProcess(101, mib(2560)),
+                    FakeProcess(200, gib(4)),
+                    FakeProcess(300, mib(30 * 1024)),
+                ),
+            ),
+        ),
+    )
+    d, actuator, out, run = daemon(tmp_path, MIG_PINNED.format(pin=pin), host, [a100], fake_nvml)
+
+    run([0, 1, 2])
+    d.sampler.close()
+
+    assert [("whisper.service", Verb.RESTART)] == actuator.calls
+    assert [
+        (
+            "restarting whisper.service: GPU 0 MIG 1 free 3.5 GiB < floor 4 GiB for 1s; unit uses "
+            "4.5 GiB VRAM, budget 3 GiB; also over budget on GPU 0 MIG 0, held until this settles"
+        )
+    ] == [e["message"] for e in events(out, "restart")]
+
+
+# issue 22, item 8: a reserving tenant whose VRAM use the driver cannot say ---------------
+
+RESERVE_UNKNOWN = """
+[gpu]
+min_free_vram = "1GiB"
+grace = "1s"
+[[tenant]]
+unit = "llama-swap.service"
+vram = "5000MiB"
+reserve = true
+[[tenant]]
+unit = "immich-ml.service"
+vram = "3000MiB"
+"""
+
+
+def test_a_reserving_tenant_of_unknown_use_reserves_nothing_and_the_breach_is_unprovable(
+    tmp_path: Path, fake_nvml: FakeNvmlState
+) -> None:
+    """llama-swap holds 4.5 GiB the driver reports as N/A; immich is 500 MiB over its
+    budget; 2.7 GiB free. Before: llama-swap read 0 B, its whole 4.9 GiB went on the
+    floor (5.9 GiB) and immich was restarted for a breach nobody could prove."""
+    host = Host(tmp_path, 60_000_000)
+    host.process(100, "/system.slice/llama-swap.service")
+    host.process(200, "/system.slice/immich-ml.service")
+    t4 = FakeGpu(
+        UUID,
+        mib(15360),
+        # the 4.5 GiB llama-swap holds is in the GPU's used memory, not in its process's
+        base_used_bytes=mib(15360 - 2800 - 3500),
+        processes=(FakeProcess(100, None), FakeProcess(200, mib(3500))),
+    )
+    d, actuator, out, run = daemon(tmp_path, RESERVE_UNKNOWN, host, [t4], fake_nvml)
+
+    run([0, 1, 2, 3])
+    d.sampler.close()
+
+    assert [] == actuator.calls
+    assert [(mib(2800), gib(1), mib(5000), ["llama-swap.service"])] == [
+        (e["free_bytes"], e["floor_bytes"], e["unproven_bytes"], e["unproven_for"])
+        for e in events(out, "floor_unprovable")
+    ]
