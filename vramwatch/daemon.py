@@ -218,7 +218,10 @@ class Daemon:
         self.events.emit(with_tenant(e, snapshot) for e in decision.events)
         self.metrics.observe_events(decision.events)
         for action in decision.actions:
-            self._apply(action, snapshot)
+            try:
+                self._apply(action, snapshot)
+            except Exception as exc:  # noqa: BLE001 - tick never raises; the holds stay
+                self._internal_error("act", exc, now, "no action")
         self._observe_trends(snapshot)
         self._reap_hooks(now)
         self._flush_metrics()
@@ -247,17 +250,25 @@ class Daemon:
             )
 
     def _on_event(self, event: Event) -> None:
-        """[hooks] after_action: started in the background for actions, releases, growing."""
+        """[hooks] after_action: started in the background for actions, releases, growing.
+        An event listener: never raises (it runs inside the loop's every say())."""
         argv = self.config.hooks.after_action
         if not argv or event.name not in HOOK_EVENTS:
             return
-        env = {k: v for k, v in journal_fields(event_dict(event)).items() if k != "PRIORITY"}
-        problem = self.hooks.start(argv, self.config.hooks.timeout_ns / 1e9, event.name, env)
+        try:
+            env = {k: v for k, v in journal_fields(event_dict(event)).items() if k != "PRIORITY"}
+            problem = self.hooks.start(argv, self.config.hooks.timeout_ns / 1e9, event.name, env)
+        except Exception as exc:  # noqa: BLE001 - a hook must never kill the guard
+            problem = f"cannot start: {exc!r}"
         if problem is not None:
             self._hook_failed(event.name, problem, "")
 
     def _reap_hooks(self, now_ns: int) -> None:
-        for name, why, output in self.hooks.reap():
+        try:
+            ended = self.hooks.reap()
+        except Exception as exc:  # noqa: BLE001 - a hook must never kill the guard
+            ended = [("(reaping)", f"cannot reap hooks: {exc!r}", "")]
+        for name, why, output in ended:
             if why:
                 self._hook_failed(name, why, output, now_ns)
             else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -31,7 +31,6 @@ grace = "2s"
 unit = "hog.service"
 vram = "3000MiB"
 """
-
 
 
 def snapshot(now_ns: int, hog_vram_mib: int, free_mib: int) -> Snapshot:
@@ -342,3 +341,25 @@ def test_the_watchdog_is_fed_while_a_restart_job_runs(
 
     pings_during_job = [s for s in states if s == "WATCHDOG=1"]
     assert 8 == len(pings_during_job)  # 40 s of job / 5 s
+
+
+def test_a_hook_that_raises_on_start_is_hook_failed_and_the_tick_goes_on(
+    tmp_path: Path,
+) -> None:
+    """Every event listener runs inside the loop's say(): none may raise."""
+    sampler = ScriptedSampler(lambda n, now: snapshot(now, 10700, 1000))
+    actuator = RecordingActuator(JobOutcome(True, "done", ""))
+    text = CONFIG_TEXT.replace("[gpu]", '[hooks]\nafter_action = ["/bin/true"]\n[gpu]')
+    daemon, out, clock = make(tmp_path, sampler, actuator, text)
+
+    def broken(argv: Sequence[str], timeout_s: float, event: str, env: Mapping[str, str]) -> None:
+        raise ValueError("embedded null byte")
+
+    daemon.hooks.start = broken  # type: ignore[method-assign]
+    run_ticks(daemon, clock, [0, 1, 2])
+
+    assert [("hog.service", Verb.RESTART)] == actuator.calls
+    failed = [e for e in events(out) if e["event"] == "hook_failed"]
+    assert [("restart", "cannot start: ValueError('embedded null byte')")] == [
+        (e["for_event"], e["error"]) for e in failed
+    ]
