@@ -159,14 +159,25 @@ class Daemon:
         self.sampler.close()
         return 0
 
-    def _waiting_for_job(self) -> bool:
-        """Polled while a restart job runs: keep the watchdog fed; say whether to give up."""
+    def _keepalive(self) -> None:
+        """WATCHDOG=1, at most once per half of WatchdogSec=."""
         watchdog_ns = self._watchdog_ns
         now = self.clock()
         if watchdog_ns is not None and now - self._last_keepalive_ns >= watchdog_ns:
             self._last_keepalive_ns = now
             self.notify("WATCHDOG=1")
+
+    def _waiting_for_job(self) -> bool:
+        """Polled while a restart job runs: keep the watchdog fed; say whether to give up."""
+        self._keepalive()
         return self.stopping
+
+    def _waiting_for_release(self, deadline_ns: int) -> None:
+        """Polled while a release command runs and its memory is awaited: the watchdog is
+        fed within the release's own deadline only, so a wait stuck past it lets systemd
+        act (WatchdogSec= is 1 min; release_timeout allows 10)."""
+        if time.monotonic_ns() < deadline_ns:
+            self._keepalive()
 
     def _sleep_until(self, deadline_ns: int, watchdog_ns: int | None) -> None:
         while not self.stopping and not self._reload.is_set():
@@ -295,10 +306,14 @@ class Daemon:
         timeout_ns: int,
         named: Mapping[str, Any],
     ) -> bool:
-        """Run the tenant's release command and wait for the memory; True when it came back."""
+        """Run the tenant's release command and wait for the memory: every resource the
+        action holds (SPEC "Release before restart"). True when all of it came back."""
         started = time.monotonic_ns()  # real time: the command and the wait are real
-        result = commands.run(argv, timeout_ns / 1e9)
-        fields = dict(
+        deadline = started + timeout_ns
+        result = commands.run(
+            argv, timeout_ns / 1e9, waiting=lambda: self._waiting_for_release(deadline)
+        )
+        fields: dict[str, Any] = dict(
             named,
             resource=action.resource,
             gpu=action.gpu,
@@ -307,27 +322,47 @@ class Daemon:
             output=result.output or None,
         )
         if result.ok:
-            deadline = started + timeout_ns
+            check: policy.Released | None = None
             while True:
                 try:
                     fresh = self.sampler.sample(self.config, self.clock())
-                    back = policy.released(self.config, fresh, action)
+                    now_check = policy.released(self.config, fresh, action, self.history)
                 except Exception:  # noqa: BLE001 - unsure means not released
-                    back = False
+                    now_check = None
+                if now_check is not None:
+                    check = now_check  # a failed sample does not forget the last answer
                 took = format_duration(time.monotonic_ns() - started)
-                if back:
+                if now_check is not None and now_check.released:
                     self.events.say(
                         "released",
                         "warning",
                         f"released {action.unit} without a restart: its release command "
-                        f"gave the {action.resource.upper()} back within {took}",
+                        f"gave back {_listed(now_check.came_back_text)} within {took}",
                         **fields,
+                        came_back=list(now_check.came_back),
+                        not_back=[],
                     )
                     return True
-                if time.monotonic_ns() >= deadline or self._waiting_for_job():
-                    problem = f"the memory did not come back within {took}"
+                if time.monotonic_ns() >= deadline or self.stopping:
                     break
-                self._wake.wait(RELEASE_POLL_S)
+                self._waiting_for_release(deadline)
+                # Not self._wake: a SIGHUP leaves it set until the loop reloads, and the
+                # wait would spin through full samples (issue 22 item 13).
+                self._stop.wait(RELEASE_POLL_S)
+            if check is None:
+                problem = f"the memory could not be re-checked within {took}"
+            elif check.came_back:
+                problem = (
+                    f"not all the memory came back within {took}: "
+                    f"{_listed(check.came_back_text)} did, "
+                    f"{_listed(check.not_back_text)} did not"
+                )
+            else:
+                problem = (
+                    f"the memory did not come back within {took}: {_listed(check.not_back_text)}"
+                )
+            if check is not None:
+                fields.update(came_back=list(check.came_back), not_back=list(check.not_back))
         else:
             problem = result.problem
         self.events.say(
@@ -570,6 +605,13 @@ def status_line(snapshot: Snapshot) -> str:
     if snapshot.host.ok:
         parts.append(f"RAM available {format_size(snapshot.host.mem_available_bytes)}")
     return "; ".join(parts)
+
+
+def _listed(items: tuple[str, ...]) -> str:
+    """ "GPU 0", "GPU 0 and RAM", "GPU 0, GPU 1 and RAM"."""
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def _traceback() -> str:

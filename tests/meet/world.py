@@ -129,14 +129,17 @@ class World:
         self.sync()
 
     def release_marker(self, unit: str) -> Path:
-        """A release command touches this file; the unit then gives its VRAM back."""
+        """A release command touches this file; the unit then gives its VRAM back (only
+        on the GPUs whose indexes the file lists, when it lists any). Its RAM stays."""
         return self.root / f"released-{unit}"
 
     def absorb_releases(self) -> None:
         for marker in self.root.glob("released-*"):
             unit = marker.name.removeprefix("released-")
+            only = [uuid_of(int(i)) for i in marker.read_text().split()]
             for pid in self.unit_pids(unit):
-                self.procs[pid].vram = {}
+                vram = self.procs[pid].vram
+                self.procs[pid].vram = {u: n for u, n in vram.items() if only and u not in only}
             marker.unlink()
             self.sync()
 
