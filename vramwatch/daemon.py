@@ -163,14 +163,25 @@ class Daemon:
         self.sampler.close()
         return 0
 
-    def _waiting_for_job(self) -> bool:
-        """Polled while a restart job runs: keep the watchdog fed; say whether to give up."""
+    def _keepalive(self) -> None:
+        """WATCHDOG=1, at most once per half of WatchdogSec=."""
         watchdog_ns = self._watchdog_ns
         now = self.clock()
         if watchdog_ns is not None and now - self._last_keepalive_ns >= watchdog_ns:
             self._last_keepalive_ns = now
             self.notify("WATCHDOG=1")
+
+    def _waiting_for_job(self) -> bool:
+        """Polled while a restart job runs: keep the watchdog fed; say whether to give up."""
+        self._keepalive()
         return self.stopping
+
+    def _waiting_for_release(self, deadline_ns: int) -> None:
+        """Polled while a release command runs and its memory is awaited: the watchdog is
+        fed within the release's own deadline only, so a wait stuck past it lets systemd
+        act (WatchdogSec= is 1 min; release_timeout allows 10)."""
+        if time.monotonic_ns() < deadline_ns:
+            self._keepalive()
 
     def _sleep_until(self, deadline_ns: int, watchdog_ns: int | None) -> None:
         while not self.stopping and not self._reload.is_set():
@@ -224,7 +235,10 @@ class Daemon:
         self.events.emit(with_tenant(e, snapshot) for e in decision.events)
         self.metrics.observe_events(decision.events)
         for action in decision.actions:
-            self._apply(action, snapshot)
+            try:
+                self._apply(action, snapshot)
+            except Exception as exc:  # noqa: BLE001 - tick never raises; the holds stay
+                self._internal_error("act", exc, now, "no action")
         self._observe_trends(snapshot)
         self._reap_hooks(now)
         self._flush_metrics()
@@ -275,17 +289,25 @@ class Daemon:
             )
 
     def _on_event(self, event: Event) -> None:
-        """[hooks] after_action: started in the background for actions, releases, growing."""
+        """[hooks] after_action: started in the background for actions, releases, growing.
+        An event listener: never raises (it runs inside the loop's every say())."""
         argv = self.config.hooks.after_action
         if not argv or event.name not in HOOK_EVENTS:
             return
-        env = {k: v for k, v in journal_fields(event_dict(event)).items() if k != "PRIORITY"}
-        problem = self.hooks.start(argv, self.config.hooks.timeout_ns / 1e9, event.name, env)
+        try:
+            env = {k: v for k, v in journal_fields(event_dict(event)).items() if k != "PRIORITY"}
+            problem = self.hooks.start(argv, self.config.hooks.timeout_ns / 1e9, event.name, env)
+        except Exception as exc:  # noqa: BLE001 - a hook must never kill the guard
+            problem = f"cannot start: {exc!r}"
         if problem is not None:
             self._hook_failed(event.name, problem, "")
 
     def _reap_hooks(self, now_ns: int) -> None:
-        for name, why, output in self.hooks.reap():
+        try:
+            ended = self.hooks.reap()
+        except Exception as exc:  # noqa: BLE001 - a hook must never kill the guard
+            ended = [("(reaping)", f"cannot reap hooks: {exc!r}", "")]
+        for name, why, output in ended:
             if why:
                 self._hook_failed(name, why, output, now_ns)
             else:
@@ -312,10 +334,14 @@ class Daemon:
         timeout_ns: int,
         named: Mapping[str, Any],
     ) -> bool:
-        """Run the tenant's release command and wait for the memory; True when it came back."""
+        """Run the tenant's release command and wait for the memory: every resource the
+        action holds (SPEC "Release before restart"). True when all of it came back."""
         started = time.monotonic_ns()  # real time: the command and the wait are real
-        result = commands.run(argv, timeout_ns / 1e9)
-        fields = dict(
+        deadline = started + timeout_ns
+        result = commands.run(
+            argv, timeout_ns / 1e9, waiting=lambda: self._waiting_for_release(deadline)
+        )
+        fields: dict[str, Any] = dict(
             named,
             resource=action.resource,
             gpu=action.gpu,
@@ -324,27 +350,47 @@ class Daemon:
             output=result.output or None,
         )
         if result.ok:
-            deadline = started + timeout_ns
+            check: policy.Released | None = None
             while True:
                 try:
                     fresh = self.sampler.sample(self.config, self.clock())
-                    back = policy.released(self.config, fresh, action)
+                    now_check = policy.released(self.config, fresh, action, self.history)
                 except Exception:  # noqa: BLE001 - unsure means not released
-                    back = False
+                    now_check = None
+                if now_check is not None:
+                    check = now_check  # a failed sample does not forget the last answer
                 took = format_duration(time.monotonic_ns() - started)
-                if back:
+                if now_check is not None and now_check.released:
                     self.events.say(
                         "released",
                         "warning",
                         f"released {action.unit} without a restart: its release command "
-                        f"gave the {action.resource.upper()} back within {took}",
+                        f"gave back {_listed(now_check.came_back_text)} within {took}",
                         **fields,
+                        came_back=list(now_check.came_back),
+                        not_back=[],
                     )
                     return True
-                if time.monotonic_ns() >= deadline or self._waiting_for_job():
-                    problem = f"the memory did not come back within {took}"
+                if time.monotonic_ns() >= deadline or self.stopping:
                     break
-                self._wake.wait(RELEASE_POLL_S)
+                self._waiting_for_release(deadline)
+                # Not self._wake: a SIGHUP leaves it set until the loop reloads, and the
+                # wait would spin through full samples (issue 22 item 13).
+                self._stop.wait(RELEASE_POLL_S)
+            if check is None:
+                problem = f"the memory could not be re-checked within {took}"
+            elif check.came_back:
+                problem = (
+                    f"not all the memory came back within {took}: "
+                    f"{_listed(check.came_back_text)} did, "
+                    f"{_listed(check.not_back_text)} did not"
+                )
+            else:
+                problem = (
+                    f"the memory did not come back within {took}: {_listed(check.not_back_text)}"
+                )
+            if check is not None:
+                fields.update(came_back=list(check.came_back), not_back=list(check.not_back))
         else:
             problem = result.problem
         self.events.say(
@@ -588,6 +634,13 @@ def status_line(snapshot: Snapshot) -> str:
     if snapshot.host.ok:
         parts.append(f"RAM available {format_size(snapshot.host.mem_available_bytes)}")
     return "; ".join(parts)
+
+
+def _listed(items: tuple[str, ...]) -> str:
+    """ "GPU 0", "GPU 0 and RAM", "GPU 0, GPU 1 and RAM"."""
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def _traceback() -> str:

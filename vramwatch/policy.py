@@ -353,19 +353,93 @@ def still_justified(config: Config, snapshot: Snapshot, action: Action) -> str |
     return None
 
 
-def released(config: Config, snapshot: Snapshot, action: Action) -> bool:
+@dataclass(frozen=True, slots=True)
+class Released:
+    """What came back after a tenant's release command, per resource the action holds
+    (its in-flight keys: ``gpu:<uuid>`` for VRAM on each GPU, ``ram``)."""
+
+    came_back: tuple[str, ...]  # resource keys
+    not_back: tuple[str, ...]
+    # One phrase per resource, for the message: "VRAM on GPU 0", "RAM (uses 20 GiB ...)".
+    came_back_text: tuple[str, ...] = ()
+    not_back_text: tuple[str, ...] = ()
+
+    @property
+    def released(self) -> bool:
+        return not self.not_back
+
+
+def released(config: Config, snapshot: Snapshot, action: Action, history: History) -> Released:
     """After a tenant's release command: did the memory come back (SPEC "Release before
-    restart", as "reclaimed")? The floor is no longer breached, or the unit is within
-    budget and its overage is visible as free memory."""
-    res = _reading(config, snapshot, action.resource_key)
+    restart")? Every resource the action holds must: one whose floor was breached when
+    acting is back above it, or the unit is within budget there with its overage
+    visible as free memory; one held only because the unit was over budget there (its
+    floor was fine) is back when the unit is within that budget. A release that gives
+    back the VRAM and keeps the RAM is not a release."""
+    flights = {key: history.in_flight[key] for key in _flight_keys(history, action)}
+    if not flights:  # an action the history does not hold (yet): its cause alone
+        flights = {action.resource_key: _flight_of(action)}
+    back: list[str] = []
+    kept: list[str] = []
+    back_text: list[str] = []
+    kept_text: list[str] = []
+    for key, flight in sorted(flights.items()):
+        why_not = _not_back(config, snapshot, key, flight, cause=key == action.resource_key)
+        where = "RAM" if key == RAM_KEY else f"VRAM on {_key_text(snapshot, key)}"
+        if why_not is None:
+            back.append(key)
+            back_text.append(where)
+        else:
+            kept.append(key)
+            kept_text.append(f"{where} ({why_not})")
+    return Released(tuple(back), tuple(kept), tuple(back_text), tuple(kept_text))
+
+
+def _flight_of(action: Action) -> InFlight:
+    return InFlight(
+        unit=action.unit,
+        resource=action.resource,
+        gpu=action.gpu,
+        started_ns=0,
+        used_before_bytes=action.used_bytes,
+        budget_bytes=action.budget_bytes,
+        dry_run=False,
+        free_before_bytes=action.free_bytes,
+        floor_bytes=action.floor_bytes,
+        cause=action.resource_key,
+    )
+
+
+def _not_back(
+    config: Config, snapshot: Snapshot, key: str, flight: InFlight, *, cause: bool
+) -> str | None:
+    """Why one held resource has not come back after a release, or None when it has."""
+    res = _reading(config, snapshot, key)
     if res is None:
-        return False
-    if res.free_bytes >= res.floor_bytes:
-        return True
-    used, complete = _tenant_used(config, snapshot, action.unit, action.resource)
-    if used is None or not complete or used > action.budget_bytes:
-        return False
-    return res.free_bytes - action.free_bytes >= action.used_bytes - action.budget_bytes
+        return "cannot be read now"
+    what = flight.resource.upper()
+    used, complete = _tenant_used(config, snapshot, flight.unit, flight.resource)
+    within = used is not None and complete and used <= flight.budget_bytes
+    if cause or flight.breached:
+        if res.free_bytes >= res.floor_bytes:
+            return None
+        before = flight.free_before_bytes
+        rise = res.free_bytes - before if before is not None else 0
+        if within and rise >= flight.used_before_bytes - flight.budget_bytes:
+            return None
+        return (
+            f"{res.free_text()} {format_size(res.free_bytes)} < {res.floor_text()}; "
+            + _use_text(used, complete, what, flight.budget_bytes)
+        )
+    if within:
+        return None
+    return _use_text(used, complete, what, flight.budget_bytes)
+
+
+def _use_text(used: int | None, complete: bool, what: str, budget: int) -> str:
+    if used is None:
+        return f"its {what} use is unknown"
+    return f"uses {_usage_text(used, complete)} {what}, budget {format_size(budget)}"
 
 
 def _where_key(snapshot: Snapshot, action: Action) -> str:

@@ -172,20 +172,27 @@ class World:
         self.sync()
 
     def release_marker(self, unit: str) -> Path:
-        """A release command touches this file; the unit then gives its VRAM back."""
+        """A release command touches this file; the unit then gives its VRAM back (only
+        on the GPUs whose indexes the file lists, when it lists any). Its RAM stays."""
         return self.root / f"released-{unit}"
 
     def absorb_releases(self) -> None:
         """A release marker's content says what the unit gives back: empty or ``vram``
-        its VRAM, ``ram`` its RAM, ``all`` both, ``none`` nothing."""
+        its VRAM, GPU indexes its VRAM on those GPUs, ``ram`` its RAM, ``all`` both,
+        ``none`` nothing."""
         for marker in self.root.glob("released-*"):
             unit = marker.name.removeprefix("released-")
-            what = marker.read_text().strip() or "vram"
+            words = marker.read_text().split() or ["vram"]
+            # GPU indexes: the VRAM on those GPUs only.
+            only = [uuid_of(int(w)) for w in words if w.isdigit()]
             for pid in self.unit_pids(unit):
-                if what in ("vram", "all"):
-                    self.procs[pid].vram = {}
-                if what in ("ram", "all"):
-                    self.procs[pid].ram = 0
+                p = self.procs[pid]
+                if only:
+                    p.vram = {u: n for u, n in p.vram.items() if u not in only}
+                if "vram" in words or "all" in words:
+                    p.vram = {}
+                if "ram" in words or "all" in words:
+                    p.ram = 0
             marker.unlink()
             self.sync()
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import io
 import json
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,6 @@ grace = "2s"
 unit = "hog.service"
 vram = "3000MiB"
 """
-
 
 
 def snapshot(now_ns: int, hog_vram_mib: int, free_mib: int) -> Snapshot:
@@ -342,3 +342,104 @@ def test_the_watchdog_is_fed_while_a_restart_job_runs(
 
     pings_during_job = [s for s in states if s == "WATCHDOG=1"]
     assert 8 == len(pings_during_job)  # 40 s of job / 5 s
+
+
+def release_config(argv: str, timeout: str) -> str:
+    return CONFIG_TEXT + f'release = {argv}\nrelease_timeout = "{timeout}"\n'
+
+
+def test_the_watchdog_is_fed_while_a_release_command_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """release_timeout allows 10 minutes, the unit has WatchdogSec=1min: a release that
+    blocked the loop without WATCHDOG=1 had vramwatch killed mid-action."""
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")  # WatchdogSec=1s
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    pings: list[float] = []
+
+    def notify(state: str) -> bool:
+        if state.endswith("WATCHDOG=1"):  # the keep-alives, and the tick's own at its end
+            pings.append(time.monotonic())
+        return True
+
+    def script(n: int, now: int) -> Snapshot:  # the wait's samples: the memory is back
+        return snapshot(now, 10700, 1000) if n <= 3 else snapshot(now, 0, 9000)
+
+    path = tmp_path / "vramwatch.toml"
+    path.write_text(release_config('["/bin/sleep", "3"]', "10s"))
+    daemon = Daemon(
+        path,
+        cfg.load(path),
+        ScriptedSampler(script),
+        RecordingActuator(JobOutcome(True, "done", "")),
+        EventLog("stderr", "json", stream=io.StringIO()),
+        notifier=notify,
+    )
+    daemon.tick()
+    time.sleep(2.05)  # grace
+    started = time.monotonic()
+
+    daemon.tick()
+
+    alive = [started] + [t for t in pings if t >= started]
+    assert 3 <= alive[-1] - started  # the tick did wait for the command
+    assert max(b - a for a, b in zip(alive, alive[1:], strict=False)) < 1.0
+
+
+def test_no_keepalive_once_a_release_wait_is_past_its_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wait stuck past its own deadline must let systemd's watchdog act."""
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")  # ping every 0.1 s
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    pings: list[float] = []
+
+    def notify(state: str) -> bool:
+        if state == "WATCHDOG=1":
+            pings.append(time.monotonic())
+        return True
+
+    def slow(n: int, now: int) -> Snapshot:
+        if n > 3:
+            time.sleep(0.4)  # each sample of the wait overruns the poll
+        return snapshot(now, 10700, 1000)
+
+    path = tmp_path / "vramwatch.toml"
+    path.write_text(release_config('["/bin/true"]', "1s"))
+    daemon = Daemon(
+        path,
+        cfg.load(path),
+        ScriptedSampler(slow),
+        RecordingActuator(JobOutcome(True, "done", "")),
+        EventLog("stderr", "json", stream=io.StringIO()),
+        notifier=notify,
+    )
+    daemon.tick()
+    time.sleep(2.05)
+    started = time.monotonic()
+
+    daemon.tick()
+
+    assert [] == [t for t in pings if t > started + 1.0]
+
+
+def test_a_hook_that_raises_on_start_is_hook_failed_and_the_tick_goes_on(
+    tmp_path: Path,
+) -> None:
+    """Every event listener runs inside the loop's say(): none may raise."""
+    sampler = ScriptedSampler(lambda n, now: snapshot(now, 10700, 1000))
+    actuator = RecordingActuator(JobOutcome(True, "done", ""))
+    text = CONFIG_TEXT.replace("[gpu]", '[hooks]\nafter_action = ["/bin/true"]\n[gpu]')
+    daemon, out, clock = make(tmp_path, sampler, actuator, text)
+
+    def broken(argv: Sequence[str], timeout_s: float, event: str, env: Mapping[str, str]) -> None:
+        raise ValueError("embedded null byte")
+
+    daemon.hooks.start = broken  # type: ignore[method-assign]
+    run_ticks(daemon, clock, [0, 1, 2])
+
+    assert [("hog.service", Verb.RESTART)] == actuator.calls
+    failed = [e for e in events(out) if e["event"] == "hook_failed"]
+    assert [("restart", "cannot start: ValueError('embedded null byte')")] == [
+        (e["for_event"], e["error"]) for e in failed
+    ]
