@@ -510,7 +510,15 @@ class Daemon:
         if self.state is None:
             return
         restored = self.state.load()
-        if restored.problem is not None:
+        if restored.problem is not None and restored.newer:  # a downgrade: not corruption
+            self.events.say(
+                "state_too_new",
+                "error",
+                f"restart history not read: {restored.problem}",
+                state=str(self.state.path),
+                error=restored.problem,
+            )
+        elif restored.problem is not None:
             self.events.say(
                 "state_corrupt",
                 "error",

@@ -62,6 +62,7 @@ MESSAGE_IDS: dict[str, str] = {
     "metrics_error": "5d3db05459254a7abdb468982b80b7b5",
     "state_restored": "bf663e9feea3481fae79050dd8472359",
     "state_corrupt": "aab8bdbb7b074d559f315956e3d6333c",
+    "state_too_new": "4043c50386cf41d2b0ca47d671b5db72",
     "state_unavailable": "6cd627add41643b9954815b957933343",
     "state_saved": "809a504330694436a24ee79187f2c4c7",
     "log_fallback": "12cbd34822cd48d2a5e04b4de0bf1c52",

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from vramwatch.config import Config
 from vramwatch.daemon import Actuator, Daemon, SnapshotSource
-from vramwatch.model import Snapshot, Verb
+from vramwatch.model import Event, Snapshot, Verb
+from vramwatch.state import read_boot_id
 from vramwatch.systemd import JobOutcome
 
 if TYPE_CHECKING:
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
 
 # After a failed write, try again this often (each retry sets the broken segment aside).
 RETRY_NS = 60 * 10**9
+# The daemon's entries the trace keeps (``r`` records): what a release command did,
+# which replay cannot run again.
+RELEASE_EVENTS = frozenset({"released", "release_failed"})
 
 
 class Recorder:
@@ -38,11 +42,13 @@ class Recorder:
         *,
         wall_ns: Callable[[], int] = time.time_ns,
         mono_ns: Callable[[], int] = time.monotonic_ns,
+        boot_id: Callable[[], str] = read_boot_id,
     ) -> None:
         self.say = say
         self.override = override
         self.wall_ns = wall_ns
         self.mono_ns = mono_ns
+        self.boot_id = boot_id
         self.writer: TraceWriter | None = None
         self._config: dict[str, Any] | None = None
         self._state: dict[str, Any] | None = None
@@ -68,6 +74,8 @@ class Recorder:
         target = os.path.abspath(target)  # `run --record trace.gz`: where it was started
         try:
             self._config = config_record(config, why, forced_dry_run, effective)
+            # When: the start's time is the time replay gives the started entry.
+            self._config.update(t=self.wall_ns() // 10**6, m=self.mono_ns())
         except Exception as exc:  # noqa: BLE001 - recording must never stop guarding
             self._fail(f"cannot record the config: {exc!r}")
             return
@@ -84,11 +92,12 @@ class Recorder:
                 config.daemon.record_keep_ns,
                 config.daemon.record_max_bytes,
                 wall_ns=self.wall_ns,
+                boot_id=self.boot_id,
             )
             self._failed = None
         self._preamble()
         if self.writer.is_open:
-            self._write(dict(self._config, t=self.wall_ns() // 10**6))
+            self._write(self._config)
         elif self._failed is None:
             # Open now: a reload before the first tick is in the trace, and a directory
             # that cannot be written is reported at start.
@@ -166,6 +175,26 @@ class Recorder:
             )
         self._write(record)
 
+    def event(self, event: Event) -> None:
+        """An event listener: a release's result (``released``, ``release_failed``) goes
+        into the trace, with every field the daemon logged. Never raises."""
+        if self.writer is None or event.name not in RELEASE_EVENTS:
+            return
+        try:
+            record = {
+                "k": "r",
+                "m": self.mono_ns(),
+                "t": self.wall_ns() // 10**6,
+                "e": event.name,
+                "lv": event.level,
+                "msg": _plain(event.message),
+                "f": _plain(dict(event.fields)),
+            }
+        except Exception as exc:  # noqa: BLE001 - recording must never stop guarding
+            self._fail(f"cannot record {event.name}: {exc!r}")
+            return
+        self._write(record)
+
     def _write(self, record: Mapping[str, Any], *, tick: bool = False) -> None:
         writer = self.writer
         if writer is None:
@@ -213,6 +242,20 @@ class Recorder:
             self.writer.close()
         except TraceError as exc:
             self._fail(str(exc))
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON that UTF-8 can carry: strings with their unencodable parts
+    replaced, anything that is not JSON as its ``str()``."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, Mapping):
+        return {_plain(str(k)): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_plain(v) for v in value]
+    return _plain(str(value))
 
 
 @runtime_checkable
@@ -274,7 +317,10 @@ class RecordingDaemon(Daemon):
 
     def __init__(self, *args: Any, record: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.recorder = Recorder(self.events.say, record)
+        # The daemon's clock: the trace's monotonic times are the ones its samples carry.
+        self.recorder = Recorder(self.events.say, record, mono_ns=self.clock)
+        # First: a listener after it (the after_action hook) cannot keep it from the trace.
+        self.events.listeners.insert(0, self.recorder.event)
         self.sampler = RecordingSampler(self.sampler, self.recorder)
         self.actuator = RecordingActuator(self.actuator, self.recorder)
         self.recorder.configure(self.config, "start", self.force_dry_run, self._effective)

@@ -10,8 +10,22 @@ with the trace's times. Nothing is acted on and no command is run:
   systemd gave, so the replay logs what the daemon logged;
 * with another config (``-c FILE``), an action the daemon never took has no
   re-check sample and no result in the trace: it is taken as done, at once
-  and successfully. Release commands are not run: the action is shown
-  instead, and hooks do not run.
+  and successfully. Hooks do not run.
+
+Release commands never run. A release the daemon ran is in the trace (format
+2) with the entry it logged: with the recorded config it is replayed as it
+was; with another config it stands for that config's release when it is the
+same command for the same tenant and resource in the same tick. Any other
+release is taken as not freed, and replay says so (``release_failed``, "not
+replayed"). A format 1 trace holds no releases: with its recorded config a
+release is inferred from what followed (a restart, or none).
+
+A trace holds several runs of vramwatch. With the recorded config each run
+starts from the restart history it restored; with another config the action
+times carry from one run to the next as the state file would carry them:
+within one boot as they are, across a reboot by the wall clock
+(:func:`vramwatch.state.restored_time`), and none older than
+``restart_window`` and ``cooldown``.
 """
 
 from __future__ import annotations
@@ -19,6 +33,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import shlex
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -32,11 +47,15 @@ from vramwatch.daemon import Daemon
 from vramwatch.events import EventLog
 from vramwatch.metrics import Metrics
 from vramwatch.model import RAM, VRAM, Action, Event, Snapshot, Verb
+from vramwatch.state import MAX_TIMES_PER_UNIT, restored_time
 from vramwatch.systemd import JobOutcome
+from vramwatch.tenants import tenant_fields
 from vramwatch.trace import (
+    VERSION,
     Damage,
     TraceError,
     TraceReader,
+    check_header,
     decode_snapshot,
     is_rotated_name,
     recorded_config,
@@ -114,22 +133,36 @@ class _QuietMetrics(Metrics):
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class _Release:
+    """A release's result as the trace has it (an ``r`` record)."""
+
+    record: Mapping[str, Any]
+
+    @property
+    def tenant(self) -> object:
+        fields = self.record["f"]
+        return fields.get("tenant") or fields.get("unit")
+
+
 class _Source:
-    """The trace as the daemon's sampler: the tick's sample, then its re-check samples."""
+    """The trace as the daemon's sampler: the tick's sample, then its re-check samples
+    (and, with the recorded config, the releases among them, in the order they came)."""
 
     def __init__(self) -> None:
         self.tick: Snapshot | str | None = None
-        self.extras: deque[Snapshot | str] = deque()
+        self.extras: deque[Snapshot | str | _Release] = deque()
         self.served = False
 
-    def load(self, tick: Snapshot | str, extras: Iterable[Snapshot | str]) -> None:
+    def load(self, tick: Snapshot | str, extras: Iterable[Snapshot | str | _Release]) -> None:
         self.tick, self.extras, self.served = tick, deque(extras), False
 
     def sample(self, config: Config, now_ns: int, *, recheck: bool = False) -> Snapshot:
+        item: Snapshot | str | _Release | None
         if not self.served:
             self.served = True
             item = self.tick
-        elif self.extras:
+        elif self.extras and not isinstance(self.extras[0], _Release):
             item = self.extras.popleft()
         else:
             # No re-check sample in the trace (an action the daemon did not take):
@@ -137,8 +170,17 @@ class _Source:
             item = self.tick
         if isinstance(item, str):
             raise RecordedError(item)
-        assert item is not None
+        assert isinstance(item, Snapshot)
         return item
+
+    def take_release(self, tenant: str) -> Mapping[str, Any] | None:
+        """The tenant's next recorded release, with the samples its wait took before it."""
+        for n, item in enumerate(self.extras):
+            if isinstance(item, _Release) and item.tenant == tenant:
+                for _ in range(n + 1):
+                    self.extras.popleft()
+                return item.record
+        return None
 
     def close(self) -> None:
         return None
@@ -170,10 +212,23 @@ class ReplayDaemon(Daemon):
     """The daemon with the trace for its sampler and actuator: no I/O, no hooks, no
     release commands, no state file."""
 
-    def __init__(self, config: Config, forced_dry_run: bool, out: Callable[[Event], None]):
+    def __init__(
+        self,
+        config: Config,
+        forced_dry_run: bool,
+        out: Callable[[Event], None],
+        *,
+        recorded: bool = True,
+        version: int = VERSION,
+        moved: Callable[[int], None] = lambda wall_ms: None,
+    ):
         self.source = _Source()
         self.answers = _Actuator()
         self.now_ns = 0
+        self.recorded = recorded  # replaying with the config the trace was recorded with
+        self.version = version  # the trace format of this run
+        self.releases: list[_Release] = []  # the tick's releases (another config)
+        self.moved = moved  # the trace's wall time moved on (ms), within a tick
         super().__init__(
             Path(config.path),
             config,
@@ -190,10 +245,75 @@ class ReplayDaemon(Daemon):
     def _on_event(self, event: Event) -> None:
         return None  # hooks do not run in replay
 
-    def _release(
-        self, action: Action, argv: tuple[str, ...], timeout_ns: int, named: Mapping[str, Any]
-    ) -> bool:
-        return False  # release commands do not run in replay: the action is shown
+    def _release(self, action: Action, *_args: Any, **_kwargs: Any) -> bool:
+        """The release's result as the trace has it; release commands never run here."""
+        record = self._recorded_release(action)
+        if record is None:
+            return self._unrecorded_release(action)
+        name, fields = str(record["e"]), record["f"]
+        if name not in ("released", "release_failed") or not isinstance(fields, Mapping):
+            raise ValueError(f"not a release's entry: {name!r}")
+        self.now_ns = int(record["m"])
+        self.moved(int(record["t"]))  # logged when the release ended, not at the tick
+        self.events.emit(
+            [Event(name, str(record.get("lv", "warning")), str(record["msg"]), dict(fields))]
+        )
+        return name == "released"
+
+    def _recorded_release(self, action: Action) -> Mapping[str, Any] | None:
+        if self.recorded:
+            return self.source.take_release(action.unit)
+        # Another config: the daemon's release stands for this one when it is the same
+        # command, for the same tenant and resource, at the same moment.
+        tenant = self.config.tenant(action.unit)
+        argv = tenant.release if tenant is not None else ()
+        commands = {" ".join(argv), shlex.join(argv)}
+        for n, release in enumerate(self.releases):
+            fields = release.record["f"]
+            if (
+                release.tenant == action.unit
+                and fields.get("resource") == action.resource
+                and fields.get("gpu") == action.gpu
+                and fields.get("command") in commands
+            ):
+                del self.releases[n]
+                return release.record
+        return None
+
+    def _unrecorded_release(self, action: Action) -> bool:
+        """A release the trace does not hold: say what replay takes it as."""
+        tenant = self.config.tenant(action.unit)
+        tick = self.source.tick
+        fields: dict[str, Any] = dict(
+            tenant_fields(
+                action.unit, tick.units.get(action.unit) if isinstance(tick, Snapshot) else None
+            ),
+            resource=action.resource,
+            gpu=action.gpu,
+            command=" ".join(tenant.release) if tenant is not None else None,
+        )
+        if self.recorded and self.version < 2:
+            if not any(a.get("unit") == action.unit for a in self.answers.answers):
+                self.events.say(
+                    "released",
+                    "warning",
+                    f"released {action.unit} without a restart (inferred: this trace, of "
+                    "format 1, does not record releases, and no restart followed)",
+                    **fields,
+                )
+                return True
+            why = "this trace, of format 1, does not record releases; a restart followed"
+        else:
+            why = f"the trace holds no release of {action.unit} at this moment"
+        verb = "stopping" if action.verb is Verb.STOP else "restarting"
+        self.events.say(
+            "release_failed",
+            "warning",
+            f"release of {action.unit} not replayed ({why}): taken as not freed; {verb} it instead",
+            error=f"not replayed: {why}",
+            **fields,
+        )
+        return False
 
     def _flush_metrics(self) -> None:
         return None
@@ -277,6 +397,13 @@ class _Run:
         self.wall_ms = 0
         self.last_tick: tuple[int, int] | None = None  # (mono, interval) of the last tick
         self.under: list[str] = []
+        self.version = VERSION  # the trace format of the run being replayed
+        self.boot: str | None = None  # its boot id (format 2)
+        self.prev: tuple[int, int, str | None] | None = None  # last tick: mono, wall ms, boot
+        # Another config: the last run's action times, carried at the next run's first tick.
+        self.carry: tuple[Mapping[str, tuple[int, ...]], int, int, str | None] | None = None
+        # The started entry, until the first tick tells its monotonic time: (index, wall ms).
+        self.start: tuple[int, int] | None = None
 
     # events -------------------------------------------------------------------
 
@@ -289,15 +416,29 @@ class _Run:
             return
         self.result.events.append(Stamped(self.wall_ms, self.daemon.now_ns, event))
 
-    def _started(self, config: Config, forced: bool) -> None:
+    def _moved(self, wall_ms: int) -> None:
+        self.wall_ms = wall_ms
+
+    def _started(self, config: Config, forced: bool, mono_ns: int | None) -> None:
         old = self.daemon
-        self.daemon = ReplayDaemon(config, forced, self.out)
-        if self.fixed is not None and old is not None:
-            # As the state file would: real action times outlive a restart of vramwatch.
-            self.daemon.history = replace(
-                self.daemon.history, actions_ns=dict(old.history.actions_ns)
-            )
+        self.daemon = ReplayDaemon(
+            config,
+            forced,
+            self.out,
+            recorded=self.fixed is None,
+            version=self.version,
+            moved=self._moved,
+        )
+        self.carry = None
+        if self.fixed is not None and old is not None and self.prev is not None:
+            # As the state file would: real action times outlive a restart of vramwatch,
+            # on the next run's clock (taken at its first tick).
+            self.carry = (dict(old.history.actions_ns), *self.prev)
         self.last_tick = None
+        self.start = None
+        if mono_ns is not None:
+            self.daemon.now_ns = mono_ns
+        before = len(self.result.events)
         cfg = self.daemon.config
         self.out(
             Event(
@@ -309,33 +450,71 @@ class _Run:
                 {"config": cfg.path, "dry_run": cfg.daemon.dry_run, "tenants": len(cfg.tenants)},
             )
         )
+        if mono_ns is None and len(self.result.events) > before:
+            self.start = (before, self.wall_ms)
+
+    def _carry_over(self, now: int) -> None:
+        """The last run's action times on this run's clock: within one boot as they are,
+        after a reboot by the wall clock (as the state file carries them); then only those
+        the policy still counts (restart_window, cooldown)."""
+        assert self.carry is not None and self.daemon is not None
+        actions, last_mono, last_wall_ms, last_boot = self.carry
+        self.carry = None
+        if self.boot and last_boot:
+            same_boot = self.boot == last_boot
+        else:  # format 1 has no boot id: the monotonic clock never goes back within a boot
+            same_boot = now >= last_mono
+        wall_now, last_wall = self.wall_ms * 10**6, last_wall_ms * 10**6
+        daemon = self.daemon.config.daemon
+        keep_ns = max(daemon.restart_window_ns, daemon.cooldown_ns)
+        carried: dict[str, tuple[int, ...]] = {}
+        for unit, times in actions.items():
+            moved = sorted(
+                restored_time(t, last_wall - (last_mono - t), same_boot, now, wall_now)
+                for t in times
+            )[-MAX_TIMES_PER_UNIT:]
+            recent = tuple(t for t in moved if now - t < keep_ns)
+            if recent:
+                carried[unit] = recent
+        self.daemon.history = replace(self.daemon.history, actions_ns=carried)
 
     # records ------------------------------------------------------------------
 
-    def header(self, record: Mapping[str, Any]) -> None:
+    def header(self, record: Mapping[str, Any], path: Path) -> None:
+        version = check_header(record, path)  # TraceError: a newer format
         run = record.get("run")
         if run != self.run_id:
             self.run_id = run
             self.new_run = True
+            self.version = version
+            boot = record.get("boot")
+            self.boot = boot if isinstance(boot, str) and boot else None
+            # The run's start, when its config record does not say (format 1).
+            self.wall_ms = int(record.get("t", self.wall_ms))
             if self.fixed is not None:
-                self.wall_ms = int(record.get("t", self.wall_ms))
-                self._started(self.fixed, False)
+                self._started(self.fixed, False, None)
                 self.new_run = False
 
     def config(self, record: Mapping[str, Any]) -> None:
+        mono = record.get("m")
+        mono_ns = int(mono) if mono is not None else None
         if self.fixed is not None:
+            if mono_ns is not None and self.start is not None and record.get("why") == "start":
+                self._stamp_start(mono_ns)
             return
         self.wall_ms = int(record.get("t", self.wall_ms))
         config = recorded_config(record)  # ConfigError: the trace lacks it
         forced = bool(record.get("forced_dry_run"))
         if self.daemon is None or self.new_run:
-            self._started(config, forced)
+            self._started(config, forced, mono_ns)
             self.new_run = False
             return
         effective = self.daemon._effective(config)
         if record.get("why") != "reload":
             return  # a new segment repeats the config in force
         self.daemon.config = effective
+        if mono_ns is not None:
+            self.daemon.now_ns = mono_ns
         self.out(
             Event(
                 "config_reloaded",
@@ -357,32 +536,51 @@ class _Run:
         actions = {str(u): tuple(int(t) for t in times) for u, times in raw.items()}
         self.daemon.history = replace(self.daemon.history, actions_ns=actions)
 
+    def _stamp_start(self, mono_ns: int) -> None:
+        assert self.start is not None
+        index, _ = self.start
+        self.start = None
+        self.result.events[index] = replace(self.result.events[index], mono_ns=mono_ns)
+
     def tick(self, group: list[Mapping[str, Any]]) -> None:
         daemon = self.daemon
         if daemon is None:
             return
         first = group[0]
         now = int(first["m"])
-        self.wall_ms = int(first["t"])
+        wall_ms = self.wall_ms = int(first["t"])
+        if self.start is not None:  # format 1: the start's monotonic time, by the wall clock
+            self._stamp_start(now - max(0, wall_ms - self.start[1]) * 10**6)
+        if self.carry is not None:
+            self._carry_over(now)
+        self.prev = (now, wall_ms, self.boot)
         tick: Snapshot | str
         if first["k"] == "s":
             tick = decode_snapshot(now, first)
         else:
             tick = str(first.get("err", "sampling failed"))
-        extras: list[Snapshot | str] = []
+        extras: list[Snapshot | str | _Release] = []
         answers: list[Mapping[str, Any]] = []
+        releases: list[_Release] = []
+        for rec in group[1:]:
+            if rec["k"] == "r":
+                releases.append(_Release(rec))
         if self.fixed is None:
             for rec in group[1:]:
                 if rec["k"] == "x":
                     extras.append(decode_snapshot(int(rec["m"]), rec))
                 elif rec["k"] == "xf":
                     extras.append(str(rec.get("err", "sampling failed")))
+                elif rec["k"] == "r":
+                    extras.append(_Release(rec))
                 elif rec["k"] == "a":
                     answers.append(rec)
         daemon.source.load(tick, extras)
         daemon.answers.answers = deque(answers)
+        daemon.releases = releases
         daemon.now_ns = now
         daemon.tick(now)
+        self.wall_ms = wall_ms  # a release moved it on; the sample is the tick's
         if isinstance(tick, Snapshot):
             self._observe(daemon.config, tick)
         else:
@@ -476,7 +674,7 @@ def replay(
         try:
             for record in reader:
                 kind = record["k"]
-                if kind in ("x", "xf", "a"):
+                if kind in ("x", "xf", "r", "a"):
                     if group:
                         group.append(record)
                     continue
@@ -492,7 +690,7 @@ def replay(
                             return run.result  # past --to: nothing more is printed
                         group, group_line = [record], reader.lines
                     elif kind == "h":
-                        run.header(record)
+                        run.header(record, reader.path)
                     elif kind == "c":
                         run.config(record)
                     elif kind == "st":

@@ -13,6 +13,11 @@ that jumps changes nothing), and as wall-clock ns (converted back after a
 reboot). A wall time in the future (the clock was set back) counts as "now":
 the cooldown is then as long as it can be, never shorter.
 
+Versions (SPEC "Files vramwatch writes"): this version writes and reads format
+1. A file of a newer format (a downgrade) is not read and not called corrupt:
+it is kept as ``state.json.vN``, said so (``state_too_new``), and the history
+starts afresh, saved in this version's format from then on.
+
 Writes are atomic and safe (:mod:`vramwatch.files`: a randomly named new file
 created with ``O_EXCL|O_NOFOLLOW``, fsync, rename, fsync of the directory). A
 file that cannot be parsed, or that anybody but root or vramwatch's own user
@@ -59,6 +64,19 @@ def read_boot_id(path: Path = BOOT_ID) -> str:
         return ""
 
 
+def restored_time(mono: int, wall: int, same_boot: bool, mono_now: int, wall_now: int) -> int:
+    """An action time saved as (``mono``, ``wall``), on the monotonic clock of now.
+
+    Within one boot the monotonic time is used as is (a wall clock that jumps changes
+    nothing); after a reboot only the wall clock links the two, and a time in the
+    future (the clock was set back) is taken as now, never later. Replay carries
+    action times from one run of vramwatch to the next by this same rule.
+    """
+    if same_boot:
+        return min(mono, mono_now)
+    return mono_now - max(0, wall_now - wall)
+
+
 @dataclass(frozen=True, slots=True)
 class Restored:
     """What :meth:`StateStore.load` found: action times on the monotonic clock."""
@@ -66,6 +84,13 @@ class Restored:
     actions_ns: Mapping[str, tuple[int, ...]]
     problem: str | None = None  # set when the file was corrupt or untrusted (then set aside)
     found: bool = False  # a state file existed
+    newer: bool = False  # of a newer format than this version reads (then kept aside)
+
+
+class _Newer(Exception):
+    def __init__(self, version: int) -> None:
+        super().__init__(version)
+        self.version = version
 
 
 class StateError(Exception):
@@ -121,6 +146,8 @@ class StateStore:
             return self._set_aside(f"larger than {MAX_STATE_BYTES} bytes")
         try:
             actions = self._parse(raw)
+        except _Newer as newer:
+            return self._keep_newer(newer.version)
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
             return self._set_aside(f"not a vramwatch state file ({exc})")
         return Restored(actions, found=True)
@@ -136,7 +163,10 @@ class StateStore:
 
     def _parse(self, raw: bytes) -> dict[str, tuple[int, ...]]:
         data = json.loads(raw.decode("utf-8"))
-        if not isinstance(data, dict) or data.get("version") != VERSION:
+        version = data.get("version") if isinstance(data, dict) else None
+        if isinstance(version, int) and not isinstance(version, bool) and version > VERSION:
+            raise _Newer(version)
+        if version != VERSION:
             raise ValueError(f"expected an object with version {VERSION}")
         units = data["units"]
         if not isinstance(units, dict):
@@ -152,12 +182,7 @@ class StateStore:
                 mono, wall = item["mono_ns"], item["wall_ns"]
                 if not all(isinstance(v, int) and not isinstance(v, bool) for v in (mono, wall)):
                     raise ValueError("times must be integers")
-                if same_boot:
-                    times.append(min(mono, mono_now))
-                else:
-                    # After a reboot only the wall clock links the two runs; a time
-                    # in the future (clock set back) is taken as now, never later.
-                    times.append(mono_now - max(0, wall_now - wall))
+                times.append(restored_time(mono, wall, same_boot, mono_now, wall_now))
             if times:
                 actions[unit] = tuple(sorted(times))
         return actions
@@ -169,6 +194,23 @@ class StateStore:
         except OSError as exc:
             text = f"{self.path}: {problem}; could not set it aside ({exc.strerror or exc})"
         return Restored({}, problem=text, found=True)
+
+    def _keep_newer(self, version: int) -> Restored:
+        """A downgrade: what a newer vramwatch wrote is kept, unread, beside ours."""
+        kept = f"{FILE_NAME}.v{version}"
+        text = (
+            f"{self.path}: written by a newer vramwatch (state format {version}; this "
+            f"version reads format {VERSION}): not read; kept as {kept}, starting afresh"
+        )
+        try:
+            os.replace(self.path, self.directory / kept)
+        except OSError as exc:
+            text = (
+                f"{self.path}: written by a newer vramwatch (state format {version}; this "
+                f"version reads format {VERSION}): not read, and could not be kept aside "
+                f"({exc.strerror or exc})"
+            )
+        return Restored({}, problem=text, found=True, newer=True)
 
     # save ------------------------------------------------------------------
 

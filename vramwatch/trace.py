@@ -8,17 +8,25 @@ being written, or whose writer was killed, reads up to its last complete tick.
 
 Records (``"k"`` says which):
 
-``h``   segment header: format version, run id (one per start of vramwatch),
-        segment number
+``h``   segment header: format version (``v``), run id (one per start of
+        vramwatch), segment number, wall time, the kernel's boot id (``boot``)
 ``c``   the config in force: its TOML text as loaded, its path, whether
-        ``--dry-run`` forced dry run; written at start, after each reload that
-        changed it, and at the top of every segment
+        ``--dry-run`` forced dry run, when (``t``, and ``m`` at start and reload);
+        written at start, after each reload that changed it, and at the top of
+        every segment
 ``st``  the restart history restored from the state file at start
 ``s``   the sample a tick decided on (``m``: its monotonic ns, ``t``: wall ms)
 ``sf``  a tick whose sample failed (``err``: the exception's repr)
 ``x``   a further sample in the same tick: the re-check before an action, or a
         release command's wait (``xf``: such a sample failed)
+``r``   a release command's result: the ``released`` or ``release_failed``
+        entry the daemon logged (``e``, ``lv``, ``msg``, ``f``: name, level,
+        message, fields)
 ``a``   what the actuator answered to an action (or the exception it raised)
+
+Versions (SPEC "Files vramwatch writes"): format 2 added ``r``, ``boot`` and the
+start's ``t`` and ``m``. This version reads formats 1 and 2; a trace of a newer
+format is refused with a clear message (:func:`check_header`), never read wrongly.
 
 Files (SPEC "Files vramwatch writes"): each segment is created with a random
 name (``O_CREAT|O_EXCL|O_NOFOLLOW``) in the target's directory, its header
@@ -53,8 +61,11 @@ from vramwatch.model import (
     Snapshot,
     UnitUsage,
 )
+from vramwatch.state import read_boot_id
 
-VERSION = 1
+VERSION = 2
+# The oldest format this version reads.
+OLDEST = 1
 # A segment spans at most this long, so record_keep deletes in steps of an hour.
 SEGMENT_AGE_NS = 3600 * 10**9
 # A segment is at most this share of record_max_size, so the size limit deletes in steps.
@@ -319,6 +330,20 @@ def decode_snapshot(now_ns: int, raw: Mapping[str, Any]) -> Snapshot:
     )
 
 
+def check_header(record: Mapping[str, Any], path: Path) -> int:
+    """The format version of a segment header; TraceError when it is newer than this
+    version reads (ValueError when it is not a version at all: damage)."""
+    version = record.get("v")
+    if not isinstance(version, int) or isinstance(version, bool) or version < OLDEST:
+        raise ValueError(f"a segment header with no format version ({version!r})")
+    if version > VERSION:
+        raise TraceError(
+            f"{path}: written by a newer vramwatch (trace format {version}; this version "
+            f"reads formats {OLDEST} to {VERSION}): replay it with that version or a newer one"
+        )
+    return version
+
+
 def config_record(
     config: Config, why: str, forced_dry_run: bool, effective: Callable[[Config], Config]
 ) -> dict[str, Any]:
@@ -406,6 +431,7 @@ class TraceWriter:
         wall_ns: Callable[[], int] = time.time_ns,
         level: int = LEVEL,
         segment_age_ns: int = SEGMENT_AGE_NS,
+        boot_id: Callable[[], str] = read_boot_id,
     ) -> None:
         self.path = path
         self.segment_age_ns = segment_age_ns
@@ -414,6 +440,7 @@ class TraceWriter:
         self.wall_ns = wall_ns
         self.level = level
         self.run = os.urandom(8).hex()
+        self.boot = boot_id()  # one boot per process
         self.segment = 0
         self.preamble: list[dict[str, Any]] = []  # repeated at the top of every segment
         self._fd: int | None = None
@@ -472,11 +499,20 @@ class TraceWriter:
         self.segment += 1
         try:
             self._put(
-                {"k": "h", "v": VERSION, "run": self.run, "seg": self.segment, "t": now // 10**6}
+                {
+                    "k": "h",
+                    "v": VERSION,
+                    "run": self.run,
+                    "seg": self.segment,
+                    "t": now // 10**6,
+                    "boot": self.boot,
+                }
             )
             for record in self.preamble:
                 if record.get("k") == "c" and self.segment > 1:
-                    record = dict(record, why="segment")  # the same config, carried on
+                    # The same config, carried on, at the segment's time.
+                    record = {k: v for k, v in record.items() if k != "m"}
+                    record.update(why="segment", t=now // 10**6)
                 self._put(record)
             self._flush()
         except OSError as exc:

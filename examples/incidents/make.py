@@ -85,12 +85,19 @@ def write(name: str, samples: Iterator[Snapshot], directory: Path = HERE) -> Pat
     if out.exists():
         out.unlink()
     wall = [START_S[name] * S]
-    writer = TraceWriter(out, 7 * 86400 * S, 1 << 30, wall_ns=lambda: wall[0], level=9)
+    writer = TraceWriter(
+        out,
+        7 * 86400 * S,
+        1 << 30,
+        wall_ns=lambda: wall[0],
+        level=9,
+        boot_id=lambda: f"example-{name}",
+    )
     writer.segment_age_ns = 1 << 62  # one file per incident
     writer.run = f"example-{name}"
     record = config_record(dry, "start", True, _forced)
     record["path"] = f"examples/incidents/{name}.toml"
-    record["t"] = wall[0] // 10**6
+    record.update(t=wall[0] // 10**6, m=0)  # as the recorder writes it: when it started
     writer.preamble = [record, {"k": "st", "a": {}}]
     writer.open()
     for snap in samples:

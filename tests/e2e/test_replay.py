@@ -48,6 +48,10 @@ def test_a_recorded_restart_replays_as_the_same_decision_and_not_with_a_bigger_b
     )
     # The sample it decided on was taken at most one interval before the daemon logged.
     assert 0 <= when(logged["timestamp"]) - when(again["timestamp"]) < INTERVAL_S + 0.5
+    # The start is stamped with its time, not 1970-01-01 (issue 23 item 5).
+    started = [e for e in events(replayed.stdout) if e.get("event") == "started"]
+    assert 1 == len(started)
+    assert abs(when(daemon.named("started")[0]["timestamp"]) - when(started[0]["timestamp"])) < 1
     summary = events(replayed.stdout)[-1]["summary"]
     assert {"immich-ml.service": {"restart": 1}} == summary["actions"]  # type: ignore[index]
     assert 0 == other.returncode, other.stderr

@@ -187,3 +187,83 @@ def test_records_of_the_wrong_shape_are_damage_not_a_traceback(
     assert 1 == rc
     assert f"vramwatch: replay: {bad}: damaged at line 21: a record of the wrong shape" in err
     assert "summary (17 samples" in out
+
+
+def test_a_trace_written_by_the_recorder_stamps_the_start_with_its_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 23 item 5: the recorder wrote the start's config without a time, and replay
+    said ``1970-01-01T00:00:00.000Z`` (``mono_ns`` 0) for every recorded start."""
+    trace = tmp_path / "trace.jsonl.gz"
+    # 2025-12-02T06:00:00Z, 5 s up
+    record_run(tmp_path, trace, "boot-a", 1_764_655_200 * 10**9, 5 * 10**9, ticks=2)
+
+    rc, out, _ = run(["replay", str(trace), "--json"], capsys)
+
+    started = json.loads(out.splitlines()[0])
+    assert 0 == rc
+    assert ("started", "2025-12-02T06:00:00.000Z", 5 * 10**9) == (
+        started["event"],
+        started["timestamp"],
+        started["mono_ns"],
+    )
+
+
+def record_run(
+    tmp_path: Path, trace: Path, boot: str, wall_ns: int, mono_ns: int, ticks: int
+) -> None:
+    """One run of vramwatch through the real recorder: a start, then ``ticks`` ticks 2 s
+    apart on which hog.service holds 12000 MiB with 1000 MiB free."""
+    from tests.unit.builders import one_gpu
+    from vramwatch.config import parse
+    from vramwatch.recording import Recorder
+
+    config_path = tmp_path / "vramwatch.toml"
+    text = f'[daemon]\nrecord = "{trace}"\n[[tenant]]\nunit = "hog.service"\nvram = "1GiB"\n'
+    config_path.write_text(text)
+    wall, mono = [wall_ns], [mono_ns]
+    recorder = Recorder(
+        lambda *a, **f: None,
+        wall_ns=lambda: wall[0],
+        mono_ns=lambda: mono[0],
+        boot_id=lambda: boot,
+    )
+    recorder.configure(parse(text, config_path), "start", False, lambda c: c)
+    for _ in range(ticks):
+        wall[0] += 2 * 10**9
+        mono[0] += 2 * 10**9
+        recorder.begin_tick()
+        recorder.sampled(one_gpu(mono[0], hog_mib=12000))
+        recorder.end_tick()
+    recorder.close()
+    os.utime(trace, ns=(wall[0], wall[0]))  # the next run sets it aside by its time
+
+
+@pytest.mark.parametrize(
+    "limits",
+    ['cooldown = "10m"', 'cooldown = "0s"\nmax_restarts = 1\nrestart_window = "30m"'],
+)
+def test_replay_with_a_config_tells_a_reboot_by_the_boot_id(
+    limits: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 22 item 12. Run 1 restarts hog.service at 100 s up; vramwatch runs again an
+    hour later, after a reboot, at 500 s up: the monotonic clock went forward, but the
+    boot id says it is another boot, so the restart was an hour ago (the wall clock),
+    not 400 s: its 10m cooldown is over, it is out of the 30m restart window, and it is
+    restarted again."""
+    trace = tmp_path / "trace.jsonl.gz"
+    start = 1_764_655_200 * 10**9
+    record_run(tmp_path, trace, "boot-a", start, 96 * 10**9, ticks=4)
+    record_run(tmp_path, trace, "boot-b", start + 3600 * 10**9, 496 * 10**9, ticks=4)
+    config = tmp_path / "other.toml"
+    config.write_text(
+        f'[daemon]\ninterval = "2s"\n{limits}\n[gpu]\nmin_free_vram = "2GiB"\n'
+        'grace = "2s"\n[[tenant]]\nunit = "hog.service"\nvram = "1GiB"\n'
+    )
+
+    rc, out, _ = run(["replay", str(trace), "-c", str(config)], capsys)
+
+    assert 0 == rc
+    assert ["2025-12-02T06:00:04.000Z", "2025-12-02T07:00:04.000Z"] == [
+        line.split()[0] for line in out.splitlines() if " restart: " in line
+    ]

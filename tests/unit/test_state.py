@@ -107,7 +107,9 @@ CORRUPT = [
     (b"", "not a vramwatch state file"),
     (b"\x00\xff garbage", "not a vramwatch state file"),
     (b"[]", "not a vramwatch state file"),
-    (b'{"version": 99, "units": {}}', "expected an object with version 1"),
+    (b'{"version": 0, "units": {}}', "expected an object with version 1"),
+    (b'{"version": "2", "units": {}}', "expected an object with version 1"),
+    (b'{"units": {}}', "expected an object with version 1"),
     (b'{"version": 1, "units": []}', "units is not an object"),
     (b'{"version": 1, "units": {"x; rm -rf /": {"actions": []}}}', "bad tenant"),
     (
@@ -231,6 +233,29 @@ def test_a_corrupt_state_file_is_an_event_and_the_daemon_guards_on(tmp_path: Pat
     assert ["state_corrupt", "floor_breached", "restart"] == names(out)
     assert (state_dir / f"{FILE_NAME}.corrupt").exists()
     assert 1 == len(json.loads((state_dir / FILE_NAME).read_text())["units"])
+
+
+def test_a_newer_state_file_is_its_own_event_kept_aside_and_the_daemon_guards_on(
+    tmp_path: Path,
+) -> None:
+    """A downgrade: the file of a newer vramwatch is not read, not called corrupt, and
+    kept (state.json.v2); this version's history is saved afresh."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir(mode=0o700)
+    (state_dir / FILE_NAME).write_text('{"version": 2, "units": {}}')
+    (state_dir / FILE_NAME).chmod(0o600)
+    clock = [100 * S]
+
+    d, out = daemon(tmp_path, state_dir, clock)
+    clock[0] += S
+    d.tick()
+
+    first = json.loads(out.getvalue().splitlines()[0])
+    assert ["state_too_new", "floor_breached", "restart"] == names(out)
+    assert ("error", f"{state_dir / FILE_NAME}") == (first["level"], first["state"])
+    assert "written by a newer vramwatch (state format 2" in first["message"]
+    assert '{"version": 2, "units": {}}' == (state_dir / f"{FILE_NAME}.v2").read_text()
+    assert 1 == json.loads((state_dir / FILE_NAME).read_text())["version"]
 
 
 def test_an_unwritable_state_directory_is_one_warning_not_a_crash(tmp_path: Path) -> None:

@@ -463,3 +463,77 @@ def test_a_trace_directory_others_may_write_is_refused_like_the_state_files(
     assert "writable by others" in str(raised.value)
     assert [] == os.listdir(directory)
     assert not writer.is_open
+
+
+def test_a_segment_header_names_the_format_and_the_boot(tmp_path: Path) -> None:
+    """The boot tells replay whether monotonic times of two runs can be compared."""
+    path = tmp_path / "trace.jsonl.gz"
+    wall = FakeWall()
+    writer = TraceWriter(path, 7 * 86400 * S, 1 << 30, wall_ns=wall, boot_id=lambda: "boot-a")
+    writer.open()
+    writer.close()
+
+    header = next(iter(TraceReader(path)))
+
+    assert {"k": "h", "v": 2, "seg": 1, "t": 1_764_655_200_000, "boot": "boot-a"} == {
+        k: v for k, v in header.items() if k != "run"
+    }
+
+
+def test_a_rotated_segment_repeats_the_config_with_its_own_time(tmp_path: Path) -> None:
+    path = tmp_path / "trace.jsonl.gz"
+    wall = FakeWall()
+    writer = TraceWriter(path, 7 * 86400 * S, 1 << 30, wall_ns=wall)
+    writer.preamble = [{"k": "c", "why": "start", "text": CONFIG, "t": 1, "m": 5}]
+    writer.open()
+    write_ticks(writer, wall, 1)
+    writer.rotate()
+    writer.close()
+
+    repeated = next(r for r in TraceReader(path) if r["k"] == "c")
+
+    assert ("segment", (FakeWall().now + 2 * S) // 10**6, None) == (
+        repeated["why"],
+        repeated["t"],
+        repeated.get("m"),
+    )
+
+
+def test_a_release_and_its_result_are_recorded_and_hostile_fields_never_raise(
+    tmp_path: Path,
+) -> None:
+    """Replay shows what a release did (issue 22 item 10): the ``released`` and
+    ``release_failed`` entries are recorded, whatever their fields hold."""
+    from vramwatch.model import Event
+
+    path = tmp_path / "trace.jsonl.gz"
+    text = CONFIG.replace('interval = "2s"', f'record = "{path}"')
+    config_path = tmp_path / "vramwatch.toml"
+    config_path.write_text(text)
+    said: list[str] = []
+    wall = FakeWall()
+    recorder = Recorder(lambda name, *a, **f: said.append(name), wall_ns=wall, mono_ns=lambda: 9)
+    recorder.configure(parse(text, config_path), "start", False, lambda c: c)
+    recorder.begin_tick()
+    recorder.sampled(one_gpu(7))
+    fields = {"tenant": "a.service", "unit": "a.service", "output": "a\x00b\udcff", "gpu": None}
+    recorder.event(Event("released", "warning", "released a.service", dict(fields, x=object())))
+    recorder.event(Event("restart", "warning", "restarting a.service", fields))
+    recorder.event(Event("release_failed", "warning", "release of a.\udcffservice", fields))
+    recorder.end_tick()
+    recorder.close()
+
+    releases = [r for r in TraceReader(path) if r["k"] == "r"]
+
+    assert [] == said
+    assert ["released", "release_failed"] == [r["e"] for r in releases]
+    assert (9, wall.now // 10**6, "warning", "release of a.?service") == (
+        releases[1]["m"],
+        releases[1]["t"],
+        releases[1]["lv"],
+        releases[1]["msg"],
+    )
+    assert {"tenant": "a.service", "unit": "a.service", "output": "a\x00b?", "gpu": None} == {
+        k: v for k, v in releases[0]["f"].items() if k != "x"
+    }
+    assert isinstance(releases[0]["f"]["x"], str)
