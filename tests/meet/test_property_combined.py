@@ -511,6 +511,11 @@ def apply_step(bed: Combined, step: tuple[object, ...]) -> None:
         bed.daemon.reload()
 
 
+def tenant_of(event: dict[str, object]) -> str:
+    """The tenant an entry is about: VRAMWATCH_TENANT (a container tenant has no unit)."""
+    return str(event.get("tenant") or event["unit"])
+
+
 class Oracle:
     def __init__(self, bed: Combined) -> None:
         self.bed = bed
@@ -518,7 +523,13 @@ class Oracle:
         self.applied_seen = 0
         self.holds: dict[str, str] = {}  # resource key -> unit whose accepted action holds it
 
-    def check(self, before_over: dict[str, frozenset[str]], samples: int, took_s: float) -> None:
+    def check(
+        self,
+        before_over: dict[str, frozenset[str]],
+        before_breached: frozenset[str],
+        samples: int,
+        took_s: float,
+    ) -> None:
         bed = self.bed
         events = bed.events()
         new_events = events[self.events_seen :]
@@ -537,7 +548,7 @@ class Oracle:
         for e in new_events:
             if e["event"] not in ("reclaimed", "not_reclaimed"):
                 continue
-            unit = e["unit"]
+            unit = tenant_of(e)
             if e["resource"] == "ram":
                 keys = {"ram"}
             elif e["gpu"] == 0:
@@ -548,14 +559,21 @@ class Oracle:
                 if self.holds.get(k) == unit:
                     del self.holds[k]
 
-        # Every call: an unprotected tenant, over budget on a breached resource.
+        # Every call: an unprotected tenant, over budget on a breached resource. After a
+        # release that did not give everything back the configured action follows
+        # (issue 22 item 7): the re-check before the release is what justified it.
+        released_failed = {tenant_of(e) for e in new_events if e["event"] == "release_failed"}
         for action, before, after in applied:
             for call in bed.actuator.calls[before:after]:
                 assert call.unit == action.unit
                 tenant = bed.daemon.config.tenant(call.unit)
                 assert tenant is not None and not tenant.protected, call
-                assert action.resource_key in call.breached, (action, call)
-                assert action.resource_key in call.over, (action, call)
+                if call.unit in released_failed:
+                    breached, over = before_breached, before_over.get(call.unit, frozenset())
+                else:
+                    breached, over = call.breached, call.over
+                assert action.resource_key in breached, (action, call)
+                assert action.resource_key in over, (action, call)
                 if call.result == "refused":
                     continue
                 for held in before_over.get(call.unit, frozenset()) | {action.resource_key}:
@@ -571,15 +589,25 @@ class Oracle:
                 assert ML2 not in bed.engine.acted_on, "the compose tenant restarted ML2"
         bed.engine.acted_on.clear()
 
-        # released means every resource the action held came back.
+        # released means every resource the action held came back: one whose floor was
+        # breached is back above it (or the tenant within budget there), one held only
+        # because the tenant was over budget there is back within that budget. Checked
+        # where the daemon could see all the tenant's usage (what it holds is what it saw).
         config = bed.daemon.config
+        w = bed.world
         for e in new_events:
             if e["event"] != "released":
                 continue
-            unit = str(e["unit"])
-            kept = before_over.get(unit, frozenset()) & bed.truth.over(config, unit)
-            still = kept & bed.truth.breached(config)
-            assert not still, f"{unit} released, yet keeps {sorted(still)} under its floor"
+            unit = tenant_of(e)
+            if w.gpu_errors or any(p.vram_unknown for p in w.procs.values()):
+                continue
+            over_now = bed.truth.over(config, unit)
+            breached_now = bed.truth.breached(config)
+            for key in before_over.get(unit, frozenset()) & over_now:
+                if key in before_breached:
+                    assert key not in breached_now, f"{unit} released, yet {key} is breached"
+                else:
+                    raise AssertionError(f"{unit} released, yet still over its budget on {key}")
 
         # Hooks: a hook that worked (it printed its event, "forked" or its flood) is never
         # reported failed; the failing one says "notifier down", the slow one nothing.
@@ -590,7 +618,7 @@ class Oracle:
 
 
 @settings(
-    max_examples=40,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -619,12 +647,14 @@ def test_property_the_features_keep_the_promises_together(
 def run(bed: Combined, steps: list[tuple[object, ...]]) -> None:
     bed.daemon.restore_state()
     # Every device and the host start near their floors, so most ticks decide something:
-    # the whole GPU has 2.2 GiB free; slice 0 holds B's reserve, slice 1 has 2.7 GiB free.
+    # the whole GPU has 1.7 GiB free, slice 0 3.7 GiB (floor 2 GiB with B's reserve),
+    # slice 1 2.7 GiB; MemAvailable is about 10 GiB (floor 8 GiB). A and C are over
+    # both their budgets, so one action of theirs holds VRAM and RAM.
     for unit, vram, ram in (
-        (A, {SLICE0: 1 * GIB, SLICE1: 4 * GIB}, 14),
-        (B, {SLICE0: 2 * GIB}, 10),
-        (C, {WHOLE: 6 * GIB, SLICE0: 1 * GIB}, 12),
-        (D, {WHOLE: 3 * GIB}, 5),
+        (A, {SLICE0: 1 * GIB, SLICE1: 4 * GIB}, 13),
+        (B, {SLICE0: 2 * GIB}, 8),
+        (C, {WHOLE: 6 * GIB, SLICE0: 1 * GIB}, 9),
+        (D, {WHOLE: 3 * GIB}, 4),
         (X, {WHOLE: 3 * GIB}, 7),
     ):
         bed.world.spawn(unit, vram, ram=ram * GIB)
@@ -637,6 +667,7 @@ def run(bed: Combined, steps: list[tuple[object, ...]]) -> None:
         apply_step(bed, step)
         now += int(step[1]) * 2 if step[0] == "wait" else 2  # type: ignore[call-overload]
         before_over = {u: bed.truth.over(bed.daemon.config, u) for u in UNITS}
+        before_breached = bed.truth.breached(bed.daemon.config)
         bed.samples = 0
         started = time.monotonic()
         bed.clock.now = now * 10**9
@@ -644,13 +675,13 @@ def run(bed: Combined, steps: list[tuple[object, ...]]) -> None:
         if bed.daemon._reload.is_set():  # the loop reloads before its next tick
             bed.daemon._reload.clear()
             bed.daemon.reload()
-        oracle.check(before_over, bed.samples, time.monotonic() - started)
+        oracle.check(before_over, before_breached, bed.samples, time.monotonic() - started)
     # Give hooks their time, then check none that worked was reported failed.
     deadline = time.monotonic() + HOOK_TIMEOUT_S + 0.5
     while bed.daemon.hooks._running and time.monotonic() < deadline:  # noqa: SLF001
         time.sleep(0.05)
         bed.daemon._reap_hooks(bed.clock.now)
-    oracle.check({}, 0, 0.0)
+    oracle.check({}, frozenset(), 0, 0.0)
 
 
 def leftovers(bed: Combined) -> None:

@@ -241,9 +241,9 @@ class World:
 
     def breached_keys(self, config: cfg.Config) -> frozenset[str]:
         keys: set[str] = set()
-        for i in range(self.gpu_count):
-            if self.gpu_free(i) < config.gpu.floor.resolve(GPU_TOTAL):
-                keys.add(f"gpu:{uuid_of(i)}")
+        for dev in self.devices:
+            if self.device_free(dev.uuid) < config.gpu.floor.resolve(dev.total):
+                keys.add(f"gpu:{dev.uuid}")
         if self.mem_available() < config.host.floor.resolve(HOST_TOTAL):
             keys.add("ram")
         return frozenset(keys)
