@@ -58,23 +58,30 @@ See vramwatch(8) and vramwatch.toml(5).
 """
 
 
-def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
+def _config_option(default: object) -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
         "-c",
         "--config",
         type=Path,
-        default=None,
+        default=default,
         metavar="FILE",
         help="config file (default: $VRAMWATCH_CONFIG or /etc/vramwatch.toml)",
     )
+    return options
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vramwatch",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[common],
+        parents=[_config_option(None)],
     )
+    # A subcommand's default would overwrite a -c given before the command
+    # (`vramwatch -c FILE check`): the subcommands set config only when given.
+    common = _config_option(argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"vramwatch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = sub.add_parser(
@@ -188,9 +195,18 @@ def _load(args: argparse.Namespace, *, trusted: bool = False) -> tuple[Path, Con
     return path, load(path, trusted=trusted)
 
 
+def _replay_args(args: argparse.Namespace) -> argparse.Namespace:
+    """`vramwatch -c X replay T` is `vramwatch replay T -c X`: replay's own -c is
+    repeatable, so a -c before the command is its first config."""
+    if args.command == "replay" and args.config is not None:
+        args.replay_configs = [args.config, *(args.replay_configs or [])]
+        args.config = None
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = _replay_args(parser.parse_args(argv))
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE

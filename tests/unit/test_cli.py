@@ -86,3 +86,50 @@ def test_run_warns_at_start_about_a_floor_above_this_hosts_memory(
     assert warnings[0]["message"].startswith(
         f"{path}: host.min_available_ram 1024TiB is at or above this host's MemTotal"
     )
+
+
+def _trusted_config(tmp_path: Path, text: str, name: str = "vramwatch.toml") -> Path:
+    tmp_path.chmod(0o755)
+    path = tmp_path / name
+    path.write_text(text)
+    path.chmod(0o644)
+    return path
+
+
+@pytest.mark.parametrize("command", ["check", "status", "polkit-rule", "run"])
+def test_config_given_before_the_command_is_the_one_read(command: str) -> None:
+    """Before: the subcommand's default (None) overwrote `-c` given before the command,
+    so `vramwatch -c FILE check` read /etc/vramwatch.toml."""
+    path = Path("cfg.toml")
+
+    before = cli._parser().parse_args(["-c", str(path), command])
+    after = cli._parser().parse_args([command, "-c", str(path)])
+
+    assert (path, path) == (before.config, after.config)
+
+
+def test_config_given_before_replay_is_a_replay_config() -> None:
+    """`vramwatch -c X replay T` means `vramwatch replay T -c X`."""
+    args = cli._replay_args(cli._parser().parse_args(["-c", "a.toml", "replay", "t.gz"]))
+    both = cli._replay_args(
+        cli._parser().parse_args(["-c", "a.toml", "replay", "t.gz", "-c", "b.toml"])
+    )
+
+    assert ([Path("a.toml")], [Path("a.toml"), Path("b.toml")]) == (
+        args.replay_configs,
+        both.replay_configs,
+    )
+
+
+def test_check_reads_the_config_given_before_the_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _trusted_config(tmp_path, '[daemon]\nbus = "user"\n')
+    monkeypatch.setenv("VRAMWATCH_CONFIG", str(tmp_path / "absent.toml"))
+
+    code = cli.main(["-c", str(path), "check"])
+
+    assert (cli.EXIT_OK, f"{path}: valid: 0 tenants, bus user\n") == (
+        code,
+        capsys.readouterr().out,
+    )
