@@ -436,7 +436,19 @@ class Daemon:
         if self.state is None:
             return
         restored = self.state.load()
-        if restored.problem is not None:
+        if restored.unavailable:
+            # Permissions, not damage: the file is left as it is; one warning covers
+            # this and the saves that will fail for the same reason.
+            self._state_failing = True
+            self.events.say(
+                "state_unavailable",
+                "warning",
+                f"{restored.problem}; the restart history was not restored and will not "
+                "survive a restart of vramwatch",
+                state=str(self.state.path),
+                error=restored.problem,
+            )
+        elif restored.problem is not None:
             self.events.say(
                 "state_corrupt",
                 "error",
