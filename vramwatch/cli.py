@@ -204,6 +204,21 @@ def _replay_args(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def _untrusted(path: Path) -> str | None:
+    """Why run would refuse the config at ``path`` as untrusted, or None."""
+    import os
+
+    from vramwatch.security import Untrusted, open_config
+
+    try:
+        os.close(open_config(path))
+    except Untrusted as exc:
+        return str(exc)
+    except OSError:
+        return None  # not a trust question; the load just read it
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = _replay_args(parser.parse_args(argv))
@@ -303,7 +318,8 @@ def _report_protections(config: Config) -> None:
 def cmd_polkit_rule(args: argparse.Namespace) -> int:
     from vramwatch.polkit import grants, rule
 
-    _path, config = _load(args)
+    # The rule grants vramwatch's user what this file names: the same trust as run.
+    _path, config = _load(args, trusted=True)
     if not grants(config):
         print(
             "vramwatch: warning: no unprotected tenant: the rule grants nothing",
@@ -375,7 +391,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from vramwatch.status import collect, render_text
 
-    _path, config = _load(args)
+    path, config = _load(args)
+    untrusted = _untrusted(path)
+    if untrusted is not None:  # a look is harmless; say what run will do with it
+        print(f"vramwatch: warning: {path}: run refuses this config: {untrusted}", file=sys.stderr)
     report = collect(config)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=False))

@@ -133,3 +133,25 @@ def test_check_reads_the_config_given_before_the_command(
         code,
         capsys.readouterr().out,
     )
+
+
+def test_status_warns_that_run_would_refuse_its_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: status showed a group-writable config as if it were in force, silently.
+    It still shows it (a read-only look that helps find the problem) and says why run
+    would refuse it."""
+    import vramwatch.status
+
+    monkeypatch.setattr(vramwatch.status, "collect", lambda config: {"tenants": []})
+    monkeypatch.setattr(vramwatch.status, "render_text", lambda report: "(report)")
+    path = _trusted_config(tmp_path, "")
+    path.chmod(0o664)
+
+    code = cli.main(["status", "-c", str(path)])
+
+    warning = (
+        f"vramwatch: warning: {path}: run refuses this config: the file is writable by group "
+        "(mode 0664); run chmod go-w on it\n"
+    )
+    assert (cli.EXIT_OK, "(report)\n", warning) == (code, *capsys.readouterr())
