@@ -22,6 +22,7 @@ from vramwatch.config import (
     budget_fit_warnings,
     default_path,
     floor_warnings,
+    gpu_pin_problems,
     load,
     reserve_fit_errors,
 )
@@ -259,6 +260,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     totals = [g.total_bytes for g in gpus if g.total_bytes is not None]
     present = [(g.index, g.uuid, g.total_bytes) for g in gpus if g.total_bytes is not None]
     problems = reserve_fit_errors(config, present)
+    problems += gpu_pin_problems(config, [(g.index, g.uuid, g.parent_uuid) for g in gpus])
     for problem in problems:
         print(f"vramwatch: {path}: {problem}", file=sys.stderr)
     if problems:
@@ -360,9 +362,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         gpus, _error = nvml.sample(time.monotonic_ns())
         totals: list[int | None] = [g.total_bytes for g in gpus]
+        pins = [(g.index, g.uuid, g.parent_uuid) for g in gpus]
     except Exception:  # noqa: BLE001 - only for the warnings below; the loop reports errors
-        totals = []
-    for warning in floor_warnings(config, totals, _mem_total()):
+        totals, pins = [], []
+    # A pin that matches no GPU here is an error for check but only a warning here:
+    # the config may be shared by hosts, and guarding the rest must go on.
+    start_warnings = floor_warnings(config, totals, _mem_total())
+    for warning in start_warnings + gpu_pin_problems(config, pins):
         events.say(
             "config_warning", "warning", f"{path}: {warning}", config=str(path), warning=warning
         )

@@ -890,6 +890,25 @@ def reserve_fit_errors(config: Config, gpus: list[tuple[int, str, int]]) -> list
     return problems
 
 
+def gpu_pin_problems(config: Config, gpus: list[tuple[int, str, str | None]]) -> list[str]:
+    """Tenants pinned (``gpu``) to a GPU that is not among ``gpus`` (index, UUID, and
+    the parent GPU's UUID for a MIG device): their VRAM is never counted, so they
+    are never acted on for VRAM. Nothing when no GPU is visible: the config may be
+    meant for another host. Reserving tenants are left to :func:`reserve_fit_errors`."""
+    if not gpus:
+        return []
+    known: set[int | str] = set()
+    for index, uuid, parent in gpus:
+        known.update(ref for ref in (index, uuid, parent) if ref is not None)
+    present = ", ".join(dict.fromkeys(f"GPU {i} {parent or uuid}" for i, uuid, parent in gpus))
+    return [
+        f"tenant[{number}].gpu: no GPU {tenant.gpu} is present ({present}): "
+        f"{tenant.unit} would never be acted on for VRAM"
+        for number, tenant in enumerate(config.tenants)
+        if tenant.gpu is not None and tenant.gpu not in known and not tenant.reserve
+    ]
+
+
 def floor_warnings(
     config: Config, gpu_totals_bytes: list[int | None], mem_total_bytes: int | None
 ) -> list[str]:
