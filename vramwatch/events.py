@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import stat
 import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
@@ -112,6 +113,22 @@ def journal_fields(event: Mapping[str, Any]) -> dict[str, str]:
     return fields
 
 
+# Where sd_journal_sendv() sends. With no socket there it returns success (it
+# treats ENOENT as "no journal, nothing to do"), so every entry would vanish.
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+
+
+class NoJournal(OSError):
+    """journald is not listening: an entry sent now would be dropped silently."""
+
+
+def _journald_listening(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 class _Dropped(Exception):
     """Raised by a final processor that delivered the event itself (structlog's DropEvent)."""
 
@@ -159,8 +176,11 @@ class _JournalRenderer:
 
     def __init__(self) -> None:
         self._send = journal_sender()
+        self._socket = JOURNAL_SOCKET
 
     def __call__(self, _logger: Any, _name: str, event: MutableMapping[str, Any]) -> Any:
+        if not _journald_listening(self._socket):  # one stat: events are few
+            raise NoJournal(f"journald is not listening: no socket {self._socket}")
         self._send(**journal_fields(event))
         raise _Dropped
 
@@ -266,11 +286,11 @@ def under_systemd() -> bool:
     if not stream or ":" not in stream:
         return False
     try:
-        stat = os.fstat(sys.stderr.fileno())
+        info = os.fstat(sys.stderr.fileno())
     except (OSError, ValueError):
         return False
     device, _, inode = stream.partition(":")
-    return f"{stat.st_dev}:{stat.st_ino}" == f"{device}:{inode}"
+    return f"{info.st_dev}:{info.st_ino}" == f"{device}:{inode}"
 
 
 def _stderr_logger(stream: TextIO, fmt: str, min_level: str) -> Any:
@@ -363,7 +383,7 @@ class EventLog:
             if self._fallback is None:
                 self._fallback = _stderr_logger(self._stream, self.format, self._min_level)
             if self._failing is None and self.target == "journal":
-                error = f"{type(exc).__name__}: {exc}"
+                error = str(exc) if isinstance(exc, NoJournal) else f"{type(exc).__name__}: {exc}"
                 self._failing = error
                 self._fallback.warning(
                     "log_fallback",
