@@ -69,6 +69,7 @@ MESSAGE_IDS: dict[str, str] = {
     "config_warning": "76d3b3dac8e34fcbb4e89ce79bbcec65",
     "record_error": "ed66dc88d7f84b7ba12f9cc57ac8e183",
     "record_resumed": "b18cb3123b78440cbb46e3a39eb1e67f",
+    "tick": "c52fc6da73764e5db1e6dca1125085ab",
 }
 
 # syslog priorities, as journald expects them in PRIORITY=.
@@ -322,6 +323,9 @@ class EventLog:
     silently: there is nowhere left to say it.
     """
 
+    # Whether debug events are logged (--debug): what is not logged is not built.
+    debug = False
+
     def __init__(
         self,
         target: str = "auto",
@@ -332,6 +336,7 @@ class EventLog:
         stream = stream or sys.stderr
         self._stream = stream
         self._min_level = min_level
+        self.debug = _LEVELS[min_level] <= _LEVELS["debug"]
         unavailable = False
         if target == "auto":
             target = "journal" if under_systemd() and journal_available() else "stderr"
