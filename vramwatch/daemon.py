@@ -370,14 +370,17 @@ class Daemon:
             action.verb.value,
             "warning",
             action.message,
-            **named,
-            resource=action.resource,
-            gpu=action.gpu,
-            used_bytes=action.used_bytes,
-            budget_bytes=action.budget_bytes,
-            free_bytes=action.free_bytes,
-            floor_bytes=action.floor_bytes,
-            action=action.verb.value,
+            **{  # the decision's fields (as its would_ twin has them), then the tenant's
+                **action.fields,
+                **named,
+                "resource": action.resource,
+                "gpu": action.gpu,
+                "used_bytes": action.used_bytes,
+                "budget_bytes": action.budget_bytes,
+                "free_bytes": action.free_bytes,
+                "floor_bytes": action.floor_bytes,
+                "action": action.verb.value,
+            },
         )
         try:
             outcome = self.actuator.act(action.unit, action.verb, self._waiting_for_job)

@@ -992,6 +992,7 @@ def _act(
             free_bytes=res.free_bytes,
             floor_bytes=res.floor_bytes,
             message=message,
+            fields=fields,
         )
     )
 
