@@ -373,6 +373,20 @@ def cmd_run(args: argparse.Namespace) -> int:
             "config_warning", "warning", f"{path}: {warning}", config=str(path), warning=warning
         )
     raise_open_files_limit()
+    systemd = SystemdClient(config.daemon.bus)
+    if any(not t.id.is_container and not t.protected for t in config.tenants):
+        # Said now, not at the first breach: actions on units will fail until it can.
+        problem = systemd.reachable()
+        if problem is not None:
+            events.say(
+                "bus_unreachable",
+                "warning",
+                f"cannot reach systemd on the {config.daemon.bus} bus: {problem}; restarting "
+                "or stopping unit tenants fails until it can (such attempts do not count "
+                "toward max_restarts)",
+                bus=config.daemon.bus,
+                error=problem,
+            )
     sampler = Sampler(nvml, ProcFs())
     running: list[Daemon] = []
     # Containers are acted on with the running config's socket and stop_timeout
@@ -382,7 +396,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         path,
         config,
         sampler,
-        Router(SystemdClient(config.daemon.bus), containers),
+        Router(systemd, containers),
         events,
         force_dry_run=args.dry_run,
         state=StateStore(args.state_dir or default_dir()),

@@ -424,11 +424,17 @@ class Daemon:
                     **fields,
                 )
             return
-        self.history = policy.action_failed(self.history, action)
+        self.history = policy.action_failed(self.history, action, reached=outcome.reached)
+        unreached = (
+            f"; nothing was {'stopped' if action.verb is Verb.STOP else 'restarted'}, so this "
+            "attempt does not count toward max_restarts; the next one waits for cooldown "
+            f"({format_duration(self.config.daemon.cooldown_ns)})"
+        )
         self.events.say(
             "action_failed",
             "error",
-            f"{action.verb.value} {action.unit} failed: {outcome.detail}",
+            f"{action.verb.value} {action.unit} failed: {outcome.detail}"
+            + ("" if outcome.reached else unreached),
             **fields,
         )
 

@@ -70,6 +70,7 @@ MESSAGE_IDS: dict[str, str] = {
     "record_error": "ed66dc88d7f84b7ba12f9cc57ac8e183",
     "record_resumed": "b18cb3123b78440cbb46e3a39eb1e67f",
     "tick": "c52fc6da73764e5db1e6dca1125085ab",
+    "bus_unreachable": "05fc9d8f11d14e9da0c59fc2bc2ee476",
 }
 
 # syslog priorities, as journald expects them in PRIORITY=.
