@@ -374,7 +374,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     raise_open_files_limit()
     systemd = SystemdClient(config.daemon.bus)
-    if any(not t.id.is_container and not t.protected for t in config.tenants):
+    enforcing = not (args.dry_run or config.daemon.dry_run)
+    if enforcing and any(not t.id.is_container and not t.protected for t in config.tenants):
         # Said now, not at the first breach: actions on units will fail until it can.
         problem = systemd.reachable()
         if problem is not None:

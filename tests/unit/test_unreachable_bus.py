@@ -95,13 +95,18 @@ def test_run_says_at_start_that_the_bus_cannot_be_reached(
     argv = ["run", "-c", str(path), "--log-target", "stderr", "--log-format", "json"]
 
     code = cli.main([*argv, "--state-dir", str(tmp_path / "state")])
-
     events = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    dry = cli.main([*argv, "--dry-run", "--state-dir", str(tmp_path / "state")])
+    in_dry_run = [
+        line for line in capsys.readouterr().err.splitlines() if "bus_unreachable" in line
+    ]
+
     said = [(e["level"], e["message"]) for e in events if e["event"] == "bus_unreachable"]
-    assert 0 == code
     expected = (
         "cannot reach systemd on the system bus: cannot connect to the system bus: "
         "[Errno 2] No such file or directory; restarting or stopping unit tenants fails "
         "until it can (such attempts do not count toward max_restarts)"
     )
+    assert (0, 0) == (code, dry)
     assert [("warning", expected)] == said
+    assert [] == in_dry_run  # a dry run acts on nothing: the bus does not matter yet
