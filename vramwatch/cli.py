@@ -22,6 +22,7 @@ from vramwatch.config import (
     budget_fit_warnings,
     default_path,
     floor_warnings,
+    gpu_pin_problems,
     load,
     reserve_fit_errors,
 )
@@ -58,23 +59,30 @@ See vramwatch(8) and vramwatch.toml(5).
 """
 
 
-def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
+def _config_option(default: object) -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
         "-c",
         "--config",
         type=Path,
-        default=None,
+        default=default,
         metavar="FILE",
         help="config file (default: $VRAMWATCH_CONFIG or /etc/vramwatch.toml)",
     )
+    return options
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vramwatch",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[common],
+        parents=[_config_option(None)],
     )
+    # A subcommand's default would overwrite a -c given before the command
+    # (`vramwatch -c FILE check`): the subcommands set config only when given.
+    common = _config_option(argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"vramwatch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = sub.add_parser(
@@ -188,9 +196,33 @@ def _load(args: argparse.Namespace, *, trusted: bool = False) -> tuple[Path, Con
     return path, load(path, trusted=trusted)
 
 
+def _replay_args(args: argparse.Namespace) -> argparse.Namespace:
+    """`vramwatch -c X replay T` is `vramwatch replay T -c X`: replay's own -c is
+    repeatable, so a -c before the command is its first config."""
+    if args.command == "replay" and args.config is not None:
+        args.replay_configs = [args.config, *(args.replay_configs or [])]
+        args.config = None
+    return args
+
+
+def _untrusted(path: Path) -> str | None:
+    """Why run would refuse the config at ``path`` as untrusted, or None."""
+    import os
+
+    from vramwatch.security import Untrusted, open_config
+
+    try:
+        os.close(open_config(path))
+    except Untrusted as exc:
+        return str(exc)
+    except OSError:
+        return None  # not a trust question; the load just read it
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = _replay_args(parser.parse_args(argv))
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
@@ -228,6 +260,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     totals = [g.total_bytes for g in gpus if g.total_bytes is not None]
     present = [g for g in gpus if g.total_bytes is not None]
     problems = reserve_fit_errors(config, present)
+    problems += gpu_pin_problems(config, [(g.index, g.uuid, g.parent_uuid) for g in gpus])
     for problem in problems:
         print(f"vramwatch: {path}: {problem}", file=sys.stderr)
     if problems:
@@ -287,7 +320,8 @@ def _report_protections(config: Config) -> None:
 def cmd_polkit_rule(args: argparse.Namespace) -> int:
     from vramwatch.polkit import grants, rule
 
-    _path, config = _load(args)
+    # The rule grants vramwatch's user what this file names: the same trust as run.
+    _path, config = _load(args, trusted=True)
     if not grants(config):
         print(
             "vramwatch: warning: no unprotected tenant: the rule grants nothing",
@@ -331,6 +365,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     watchdog_ns = watchdog_interval_ns()
     keepalive = KeepAlive(watchdog_ns, lambda: notify("WATCHDOG=1")) if watchdog_ns else None
     raise_open_files_limit()
+    systemd = SystemdClient(config.daemon.bus)
+    enforcing = not (args.dry_run or config.daemon.dry_run)
+    if enforcing and any(not t.id.is_container and not t.protected for t in config.tenants):
+        # Said now, not at the first breach: actions on units will fail until it can.
+        problem = systemd.reachable()
+        if problem is not None:
+            events.say(
+                "bus_unreachable",
+                "warning",
+                f"cannot reach systemd on the {config.daemon.bus} bus: {problem}; restarting "
+                "or stopping unit tenants fails until it can (such attempts do not count "
+                "toward max_restarts)",
+                bus=config.daemon.bus,
+                error=problem,
+            )
     sampler = Sampler(NvmlSource(), ProcFs(), keepalive=keepalive)
     running: list[Daemon] = []
     # Containers are acted on with the running config's socket and stop_timeout
@@ -340,7 +389,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         path,
         config,
         sampler,
-        Router(SystemdClient(config.daemon.bus), containers),
+        Router(systemd, containers),
         events,
         force_dry_run=args.dry_run,
         state=StateStore(args.state_dir or default_dir()),
@@ -355,7 +404,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from vramwatch.status import collect, render_text
 
-    _path, config = _load(args)
+    path, config = _load(args)
+    untrusted = _untrusted(path)
+    if untrusted is not None:  # a look is harmless; say what run will do with it
+        print(f"vramwatch: warning: {path}: run refuses this config: {untrusted}", file=sys.stderr)
     report = collect(config)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=False))

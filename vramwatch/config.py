@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -276,21 +277,28 @@ class _Table:
     def error(self, name: str, problem: str) -> ConfigError:
         return ConfigError(self.path, self.key(name), problem)
 
-    def get(self, name: str, kind: type[T], default: T) -> T:
+    def get(self, name: str, kind: type[T], default: T, expected: str = "") -> T:
+        """The value of ``name`` if it is a ``kind``; ``expected`` says what the key
+        takes when the kind's own name would not (an array of what)."""
         self.seen.add(name)
         if name not in self.data:
             return default
         value = self.data[name]
         # bool is an int in Python; TOML keeps them apart and so do we.
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise self.error(name, f"expected {_kind_name(kind)}, got {_describe(value)}")
+            wanted = expected or _kind_name(kind)
+            raise self.error(name, f"expected {wanted}, got {_describe(value)}")
         return value
 
     def parsed(self, name: str, parse: Callable[[str], T], default: T) -> T:
         if name not in self.data:
             self.seen.add(name)
             return default
-        text = self.get(name, str, "")
+        try:
+            text = self.get(name, str, "")
+        except ConfigError as exc:
+            hint = _number_hint(parse, self.data[name])
+            raise self.error(name, exc.problem + hint) if hint else exc from None
         try:
             return parse(text)
         except units.UnitError as exc:
@@ -308,7 +316,7 @@ def _kind_name(kind: type) -> str:
         bool: "true or false",
         int: "an integer",
         dict: "a table",
-        list: "an array of tables ([[tenant]])",
+        list: "an array",
     }
     return names.get(kind, kind.__name__)
 
@@ -325,6 +333,40 @@ def _describe(value: object) -> str:
     if isinstance(value, (datetime.date, datetime.time)):
         return value.isoformat()  # a TOML date or time, written back as TOML
     return repr(value)
+
+
+def _number_hint(parse: Callable[[str], object], value: object) -> str:
+    """How to write a bare number given for a size or a duration (TOML has no units)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return ""
+    if isinstance(parse, _Duration) or parse is _nvml_timeout:
+        return f'; write it as "{value}s"'
+    if parse is _floor:
+        return f'; write it as "{value}MiB" (or a percentage such as "10%")'
+    if parse in (_positive_size, _record_size):
+        return f'; write it as "{value}MiB"'
+    return ""
+
+
+def _toml_error(exc: tomllib.TOMLDecodeError) -> str:
+    """tomllib's message with its keys in TOML's words: ``[tenant.x]``, not
+    ``('tenant', 'x')``."""
+    import ast
+    import json
+
+    def key(match: re.Match[str]) -> str:
+        parts = ast.literal_eval(match["key"])
+        return ".".join(p if _BARE_KEY_RE.fullmatch(p) else json.dumps(p) for p in parts)
+
+    message = _DECLARE_TWICE_RE.sub(lambda m: f"Cannot declare [{key(m)}] twice", str(exc))
+    return _KEY_TUPLE_RE.sub(key, message)
+
+
+_BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+_QUOTED = r"""(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")"""
+_KEY_TUPLE = rf"\({_QUOTED}(?:, {_QUOTED})*,?\)"
+_KEY_TUPLE_RE = re.compile(rf"(?P<key>{_KEY_TUPLE})")
+_DECLARE_TWICE_RE = re.compile(rf"Cannot declare (?P<key>{_KEY_TUPLE}) twice")
 
 
 def _did_you_mean(name: str, known: set[str]) -> str:
@@ -347,11 +389,14 @@ def _positive_size(text: str) -> int:
     return _size_ceiling(value, text)
 
 
-def _duration_in(bounds: tuple[int, int]) -> Callable[[str], int]:
+class _Duration:
     """A parser for a duration within ``bounds`` (ns, inclusive)."""
-    low, high = bounds
 
-    def parse(text: str) -> int:
+    def __init__(self, bounds: tuple[int, int]) -> None:
+        self.bounds = bounds
+
+    def __call__(self, text: str) -> int:
+        low, high = self.bounds
         value = units.parse_duration_ns(text)
         if value < low or value > high:
             if low == 0:
@@ -363,7 +408,9 @@ def _duration_in(bounds: tuple[int, int]) -> Callable[[str], int]:
             raise units.UnitError(f'must be between {_span(low)} and {_span(high)}, got "{text}"')
         return value
 
-    return parse
+
+def _duration_in(bounds: tuple[int, int]) -> _Duration:
+    return _Duration(bounds)
 
 
 def _span(ns: int) -> str:
@@ -517,7 +564,12 @@ def _textfile(text: str) -> str:
 
 def _argv(table: _Table, name: str) -> tuple[str, ...]:
     """An argv list: run without a shell, so its first word is an absolute path."""
-    value = table.get(name, list, [])
+    value = table.get(
+        name,
+        list,
+        [],
+        expected='a command as a list of strings such as ["/usr/bin/curl", "-fsS", URL]',
+    )
     if not value:
         if name in table.data:
             raise table.error(
@@ -722,7 +774,7 @@ def _parse(text: str, path: Path) -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, None, f"not valid TOML: {exc}") from None
+        raise ConfigError(path, None, f"not valid TOML: {_toml_error(exc)}") from None
     except RecursionError:
         raise ConfigError(path, None, "not valid TOML: nested too deeply") from None
     root = _Table(path, "", data)
@@ -735,7 +787,7 @@ def _parse(text: str, path: Path) -> Config:
     trend = _trend(_table(root, "trend"))
     hooks = _hooks(_table(root, "hooks"))
     containers = _containers(_table(root, "containers"))
-    raw_tenants = root.get("tenant", list, [])
+    raw_tenants = root.get("tenant", list, [], expected="an array of tables ([[tenant]])")
     tenants: list[Tenant] = []
     for i, raw in enumerate(raw_tenants):
         key = f"tenant[{i}]"
@@ -872,6 +924,25 @@ def mig_reserve_problems(config: Config, gpus: Sequence[GpuSample]) -> list[str]
     return problems
 
 
+def gpu_pin_problems(config: Config, gpus: list[tuple[int, str, str | None]]) -> list[str]:
+    """Tenants pinned (``gpu``) to a GPU that is not among ``gpus`` (index, UUID, and
+    the parent GPU's UUID for a MIG device): their VRAM is never counted, so they
+    are never acted on for VRAM. Nothing when no GPU is visible: the config may be
+    meant for another host. Reserving tenants are left to :func:`reserve_fit_errors`."""
+    if not gpus:
+        return []
+    known: set[int | str] = set()
+    for index, uuid, parent in gpus:
+        known.update(ref for ref in (index, uuid, parent) if ref is not None)
+    present = ", ".join(dict.fromkeys(f"GPU {i} {parent or uuid}" for i, uuid, parent in gpus))
+    return [
+        f"tenant[{number}].gpu: no GPU {tenant.gpu} is present ({present}): "
+        f"{tenant.unit} would never be acted on for VRAM"
+        for number, tenant in enumerate(config.tenants)
+        if tenant.gpu is not None and tenant.gpu not in known and not tenant.reserve
+    ]
+
+
 def floor_warnings(
     config: Config, gpu_totals_bytes: list[int | None], mem_total_bytes: int | None
 ) -> list[str]:
@@ -937,8 +1008,12 @@ def run_warnings(
     ``watchdog_ns``: as in :func:`watchdog_warnings`.
     """
     present = [gpu for gpu in gpus if gpu.total_bytes is not None]
+    # A pin that matches no GPU here is an error for check but only a warning for run:
+    # the config may be shared by hosts, and guarding the rest must go on.
+    pins = gpu_pin_problems(config, [(g.index, g.uuid, g.parent_uuid) for g in gpus])
     return (
-        floor_warnings(config, [gpu.total_bytes for gpu in gpus], mem_total_bytes)
+        pins
+        + floor_warnings(config, [gpu.total_bytes for gpu in gpus], mem_total_bytes)
         + [
             f"{problem}; vramwatch check refuses this, and run cannot keep this "
             "reservation as configured"

@@ -232,6 +232,9 @@ class Daemon:
             return
         self._failing.end("policy")
         self.history = decision.history
+        if self.events.debug:  # --debug: what this tick read and decided
+            message, readings = tick_readings(self.config, snapshot, decision)
+            self.events.say("tick", "debug", message, **readings)
         self.events.emit(with_tenant(e, snapshot) for e in decision.events)
         self.metrics.observe_events(decision.events)
         for action in decision.actions:
@@ -441,14 +444,17 @@ class Daemon:
             action.verb.value,
             "warning",
             action.message,
-            **named,
-            resource=action.resource,
-            gpu=action.gpu,
-            used_bytes=action.used_bytes,
-            budget_bytes=action.budget_bytes,
-            free_bytes=action.free_bytes,
-            floor_bytes=action.floor_bytes,
-            action=action.verb.value,
+            **{  # the decision's fields (as its would_ twin has them), then the tenant's
+                **action.fields,
+                **named,
+                "resource": action.resource,
+                "gpu": action.gpu,
+                "used_bytes": action.used_bytes,
+                "budget_bytes": action.budget_bytes,
+                "free_bytes": action.free_bytes,
+                "floor_bytes": action.floor_bytes,
+                "action": action.verb.value,
+            },
         )
         try:
             outcome = self.actuator.act(action.unit, action.verb, self._waiting_for_job)
@@ -492,11 +498,17 @@ class Daemon:
                     **fields,
                 )
             return
-        self.history = policy.action_failed(self.history, action)
+        self.history = policy.action_failed(self.history, action, reached=outcome.reached)
+        unreached = (
+            f"; nothing was {'stopped' if action.verb is Verb.STOP else 'restarted'}, so this "
+            "attempt does not count toward max_restarts; the next one waits for cooldown "
+            f"({format_duration(self.config.daemon.cooldown_ns)})"
+        )
         self.events.say(
             "action_failed",
             "error",
-            f"{action.verb.value} {action.unit} failed: {outcome.detail}",
+            f"{action.verb.value} {action.unit} failed: {outcome.detail}"
+            + ("" if outcome.reached else unreached),
             **fields,
         )
 
@@ -515,6 +527,18 @@ class Daemon:
                 "state_too_new",
                 "error",
                 f"restart history not read: {restored.problem}",
+                state=str(self.state.path),
+                error=restored.problem,
+            )
+        elif restored.unavailable:
+            # Permissions, not damage: the file is left as it is; one warning covers
+            # this and the saves that will fail for the same reason.
+            self._state_failing = True
+            self.events.say(
+                "state_unavailable",
+                "warning",
+                f"{restored.problem}; the restart history was not restored and will not "
+                "survive a restart of vramwatch",
                 state=str(self.state.path),
                 error=restored.problem,
             )
@@ -649,6 +673,59 @@ def _listed(items: tuple[str, ...]) -> str:
     if len(items) <= 1:
         return "".join(items)
     return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def tick_readings(
+    config: Config, snapshot: Snapshot, decision: policy.Decision
+) -> tuple[str, dict[str, Any]]:
+    """The debug ``tick`` event's sentence and fields: each floor's reading, each
+    tenant's usage, the actions decided."""
+    parts: list[str] = []
+    gpus: list[dict[str, Any]] = []
+    for gpu in snapshot.gpus:
+        floor = policy.gpu_floor(config, snapshot, gpu) if gpu.ok else None
+        gpus.append({"gpu": gpu.label, "free_bytes": gpu.free_bytes, "floor_bytes": floor})
+        if floor is None:
+            parts.append(f"{gpu.where} {gpu.error or 'unknown'}")
+        else:
+            parts.append(
+                f"{gpu.where} free {format_size(gpu.free_bytes)}, floor {format_size(floor)}"
+            )
+    if snapshot.nvml_error:
+        parts.append(f"no GPU telemetry: {snapshot.nvml_error}")
+    host = snapshot.host
+    host_floor = None
+    if host.ok:
+        assert host.mem_total_bytes is not None
+        host_floor = config.host.floor.resolve(host.mem_total_bytes)
+        parts.append(
+            f"RAM available {format_size(host.mem_available_bytes)}, "
+            f"floor {format_size(host_floor)}"
+        )
+    usage: dict[str, dict[str, int | None]] = {}
+    for tenant in config.tenants:
+        used = snapshot.units.get(tenant.unit)
+        vram = used.vram_bytes if used else None
+        ram = used.ram_bytes if used else None
+        usage[tenant.unit] = {"vram_bytes": vram, "ram_bytes": ram}
+        vram_text = format_size(vram) + (
+            f" of {format_size(tenant.vram_bytes)}" if tenant.vram_bytes else ""
+        )
+        ram_text = format_size(ram) + (
+            f" of {format_size(tenant.ram_bytes)}" if tenant.ram_bytes else ""
+        )
+        parts.append(f"{tenant.unit} VRAM {vram_text}, RAM {ram_text}")
+    actions = [f"{a.verb.value} {a.unit}" for a in decision.actions]
+    n = len(actions)
+    parts.append(f"{n} action{'' if n == 1 else 's'}" + (": " + ", ".join(actions) if n else ""))
+    fields: dict[str, Any] = {
+        "gpus": gpus,
+        "available_bytes": host.mem_available_bytes,
+        "floor_bytes": host_floor,
+        "usage": usage,
+        "actions": actions,
+    }
+    return "; ".join(parts), fields
 
 
 def _traceback() -> str:

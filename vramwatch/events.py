@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import stat
 import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
@@ -70,6 +71,8 @@ MESSAGE_IDS: dict[str, str] = {
     "config_warning": "76d3b3dac8e34fcbb4e89ce79bbcec65",
     "record_error": "ed66dc88d7f84b7ba12f9cc57ac8e183",
     "record_resumed": "b18cb3123b78440cbb46e3a39eb1e67f",
+    "tick": "c52fc6da73764e5db1e6dca1125085ab",
+    "bus_unreachable": "05fc9d8f11d14e9da0c59fc2bc2ee476",
 }
 
 # syslog priorities, as journald expects them in PRIORITY=.
@@ -112,6 +115,22 @@ def journal_fields(event: Mapping[str, Any]) -> dict[str, str]:
         # With root privileges this makes `journalctl -u UNIT` show the entry too.
         fields["OBJECT_SYSTEMD_UNIT"] = str(unit)
     return fields
+
+
+# Where sd_journal_sendv() sends. With no socket there it returns success (it
+# treats ENOENT as "no journal, nothing to do"), so every entry would vanish.
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+
+
+class NoJournal(OSError):
+    """journald is not listening: an entry sent now would be dropped silently."""
+
+
+def _journald_listening(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 class _Dropped(Exception):
@@ -161,8 +180,11 @@ class _JournalRenderer:
 
     def __init__(self) -> None:
         self._send = journal_sender()
+        self._socket = JOURNAL_SOCKET
 
     def __call__(self, _logger: Any, _name: str, event: MutableMapping[str, Any]) -> Any:
+        if not _journald_listening(self._socket):  # one stat: events are few
+            raise NoJournal(f"journald is not listening: no socket {self._socket}")
         self._send(**journal_fields(event))
         raise _Dropped
 
@@ -268,11 +290,11 @@ def under_systemd() -> bool:
     if not stream or ":" not in stream:
         return False
     try:
-        stat = os.fstat(sys.stderr.fileno())
+        info = os.fstat(sys.stderr.fileno())
     except (OSError, ValueError):
         return False
     device, _, inode = stream.partition(":")
-    return f"{stat.st_dev}:{stat.st_ino}" == f"{device}:{inode}"
+    return f"{info.st_dev}:{info.st_ino}" == f"{device}:{inode}"
 
 
 def _stderr_logger(stream: TextIO, fmt: str, min_level: str) -> Any:
@@ -304,6 +326,9 @@ class EventLog:
     silently: there is nowhere left to say it.
     """
 
+    # Whether debug events are logged (--debug): what is not logged is not built.
+    debug = False
+
     def __init__(
         self,
         target: str = "auto",
@@ -314,6 +339,7 @@ class EventLog:
         stream = stream or sys.stderr
         self._stream = stream
         self._min_level = min_level
+        self.debug = _LEVELS[min_level] <= _LEVELS["debug"]
         unavailable = False
         if target == "auto":
             target = "journal" if under_systemd() and journal_available() else "stderr"
@@ -365,7 +391,7 @@ class EventLog:
             if self._fallback is None:
                 self._fallback = _stderr_logger(self._stream, self.format, self._min_level)
             if self._failing is None and self.target == "journal":
-                error = f"{type(exc).__name__}: {exc}"
+                error = str(exc) if isinstance(exc, NoJournal) else f"{type(exc).__name__}: {exc}"
                 self._failing = error
                 self._fallback.warning(
                     "log_fallback",

@@ -197,13 +197,13 @@ class Metrics:
             "vramwatch_tenant_growth_bytes_per_second",
             "Steady growth of the tenant's usage, from the troughs over [trend] window "
             "(0: not growing).",
-            labels=("unit", "resource"),
+            labels=("tenant", "resource"),
         )
         eta = GaugeMetricFamily(
             "vramwatch_tenant_seconds_to_budget",
             "At the current growth, seconds until the tenant reaches its budget "
             "(absent when it is not growing or has no budget).",
-            labels=("unit", "resource"),
+            labels=("tenant", "resource"),
         )
         for est in self._trends:
             growth.add_metric((est.unit, est.resource), est.rate_bytes_per_s)

@@ -278,6 +278,9 @@ class Action:
     free_bytes: int
     floor_bytes: int
     message: str
+    # The journal fields of the decision (over_bytes, breached_ns, holds, the GPU's
+    # ids...): the entry of the action taken carries what its dry-run twin would.
+    fields: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

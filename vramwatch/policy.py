@@ -98,6 +98,9 @@ class History:
     actions_ns: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # unit -> times
     # What a dry run would have done: its own cooldown and storm limit, never enforcement's.
     dry_actions_ns: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    # The last attempt whose call never reached the manager (no bus), per unit: it
+    # spaces attempts by cooldown but is no restart (max_restarts, restart storm).
+    unreached_ns: Mapping[str, int] = field(default_factory=dict)
     in_flight: Mapping[str, InFlight] = field(default_factory=dict)  # resource key ->
     told: frozenset[tuple[str, str, str]] = frozenset()  # (key, reason, unit) this episode
     storm_told_ns: Mapping[str, int] = field(default_factory=dict)  # unit -> rate_limited logged
@@ -230,6 +233,7 @@ class _Builder:
         self.episodes = dict(history.episodes)
         self.actions_ns = dict(history.actions_ns)
         self.dry_actions_ns = dict(history.dry_actions_ns)
+        self.unreached = dict(history.unreached_ns)
         self.in_flight = dict(history.in_flight)
         self.told = set(history.told)
         self.storm_told = dict(history.storm_told_ns)
@@ -259,6 +263,7 @@ class _Builder:
             episodes=_frozen(self.episodes),
             actions_ns=_frozen(self.actions_ns),
             dry_actions_ns=_frozen(self.dry_actions_ns),
+            unreached_ns=_frozen(self.unreached),
             in_flight=_frozen(self.in_flight),
             told=frozenset(self.told),
             storm_told_ns=_frozen(self.storm_told),
@@ -302,16 +307,33 @@ def _flight_keys(history: History, action: Action) -> set[str]:
     }
 
 
-def action_failed(history: History, action: Action) -> History:
+def action_failed(history: History, action: Action, *, reached: bool = True) -> History:
     """Forget the holds of an action that systemd never accepted.
 
     The attempt still counts for cooldown and ``max_restarts``, so a unit whose
     restart keeps failing is not hammered. An action that systemd accepted is
     not failed, even if waiting for its job timed out: it stays in flight.
+
+    A call that never reached the manager (``reached=False``: no bus) restarted
+    nothing: it is no restart for ``max_restarts`` (a storm of them would blame
+    the tenant for the bus), but the next attempt still waits for ``cooldown``.
     """
     drop = _flight_keys(history, action)
     in_flight = {k: v for k, v in history.in_flight.items() if k not in drop}
-    return replace(history, in_flight=_frozen(in_flight))
+    if reached:
+        return replace(history, in_flight=_frozen(in_flight))
+    times = list(history.actions_ns.get(action.unit, ()))
+    unreached = dict(history.unreached_ns)
+    if times:
+        unreached[action.unit] = times.pop()
+    actions_ns = dict(history.actions_ns)
+    actions_ns[action.unit] = tuple(times)
+    return replace(
+        history,
+        in_flight=_frozen(in_flight),
+        actions_ns=_frozen(actions_ns),
+        unreached_ns=_frozen(unreached),
+    )
 
 
 def action_cancelled(history: History, action: Action) -> History:
@@ -653,6 +675,9 @@ def _prune_actions(b: _Builder, config: Config, now: int) -> None:
                 table[unit] = recent
             else:
                 del table[unit]
+    for unit, at in list(b.unreached.items()):
+        if now - at >= config.daemon.cooldown_ns:
+            del b.unreached[unit]
 
 
 def _came_back(flight: InFlight, res: _Resource) -> int | None:
@@ -1028,8 +1053,10 @@ def _refusal(
             f"not acting on {unit}: it runs the MPS server, which holds GPU memory for its "
             f"clients (restarting it would kill them all); it {usage_text}"
         )
-    elif times and now - times[-1] < config.daemon.cooldown_ns:
-        left = config.daemon.cooldown_ns - (now - times[-1])
+    elif (last := _last_attempt(b, unit, times)) is not None and (
+        now - last < config.daemon.cooldown_ns
+    ):
+        left = config.daemon.cooldown_ns - (now - last)
         reason = "cooldown"
         text = (
             f"not acting on {unit}: in cooldown for {format_duration(left)} more; it {usage_text}"
@@ -1071,6 +1098,12 @@ def _refusal(
             **fields,
         )
     return reason
+
+
+def _last_attempt(b: _Builder, unit: str, times: tuple[int, ...]) -> int | None:
+    """The last action on ``unit``, or attempt that never reached the manager."""
+    attempts = [*times[-1:], *([b.unreached[unit]] if unit in b.unreached else [])]
+    return max(attempts) if attempts else None
 
 
 def _key_text(snapshot: Snapshot, key: str) -> str:
@@ -1153,6 +1186,7 @@ def _act(
             free_bytes=res.free_bytes,
             floor_bytes=res.floor_bytes,
             message=message,
+            fields=fields,
         )
     )
 

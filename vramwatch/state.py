@@ -85,6 +85,8 @@ class Restored:
     problem: str | None = None  # set when the file was corrupt or untrusted (then set aside)
     found: bool = False  # a state file existed
     newer: bool = False  # of a newer format than this version reads (then kept aside)
+    # The file could not be opened (permissions, I/O): nothing was read or set aside.
+    unavailable: bool = False
 
 
 class _Newer(Exception):
@@ -126,7 +128,8 @@ class StateStore:
         except OSError as exc:
             if exc.errno == errno.ELOOP:  # O_NOFOLLOW: a symlink planted in our directory
                 return self._set_aside("a symbolic link, not a file")
-            return Restored({}, f"{self.path}: cannot open: {exc.strerror or exc}", True)
+            why = f"{self.path}: cannot open: {exc.strerror or exc}"
+            return Restored({}, why, found=True, unavailable=True)
         try:
             info = os.fstat(fd)
             problem = self._untrusted(info)

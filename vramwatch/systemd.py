@@ -46,6 +46,8 @@ WAIT_SLICE_S = 0.2
 OWNER_WAIT_S = 5.0
 
 _METHODS = {Verb.RESTART: "RestartUnit", Verb.STOP: "StopUnit"}
+# The result of an action whose bus could not be reached: nothing was sent.
+CONNECT = "connect"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,9 @@ class JobOutcome:
     # systemd accepted the job (returned its path): it runs, or ran, even if waiting
     # for its result timed out or the bus dropped.
     accepted: bool = False
+    # The call reached the manager (False: "connect", the bus could not be reached, so
+    # nothing was sent): an attempt that never reached it is not a restart.
+    reached: bool = True
 
     def __post_init__(self) -> None:
         if self.ok and not self.accepted:
@@ -142,7 +147,7 @@ class SystemdClient:
             try:
                 self._conn = open_dbus_connection(bus_address(self.bus))
             except (OSError, KeyError, ValueError) as exc:
-                raise BusError("connect", f"cannot connect to the {self.bus} bus: {exc}") from None
+                raise BusError(CONNECT, f"cannot connect to the {self.bus} bus: {exc}") from None
         return self._conn
 
     def _call(
@@ -218,7 +223,12 @@ class SystemdClient:
             return self._act(unit, verb, should_stop, job_timeout_s, started)
         except BusError as exc:
             return JobOutcome(
-                False, exc.name, exc.detail, time.monotonic() - started, self._accepted
+                False,
+                exc.name,
+                exc.detail,
+                time.monotonic() - started,
+                self._accepted,
+                reached=exc.name != CONNECT,
             )
         except Exception as exc:  # noqa: BLE001 - a bug here must not kill the guard
             # The connection may be half-used: start the next action on a fresh one.
@@ -341,6 +351,14 @@ class SystemdClient:
                     raise BusError(
                         "disconnected", f"lost the bus waiting for the job: {exc}"
                     ) from None
+
+    def reachable(self) -> str | None:
+        """Why the manager cannot be reached on this bus now, or None when it can."""
+        try:
+            self._systemd_owner()
+        except BusError as exc:
+            return exc.detail
+        return None
 
     def unit_state(self, unit: str) -> UnitState:
         """Load state, active state, main PID, invocation and memory limits of a unit."""

@@ -343,12 +343,48 @@ ERRORS = [
     ("[daemon]\nmax_restarts = true", "daemon.max_restarts: expected an integer, got true"),
     ('[daemon]\nmax_restarts = "3"', 'daemon.max_restarts: expected an integer, got "3"'),
     ("[daemon]\nmax_restarts = 1.5", "daemon.max_restarts: expected an integer, got 1.5"),
-    ("[daemon]\ninterval = 2", "daemon.interval: expected a string, got 2"),
+    (
+        "[daemon]\ninterval = 2",
+        'daemon.interval: expected a string, got 2; write it as "2s"',
+    ),
     ("[daemon]\nbus = 1", "daemon.bus: expected a string, got 1"),
-    ("[gpu]\nmin_free_vram = 1024", "gpu.min_free_vram: expected a string, got 1024"),
+    (
+        "[gpu]\nmin_free_vram = 1024",
+        (
+            'gpu.min_free_vram: expected a string, got 1024; write it as "1024MiB" '
+            '(or a percentage such as "10%")'
+        ),
+    ),
     ("[gpu]\ngrace = false", "gpu.grace: expected a string, got false"),
     (tenant_toml(unit="5"), "tenant[0].unit: expected a string, got 5"),
-    (tenant_toml(unit='"a.service"', vram="3000"), "tenant[0].vram: expected a string, got 3000"),
+    (
+        tenant_toml(unit='"a.service"', vram="3000"),
+        'tenant[0].vram: expected a string, got 3000; write it as "3000MiB"',
+    ),
+    (
+        tenant_toml(unit='"a.service"', ram="1.5"),
+        'tenant[0].ram: expected a string, got 1.5; write it as "1.5MiB"',
+    ),
+    (
+        "[daemon]\nreclaim_timeout = 30",
+        'daemon.reclaim_timeout: expected a string, got 30; write it as "30s"',
+    ),
+    (
+        "[gpu]\nnvml_timeout = 3",
+        'gpu.nvml_timeout: expected a string, got 3; write it as "3s"',
+    ),
+    ("[daemon]\ninterval = inf", "daemon.interval: expected a string, got inf"),
+    (
+        '[hooks]\nafter_action = "/usr/local/bin/notify-ops"',
+        (
+            "hooks.after_action: expected a command as a list of strings such as "
+            '["/usr/bin/curl", "-fsS", URL], got "/usr/local/bin/notify-ops"'
+        ),
+    ),
+    (
+        '[[tenant]]\nunit = "a.service"\n[tenant.x]\n[tenant.x]',
+        "not valid TOML: Cannot declare [tenant.x] twice (at line 4, column 10)",
+    ),
     (
         tenant_toml(unit='"a.service"', protected='"true"'),
         'tenant[0].protected: expected true or false, got "true"',
@@ -522,15 +558,17 @@ ERRORS = [
     ),
     (tenant_toml(unit='"@x.service"'), 'tenant[0].unit: "@x.service" is not a valid unit name'),
     (tenant_toml(unit='"x.@1.service"'), 'tenant[0].unit: "x.@1.service" is not a valid unit name'),
-    # not TOML
+    # not TOML; its keys in TOML's words, not Python's ('daemon',)
+    ("[daemon]\n[daemon]", "not valid TOML: Cannot declare [daemon] twice (at line 2, column 8)"),
+    (
+        'a = [1]\n["x y".z]\n["x y".z]',
+        'not valid TOML: Cannot declare ["x y".z] twice (at line 3, column 9)',
+    ),
+    ("a = [1]\n[[a]]", "not valid TOML: Cannot mutate immutable namespace a (at line 2, column 4)"),
     ("a = = 1", "not valid TOML: Invalid value (at line 1, column 5)"),
     (
         "[daemon",
         "not valid TOML: Expected ']' at the end of a table declaration (at end of document)",
-    ),
-    (
-        "[daemon]\n[daemon]",
-        "not valid TOML: Cannot declare ('daemon',) twice (at line 2, column 8)",
     ),
 ]
 

@@ -139,6 +139,22 @@ def test_each_engine_failure_is_an_outcome_that_says_whether_anything_was_done(
     assert False is outcome.ok
 
 
+def test_an_unreachable_engine_api_reached_nothing_so_it_is_no_restart() -> None:
+    """Before: it counted toward max_restarts, so a down dockerd made a restart storm."""
+    engine = ScriptedEngine("unix:///run/docker.sock")
+    engine.fail = {"list": EngineError(containers.UNREACHABLE, "cannot reach the Engine API")}
+    refused = ScriptedEngine("unix:///run/docker.sock")
+    refused.fail = {ML1.id: EngineError(containers.API_ERROR, "answered 500")}
+
+    outcomes = [
+        actuator(e).act("compose:immich/ml", Verb.RESTART, never) for e in (engine, refused)
+    ]
+
+    assert [("unreachable", False), ("api_error", True)] == [
+        (o.result, o.reached) for o in outcomes
+    ]
+
+
 def test_a_service_with_no_running_container_is_no_such_container() -> None:
     engine = ScriptedEngine("unix:///run/docker.sock")
     engine.service_members = []

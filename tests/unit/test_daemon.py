@@ -208,7 +208,8 @@ def test_reload_with_a_broken_config_keeps_the_old_one(tmp_path: Path) -> None:
     rejected = events(out)[-1]
     assert "config_rejected" == rejected["event"]
     assert (
-        f"{tmp_path}/vramwatch.toml: daemon.interval: expected a string, got 2" == rejected["error"]
+        f'{tmp_path}/vramwatch.toml: daemon.interval: expected a string, got 2; write it as "2s"'
+        == rejected["error"]
     )
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import socket
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,24 @@ class Journal:
 
 
 @pytest.fixture
-def fake_journal(monkeypatch: pytest.MonkeyPatch) -> Journal:
+def short_dir() -> Iterator[Path]:
+    """A directory for a socket: tmp_path can exceed sun_path's 108 bytes."""
+    with tempfile.TemporaryDirectory(prefix="vw-") as name:
+        yield Path(name)
+
+
+@pytest.fixture
+def journald_socket(short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A socket where journald's would be (only its presence is looked at)."""
+    path = short_dir / "socket"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        monkeypatch.setattr(events_module, "JOURNAL_SOCKET", str(path))
+        yield path
+
+
+@pytest.fixture
+def fake_journal(monkeypatch: pytest.MonkeyPatch, journald_socket: Path) -> Journal:
     fake = Journal()
     monkeypatch.setattr(events_module, "journal_sender", lambda: fake.send)
     return fake
@@ -88,6 +108,55 @@ def test_log_target_journal_without_systemd_python_logs_to_stderr_and_says_why(
         ("started", "vramwatch started"),
     ] == [(e["event"], e["message"]) for e in lines(out)]
     assert "stderr" == log.target
+
+
+def test_log_target_journal_without_journald_falls_back_to_stderr_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: sd_journal_sendv reports a missing socket (ENOENT) as success, so every
+    event was dropped silently. The real sender is used: only the socket is missing."""
+    pytest.importorskip("systemd._journal")
+    missing = tmp_path / "no-journald" / "socket"
+    monkeypatch.setattr(events_module, "JOURNAL_SOCKET", str(missing), raising=False)
+    out = io.StringIO()
+
+    log = EventLog("journal", "json", stream=out)
+    log.say("started", "info", "vramwatch started")
+    log.say("floor_breached", "warning", "GPU 0 free 1 GiB < floor 2 GiB", gpu=0)
+
+    assert [
+        (
+            "log_fallback",
+            (
+                f"cannot log to the journal (journald is not listening: no socket {missing}); "
+                "writing to stderr until it works again"
+            ),
+        ),
+        ("started", "vramwatch started"),
+        ("floor_breached", "GPU 0 free 1 GiB < floor 2 GiB"),
+    ] == [(e["event"], e["message"]) for e in lines(out)]
+
+
+def test_journald_coming_back_is_used_again_and_said(
+    short_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = Journal()
+    fake.error = None
+    monkeypatch.setattr(events_module, "journal_sender", lambda: fake.send)
+    path = short_dir / "socket"
+    monkeypatch.setattr(events_module, "JOURNAL_SOCKET", str(path))
+    out = io.StringIO()
+    log = EventLog("journal", "json", stream=out)
+
+    log.say("started", "info", "vramwatch started")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        log.say("floor_breached", "warning", "GPU 0 free 1 GiB < floor 2 GiB", gpu=0)
+
+    assert (["log_fallback", "started"], ["floor_breached", "log_recovered"]) == (
+        [e["event"] for e in lines(out)],
+        [f["VRAMWATCH_EVENT"] for f in fake.sent],
+    )
 
 
 class Broken(io.StringIO):

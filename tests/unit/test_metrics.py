@@ -610,3 +610,24 @@ def test_the_loop_feeds_gauges_breaches_and_the_restart_counter(tmp_path: Path) 
         m, "vramwatch_actions_total", tenant="immich-ml.service", action="restart", result="done"
     )
     assert 1 == value(m, "vramwatch_floor_breaches_total", resource="vram", gpu="0")
+
+
+def test_trend_metrics_label_the_tenant_tenant_as_every_tenant_metric_does() -> None:
+    """Before: the two trend families said ``unit`` where every other tenant metric says
+    ``tenant``, so one PromQL join or dashboard variable could not cover both."""
+    from vramwatch.trend import Estimate
+
+    m = metrics()
+    m.observe_trends(
+        [Estimate("compose:ml/worker", "ram", 1000.0, 4 * GIB, 6 * GIB, 2 * GIB / 1000.0)]
+    )
+
+    assert (1000.0, 2 * GIB / 1000.0) == (
+        value(
+            m,
+            "vramwatch_tenant_growth_bytes_per_second",
+            tenant="compose:ml/worker",
+            resource="ram",
+        ),
+        value(m, "vramwatch_tenant_seconds_to_budget", tenant="compose:ml/worker", resource="ram"),
+    )

@@ -90,3 +90,22 @@ def test_cli_exits_78_on_an_invalid_config(
 
     assert 78 == rc
     assert "" == capsys.readouterr().out
+
+
+def test_cli_refuses_a_config_run_would_refuse(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: polkit-rule printed a privilege-granting rule from a group-writable config
+    that run and check refuse."""
+    tmp_path.chmod(0o755)
+    path = tmp_path / "v.toml"
+    path.write_text('[[tenant]]\nunit = "a.service"\n')
+    path.chmod(0o664)
+
+    rc = main(["polkit-rule", "-c", str(path)])
+
+    refusal = (
+        f"vramwatch: {path}: refusing an untrusted config: the file is writable by group "
+        "(mode 0664); run chmod go-w on it\n"
+    )
+    assert (78, "", refusal) == (rc, *capsys.readouterr())

@@ -285,3 +285,33 @@ def test_a_dry_run_does_not_persist_would_restart(tmp_path: Path) -> None:
 
     assert before == sorted(p.name for p in state_dir.iterdir())
     assert {} == json.loads((state_dir / FILE_NAME).read_text())["units"]
+
+
+def test_a_state_directory_vramwatch_may_not_open_is_unavailable_not_corrupt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: EACCES on opening state.json was logged as state_corrupt (an error about a
+    damaged file) although nothing was read or set aside; it is state_unavailable, once."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir(mode=0o700)
+    real_open = os.open
+
+    def no_entry(path: object, *args: object, **kwargs: object) -> int:
+        if str(path).startswith(str(state_dir)):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", no_entry)  # as for a vramwatch user without access
+    clock = [100 * S]
+
+    d, out = daemon(tmp_path, state_dir, clock)
+    clock[0] += S
+    d.tick()  # acts, so it saves again: that failure is the same, and not said twice
+
+    entries = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert ["state_unavailable", "floor_breached", "restart"] == [e["event"] for e in entries]
+    expected = (
+        f"{state_dir / FILE_NAME}: cannot open: Permission denied; the restart history was "
+        "not restored and will not survive a restart of vramwatch"
+    )
+    assert ("warning", expected) == (entries[0]["level"], entries[0]["message"])

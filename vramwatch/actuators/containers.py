@@ -21,6 +21,7 @@ from vramwatch.sources.containers import (
     OK,
     READ_TIMEOUT_S,
     TIMEOUT,
+    UNREACHABLE,
     Engine,
     EngineError,
 )
@@ -51,7 +52,14 @@ class ContainerActuator:
             members, others = _members(engine, ident, keys)
         except EngineError as exc:
             engine.close()
-            return JobOutcome(False, exc.outcome, exc.detail, time.monotonic() - started)
+            # Nothing was asked of any container yet: an unreachable API restarted nothing.
+            return JobOutcome(
+                False,
+                exc.outcome,
+                exc.detail,
+                time.monotonic() - started,
+                reached=exc.outcome != UNREACHABLE,
+            )
         if not members:
             engine.close()
             return JobOutcome(
