@@ -1,0 +1,45 @@
+"""README.md and docs/*.md against the program and the package (issue 23).
+
+Each test reads what a document tells a user to run or to expect and checks it
+against what the program, scripts/bootstrap, debian/ or pyproject.toml
+actually do: a sentence that stops being true fails here, not on a new
+user's machine. The commands themselves are run verbatim on booted Debian
+systems in tests/system.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tests.unit.test_bootstrap import fresh_machine_packages
+
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+INSTALL = ROOT / "docs" / "install.md"
+
+
+def section(path: Path, heading: str) -> str:
+    """The text under ``heading`` (a Markdown heading line, without its #s) up to the
+    next heading of the same or a higher level."""
+    text = path.read_text()
+    match = re.search(rf"^(#+) {re.escape(heading)}\n", text, re.M)
+    assert match, f"{path.name}: no heading {heading!r}"
+    level = len(match.group(1))
+    rest = text[match.end() :]
+    end = re.search(rf"^#{{1,{level}}} ", rest, re.M)
+    return rest[: end.start()] if end else rest
+
+
+def sh_blocks(text: str) -> list[str]:
+    return re.findall(r"```sh\n(.*?)```", text, re.S)
+
+
+def test_readme_names_every_package_bootstrap_installs(tmp_path: Path) -> None:
+    """Item 23: "Try it" lists what ./scripts/demo and ./scripts/test put on the host."""
+    installed = fresh_machine_packages(tmp_path)
+    try_it = section(README, "Try it on a fresh machine (Debian 12, as root)")
+
+    assert {"docker.io", "podman", "debootstrap", "gcc"} <= set(installed)
+    assert [] == [p for p in installed if f"`{p}`" not in try_it]
+    assert "a Docker Engine and Podman" in try_it
