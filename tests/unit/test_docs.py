@@ -43,3 +43,30 @@ def test_readme_names_every_package_bootstrap_installs(tmp_path: Path) -> None:
     assert {"docker.io", "podman", "debootstrap", "gcc"} <= set(installed)
     assert [] == [p for p in installed if f"`{p}`" not in try_it]
     assert "a Docker Engine and Podman" in try_it
+
+
+def apt_line(block: str) -> set[str]:
+    """The packages of the block's `apt-get install -y ...` line (continued lines joined)."""
+    joined = block.replace("\\\n", " ")
+    (line,) = [x for x in joined.splitlines() if re.search(r"\bapt(-get)? install -y ", x)]
+    words = line.split("#")[0].split()
+    return {w for w in words[words.index("-y") + 1 :] if not w.startswith("-")}
+
+
+def bootstrap_array(name: str) -> set[str]:
+    text = (ROOT / "scripts" / "bootstrap").read_text()
+    match = re.search(rf"^{name}=\(([^)]*)\)", text, re.M)
+    assert match, f"scripts/bootstrap: no {name}=(...)"
+    return set(match.group(1).split())
+
+
+def test_the_pip_paths_apt_lines_install_what_building_systemd_python_needs() -> None:
+    """Item 2: without python3-dev, pip install '.[journal]' stops at Python.h."""
+    needed = bootstrap_array("pip_build") | {"libsystemd-dev"}
+    readme = sh_blocks(section(README, "Install with pip"))[0]
+    install = sh_blocks(section(INSTALL, "With pip"))[0]
+
+    assert {"python3-dev", "gcc"} <= needed
+    assert "'.[journal]'" in readme and "'.[journal]'" in install
+    assert set() == needed - apt_line(readme)
+    assert set() == needed - apt_line(install)
