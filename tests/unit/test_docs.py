@@ -70,3 +70,43 @@ def test_the_pip_paths_apt_lines_install_what_building_systemd_python_needs() ->
     assert "'.[journal]'" in readme and "'.[journal]'" in install
     assert set() == needed - apt_line(readme)
     assert set() == needed - apt_line(install)
+
+
+def build_depends() -> set[str]:
+    """debian/control's Build-Depends as apt package names, and build-essential, which
+    dpkg-buildpackage assumes (dpkg-checkbuilddeps: "Unmet build dependencies")."""
+    control = (ROOT / "debian" / "control").read_text()
+    match = re.search(r"^Build-Depends:(.*?)^\S", control, re.S | re.M)
+    assert match
+    names = {d.strip().split()[0] for d in match.group(1).split(",") if d.strip()}
+    return {"debhelper" if n == "debhelper-compat" else n for n in names} | {"build-essential"}
+
+
+def package_version() -> str:
+    first = (ROOT / "debian" / "changelog").read_text().splitlines()[0]
+    match = re.match(r"vramwatch \(([^)]+)\)", first)
+    assert match
+    return match.group(1)
+
+
+def test_readme_builds_the_package_with_its_build_dependencies_and_installs_it() -> None:
+    """Item 3: a fresh machine stopped at "Unmet build dependencies", and then apt
+    looked for the .deb in the current directory; dpkg-buildpackage writes it to ..."""
+    (block,) = sh_blocks(section(README, "Install as a service"))
+    lines = block.replace("\\\n", " ").splitlines()
+    build = next(i for i, x in enumerate(lines) if "dpkg-buildpackage" in x)
+    install = next(i for i, x in enumerate(lines) if re.search(r"\bapt install ", x))
+    deb = f"vramwatch_{package_version()}_all.deb"
+
+    assert set() == build_depends() - apt_line(block)
+    assert build < install
+    assert [] == [x for x in lines[build:install] if re.match(r"\s*(sudo )?cd ", x)]
+    assert f"apt install ../{deb} " in lines[install] + " "
+    assert f"writes ../{deb}" in lines[build]
+
+
+def test_install_md_builds_with_the_build_dependencies() -> None:
+    block = sh_blocks(section(INSTALL, "From the Debian package (recommended)"))[0]
+
+    assert "dpkg-buildpackage" in block
+    assert set() == build_depends() - apt_line(block)
