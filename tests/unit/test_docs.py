@@ -110,3 +110,33 @@ def test_install_md_builds_with_the_build_dependencies() -> None:
 
     assert "dpkg-buildpackage" in block
     assert set() == build_depends() - apt_line(block)
+
+
+DROP_IN_DIR = "/etc/systemd/system/vramwatch.service.d"
+
+
+def writes_into_drop_in_dir_without_making_it(block: str) -> list[str]:
+    """Commands that copy or write a file into the drop-in directory before anything
+    in the same block made it (``mkdir -p`` earlier, or ``install -D`` itself)."""
+    made = False
+    bad = []
+    for line in block.replace("\\\n", " ").splitlines():
+        command = line.split("#")[0]
+        if re.search(rf"\bmkdir -p {re.escape(DROP_IN_DIR)}\b", command):
+            made = True
+        writes = re.search(rf"\b(cp|tee|install)\b.*{re.escape(DROP_IN_DIR)}/", command)
+        if writes and not made and "install -D" not in command:
+            bad.append(command.strip())
+    return bad
+
+
+def test_every_block_that_installs_a_drop_in_makes_its_directory() -> None:
+    """Item 4: docs/install.md sections 4 to 6 copied drop-ins into a directory that
+    only the optional section 3 creates; each block must stand alone."""
+    blocks = sh_blocks(README.read_text()) + sh_blocks(INSTALL.read_text())
+    with_drop_ins = [b for b in blocks if f"{DROP_IN_DIR}/" in b]
+
+    assert len(with_drop_ins) >= 5
+    assert [] == [
+        bad for b in with_drop_ins for bad in writes_into_drop_in_dir_without_making_it(b)
+    ]
