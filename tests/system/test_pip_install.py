@@ -76,12 +76,16 @@ def test_the_documented_pip_install_runs_the_service(system: Machine) -> None:
     if HOST_CA.exists():
         env["PIP_CERT"] = HOST_CA_INSIDE
     m.run("bash", "-c", script, timeout=900, env=env)
-    unit = show(m, "vramwatch", "UnitFileState", "FragmentPath")
+    unit = show(m, "vramwatch", "UnitFileState", "FragmentPath", "ExecStart")
+    usr_bin = m.run("ls", "/usr/bin/vramwatch", check=False)
 
     assert ("enabled", "/etc/systemd/system/vramwatch.service") == (
         unit["UnitFileState"],
         unit["FragmentPath"],
     )
+    # The pip.conf drop-in runs the link in /usr/local/bin; /usr/bin is dpkg's.
+    assert "argv[]=/usr/local/bin/vramwatch run " in unit["ExecStart"]
+    assert 0 != usr_bin.returncode
 
 
 def test_a_breach_restarts_the_over_budget_tenant(system: Machine) -> None:

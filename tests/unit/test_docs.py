@@ -140,3 +140,46 @@ def test_every_block_that_installs_a_drop_in_makes_its_directory() -> None:
     assert [] == [
         bad for b in with_drop_ins for bad in writes_into_drop_in_dir_without_making_it(b)
     ]
+
+
+def doc_blocks() -> list[str]:
+    """Every sh block of the README and docs/*.md (docs/reliability.md and
+    benchmarks.md run no installation, but are read too)."""
+    paths = [README, *sorted((ROOT / "docs").glob("*.md"))]
+    return [b.replace("\\\n", " ") for p in paths for b in sh_blocks(p.read_text())]
+
+
+def unit_exec_start() -> list[str]:
+    unit = (ROOT / "packaging" / "systemd" / "vramwatch.service").read_text()
+    return re.findall(r"^ExecStart=(.*)$", unit, re.M)
+
+
+def test_no_document_writes_into_usr_bin() -> None:
+    """Item 17: /usr/bin belongs to dpkg (the .deb's /usr/bin/vramwatch)."""
+    writes = [
+        line.strip()
+        for block in doc_blocks()
+        for line in block.splitlines()
+        if re.search(r"\b(ln|cp|install|mv|tee)\b[^#]*\s/usr/bin/\S*\s*(#|$)", line)
+    ]
+
+    assert [] == writes
+
+
+def test_readme_and_install_md_link_the_command_to_the_same_place_the_unit_runs() -> None:
+    """Item 17: README linked /usr/local/bin/vramwatch, install.md /usr/bin/vramwatch;
+    the pip unit runs the link through an ExecStart= drop-in."""
+    readme = sh_blocks(section(README, "Install with pip"))[0]
+    install = sh_blocks(section(INSTALL, "With pip"))[0].replace("\\\n", " ")
+    links = [re.findall(r"\bln -s (\S+) (\S+)", b) for b in (readme, install)]
+    drop_in = re.search(r"printf '([^']*ExecStart=[^']*)'.*\btee (\S+)", install.replace("\n", " "))
+    assert drop_in, "docs/install.md's pip block writes no ExecStart= drop-in"
+    exec_start = re.findall(r"^ExecStart=(.*)$", drop_in.group(1).replace("\\n", "\n"), re.M)
+
+    assert [("/opt/vramwatch/bin/vramwatch", "/usr/local/bin/vramwatch")] * 2 == [
+        *links[0],
+        *links[1],
+    ]
+    assert ["/usr/bin/vramwatch run"] == unit_exec_start()
+    assert ["", "/usr/local/bin/vramwatch run"] == exec_start
+    assert drop_in.group(2).startswith(f"{DROP_IN_DIR}/")
