@@ -10,9 +10,14 @@ systems in tests/system.
 from __future__ import annotations
 
 import re
+import socket
+import sys
 from pathlib import Path
 
+import pytest
+
 from tests.unit.test_bootstrap import fresh_machine_packages
+from vramwatch.systemd import notify
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -183,3 +188,41 @@ def test_readme_and_install_md_link_the_command_to_the_same_place_the_unit_runs(
     assert ["/usr/bin/vramwatch run"] == unit_exec_start()
     assert ["", "/usr/local/bin/vramwatch run"] == exec_start
     assert drop_in.group(2).startswith(f"{DROP_IN_DIR}/")
+
+
+def sentences(*paths: Path) -> list[str]:
+    """Each document's paragraphs and code blocks as sentences (lines joined, markup kept)."""
+    out = []
+    for path in paths:
+        for para in re.split(r"\n\s*\n|```", path.read_text()):
+            out += re.split(r"(?<=\.)\s+(?=[A-Z`(])", re.sub(r"\s+", " ", para).strip())
+    return out
+
+
+def test_no_document_says_the_service_needs_systemd_python_to_become_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Item 10: docs/install.md said READY=1 needs systemd-python; the program sends
+    it without (sd_notify's datagram), as the README says."""
+    monkeypatch.setitem(sys.modules, "systemd", None)  # import systemd -> ImportError
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(tmp_path / "notify"))
+        server.settimeout(1)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+        sent = notify("READY=1")
+        received = server.recv(64)
+    library = re.compile(r"systemd-python|python3-systemd|`journal`\s+extra|journal = ")
+    readiness = re.compile(r"READY=1|ready|sd_notify|Type=notify|start timeout|under systemd")
+    claims = [
+        s
+        for s in sentences(README, *sorted((ROOT / "docs").glob("*.md")))
+        if library.search(s) and readiness.search(s)
+    ]
+
+    assert (True, b"READY=1") == (sent, received)
+    assert len(claims) >= 2  # README and docs/install.md both say what the extra is for
+    assert [] == [
+        s
+        for s in claims
+        if re.search(r"never becomes ready|cannot send|required under systemd|kills it", s)
+    ]
