@@ -179,7 +179,7 @@ def _replay_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     replay.add_argument("--to", dest="end", metavar="TIME", help="ISO time to stop at")
     replay.add_argument("--json", action="store_true", help="one JSON object per line")
     replay.add_argument(
-        "--plot", metavar="OUT", help="draw the trace to OUT.png or OUT.svg (vramwatch[plot])"
+        "--plot", metavar="OUT", help="draw the trace to OUT.png or OUT.svg (the plot extra)"
     )
 
 

@@ -226,3 +226,15 @@ def test_no_document_says_the_service_needs_systemd_python_to_become_ready(
         for s in claims
         if re.search(r"never becomes ready|cannot send|required under systemd|kills it", s)
     ]
+
+
+def test_no_document_sends_users_to_pypi_for_an_extra() -> None:
+    """Item 18: vramwatch is installed from its source tree; 'vramwatch[plot]' would
+    be whatever PyPI has under that name."""
+    paths = [README, *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "man").iterdir())]
+    pypi = re.compile(r"pip install\s+['\"]?vramwatch\[")
+    found = [(p.name, m.group(0)) for p in paths for m in pypi.finditer(p.read_text())]
+
+    assert [] == found
+    assert "pip install '.[plot]'" in README.read_text()
+    assert "pip install '.[containers]'" in INSTALL.read_text()
