@@ -238,3 +238,19 @@ def test_no_document_sends_users_to_pypi_for_an_extra() -> None:
     assert [] == found
     assert "pip install '.[plot]'" in README.read_text()
     assert "pip install '.[containers]'" in INSTALL.read_text()
+
+
+def test_install_md_installs_every_drop_in_the_package_ships() -> None:
+    """Item 19 and the rest: each packaging/systemd drop-in has its section, with the
+    command that installs it where systemd reads it."""
+    drop_ins = sorted(p.name for p in (ROOT / "packaging" / "systemd").glob("*.conf"))
+    blocks = [b.replace("\\\n", " ") for b in sh_blocks(INSTALL.read_text())]
+    installed = {
+        name
+        for name in drop_ins
+        for b in blocks
+        if re.search(rf"/usr/share/vramwatch/systemd/{re.escape(name)}\s+{DROP_IN_DIR}/", b)
+    }
+
+    assert "hooks-network.conf" in drop_ins
+    assert drop_ins == sorted(installed)
