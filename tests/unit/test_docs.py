@@ -12,11 +12,16 @@ from __future__ import annotations
 import re
 import socket
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from tests.unit.builders import S, one_gpu
 from tests.unit.test_bootstrap import fresh_machine_packages
+from vramwatch import policy
+from vramwatch.config import parse
+from vramwatch.events import MESSAGE_IDS
 from vramwatch.systemd import notify
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -254,3 +259,28 @@ def test_install_md_installs_every_drop_in_the_package_ships() -> None:
 
     assert "hooks-network.conf" in drop_ins
     assert drop_ins == sorted(installed)
+
+
+def prose_sentences(text: str) -> list[str]:
+    """roff or catalog text as sentences: requests and font escapes dropped."""
+    plain = re.sub(r"\\f[BIRP]|^\.\w+ ", "", text, flags=re.M).replace("\\-", "-")
+    return re.split(r"(?<=\.)\s", " ".join(plain.split()))
+
+
+def test_the_man_page_and_catalog_name_the_event_a_lost_gpu_logs() -> None:
+    """Item 20: vramwatch(8) and the catalog said a lost GPU is a sampling_error."""
+    config = parse("")
+    healthy = one_gpu(0)
+    lost_gpu = replace(one_gpu(2 * S, error="GPU_IS_LOST: GPU is lost").gpus[0], lost=True)
+    first = policy.decide(config, healthy, policy.History())
+    lost = policy.decide(config, replace(healthy, now_ns=2 * S, gpus=(lost_gpu,)), first.history)
+    (logged,) = {e.name for e in lost.events if e.level == "error"}
+    page = prose_sentences((ROOT / "man" / "vramwatch.8").read_text())
+    catalog = (ROOT / "packaging" / "journald" / "vramwatch.catalog").read_text()
+    entry = catalog.split(f"-- {MESSAGE_IDS['sampling_error']}\n")[1].split("\n-- ")[0]
+    about_lost = [s for s in page if "fell off the bus" in s]
+    about_lost += [s for s in prose_sentences(entry) if "GPU_IS_LOST" in s]
+
+    assert "gpu_lost" == logged
+    assert len(about_lost) >= 2
+    assert [] == [s for s in about_lost if logged not in s]
