@@ -9,6 +9,7 @@ systems in tests/system.
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import sys
@@ -20,6 +21,7 @@ import pytest
 from tests.unit.builders import S, one_gpu
 from tests.unit.test_bootstrap import fresh_machine_packages
 from vramwatch import policy
+from vramwatch.cli import main
 from vramwatch.config import parse
 from vramwatch.events import MESSAGE_IDS
 from vramwatch.systemd import notify
@@ -195,13 +197,16 @@ def test_readme_and_install_md_link_the_command_to_the_same_place_the_unit_runs(
     assert drop_in.group(2).startswith(f"{DROP_IN_DIR}/")
 
 
-def sentences(*paths: Path) -> list[str]:
-    """Each document's paragraphs and code blocks as sentences (lines joined, markup kept)."""
+def sentences_of(text: str) -> list[str]:
+    """Markdown's paragraphs and code blocks as sentences (lines joined, markup kept)."""
     out = []
-    for path in paths:
-        for para in re.split(r"\n\s*\n|```", path.read_text()):
-            out += re.split(r"(?<=\.)\s+(?=[A-Z`(])", re.sub(r"\s+", " ", para).strip())
+    for para in re.split(r"\n\s*\n|```", text):
+        out += re.split(r"(?<=\.)\s+(?=[A-Z`(])", re.sub(r"\s+", " ", para).strip())
     return out
+
+
+def sentences(*paths: Path) -> list[str]:
+    return [s for path in paths for s in sentences_of(path.read_text())]
 
 
 def test_no_document_says_the_service_needs_systemd_python_to_become_ready(
@@ -284,3 +289,32 @@ def test_the_man_page_and_catalog_name_the_event_a_lost_gpu_logs() -> None:
     assert "gpu_lost" == logged
     assert len(about_lost) >= 2
     assert [] == [s for s in about_lost if logged not in s]
+
+
+def test_readme_warns_what_a_dry_run_trace_replayed_enforcing_shows(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Item 21: after the first action, replaying a dry-run trace with an enforcing
+    config logs entries that are artefacts of the recording (the memory never came
+    back); the README's "reproduces the journal" must say so, naming them."""
+    incidents = ROOT / "examples" / "incidents"
+    trace = incidents / "arena.jsonl.gz"
+    config = incidents / "arena.toml"
+    recorded = [json.loads(x) for x in replay_json(capsys, str(trace))]
+    enforcing = [json.loads(x) for x in replay_json(capsys, str(trace), "-c", str(config))]
+    events = [o.get("event") for o in enforcing if "event" in o]
+    first = events.index("restart")
+    recovered = events.index("floor_recovered", first)
+    after = sorted(set(events[first + 1 : recovered]))
+    replay = section(README, "Record, replay and see")
+    caveat = [s for s in sentences_of(replay) if "dry run" in s and "enforcing" in s]
+
+    assert "would_restart" in [o.get("event") for o in recorded]  # a dry-run trace
+    assert "not_reclaimed" in after
+    assert caveat, "README: no caveat on replaying a dry-run trace with an enforcing config"
+    assert [] == [e for e in after if not any(f"`{e}`" in s for s in caveat)]
+
+
+def replay_json(capsys: pytest.CaptureFixture[str], *argv: str) -> list[str]:
+    assert 0 == main(["replay", *argv, "--json"])
+    return capsys.readouterr().out.splitlines()
