@@ -234,8 +234,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     warnings = floor_warnings(config, [g.total_bytes for g in gpus], _mem_total())
     print(
-        f"{path}: valid: {len(config.tenants)} tenants, bus {config.daemon.bus}"
-        + (", dry run" if config.daemon.dry_run else "")
+        f"{path}: valid: {len(config.tenants)} tenant{'' if len(config.tenants) == 1 else 's'}, "
+        f"bus {config.daemon.bus}" + (", dry run" if config.daemon.dry_run else "")
     )
     if nvml_error:
         print(f"vramwatch: note: {nvml_error}", file=sys.stderr)
