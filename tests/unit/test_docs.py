@@ -318,3 +318,25 @@ def test_readme_warns_what_a_dry_run_trace_replayed_enforcing_shows(
 def replay_json(capsys: pytest.CaptureFixture[str], *argv: str) -> list[str]:
     assert 0 == main(["replay", *argv, "--json"])
     return capsys.readouterr().out.splitlines()
+
+
+def test_readme_layout_names_every_module() -> None:
+    """The layout missed commands, sink, tenants, trend and sources/worker (issue 23)."""
+    layout = section(README, "Layout")
+    package = ROOT / "vramwatch"
+    modules = [
+        p.relative_to(package).as_posix() for p in package.rglob("*.py") if p.name != "__init__.py"
+    ]
+
+    def named(rel: str) -> bool:
+        directory, _, name = rel.rpartition("/")
+        if not directory:
+            return re.search(rf"(?<![\w/]){re.escape(name)}\b", layout) is not None
+        lines = [x for x in layout.splitlines() if x.strip().startswith(f"{directory}/")]
+        return rel in layout or any(name in x for x in lines)
+
+    test_dirs = sorted(p.name for p in (ROOT / "tests").iterdir() if (p / "__init__.py").exists())
+
+    assert {"policy.py", "sources/nvml.py", "actuators/containers.py"} <= set(modules)
+    assert [] == sorted(m for m in modules if not named(m))
+    assert [] == [d for d in test_dirs if not re.search(rf"^  {d}/ ", layout, re.M)]
