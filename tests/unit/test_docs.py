@@ -22,7 +22,7 @@ from tests.unit.builders import S, one_gpu
 from tests.unit.test_bootstrap import fresh_machine_packages
 from vramwatch import policy
 from vramwatch.cli import main
-from vramwatch.config import parse
+from vramwatch.config import ConfigError, parse
 from vramwatch.events import MESSAGE_IDS
 from vramwatch.systemd import notify
 
@@ -340,3 +340,31 @@ def test_readme_layout_names_every_module() -> None:
     assert {"policy.py", "sources/nvml.py", "actuators/containers.py"} <= set(modules)
     assert [] == sorted(m for m in modules if not named(m))
     assert [] == [d for d in test_dirs if not re.search(rf"^  {d}/ ", layout, re.M)]
+
+
+def test_every_toml_block_in_the_docs_is_a_valid_config() -> None:
+    """What a reader copies into /etc/vramwatch.toml: `vramwatch check` accepts it."""
+    paths = [README, *sorted((ROOT / "docs").glob("*.md"))]
+    blocks = [
+        (p.name, b) for p in paths for b in re.findall(r"```toml\n(.*?)```", p.read_text(), re.S)
+    ]
+    page = (ROOT / "man" / "vramwatch.toml.5").read_text()
+    examples = re.findall(r"^\.EX\n(.*?)^\.EE", section_roff(page, "EXAMPLES"), re.M | re.S)
+    blocks += [("vramwatch.toml.5", unroff(b)) for b in examples]
+    problems = []
+    for name, block in blocks:
+        try:
+            parse(block, name)
+        except ConfigError as exc:
+            problems.append(str(exc))
+
+    assert len(blocks) >= 3
+    assert [] == problems
+
+
+def section_roff(page: str, name: str) -> str:
+    return page.split(f"\n.SH {name}\n", 1)[1].split("\n.SH ", 1)[0]
+
+
+def unroff(text: str) -> str:
+    return text.replace("\\-", "-").replace("\\(dq", '"').replace("\\(aq", "'")
