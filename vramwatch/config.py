@@ -705,11 +705,29 @@ def parse(text: str, path: Path | str = "<config>") -> Config:
         raise ConfigError(path, None, UNEXPECTED.format(error=repr(exc))) from None
 
 
+# tomllib names a table by its Python tuple: "Cannot declare ('daemon',) twice".
+_KEY_TUPLE = re.compile(r"\(('[^'\\]*'(?:, '[^'\\]*')*),?\)")
+
+
+def _toml_words(message: str) -> str:
+    """tomllib's message with each table key written as in the file: [daemon], [a.b]."""
+
+    def table(match: re.Match[str]) -> str:
+        keys = [k[1:-1] for k in re.findall(r"'[^']*'", match.group(1))]
+        return (
+            "["
+            + ".".join(k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else f'"{k}"' for k in keys)
+            + "]"
+        )
+
+    return _KEY_TUPLE.sub(table, message)
+
+
 def _parse(text: str, path: Path) -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, None, f"not valid TOML: {exc}") from None
+        raise ConfigError(path, None, f"not valid TOML: {_toml_words(str(exc))}") from None
     except RecursionError:
         raise ConfigError(path, None, "not valid TOML: nested too deeply") from None
     root = _Table(path, "", data)

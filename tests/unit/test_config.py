@@ -530,7 +530,7 @@ ERRORS = [
     ),
     (
         "[daemon]\n[daemon]",
-        "not valid TOML: Cannot declare ('daemon',) twice (at line 2, column 8)",
+        "not valid TOML: Cannot declare [daemon] twice (at line 2, column 8)",
     ),
 ]
 
