@@ -9,14 +9,13 @@ system manager, explained by `journalctl -x`.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.docs import INSTALL, steps
 from tests.fakenvml import mib
-from tests.packaging.conftest import ROOT
 from tests.packaging.debbuild import source_copy
 from tests.system.conftest import boot
 from tests.system.machine import BY_VERSION, Machine
@@ -42,11 +41,7 @@ HOST_CA_INSIDE = "/mnt/vramwatch-host-ca/ca-certificates.crt"
 
 def pip_steps() -> str:
     """The commands of docs/install.md's "With pip" block, as root runs them."""
-    doc = (ROOT / "docs/install.md").read_text()
-    section = doc.split("### With pip", 1)[1]
-    block = re.search(r"```sh\n(.*?)```", section, re.S)
-    assert block, "docs/install.md: no sh block under '### With pip'"
-    return re.sub(r"\bsudo ", "", block.group(1))
+    return steps(INSTALL, "With pip")
 
 
 @pytest.fixture(scope="module", params=BY_VERSION)

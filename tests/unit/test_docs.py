@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.docs import INSTALL, README, ROOT, section, sh_blocks
 from tests.unit.builders import S, one_gpu
 from tests.unit.test_bootstrap import fresh_machine_packages
 from vramwatch import policy
@@ -25,26 +26,6 @@ from vramwatch.cli import main
 from vramwatch.config import ConfigError, parse
 from vramwatch.events import MESSAGE_IDS
 from vramwatch.systemd import notify
-
-ROOT = Path(__file__).resolve().parents[2]
-README = ROOT / "README.md"
-INSTALL = ROOT / "docs" / "install.md"
-
-
-def section(path: Path, heading: str) -> str:
-    """The text under ``heading`` (a Markdown heading line, without its #s) up to the
-    next heading of the same or a higher level."""
-    text = path.read_text()
-    match = re.search(rf"^(#+) {re.escape(heading)}\n", text, re.M)
-    assert match, f"{path.name}: no heading {heading!r}"
-    level = len(match.group(1))
-    rest = text[match.end() :]
-    end = re.search(rf"^#{{1,{level}}} ", rest, re.M)
-    return rest[: end.start()] if end else rest
-
-
-def sh_blocks(text: str) -> list[str]:
-    return re.findall(r"```sh\n(.*?)```", text, re.S)
 
 
 def test_readme_names_every_package_bootstrap_installs(tmp_path: Path) -> None:
