@@ -187,7 +187,7 @@ def _replay_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     replay.add_argument("--to", dest="end", metavar="TIME", help="ISO time to stop at")
     replay.add_argument("--json", action="store_true", help="one JSON object per line")
     replay.add_argument(
-        "--plot", metavar="OUT", help="draw the trace to OUT.png or OUT.svg (vramwatch[plot])"
+        "--plot", metavar="OUT", help="draw the trace to OUT.png or OUT.svg (the plot extra)"
     )
 
 
@@ -267,8 +267,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     warnings = floor_warnings(config, [g.total_bytes for g in gpus], _mem_total())
     print(
-        f"{path}: valid: {len(config.tenants)} tenants, bus {config.daemon.bus}"
-        + (", dry run" if config.daemon.dry_run else "")
+        f"{path}: valid: {len(config.tenants)} tenant{'' if len(config.tenants) == 1 else 's'}, "
+        f"bus {config.daemon.bus}" + (", dry run" if config.daemon.dry_run else "")
     )
     if nvml_error:
         print(f"vramwatch: note: {nvml_error}", file=sys.stderr)

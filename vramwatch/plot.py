@@ -3,7 +3,7 @@
 One panel per GPU (free VRAM and its effective floor, each tenant's VRAM and
 its budget) and one for the host (MemAvailable and its floor, each tenant's
 RAM and its budget); time under a floor is shaded, actions are marked and
-labelled. matplotlib is the ``vramwatch[plot]`` extra and is imported only
+labelled. matplotlib is the ``plot`` extra and is imported only
 here, only when ``--plot`` is given.
 """
 
@@ -16,10 +16,6 @@ from typing import Any
 from vramwatch.model import RAM, VRAM
 from vramwatch.replay import ACTION_EVENTS, Result
 
-INSTALL_HINT = (
-    "needs matplotlib, which is not installed: pip install 'vramwatch[plot]' "
-    "(or apt install python3-matplotlib)"
-)
 GIB = 1024**3
 # Colours that stay apart in print and for the colour-blind (Okabe-Ito).
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442")
@@ -31,7 +27,11 @@ def available() -> str | None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        return INSTALL_HINT
+        from vramwatch.extras import install_hint
+
+        return "needs matplotlib, which is not installed: " + install_hint(
+            "plot", "python3-matplotlib"
+        )
     return None
 
 

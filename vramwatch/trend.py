@@ -24,7 +24,7 @@ from typing import Any
 
 from vramwatch.config import Config, Tenant
 from vramwatch.model import RAM, VRAM, Event, Snapshot
-from vramwatch.units import format_duration, format_size
+from vramwatch.units import format_approximate, format_duration, format_size
 
 # Troughs per window: enough points for a robust slope, few enough to fit cheaply.
 BUCKETS = 12
@@ -61,7 +61,7 @@ class Estimate:
         if self.budget_bytes is not None and self.seconds_to_budget is not None:
             text += (
                 f"; at {format_size(self.level_bytes)} of {format_size(self.budget_bytes)}, "
-                f"reaches its budget in ~{format_duration(int(self.seconds_to_budget * S))}"
+                f"reaches its budget in ~{format_approximate(int(self.seconds_to_budget * S))}"
             )
         return text
 

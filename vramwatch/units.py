@@ -112,3 +112,19 @@ def format_duration(ns: int) -> str:
     if ns >= 10**9:
         return f"{ns / 10**9:.1f}s"
     return f"{ns // 1_000_000}ms"
+
+
+def format_approximate(ns: int) -> str:
+    """A forecast's span, rounded as a person says it: ``45s``, ``53m``, ``4h35m``,
+    ``2d3h``; never ``3198.6s``."""
+    seconds = max(0, round(ns / 10**9))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes}m"
+    if minutes < 48 * 60:
+        hours, rest = divmod(minutes, 60)
+        return f"{hours}h{rest}m" if rest else f"{hours}h"
+    days, hours = divmod(round(minutes / 60), 24)
+    return f"{days}d{hours}h" if hours else f"{days}d"

@@ -47,7 +47,7 @@ def missing(engine: str = "/usr/sbin/dockerd") -> list[str]:
     try:
         import docker  # noqa: F401
     except ImportError:
-        problems.append("no docker package in this venv (pip install 'vramwatch[containers]')")
+        problems.append("no docker package in this venv (scripts/bootstrap installs '.[test]')")
     return problems
 
 

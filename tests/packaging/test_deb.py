@@ -50,6 +50,7 @@ def test_package_installs_the_code_unit_pages_config_and_snippets(build: Build) 
         "/usr/share/vramwatch/systemd/metrics.conf",
         "/usr/share/vramwatch/systemd/release.conf",
         "/usr/share/vramwatch/systemd/containers.conf",
+        "/usr/share/vramwatch/systemd/hooks-network.conf",
         "/usr/lib/sysusers.d/vramwatch.conf",
         "/usr/lib/tmpfiles.d/vramwatch.conf",
         "/usr/lib/systemd/catalog/vramwatch.catalog",

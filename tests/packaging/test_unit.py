@@ -170,8 +170,32 @@ def test_release_dropin_opens_only_loopback_ip_sockets(tmp_path: Path) -> None:
     assert (0, 1.3) == least[:2]
 
 
+def test_hooks_network_dropin_opens_ip_sockets_to_any_address(tmp_path: Path) -> None:
+    """A notifier hook runs in vramwatch's sandbox: to reach a webhook the unit gets IP
+    sockets to any address (1.7 as root, 1.3 as the vramwatch user). The score hardly
+    sees "any address"; the drop-in and install.md say what it costs."""
+    root = security(unit_with(tmp_path / "r", "hooks-network.conf"), threshold=17)
+    least = security(
+        unit_with(tmp_path / "l", "hooks-network.conf", "least-privilege.conf"), threshold=13
+    )
+    d = directives(SYSTEMD_DIR / "hooks-network.conf")
+
+    assert (0, 1.7) == root[:2]
+    assert (0, 1.3) == least[:2]
+    opened = {"RestrictAddressFamilies=~AF_(INET|INET6)", "PrivateNetwork=", "IPAddressDeny="}
+    assert OPEN_BY_DESIGN | opened == least[2]
+    assert (["no"], ["any"]) == (d["PrivateNetwork"], d["IPAddressAllow"])
+
+
 @pytest.mark.parametrize(
-    "name", ["least-privilege.conf", "metrics.conf", "release.conf", "containers.conf"]
+    "name",
+    [
+        "least-privilege.conf",
+        "metrics.conf",
+        "release.conf",
+        "containers.conf",
+        "hooks-network.conf",
+    ],
 )
 def test_dropins_are_service_sections(name: str) -> None:
     text = (SYSTEMD_DIR / name).read_text()

@@ -28,6 +28,7 @@ DATA = {
     "share/vramwatch/systemd/metrics.conf",
     "share/vramwatch/systemd/release.conf",
     "share/vramwatch/systemd/containers.conf",
+    "share/vramwatch/systemd/hooks-network.conf",
     "share/vramwatch/sysusers.d/vramwatch.conf",
     "share/vramwatch/tmpfiles.d/vramwatch.conf",
     "share/vramwatch/journald/vramwatch.catalog",

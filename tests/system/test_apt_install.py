@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.docs import INSTALL, steps
 from tests.fakenvml import mib
 from tests.packaging.debbuild import Build
 from tests.system.conftest import boot
@@ -295,6 +296,81 @@ def test_the_watchdog_restarts_a_vramwatch_that_stops_answering(system: Machine)
     assert "watchdog" in seen, seen
     assert "vramwatch.service: Watchdog timeout (limit 3s)!" in log
     assert restarts[0] + 1 == max(restarts)  # Restart=on-failure, by the manager
+
+
+# TEST ONLY: a notifier hook that tells a listener on this host's own network
+# address which event it was started for (a webhook, in miniature).
+NOTIFY_HOOK = """#!/usr/bin/python3
+import os, socket, sys
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5) as s:
+    s.sendall(("%s %s\\n" % (os.environ["VRAMWATCH_EVENT"], os.environ["VRAMWATCH_UNIT"])).encode())
+"""
+LISTENER = """import socket, sys
+server = socket.create_server((sys.argv[1], 0))
+open(sys.argv[2] + ".port", "w").write(str(server.getsockname()[1]))
+while True:
+    conn, _ = server.accept()
+    with conn, open(sys.argv[2], "ab") as out:
+        out.write(conn.recv(4096))
+"""
+HOOKED = """
+[hooks]
+after_action = ["/usr/local/bin/notify-test", "{ip}", "{port}"]
+
+[[tenant]]
+unit = "notify-a.service"
+vram = "1000MiB"
+
+[[tenant]]
+unit = "notify-b.service"
+vram = "1000MiB"
+"""
+
+
+def test_a_hook_reaches_the_network_only_with_hooks_network_conf(system: Machine) -> None:
+    """Issue 23, item 19: under the shipped unit a notifier hook has no network
+    (hook_failed); with docs/install.md section 7 followed verbatim it reaches a
+    listener on the host's own address."""
+    m = system
+    (ip, *_) = [a for a in m.run("hostname", "-I").stdout.split() if "." in a]
+    log = "/run/test-listener.log"
+    m.run("systemd-run", "--unit=test-listener", "python3", "-c", LISTENER, ip, log)
+    port = wait_for(
+        "the listener's port", lambda: m.run("cat", f"{log}.port", check=False).stdout, 10
+    )
+    m.write("/usr/local/bin/notify-test", NOTIFY_HOOK, mode="755")
+    for name in ("notify-a", "notify-b"):
+        m.write(f"/etc/systemd/system/{name}.service", tenant_unit(name, 13000))
+    m.run("systemctl", "daemon-reload")
+    reloaded = len(events(m, "config_reloaded"))
+    failed = len(events(m, "hook_failed"))
+    m.write("/etc/vramwatch.toml", CONFIG.format(extra=HOOKED.format(ip=ip, port=port)))
+    m.run("systemctl", "reload", "vramwatch")
+    wait_event(m, "config_reloaded", count=reloaded + 1, timeout=15)
+    try:
+        m.run("systemctl", "start", "notify-a")
+        wait_event(m, "restart", "VRAMWATCH_UNIT=notify-a.service", timeout=20)
+        no_network = wait_event(m, "hook_failed", count=failed + 1, timeout=20)
+        m.run("bash", "-c", "set -eux\n" + steps(INSTALL, "7. Hooks that notify over the network"))
+        unit = show(m, "vramwatch", "DropInPaths", "ActiveState")
+        m.run("systemctl", "start", "notify-b")
+        wait_event(m, "restart", "VRAMWATCH_UNIT=notify-b.service", timeout=20)
+        heard = wait_for("the hook's message", lambda: m.run("cat", log, check=False).stdout, 20)
+        after = len(events(m, "hook_failed"))
+    finally:
+        m.run("rm", "-f", f"{DROP_INS}/hooks-network.conf")
+        m.write("/etc/vramwatch.toml", CONFIG.format(extra=""))
+        m.run("systemctl", "daemon-reload")
+        m.run("systemctl", "restart", "vramwatch")
+        m.run("systemctl", "stop", "notify-a", "notify-b", "test-listener", check=False)
+
+    assert "restart" == no_network["VRAMWATCH_FOR_EVENT"]
+    # RestrictAddressFamilies=AF_UNIX: the hook cannot even open an IP socket.
+    assert "Address family not supported" in no_network["VRAMWATCH_OUTPUT"]
+    assert "active" == unit["ActiveState"]
+    assert f"{DROP_INS}/hooks-network.conf" in unit["DropInPaths"].split()
+    assert "restart notify-b.service\n" == heard
+    assert failed + 1 == after
 
 
 def test_security_exposure_as_root(system: Machine) -> None:

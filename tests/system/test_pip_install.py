@@ -9,14 +9,13 @@ system manager, explained by `journalctl -x`.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.docs import INSTALL, steps
 from tests.fakenvml import mib
-from tests.packaging.conftest import ROOT
 from tests.packaging.debbuild import source_copy
 from tests.system.conftest import boot
 from tests.system.machine import BY_VERSION, Machine
@@ -42,11 +41,7 @@ HOST_CA_INSIDE = "/mnt/vramwatch-host-ca/ca-certificates.crt"
 
 def pip_steps() -> str:
     """The commands of docs/install.md's "With pip" block, as root runs them."""
-    doc = (ROOT / "docs/install.md").read_text()
-    section = doc.split("### With pip", 1)[1]
-    block = re.search(r"```sh\n(.*?)```", section, re.S)
-    assert block, "docs/install.md: no sh block under '### With pip'"
-    return re.sub(r"\bsudo ", "", block.group(1))
+    return steps(INSTALL, "With pip")
 
 
 @pytest.fixture(scope="module", params=BY_VERSION)
@@ -76,12 +71,16 @@ def test_the_documented_pip_install_runs_the_service(system: Machine) -> None:
     if HOST_CA.exists():
         env["PIP_CERT"] = HOST_CA_INSIDE
     m.run("bash", "-c", script, timeout=900, env=env)
-    unit = show(m, "vramwatch", "UnitFileState", "FragmentPath")
+    unit = show(m, "vramwatch", "UnitFileState", "FragmentPath", "ExecStart")
+    usr_bin = m.run("ls", "/usr/bin/vramwatch", check=False)
 
     assert ("enabled", "/etc/systemd/system/vramwatch.service") == (
         unit["UnitFileState"],
         unit["FragmentPath"],
     )
+    # The pip.conf drop-in runs the link in /usr/local/bin; /usr/bin is dpkg's.
+    assert "argv[]=/usr/local/bin/vramwatch run " in unit["ExecStart"]
+    assert 0 != usr_bin.returncode
 
 
 def test_a_breach_restarts_the_over_budget_tenant(system: Machine) -> None:

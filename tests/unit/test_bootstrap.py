@@ -3,7 +3,7 @@ the venv's path on stdout; apt's and pip's chatter only in $VENV/bootstrap.log,
 which a failing step names along with its last lines.
 
 The real script runs with stand-ins for what it calls: `id` says root,
-`dpkg-query` reports the packages in FAKE_MISSING as not installed,
+`dpkg-query` reports the packages in FAKE_MISSING (every package: "all") as not installed,
 `apt-cache` knows the installed systemd's version unless FAKE_APT_GONE, `apt-get`
 and the venv's `pip` print what the real ones print on this machine (pip's
 index notes, a backend's deprecation warning, debconf's complaints) and fail
@@ -27,6 +27,7 @@ SHIMS = {
     "dpkg-query": """
 pkg="${!#}"
 case "$*" in *Version*) echo 252.39-1~deb12u1; exit 0;; esac
+[ "${FAKE_MISSING:-}" = all ] && exit 1
 for m in $FAKE_MISSING; do [ "$m" = "$pkg" ] && exit 1; done
 echo "install ok installed"
 """,
@@ -143,6 +144,15 @@ def apt_install_words(venv: Path) -> list[str]:
     log = (venv / "bootstrap.log").read_text().splitlines()
     (install,) = [line for line in log if line.startswith("apt-get install")]
     return install.split()
+
+
+def fresh_machine_packages(tmp_path: Path) -> list[str]:
+    """What bootstrap has apt install on a machine that has none of its packages."""
+    proc, venv = bootstrap(tmp_path, FAKE_MISSING="all")
+    assert 0 == proc.returncode, proc.stderr
+    words = apt_install_words(venv)
+    packages = words[words.index("--no-install-recommends") + 1 :]
+    return [w.split("=")[0] for w in packages]
 
 
 def test_systemds_own_packages_are_pinned_to_the_installed_systemd(tmp_path: Path) -> None:

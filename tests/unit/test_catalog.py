@@ -17,6 +17,7 @@ import pytest
 from tests.unit.builders import emitted_event_names
 from vramwatch.events import MESSAGE_IDS
 from vramwatch.model import Verb
+from vramwatch.tenants import tenant_fields
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOG = ROOT / "packaging" / "journald" / "vramwatch.catalog"
@@ -141,3 +142,19 @@ def test_a_malformed_catalog_is_rejected_so_this_check_can_fail(tmp_path: Path) 
 
     assert 0 != r.returncode
     assert "Got payload before ID" in r.stderr
+
+
+def test_entries_interpolate_only_fields_every_kind_of_tenant_has() -> None:
+    """VRAMWATCH_UNIT is on a unit tenant's entries only, VRAMWATCH_CONTAINER on a
+    container's: an entry that interpolates either shows a blank (or the raw
+    @FIELD@) for the other kind, and `systemctl start container:NAME` is no
+    command (issue 23). Both kinds carry VRAMWATCH_TENANT."""
+    kinds = [tenant_fields("llm.service"), tenant_fields("container:llm")]
+    everywhere = set.intersection(*({k for k, v in f.items() if v is not None} for f in kinds))
+    naming = {k for f in kinds for k in f} - everywhere
+    text = "\n".join(x for x in CATALOG.read_text().splitlines() if not x.startswith("#"))
+    used = set(re.findall(r"@VRAMWATCH_([A-Z_]+)@", text))
+
+    assert ({"tenant"}, {"unit", "container", "container_id", "compose"}) == (everywhere, naming)
+    assert [] == sorted(f"@VRAMWATCH_{n.upper()}@" for n in naming if n.upper() in used)
+    assert [] == re.findall(r"`(?:systemctl|docker) \w+ @VRAMWATCH_TENANT@`", text)

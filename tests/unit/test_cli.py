@@ -233,3 +233,21 @@ def test_run_warns_at_start_about_a_tenant_pinned_to_a_gpu_that_is_not_here(
     warnings = [(e["level"], e["warning"]) for e in events if e["event"] == "config_warning"]
     assert 0 == code
     assert [("warning", problem) for problem in PIN_PROBLEMS] == warnings
+
+
+@pytest.mark.parametrize(("units", "said"), [(0, "0 tenants"), (1, "1 tenant"), (2, "2 tenants")])
+def test_check_counts_tenants_in_english(
+    units: int, said: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not "valid: 1 tenants" (issue 23)."""
+    tmp_path.chmod(0o755)
+    path = tmp_path / "vramwatch.toml"
+    path.write_text("".join(f'[[tenant]]\nunit = "t{i}.service"\n' for i in range(units)))
+    path.chmod(0o644)
+
+    code = cli.main(["check", "-c", str(path)])
+
+    assert (cli.EXIT_OK, f"{path}: valid: {said}, bus system\n") == (
+        code,
+        capsys.readouterr().out,
+    )

@@ -570,6 +570,10 @@ ERRORS = [
         "[daemon",
         "not valid TOML: Expected ']' at the end of a table declaration (at end of document)",
     ),
+    (
+        "[daemon]\n[daemon]",
+        "not valid TOML: Cannot declare [daemon] twice (at line 2, column 8)",
+    ),
 ]
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from examples.incidents.make import HERE
 from vramwatch.cli import main
+from vramwatch.extras import install_hint
 
 ROOT = HERE.parent.parent
 ARENA = HERE / "arena.jsonl.gz"
@@ -131,7 +132,12 @@ def test_plot_without_matplotlib_says_how_to_install_it(
     rc, out, err = run(["replay", str(ARENA), "--plot", str(tmp_path / "a.png")], capsys)
 
     assert 1 == rc
-    assert "pip install 'vramwatch[plot]'" in err
+    # How to install the extra here, never from PyPI by the project's name (issue 23).
+    assert (
+        f"needs matplotlib, which is not installed: {install_hint('plot', 'python3-matplotlib')}"
+        in err
+    )
+    assert "'vramwatch[" not in err
     assert "" == out
 
 

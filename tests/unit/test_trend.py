@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from collections.abc import Callable
 
 import pytest
@@ -93,6 +94,9 @@ def test_a_steady_leak_is_growing_with_a_forecast_close_to_the_truth() -> None:
     assert math.isclose(truth_s, events[0].fields["seconds_to_budget"], rel_tol=0.05)
     assert events[0].message.startswith(f"{UNIT} RAM grows 2.3 GiB/h; at ")
     assert "reaches its budget in ~" in events[0].message
+    # In words, never "~3198.6s" (issue 23).
+    (left,) = re.findall(r"reaches its budget in ~([^ ]+) ", events[0].message)
+    assert re.fullmatch(r"(\d+d)?(\d+h)?(\d+m)?(\d+s)?", left), left
 
 
 @pytest.mark.parametrize(

@@ -230,3 +230,19 @@ def test_scaled_is_the_exact_product_rounded_half_to_even(number: str, factor: i
     from fractions import Fraction
 
     assert round(Fraction(number) * factor) == units.scaled(number, factor)
+
+
+@pytest.mark.parametrize(
+    ("ns", "expected"),
+    [
+        (0, "0s"),
+        (44_600_000_000, "45s"),
+        (3198_600_000_000, "53m"),  # issue 23: the growing forecast said "~3198.6s"
+        (3599 * 10**9, "1h"),
+        (16_500 * 10**9, "4h35m"),
+        (2 * 86400 * 10**9, "2d"),
+        ((2 * 86400 + 3 * 3600 + 600) * 10**9, "2d3h"),
+    ],
+)
+def test_format_approximate_rounds_as_a_person_would(ns: int, expected: str) -> None:
+    assert expected == units.format_approximate(ns)

@@ -70,10 +70,11 @@ class Engine:
             try:
                 import docker
             except ImportError:
+                from vramwatch.extras import install_hint
+
+                how = install_hint("containers", "python3-docker")
                 raise EngineError(
-                    UNREACHABLE,
-                    "the docker package is not installed (pip install 'vramwatch[containers]' "
-                    "or apt install python3-docker)",
+                    UNREACHABLE, f"the docker package is not installed ({how})"
                 ) from None
             # A fixed API version: "auto" would ask the daemon at construction, outside
             # the error translation below. 1.41 is Docker 20.10's and Podman 4's.
