@@ -68,7 +68,7 @@ def test_check_takes_a_reserve_on_one_mig_device(
 
     code = cli.main(["check", "-c", str(path)])
 
-    assert (cli.EXIT_OK, f"{path}: valid: 1 tenants, bus system\n") == (
+    assert (cli.EXIT_OK, f"{path}: valid: 1 tenant, bus system\n") == (
         code,
         capsys.readouterr().out,
     )

@@ -222,7 +222,8 @@ def test_run_warns_at_start_about_a_tenant_pinned_to_a_gpu_that_is_not_here(
 ) -> None:
     from vramwatch.daemon import Daemon
 
-    monkeypatch.setattr(Daemon, "run", lambda _self: 0)  # the wiring only, not the loop
+    # The wiring and the first tick (whose sample the warnings come from), not the loop.
+    monkeypatch.setattr(Daemon, "run", lambda self: self.tick() or 0)
     fake_nvml.write([FakeGpu("GPU-aaaa", gib(16))])
     path = _trusted_config(tmp_path, PINS)
     argv = ["run", "-c", str(path), "--log-target", "stderr", "--log-format", "json"]
