@@ -414,7 +414,10 @@ def _duration_in(bounds: tuple[int, int]) -> _Duration:
 
 
 def _span(ns: int) -> str:
-    """A bound for an error message, in the units the config takes (no "d")."""
+    """A bound for an error message, as the config and the man page write it: whole
+    days as days ("7d", "366d"), the rest as units.format_duration does ("1h")."""
+    if ns > DAY and ns % DAY == 0:  # "24h" reads better than "1d"
+        return f"{ns // DAY}d"
     return units.format_duration(ns)
 
 

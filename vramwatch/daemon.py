@@ -134,9 +134,7 @@ class Daemon:
         self.events.say(
             "started",
             "info",
-            f"vramwatch started: {len(cfg.tenants)} tenants, interval "
-            f"{cfg.daemon.interval_ns / 1e9:g}s, bus {cfg.daemon.bus}"
-            + (", DRY RUN: nothing will be restarted" if cfg.daemon.dry_run else ""),
+            started_sentence(cfg),
             config=str(self.config_path),
             dry_run=cfg.daemon.dry_run,
             tenants=len(cfg.tenants),
@@ -623,8 +621,7 @@ class Daemon:
             self.events.say(
                 "config_reloaded",
                 "info",
-                f"config reloaded: {len(new.tenants)} tenants"
-                + (" (dry run)" if new.daemon.dry_run else ""),
+                reloaded_sentence(new),
                 config=str(self.config_path),
                 tenants=len(new.tenants),
                 dry_run=new.daemon.dry_run,
@@ -651,6 +648,27 @@ class Failing:
     def end(self, step: str) -> bool:
         """The step worked; True when it had been failing."""
         return self._told.pop(step, None) is not None
+
+
+def tenants_text(count: int) -> str:
+    """ "1 tenant", "3 tenants"."""
+    return f"{count} tenant{'' if count == 1 else 's'}"
+
+
+def started_sentence(config: Config) -> str:
+    """The ``started`` entry's MESSAGE, the daemon's and replay's alike."""
+    return (
+        f"vramwatch started: {tenants_text(len(config.tenants))}, interval "
+        f"{config.daemon.interval_ns / 1e9:g}s, bus {config.daemon.bus}"
+        + (", DRY RUN: nothing will be restarted" if config.daemon.dry_run else "")
+    )
+
+
+def reloaded_sentence(config: Config) -> str:
+    """The ``config_reloaded`` entry's MESSAGE."""
+    return f"config reloaded: {tenants_text(len(config.tenants))}" + (
+        " (dry run)" if config.daemon.dry_run else ""
+    )
 
 
 def status_line(snapshot: Snapshot) -> str:

@@ -43,7 +43,7 @@ from typing import Any
 
 from vramwatch import policy
 from vramwatch.config import Config, ConfigError, load
-from vramwatch.daemon import Daemon
+from vramwatch.daemon import Daemon, started_sentence, tenants_text
 from vramwatch.events import EventLog
 from vramwatch.metrics import Metrics
 from vramwatch.model import RAM, VRAM, Action, Event, Snapshot, Verb
@@ -444,9 +444,7 @@ class _Run:
             Event(
                 "started",
                 "info",
-                f"vramwatch started: {len(cfg.tenants)} tenants, interval "
-                f"{cfg.daemon.interval_ns / 1e9:g}s, bus {cfg.daemon.bus}"
-                + (", DRY RUN: nothing will be restarted" if cfg.daemon.dry_run else ""),
+                started_sentence(cfg),
                 {"config": cfg.path, "dry_run": cfg.daemon.dry_run, "tenants": len(cfg.tenants)},
             )
         )
@@ -519,7 +517,7 @@ class _Run:
             Event(
                 "config_reloaded",
                 "info",
-                f"config reloaded: {len(config.tenants)} tenants"
+                f"config reloaded: {tenants_text(len(config.tenants))}"
                 + (" (dry run)" if effective.daemon.dry_run else ""),
                 {
                     "config": config.path,
@@ -780,7 +778,11 @@ def summary_text(summaries: list[tuple[str, dict[str, Any]]]) -> list[str]:
     ]
     lines = []
     first = summaries[0][1]
-    span = f"{first['ticks']} samples, {first['from']} .. {first['to']}"
+    span = (
+        f"{first['ticks']} samples, {first['from']} .. {first['to']}"
+        if first["ticks"]
+        else "no samples"  # an empty trace has no first or last time
+    )
     lines.append(f"summary ({span}):")
     if len(summaries) > 1:
         lines.append(

@@ -421,10 +421,11 @@ ERRORS = [
     ),
     ('[gpu]\ngrace = "2h"', 'gpu.grace: must be at most 1h, got "2h"'),
     ('[host]\ngrace = "3601s"', 'host.grace: must be at most 1h, got "3601s"'),
-    ('[daemon]\ncooldown = "169h"', 'daemon.cooldown: must be at most 168h, got "169h"'),
+    # A bound of whole days is said in days, as the man page says it (issue 23).
+    ('[daemon]\ncooldown = "169h"', 'daemon.cooldown: must be at most 7d, got "169h"'),
     (
         '[daemon]\nrestart_window = "100000000000h"',
-        'daemon.restart_window: must be at most 168h, got "100000000000h"',
+        'daemon.restart_window: must be at most 7d, got "100000000000h"',
     ),
     (
         '[daemon]\nreclaim_timeout = "25h"',

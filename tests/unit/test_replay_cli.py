@@ -273,3 +273,14 @@ def test_replay_with_a_config_tells_a_reboot_by_the_boot_id(
     assert ["2025-12-02T06:00:04.000Z", "2025-12-02T07:00:04.000Z"] == [
         line.split()[0] for line in out.splitlines() if " restart: " in line
     ]
+
+
+def test_a_window_with_no_samples_says_so_in_the_summary(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before: "summary (0 samples, None .. None)" (issue 23, cosmetic)."""
+    rc, out, _ = run(
+        ["replay", str(ARENA), "-c", str(ARENA_TOML), "--from", "2030-01-01T00:00:00Z"], capsys
+    )
+
+    assert (0, "summary (no samples):") == (rc, out.splitlines()[-2])

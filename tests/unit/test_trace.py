@@ -404,7 +404,7 @@ def test_a_reload_that_turns_recording_on_records_from_then_with_the_reloaded_co
                 '"/var/lib/vramwatch/trace.jsonl.gz", got "trace.gz"'
             ),
         ),
-        ('record_keep = "10m"', 'daemon.record_keep: must be between 1h and 8784h, got "10m"'),
+        ('record_keep = "10m"', 'daemon.record_keep: must be between 1h and 366d, got "10m"'),
         (
             'record_max_size = "100KiB"',
             'daemon.record_max_size: must be at least 1MiB, got "100KiB"',
