@@ -10,7 +10,8 @@ import pytest
 
 from vramwatch import config
 from vramwatch.config import ConfigError
-from vramwatch.security import directory_problem, file_problem
+from vramwatch.ownership import config_file_problem
+from vramwatch.security import Untrusted, open_config
 
 ROOT = 0
 DAEMON_UID = 998  # an unprivileged "vramwatch" system user
@@ -34,7 +35,7 @@ def st(mode: int, uid: int, kind: int = stat.S_IFREG) -> os.stat_result:
 def test_root_or_own_files_not_writable_by_others_are_trusted(
     mode: int, uid: int, euid: int
 ) -> None:
-    assert None is file_problem(st(mode, uid), euid)
+    assert None is config_file_problem(st(mode, uid), euid)
 
 
 @pytest.mark.parametrize(
@@ -88,11 +89,11 @@ def test_files_others_can_change_are_refused_with_the_reason(
 
     expected = problem.format(name=name(OTHER_UID), dname=name(DAEMON_UID))
 
-    assert expected == file_problem(st(mode, uid), euid)
+    assert expected == config_file_problem(st(mode, uid), euid)
 
 
 def test_a_fifo_or_device_is_not_a_config() -> None:
-    assert "not a regular file" == file_problem(st(0o644, ROOT, stat.S_IFIFO), ROOT)
+    assert "not a regular file" == config_file_problem(st(0o644, ROOT, stat.S_IFIFO), ROOT)
 
 
 def test_a_world_writable_directory_is_refused(tmp_path: Path) -> None:
@@ -100,11 +101,14 @@ def test_a_world_writable_directory_is_refused(tmp_path: Path) -> None:
     d.mkdir()
     d.chmod(0o777)
 
-    problem = directory_problem(d, os.geteuid())
+    (d / "vramwatch.toml").write_text("")
+
+    with pytest.raises(Untrusted) as refused:
+        open_config(d / "vramwatch.toml")
 
     assert (
         f"its directory {d} is writable by group and others (mode 0777); anyone who can "
-        "write there can replace the config" == problem
+        "write there can replace the config" == str(refused.value)
     )
 
 
@@ -114,7 +118,12 @@ def test_a_sticky_world_writable_directory_is_refused_too(tmp_path: Path) -> Non
     d.mkdir()
     d.chmod(0o1777)
 
-    assert "writable by group and others (mode 1777)" in (directory_problem(d) or "")
+    (d / "vramwatch.toml").write_text("")
+
+    with pytest.raises(Untrusted) as refused:
+        open_config(d / "vramwatch.toml")
+
+    assert "writable by group and others (mode 1777)" in str(refused.value)
 
 
 def write(path: Path, text: str = "", mode: int = 0o644) -> Path:
