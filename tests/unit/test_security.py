@@ -1,4 +1,5 @@
-"""Config ownership: only root or vramwatch's own user may be able to change it."""
+"""Ownership: only root or vramwatch's own user may be able to change the config (or the
+state file it reads back)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from vramwatch import config
 from vramwatch.config import ConfigError
-from vramwatch.ownership import config_file_problem
+from vramwatch.ownership import config_file_problem, state_file_problem
 from vramwatch.security import Untrusted, open_config
 
 ROOT = 0
@@ -96,34 +97,45 @@ def test_a_fifo_or_device_is_not_a_config() -> None:
     assert "not a regular file" == config_file_problem(st(0o644, ROOT, stat.S_IFIFO), ROOT)
 
 
-def test_a_world_writable_directory_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", [0o777, 0o1777], ids=["world-writable", "sticky"])
+def test_a_directory_others_can_write_is_refused_even_sticky(tmp_path: Path, mode: int) -> None:
+    """Strict like OpenSSH: /tmp itself is no place for a config."""
     d = tmp_path / "etc"
     d.mkdir()
-    d.chmod(0o777)
-
+    d.chmod(mode)
     (d / "vramwatch.toml").write_text("")
 
     with pytest.raises(Untrusted) as refused:
         open_config(d / "vramwatch.toml")
 
     assert (
-        f"its directory {d} is writable by group and others (mode 0777); anyone who can "
-        "write there can replace the config" == str(refused.value)
+        f"its directory {d} is writable by group and others (mode {mode:04o}); anyone who "
+        "can write there can replace the config" == str(refused.value)
     )
 
 
-def test_a_sticky_world_writable_directory_is_refused_too(tmp_path: Path) -> None:
-    """Strict like OpenSSH: /tmp itself is no place for a config."""
-    d = tmp_path / "tmp"
-    d.mkdir()
-    d.chmod(0o1777)
-
-    (d / "vramwatch.toml").write_text("")
-
-    with pytest.raises(Untrusted) as refused:
-        open_config(d / "vramwatch.toml")
-
-    assert "writable by group and others (mode 1777)" in str(refused.value)
+@pytest.mark.parametrize(
+    ("info", "euid", "problem"),
+    [
+        (st(0o600, ROOT), ROOT, None),
+        (st(0o600, DAEMON_UID), DAEMON_UID, None),
+        (st(0o644, ROOT), DAEMON_UID, None),  # written by root before a switch to a user
+        (st(0o600, ROOT, stat.S_IFIFO), ROOT, "not a regular file"),
+        (
+            st(0o600, OTHER_UID),
+            DAEMON_UID,
+            f"owned by uid {OTHER_UID}, not by root or vramwatch's user",
+        ),
+        (st(0o620, ROOT), ROOT, "writable by group or others (mode 0620)"),
+        (st(0o602, DAEMON_UID), DAEMON_UID, "writable by group or others (mode 0602)"),
+    ],
+)
+def test_a_state_file_others_could_have_written_is_not_read(
+    info: os.stat_result, euid: int, problem: str | None
+) -> None:
+    """The state file read back at start follows the same owner rule (StateStore.load
+    sets aside what it refuses)."""
+    assert problem == state_file_problem(info, euid)
 
 
 def write(path: Path, text: str = "", mode: int = 0o644) -> Path:
