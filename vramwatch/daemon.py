@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +22,7 @@ from vramwatch.commands import Hooks
 from vramwatch.config import Config, ConfigError, load, run_warnings
 from vramwatch.events import EventLog, event_dict, journal_fields
 from vramwatch.model import Action, Event, Snapshot, Verb
+from vramwatch.once import Once
 from vramwatch.sink import WITHDRAWN, MetricsSink
 from vramwatch.state import StateError, StateStore
 from vramwatch.systemd import JobOutcome, notify, watchdog_interval_ns
@@ -77,7 +79,9 @@ class Daemon:
         self.trends = Trends()  # leak forecasts, fed the same snapshots as the policy
         self.hooks = Hooks()
         self.events.listeners.append(self._on_event)
-        self._failing = Failing(policy.REMINDER_NS)
+        # The loop's own steps (sampler, policy, act, trend, hook...): each failure said
+        # when it starts or changes, then once per reminder period, not on every tick.
+        self._failing: defaultdict[str, Once] = defaultdict(lambda: Once(policy.REMINDER_NS))
         if metrics is None:  # imported here: prometheus_client only where metrics are used
             from vramwatch.metrics import Metrics
 
@@ -88,7 +92,7 @@ class Daemon:
         # Restart history persisted across restarts of vramwatch (storm limit, cooldown).
         self.state = state
         self._saved_actions: object = None
-        self._state_failing = False
+        self._state_failing = Once(changes=False)  # one warning until a save works
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._wake = threading.Event()
@@ -205,7 +209,7 @@ class Daemon:
             self.history = policy.sample_failed(self.history)
             self.metrics.sampling_failed()
             self._flush_metrics()
-            if self._failing.start("sampler", repr(exc), now):  # once, then every 5 minutes
+            if self._failing["sampler"].failed(repr(exc), now):  # once, then every 5 minutes
                 self.events.say(
                     "sampling_error",
                     "error",
@@ -217,7 +221,7 @@ class Daemon:
         # Up once the first sample is in, before any action: a restart job that runs
         # for minutes must not hold READY=1 past the unit's TimeoutStartSec=.
         self._tell_ready()
-        if self._failing.end("sampler"):
+        if self._failing["sampler"].worked():
             self.events.say("sampling_recovered", "info", "sampling works again")
         if self._warnings_pending:
             self._config_warnings(snapshot)
@@ -228,7 +232,7 @@ class Daemon:
             self.history = policy.sample_failed(self.history)
             self._internal_error("policy", exc, now, "no action")
             return
-        self._failing.end("policy")
+        self._failing["policy"].worked()
         self.history = decision.history
         if self.events.debug:  # --debug: what this tick read and decided
             message, readings = tick_readings(self.config, snapshot, decision)
@@ -274,14 +278,14 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001 - a forecast must never stop guarding
             self._internal_error("trend", exc, snapshot.now_ns, "no forecasts")
             return
-        self._failing.end("trend")
+        self._failing["trend"].worked()
         self.events.emit(with_tenant(e, snapshot) for e in growing)
         self.metrics.observe_trends(self.trends.estimates())
 
     def _internal_error(self, step: str, exc: Exception, now_ns: int, meanwhile: str) -> None:
         """A step of the loop raised: internal_error when it starts or changes, then
         every reminder period; the caller goes on guarding."""
-        if self._failing.start(step, repr(exc), now_ns):
+        if self._failing[step].failed(repr(exc), now_ns):
             self.events.say(
                 "internal_error",
                 "error",
@@ -312,11 +316,11 @@ class Daemon:
             if why:
                 self._hook_failed(name, why, output, now_ns)
             else:
-                self._failing.end("hook")  # it works again: the next failure is news
+                self._failing["hook"].worked()  # it works again: the next failure is news
 
     def _hook_failed(self, name: str, why: str, output: str, now_ns: int | None = None) -> None:
         now = self.clock() if now_ns is None else now_ns
-        if self._failing.start("hook", why, now):  # once per distinct failure, then reminders
+        if self._failing["hook"].failed(why, now):  # once per distinct failure, then reminders
             self.events.say(
                 "hook_failed",
                 "warning",
@@ -531,7 +535,7 @@ class Daemon:
         elif restored.unavailable:
             # Permissions, not damage: the file is left as it is; one warning covers
             # this and the saves that will fail for the same reason.
-            self._state_failing = True
+            self._state_failing.failed(str(restored.problem))
             self.events.say(
                 "state_unavailable",
                 "warning",
@@ -572,8 +576,7 @@ class Daemon:
         try:
             self.state.save(actions)
         except StateError as exc:
-            if not self._state_failing:
-                self._state_failing = True
+            if self._state_failing.failed(str(exc)):
                 self.events.say(
                     "state_unavailable",
                     "warning",
@@ -582,8 +585,7 @@ class Daemon:
                     error=str(exc),
                 )
             return
-        if self._state_failing:
-            self._state_failing = False
+        if self._state_failing.worked():
             self.events.say(
                 "state_saved", "info", f"restart history saved again to {self.state.path}"
             )
@@ -627,27 +629,6 @@ class Daemon:
                 dry_run=new.daemon.dry_run,
             )
         self.notify("READY=1")
-
-
-class Failing:
-    """Which of the loop's own steps are failing, so each failure is logged when it
-    starts or changes, then once per reminder period: not on every tick."""
-
-    def __init__(self, reminder_ns: int) -> None:
-        self.reminder_ns = reminder_ns
-        self._told: dict[str, tuple[str, int]] = {}  # step -> (error, when last logged)
-
-    def start(self, step: str, error: str, now_ns: int) -> bool:
-        """Record a failure; True when it should be logged."""
-        told = self._told.get(step)
-        if told is not None and told[0] == error and now_ns - told[1] < self.reminder_ns:
-            return False
-        self._told[step] = (error, now_ns)
-        return True
-
-    def end(self, step: str) -> bool:
-        """The step worked; True when it had been failing."""
-        return self._told.pop(step, None) is not None
 
 
 def tenants_text(count: int) -> str:

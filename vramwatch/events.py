@@ -26,6 +26,7 @@ from functools import partial
 from typing import Any, TextIO
 
 from vramwatch.model import Event
+from vramwatch.once import Once
 
 SYSLOG_IDENTIFIER = "vramwatch"
 
@@ -352,7 +353,7 @@ class EventLog:
         # Called with every event after it is logged (the after_action hook).
         self.listeners: list[Callable[[Event], None]] = []
         self._fallback: Any = None  # the stderr logger, built on the first failure
-        self._failing: str | None = None  # the error that made the journal fail
+        self._journal_failing = Once(changes=False)  # log_fallback once, then log_recovered
         self._logger: Any
         if target == "journal":
             self._logger = _Logger(stream, [_add_log_level, _JournalRenderer()], min_level)
@@ -380,8 +381,7 @@ class EventLog:
         except Exception as exc:  # noqa: BLE001 - logging must never kill the guard
             self._to_stderr(event.name, event.level, event.message, fields, exc)
             return
-        if self._failing is not None and self.target == "journal":
-            self._failing = None
+        if self._journal_failing.worked():
             self.say("log_recovered", "info", "logging to the journal works again")
 
     def _to_stderr(
@@ -390,15 +390,15 @@ class EventLog:
         try:
             if self._fallback is None:
                 self._fallback = _stderr_logger(self._stream, self.format, self._min_level)
-            if self._failing is None and self.target == "journal":
+            if self.target == "journal":
                 error = str(exc) if isinstance(exc, NoJournal) else f"{type(exc).__name__}: {exc}"
-                self._failing = error
-                self._fallback.warning(
-                    "log_fallback",
-                    message=f"cannot log to the journal ({error}); writing to stderr "
-                    "until it works again",
-                    error=error,
-                )
+                if self._journal_failing.failed(error):
+                    self._fallback.warning(
+                        "log_fallback",
+                        message=f"cannot log to the journal ({error}); writing to stderr "
+                        "until it works again",
+                        error=error,
+                    )
             getattr(self._fallback, level)(name, message=message, **fields)
         except Exception:  # noqa: BLE001, S110 - stderr failed too: nowhere left to say it
             pass

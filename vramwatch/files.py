@@ -23,6 +23,8 @@ import os
 import stat
 from pathlib import Path
 
+from vramwatch.ownership import write_directory_problem
+
 
 class UnsafeWrite(Exception):
     """A write refused or failed; ``str()`` is the reason (the caller names the file)."""
@@ -32,44 +34,11 @@ class UnsafeWrite(Exception):
         self.refused = refused  # the directory is unsafe (not an I/O error)
 
 
-_WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
-
-
-def directory_problem(
-    directory: str,
-    dir_info: os.stat_result,
-    target: os.stat_result | None,
-    euid: int,
-    egid: int,
-) -> str | None:
-    """Why writing into ``directory`` (fstat ``dir_info``) is unsafe, or ``None``.
-
-    ``target`` is the lstat of the file to replace (``None``: absent). Group
-    write is fine when the group is vramwatch's own (``egid``), as in a
-    collector directory made ``prometheus:vramwatch 0775`` for it.
-    """
-    mode = stat.S_IMODE(dir_info.st_mode)
-    writable = mode & stat.S_IWOTH or (mode & stat.S_IWGRP and dir_info.st_gid != egid)
-    if not writable:
-        return None
-    if mode & stat.S_ISVTX:
-        if target is None or target.st_uid in (0, euid):
-            return None
-        return (
-            f"{directory} is sticky and writable by others (mode {mode:04o}), and the file "
-            f"there is owned by uid {target.st_uid}, not by vramwatch: another user controls it"
-        )
-    by = "others" if mode & stat.S_IWOTH else f"group {dir_info.st_gid}"
-    return (
-        f"{directory} is writable by {by} (mode {mode:04o}) and not sticky: they could "
-        "replace what vramwatch writes; run chmod go-w on it"
-    )
-
-
 class Staged:
     """A new file beside ``path`` under a random name, published over ``path`` later.
 
-    Opens ``path``'s directory, refuses it if unsafe (:func:`directory_problem`),
+    Opens ``path``'s directory, refuses it if unsafe
+    (:func:`~vramwatch.ownership.write_directory_problem`),
     and creates the file ``O_CREAT|O_EXCL|O_NOFOLLOW`` relative to that
     descriptor. Write to :attr:`fd`, then :meth:`publish` (fsync, rename over
     ``path``, fsync the directory) or :meth:`discard`. After ``publish`` the
@@ -93,7 +62,7 @@ class Staged:
                 )
             except FileNotFoundError:
                 target = None
-            problem = directory_problem(
+            problem = write_directory_problem(
                 self.directory, os.fstat(self.dir_fd), target, os.geteuid(), os.getegid()
             )
             if problem is not None:

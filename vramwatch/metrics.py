@@ -32,6 +32,7 @@ from vramwatch import __version__
 from vramwatch.config import Config, MetricsConfig
 from vramwatch.files import UnsafeWrite, write_atomically
 from vramwatch.model import Event, Snapshot
+from vramwatch.once import Once
 from vramwatch.policy import gpu_floor, reservations
 from vramwatch.sink import WITHDRAWN as WITHDRAWN  # the daemon's name, kept importable here
 from vramwatch.trend import Estimate
@@ -80,7 +81,7 @@ class Metrics:
         self.textfile = textfile
         self.wall_clock = wall_clock
         self.version = version
-        self._textfile_error: str | None = None
+        self._textfile_failing = Once()  # said when writing starts or changes failing
         # What the gauges show, replaced whole on each tick and read whole by a
         # scrape (from the HTTP server's thread): a scrape never sees half a tick.
         self._view: _View | None = None
@@ -252,11 +253,8 @@ class Metrics:
             write_atomically(self.textfile, generate_latest(self.registry), TEXTFILE_MODE)
         except UnsafeWrite as exc:
             message = f"cannot write metrics to {self.textfile}: {exc}"
-            if message == self._textfile_error:
-                return None
-            self._textfile_error = message
-            return message
-        self._textfile_error = None
+            return message if self._textfile_failing.failed(message) else None
+        self._textfile_failing.worked()  # silently: the next failure is news again
         return None
 
 

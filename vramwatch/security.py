@@ -1,80 +1,24 @@
-"""Who may write the config: it decides which services vramwatch restarts.
+"""Open the config so that what is checked is what is read.
 
-The rule (the one OpenSSH's StrictModes and sudo apply to their own files):
-the config file must be owned by root or by the user vramwatch runs as, and
-not be writable by group or others; the directory holding it likewise; every
-directory above it and every directory a symbolic link on the way leads
-through likewise, except that a sticky directory (``/tmp``) may be writable
-by others (nobody else can rename what it holds); every symbolic link on the
-way must be owned by root or that user. The user running vramwatch is
-trusted because it could rewrite its own config anyway: an unprivileged
-``vramwatch`` system user, or the test user of ``bus = "user"``.
-
-:func:`open_config` checks on the opened descriptors, walking with
-``openat`` and ``O_NOFOLLOW`` from ``/``, so what is checked is what is read.
+Who may own and write the config, and why not, is in :mod:`vramwatch.ownership`.
+:func:`open_config` asks those checks on the opened descriptors, walking with
+``openat`` and ``O_NOFOLLOW`` from ``/``, so a rename or a planted link between
+check and open changes nothing.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import pwd
 import stat
 from pathlib import Path
 
-_WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
-
-
-def _who(uid: int) -> str:
-    try:
-        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
-    except KeyError:
-        return f"uid {uid}"
-
-
-def _owner_problem(what: str, info: os.stat_result, euid: int) -> str | None:
-    if info.st_uid in (0, euid):
-        return None
-    allowed = "root" if euid == 0 else f"root or {_who(euid)}, the user vramwatch runs as"
-    return f"{what} is owned by {_who(info.st_uid)}; it must be owned by {allowed}"
-
-
-def _mode_problem(what: str, info: os.stat_result, fix: str) -> str | None:
-    if not info.st_mode & _WRITABLE_BY_OTHERS:
-        return None
-    mode = stat.S_IMODE(info.st_mode)
-    by = " and ".join(
-        w for bit, w in ((stat.S_IWGRP, "group"), (stat.S_IWOTH, "others")) if mode & bit
-    )
-    return f"{what} is writable by {by} (mode {mode:04o}); {fix}"
-
-
-def file_problem(info: os.stat_result, euid: int | None = None) -> str | None:
-    """Why an opened config file is not trusted, or ``None``."""
-    euid = os.geteuid() if euid is None else euid
-    if not stat.S_ISREG(info.st_mode):
-        return "not a regular file"
-    return _owner_problem("the file", info, euid) or _mode_problem(
-        "the file", info, "run chmod go-w on it"
-    )
-
-
-def directory_problem(directory: Path, euid: int | None = None) -> str | None:
-    """Why the directory holding a config is not trusted, or ``None``."""
-    euid = os.geteuid() if euid is None else euid
-    try:
-        info = os.stat(directory)
-    except OSError as exc:
-        return f"cannot check its directory {directory}: {exc.strerror or exc}"
-    return directory_problem_of(str(directory), info, euid)
-
-
-def directory_problem_of(directory: str, info: os.stat_result, euid: int) -> str | None:
-    """The directory holding the config (``info`` from fstat): no sticky exception."""
-    what = f"its directory {directory}"
-    return _owner_problem(what, info, euid) or _mode_problem(
-        what, info, "anyone who can write there can replace the config"
-    )
+from vramwatch.ownership import (
+    config_ancestor_problem,
+    config_directory_problem,
+    config_file_problem,
+    config_link_problem,
+)
 
 
 class Untrusted(Exception):
@@ -83,17 +27,6 @@ class Untrusted(Exception):
 
 # Linux follows at most 40 symbolic links in one lookup (MAXSYMLINKS).
 MAX_SYMLINKS = 40
-
-
-def _ancestor_problem(directory: str, info: os.stat_result, euid: int) -> str | None:
-    """A directory a name is looked up in: the sticky bit is enough protection there."""
-    what = f"the directory {directory} on its path"
-    problem = _owner_problem(what, info, euid)
-    if problem is None and not info.st_mode & stat.S_ISVTX:
-        problem = _mode_problem(
-            what, info, "anyone who can write there can swap what lies below it"
-        )
-    return problem
 
 
 def open_config(path: Path | str, euid: int | None = None) -> int:
@@ -106,7 +39,7 @@ def open_config(path: Path | str, euid: int | None = None) -> int:
     ``euid`` and not writable by group or others, except with the sticky bit
     (``/tmp``); the directory holding the file has no sticky exception. Every
     symbolic link followed must be owned by root or ``euid``; the file, see
-    :func:`file_problem`.
+    :func:`~vramwatch.ownership.config_file_problem`.
 
     Returns a descriptor open for reading. Raises :class:`Untrusted` with the
     reason, or ``OSError`` (``FileNotFoundError``, ``PermissionError``, ...).
@@ -131,9 +64,9 @@ def open_config(path: Path | str, euid: int | None = None) -> int:
             shown = os.path.join(parent_path, name)
             last = not pending
             problem = (
-                directory_problem_of(parent_path, parent_info, euid)
+                config_directory_problem(parent_path, parent_info, euid)
                 if last
-                else _ancestor_problem(parent_path, parent_info, euid)
+                else config_ancestor_problem(parent_path, parent_info, euid)
             )
             if problem is not None:
                 raise Untrusted(problem)
@@ -144,7 +77,7 @@ def open_config(path: Path | str, euid: int | None = None) -> int:
                 links += 1
                 if links > MAX_SYMLINKS:
                     raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), text)
-                problem = _owner_problem(f"the symbolic link {shown}", info, euid)
+                problem = config_link_problem(shown, info, euid)
                 if problem is not None:
                     raise Untrusted(problem)
                 target = os.readlink(name, dir_fd=parent_fd)
@@ -157,7 +90,7 @@ def open_config(path: Path | str, euid: int | None = None) -> int:
                 os.close(fd)
                 if stat.S_ISDIR(info.st_mode):
                     raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), text)
-                problem = file_problem(info, euid)
+                problem = config_file_problem(info, euid)
                 if problem is not None:
                     raise Untrusted(problem)
                 # Only now open it for reading (O_NOFOLLOW, and a FIFO must not block).

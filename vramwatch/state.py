@@ -30,7 +30,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import stat
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from pathlib import Path
 
 from vramwatch.config import validate_tenant_key
 from vramwatch.files import UnsafeWrite, write_atomically
+from vramwatch.ownership import state_file_problem
 
 DEFAULT_DIR = Path("/var/lib/vramwatch")
 STATE_DIR_ENV = "STATE_DIRECTORY"  # set by systemd for StateDirectory=
@@ -132,7 +132,7 @@ class StateStore:
             return Restored({}, why, found=True, unavailable=True)
         try:
             info = os.fstat(fd)
-            problem = self._untrusted(info)
+            problem = state_file_problem(info, self._euid)
             if problem is not None:
                 os.close(fd)
                 fd = -1
@@ -154,15 +154,6 @@ class StateStore:
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
             return self._set_aside(f"not a vramwatch state file ({exc})")
         return Restored(actions, found=True)
-
-    def _untrusted(self, info: os.stat_result) -> str | None:
-        if not stat.S_ISREG(info.st_mode):
-            return "not a regular file"
-        if info.st_uid not in (0, self._euid):
-            return f"owned by uid {info.st_uid}, not by root or vramwatch's user"
-        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            return f"writable by group or others (mode {stat.S_IMODE(info.st_mode):04o})"
-        return None
 
     def _parse(self, raw: bytes) -> dict[str, tuple[int, ...]]:
         data = json.loads(raw.decode("utf-8"))

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from vramwatch.files import UnsafeWrite, directory_problem, write_atomically
+from vramwatch.files import UnsafeWrite, write_atomically
 from vramwatch.metrics import Metrics
+from vramwatch.ownership import write_directory_problem
 from vramwatch.state import FILE_NAME, StateError, StateStore
 
 VICTIM = b"precious\n"
@@ -166,6 +167,6 @@ ME, MY_GROUP = 999, 999
 def test_which_directories_are_safe_to_write_into(
     directory: os.stat_result, target: os.stat_result | None, problem: str | None
 ) -> None:
-    actual = directory_problem("/d", directory, target, ME, MY_GROUP)
+    actual = write_directory_problem("/d", directory, target, ME, MY_GROUP)
 
     assert problem == actual

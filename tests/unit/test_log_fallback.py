@@ -87,6 +87,21 @@ def test_a_journal_that_refuses_entries_falls_back_to_stderr_and_says_so_once(
     assert ["reclaimed", "log_recovered"] == [f["VRAMWATCH_EVENT"] for f in fake_journal.sent]
 
 
+def test_a_journal_that_fails_another_way_meanwhile_is_not_said_again(
+    fake_journal: Journal,
+) -> None:
+    """log_fallback is said when the journal starts failing, not when its error changes:
+    journald restarting goes from EAGAIN to ECONNREFUSED and back."""
+    out = io.StringIO()
+    log = EventLog("journal", "json", stream=out)
+
+    log.say("floor_breached", "warning", "GPU 0 free 1 GiB < floor 2 GiB", gpu=0)
+    fake_journal.error = ConnectionRefusedError(111, "Connection refused")
+    log.say("restart", "warning", "restarting hog.service", unit="hog.service")
+
+    assert ["log_fallback", "floor_breached", "restart"] == [e["event"] for e in lines(out)]
+
+
 def test_log_target_journal_without_systemd_python_logs_to_stderr_and_says_why(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

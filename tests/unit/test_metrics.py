@@ -427,6 +427,29 @@ def test_an_unwritable_textfile_is_reported_once_then_again_after_recovery(tmp_p
         assert again is not None and again.endswith("Permission denied")
 
 
+def test_a_textfile_failing_another_way_is_reported_again_and_after_a_write_anew(
+    tmp_path: Path,
+) -> None:
+    """metrics_error is said when the failure starts or its text changes; a write that
+    works ends it silently, so the same failure after it is news."""
+    directory = tmp_path / "textfile_collector"
+    m = metrics(textfile=str(directory / "vramwatch.prom"))
+    said = [m.flush(), m.flush()]  # no directory
+    directory.write_text("")  # a file where the directory should be
+    said += [m.flush(), m.flush()]
+    directory.unlink()
+    directory.mkdir()
+    said.append(m.flush())  # works
+    (directory / "vramwatch.prom").unlink()
+    directory.rmdir()
+    directory.write_text("")
+    said.append(m.flush())  # a file there again
+
+    prefix = f"cannot write metrics to {directory}/vramwatch.prom: "
+    missing, not_dir = prefix + "No such file or directory", prefix + "Not a directory"
+    assert [missing, None, not_dir, None, None, not_dir] == said
+
+
 def _root() -> bool:
     import os
 

@@ -1,4 +1,5 @@
-"""Config ownership: only root or vramwatch's own user may be able to change it."""
+"""Ownership: only root or vramwatch's own user may be able to change the config (or the
+state file it reads back)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 
 from vramwatch import config
 from vramwatch.config import ConfigError
-from vramwatch.security import directory_problem, file_problem
+from vramwatch.ownership import config_file_problem, state_file_problem
+from vramwatch.security import Untrusted, open_config
 
 ROOT = 0
 DAEMON_UID = 998  # an unprivileged "vramwatch" system user
@@ -34,7 +36,7 @@ def st(mode: int, uid: int, kind: int = stat.S_IFREG) -> os.stat_result:
 def test_root_or_own_files_not_writable_by_others_are_trusted(
     mode: int, uid: int, euid: int
 ) -> None:
-    assert None is file_problem(st(mode, uid), euid)
+    assert None is config_file_problem(st(mode, uid), euid)
 
 
 @pytest.mark.parametrize(
@@ -88,33 +90,52 @@ def test_files_others_can_change_are_refused_with_the_reason(
 
     expected = problem.format(name=name(OTHER_UID), dname=name(DAEMON_UID))
 
-    assert expected == file_problem(st(mode, uid), euid)
+    assert expected == config_file_problem(st(mode, uid), euid)
 
 
 def test_a_fifo_or_device_is_not_a_config() -> None:
-    assert "not a regular file" == file_problem(st(0o644, ROOT, stat.S_IFIFO), ROOT)
+    assert "not a regular file" == config_file_problem(st(0o644, ROOT, stat.S_IFIFO), ROOT)
 
 
-def test_a_world_writable_directory_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", [0o777, 0o1777], ids=["world-writable", "sticky"])
+def test_a_directory_others_can_write_is_refused_even_sticky(tmp_path: Path, mode: int) -> None:
+    """Strict like OpenSSH: /tmp itself is no place for a config."""
     d = tmp_path / "etc"
     d.mkdir()
-    d.chmod(0o777)
+    d.chmod(mode)
+    (d / "vramwatch.toml").write_text("")
 
-    problem = directory_problem(d, os.geteuid())
+    with pytest.raises(Untrusted) as refused:
+        open_config(d / "vramwatch.toml")
 
     assert (
-        f"its directory {d} is writable by group and others (mode 0777); anyone who can "
-        "write there can replace the config" == problem
+        f"its directory {d} is writable by group and others (mode {mode:04o}); anyone who "
+        "can write there can replace the config" == str(refused.value)
     )
 
 
-def test_a_sticky_world_writable_directory_is_refused_too(tmp_path: Path) -> None:
-    """Strict like OpenSSH: /tmp itself is no place for a config."""
-    d = tmp_path / "tmp"
-    d.mkdir()
-    d.chmod(0o1777)
-
-    assert "writable by group and others (mode 1777)" in (directory_problem(d) or "")
+@pytest.mark.parametrize(
+    ("info", "euid", "problem"),
+    [
+        (st(0o600, ROOT), ROOT, None),
+        (st(0o600, DAEMON_UID), DAEMON_UID, None),
+        (st(0o644, ROOT), DAEMON_UID, None),  # written by root before a switch to a user
+        (st(0o600, ROOT, stat.S_IFIFO), ROOT, "not a regular file"),
+        (
+            st(0o600, OTHER_UID),
+            DAEMON_UID,
+            f"owned by uid {OTHER_UID}, not by root or vramwatch's user",
+        ),
+        (st(0o620, ROOT), ROOT, "writable by group or others (mode 0620)"),
+        (st(0o602, DAEMON_UID), DAEMON_UID, "writable by group or others (mode 0602)"),
+    ],
+)
+def test_a_state_file_others_could_have_written_is_not_read(
+    info: os.stat_result, euid: int, problem: str | None
+) -> None:
+    """The state file read back at start follows the same owner rule (StateStore.load
+    sets aside what it refuses)."""
+    assert problem == state_file_problem(info, euid)
 
 
 def write(path: Path, text: str = "", mode: int = 0o644) -> Path:
