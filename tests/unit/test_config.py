@@ -558,6 +558,52 @@ ERRORS = [
     ),
     (tenant_toml(unit='"@x.service"'), 'tenant[0].unit: "@x.service" is not a valid unit name'),
     (tenant_toml(unit='"x.@1.service"'), 'tenant[0].unit: "x.@1.service" is not a valid unit name'),
+    # [trend], [hooks] and release commands
+    ('[trend]\nwindow = "5s"', 'trend.window: must be at least 10s, or "0s" to turn forecasts off'),
+    ('[trend]\nwindow = "8d"', 'trend.window: must be at most 168h, got "8d"'),
+    ('[trend]\nwarn_within = "0s"', 'trend.warn_within: must be greater than zero, got "0s"'),
+    ('[hooks]\ntimeout = "500ms"', 'hooks.timeout: must be between 1s and 10m, got "500ms"'),
+    (
+        "[hooks]\nafter_action = []",
+        'hooks.after_action: expected a command as a list, e.g. ["/usr/bin/curl", "-fsS", URL]',
+    ),
+    (
+        tenant_toml(unit='"a.service"', release='["curl", "-fsS"]'),
+        (
+            "tenant[0].release: the command must be an absolute path (no shell, no PATH "
+            'search), got "curl"'
+        ),
+    ),
+    (
+        tenant_toml(unit='"a.service"', release='["/bin/x", 1]'),
+        "tenant[0].release: expected a list of at most 64 strings",
+    ),
+    (
+        tenant_toml(unit='"a.service"', release='["/bin/x\\u0000"]'),
+        "tenant[0].release: a NUL character cannot be passed to a command",
+    ),
+    (
+        tenant_toml(unit='"a.service"', release_timeout='"11m"'),
+        'tenant[0].release_timeout: must be between 1s and 10m, got "11m"',
+    ),
+    (
+        tenant_toml(unit='"a.service"', release_timeout="20"),
+        'tenant[0].release_timeout: expected a string, got 20; write it as "20s"',
+    ),
+    # two mistakes: the one told is the first key read (bus before interval; a rule on
+    # a tenant's keys as soon as they are read)
+    (
+        '[daemon]\ninterval = "0s"\nbus = "session"',
+        'daemon.bus: expected "system" or "user", got "session"',
+    ),
+    (
+        tenant_toml(unit='"job.scope"', vram='"8G"'),
+        'tenant[0].action: a scope cannot be restarted by systemd; use action = "stop"',
+    ),
+    (
+        tenant_toml(unit='"a.service"', reserve="true", ram='"8G"'),
+        "tenant[0].reserve: needs a vram budget: the unused part of it is reserved",
+    ),
     # not TOML; its keys in TOML's words, not Python's ('daemon',)
     ("[daemon]\n[daemon]", "not valid TOML: Cannot declare [daemon] twice (at line 2, column 8)"),
     (
