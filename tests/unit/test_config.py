@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vramwatch import config
+from vramwatch import config, units
 from vramwatch.config import (
     DEFAULT_GPU,
     DEFAULT_HOST,
@@ -604,6 +604,15 @@ ERRORS = [
         tenant_toml(unit='"a.service"', reserve="true", ram='"8G"'),
         "tenant[0].reserve: needs a vram budget: the unused part of it is reserved",
     ),
+    # a tenant's name keys are among the suggestions, whichever names it
+    (
+        tenant_toml(unit='"a.service"', contaner='"ml"'),
+        'tenant[0].contaner: unknown key (did you mean "container"?)',
+    ),
+    (
+        tenant_toml(container='"ml"', unt='"a.service"'),
+        'tenant[0].unt: unknown key (did you mean "unit"?)',
+    ),
     # not TOML; its keys in TOML's words, not Python's ('daemon',)
     ("[daemon]\n[daemon]", "not valid TOML: Cannot declare [daemon] twice (at line 2, column 8)"),
     (
@@ -945,14 +954,16 @@ def test_load_returns_a_config_or_raises_config_error_for_any_bytes(
 def test_an_exception_a_validator_forgot_is_still_a_config_error_naming_the_file(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The last line of defence: check prints no traceback, run exits 78."""
+    """The last line of defence: check prints no traceback, run exits 78. A parser
+    raising something other than the UnitError its key turns into a message stands
+    for a validator that forgot a case."""
 
-    def forgot(_table: object) -> None:
+    def forgot(_text: str) -> int:
         raise ValueError("invalid literal for int() with base 10: '²'")
 
-    monkeypatch.setattr(config, "_daemon", forgot)
+    monkeypatch.setattr(units, "parse_duration_ns", forgot)
 
-    actual = parse_error("")
+    actual = parse_error('[daemon]\ninterval = "2s"')
 
     assert (
         f'{PATH}: cannot be read as a config: ValueError("invalid literal for int() with '
