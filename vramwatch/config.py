@@ -391,13 +391,13 @@ class Value:
     converts it (units.UnitError says what is wrong)."""
 
     kind: str  # what vramwatch.toml(5) calls it: "duration", "size", "boolean", ...
-    type: type | tuple[type, ...]
+    toml_type: type | tuple[type, ...]
     parse: Callable[[Any], Any] = _as_is
     expected: str = ""  # what it takes, where the type's own name would not say
     number_as: str = ""  # AS_DURATION, ...: how a bare number would be written
 
     def read(self, table: _Table, name: str) -> Any:
-        value = table.get(name, self.type, self.expected, self.number_as)
+        value = table.get(name, self.toml_type, self.expected, self.number_as)
         try:
             return self.parse(value)
         except units.UnitError as exc:
@@ -485,7 +485,7 @@ COMMAND = Value(
     _argv,
     expected=f"a command as a list of strings such as {ARGV_EXAMPLE}",
 )
-GPU = Value("integer or string", (int, str), _gpu, 'an index such as 0 or a UUID "GPU-..."')
+GPU_REF = Value("integer or string", (int, str), _gpu, 'an index such as 0 or a UUID "GPU-..."')
 
 
 # A rule on a key and the keys read before it (values by field): what is wrong, or None.
@@ -608,7 +608,7 @@ KEYS: tuple[Key, ...] = (
         None, "RAM budget: anonymous and shared memory"),
     Key("tenant", "protected", "protected", FLAG,
         False, "watched and reported, never acted on"),
-    Key("tenant", "gpu", "gpu", GPU,
+    Key("tenant", "gpu", "gpu", GPU_REF,
         None, "the GPU it runs on: an index or a GPU-/MIG- UUID"),
     Key("tenant", "release", "release", COMMAND,
         None, "run before a restart; no restart when the memory comes back"),
