@@ -1,5 +1,13 @@
 """``/etc/vramwatch.toml`` -> frozen :class:`Config`; every validation lives here.
 
+Every key is declared once, in :data:`KEYS`: its table, its name, the TOML value it
+takes and the parser that checks its range, its default and a line on what it does,
+as systemd-oomd declares its ``ConfigTableItem`` entries. The parser, the unknown-key
+hints, ``vramwatch check`` (which runs the parser) and the test that keeps
+vramwatch.toml(5) in step all read that table. Rules that tie a key to the keys read
+before it run as each is read (``Key.then``); those that tie keys across tables or to
+the GPUs present are functions after the read (:func:`reserve_fit_errors`, ...).
+
 Errors name the file, the key (``tenant[2].vram``) and what is wrong, so that
 ``vramwatch check`` can print them as they are.
 """
@@ -12,10 +20,10 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from vramwatch import security, units
 from vramwatch.model import KEY_PREFIXES, GpuSample, TenantId, TenantKind, Verb
@@ -33,6 +41,7 @@ UNIT_NAME_RE = re.compile(r"[A-Za-z0-9:_.\\@-]+\.(service|scope)")
 UNIT_NAME_MAX = 255
 
 BUSES = ("system", "user")
+VERBS = tuple(verb.value for verb in Verb)
 
 # node_exporter's textfile collector reads only files named *.prom.
 TEXTFILE_SUFFIX = ".prom"
@@ -77,6 +86,13 @@ ARGV_MAX = 64
 MAX_RESTARTS_MAX = 1000
 # No GPU and no host holds a pebibyte; a bigger floor or budget is a typo.
 MAX_SIZE_BYTES = 1024 * units.TIB
+# [gpu] nvml_timeout: long enough for a slow but healthy driver (the first call
+# after a GPU reset), short enough that a hung one costs one tick, not minutes.
+NVML_TIMEOUT_MIN_NS = 100 * 10**6
+NVML_TIMEOUT_MAX_NS = 60 * 10**9
+# NVML UUIDs: "GPU-" or "MIG-" and hex digits, dashes (MIG-GPU-.../gi/ci on old drivers).
+_GPU_UUID_RE = re.compile(r"(GPU|MIG)-[0-9A-Za-z/-]{1,120}")
+MAX_GPU_INDEX = 63
 
 
 class ConfigError(Exception):
@@ -105,20 +121,544 @@ class Floor:
         return self.bytes
 
 
+# Parsers: a TOML string -> a value, or units.UnitError saying what is wrong with it.
+
+
+def _size_ceiling(value: int, text: str) -> int:
+    if value > MAX_SIZE_BYTES:
+        raise units.UnitError(f'must be at most 1024TiB (1 PiB), got "{text}"')
+    return value
+
+
+def _positive_size(text: str) -> int:
+    value = units.parse_size(text)
+    if value <= 0:
+        raise units.UnitError(f'must be greater than zero, got "{text}"')
+    return _size_ceiling(value, text)
+
+
+class _Duration:
+    """A parser for a duration within ``bounds`` (ns, inclusive)."""
+
+    def __init__(self, bounds: tuple[int, int]) -> None:
+        self.bounds = bounds
+
+    def __call__(self, text: str) -> int:
+        low, high = self.bounds
+        value = units.parse_duration_ns(text)
+        if value < low or value > high:
+            if low == 0:
+                raise units.UnitError(f'must be at most {_span(high)}, got "{text}"')
+            if low == 1:
+                if value <= 0:
+                    raise units.UnitError(f'must be greater than zero, got "{text}"')
+                raise units.UnitError(f'must be at most {_span(high)}, got "{text}"')
+            raise units.UnitError(f'must be between {_span(low)} and {_span(high)}, got "{text}"')
+        return value
+
+
+def _span(ns: int) -> str:
+    """A bound for an error message, as the config and the man page write it: whole
+    days as days ("7d", "366d"), the rest as units.format_duration does ("1h")."""
+    if ns > DAY and ns % DAY == 0:  # "24h" reads better than "1d"
+        return f"{ns // DAY}d"
+    return units.format_duration(ns)
+
+
+def _floor(text: str) -> Floor:
+    percent = units.parse_percent(text)
+    if percent is not None:
+        if not 0 < percent < 100:
+            raise units.UnitError(f'a percentage must be above 0% and below 100%, got "{text}"')
+        return Floor(text, percent=percent)
+    try:
+        size = units.parse_size(text)
+    except units.UnitError:
+        raise units.UnitError(
+            f'expected a size such as "2GiB" or a percentage such as "10%", got "{text}"'
+        ) from None
+    if size <= 0:
+        raise units.UnitError(f'must be greater than zero, got "{text}"')
+    return Floor(text, bytes=_size_ceiling(size, text))
+
+
+def _nvml_timeout(text: str) -> int:
+    value = units.parse_duration_ns(text)
+    if not NVML_TIMEOUT_MIN_NS <= value <= NVML_TIMEOUT_MAX_NS:
+        raise units.UnitError(f'must be between 100ms and 60s, got "{text}"')
+    return value
+
+
+def _record_path(text: str) -> str:
+    if not text.startswith("/"):
+        raise units.UnitError(
+            f'expected an absolute path such as "/var/lib/vramwatch/trace.jsonl.gz", got "{text}"'
+        )
+    if text.endswith("/") or "\0" in text:
+        raise units.UnitError(f'expected a file name, got "{text}"')
+    return text
+
+
+def _record_size(text: str) -> int:
+    size = _positive_size(text)
+    if size < RECORD_MAX_SIZE_MIN_BYTES:
+        raise units.UnitError(f'must be at least 1MiB, got "{text}"')
+    return size
+
+
+def _listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:9835`` for IPv6) -> (host, port)."""
+    example = 'expected an address such as "127.0.0.1:9835" or "[::1]:9835"'
+    host, sep, port_text = text.rpartition(":")
+    # ASCII digits only: str.isdigit() accepts "²" and "٣", which int() then refuses.
+    if not sep or not host or not re.fullmatch(r"[0-9]+", port_text):
+        raise units.UnitError(f'{example}, got "{text}"')
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise units.UnitError(f'"{host}" is not an IPv6 address') from None
+    elif ":" in host or "[" in host or "]" in host:
+        raise units.UnitError(f'{example} (IPv6 in brackets), got "{text}"')
+    elif not re.fullmatch(r"[A-Za-z0-9.-]+", host):
+        raise units.UnitError(f'{example}, got "{text}"')
+    # Bounded before int(): Python refuses to convert more than 4300 digits.
+    port = int(port_text) if len(port_text) <= 5 else 0
+    if not 1 <= port <= 65535:
+        shown = port_text if len(port_text) <= 20 else port_text[:20] + "…"
+        raise units.UnitError(f"the port must be 1 to 65535, got {shown}")
+    return host, port
+
+
+def _textfile(text: str) -> str:
+    if not text.startswith("/"):
+        raise units.UnitError(f'expected an absolute path, got "{text}"')
+    if not text.endswith(TEXTFILE_SUFFIX) or text.endswith("/" + TEXTFILE_SUFFIX):
+        raise units.UnitError(
+            f'node_exporter reads only files named *{TEXTFILE_SUFFIX}, got "{text}"'
+        )
+    return text
+
+
+def _socket(text: str) -> str:
+    if not text.startswith("unix:///"):
+        raise units.UnitError(
+            'expected a Unix socket such as "unix:///run/docker.sock" or '
+            f'"unix:///run/podman/podman.sock", got "{text}"'
+        )
+    return text
+
+
+def validate_unit_name(unit: str) -> str | None:
+    """The problem with a unit name, or ``None`` when systemd would accept it."""
+    if len(unit.encode()) > UNIT_NAME_MAX or not UNIT_NAME_RE.fullmatch(unit):
+        return (
+            f'expected a systemd unit name such as "llama-server.service" or "job.scope", '
+            f'got "{unit}"'
+        )
+    if unit.startswith("@") or ".@" in unit or unit.split("@")[0].endswith("."):
+        return f'"{unit}" is not a valid unit name'
+    stem, _, suffix = unit.rpartition(".")
+    if stem.endswith("@"):
+        return f'"{unit}" is a template; name an instance such as "{stem}1.{suffix}"'
+    return None
+
+
+def _is_container_name(name: str) -> bool:
+    return bool(CONTAINER_NAME_RE.fullmatch(name)) and len(name) <= CONTAINER_NAME_MAX
+
+
+def _is_compose_name(name: str) -> bool:
+    return bool(COMPOSE_RE.fullmatch(name)) and len(name) <= CONTAINER_NAME_MAX
+
+
+def validate_tenant_key(key: str) -> str | None:
+    """The problem with a tenant key (a unit name, ``container:NAME``,
+    ``compose:PROJECT/SERVICE``), or ``None`` when it is one."""
+    ident = TenantId.from_key(key)
+    if ident.kind is TenantKind.CONTAINER:
+        return None if _is_container_name(ident.name) else f'"{key}" is not a container tenant'
+    if ident.kind is TenantKind.COMPOSE:
+        return None if _is_compose_name(ident.name) else f'"{key}" is not a compose tenant'
+    return validate_unit_name(key)
+
+
+def _tenant_name_problem(kind: TenantKind, name: str) -> str | None:
+    """What is wrong with the name a tenant's ``unit``, ``container`` or ``compose`` gives."""
+    if kind is TenantKind.CONTAINER:
+        if _is_container_name(name):
+            return None
+        return f'expected a container name such as "immich_machine_learning", got "{name}"'
+    if kind is TenantKind.COMPOSE:
+        if _is_compose_name(name):
+            return None
+        return f'expected PROJECT/SERVICE such as "immich/immich-machine-learning", got "{name}"'
+    problem = validate_unit_name(name)
+    if problem is None and any(name.startswith(p) for p in KEY_PREFIXES.values()):
+        problem = f'"{name}": the prefix "{name.split(":")[0]}:" is kept for container tenants'
+    return problem
+
+
+# Reading TOML: one table at a time, each key by the kind of value it takes.
+
+
+class _Table:
+    """One TOML table being read, and how its keys are named in errors."""
+
+    def __init__(self, path: Path | str, prefix: str, data: Mapping[str, Any]) -> None:
+        self.path = path
+        self.prefix = prefix
+        self.data = data
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def error(self, name: str, problem: str) -> ConfigError:
+        return ConfigError(self.path, self.key(name), problem)
+
+    def get(
+        self, name: str, kind: type | tuple[type, ...], expected: str = "", hint: str = ""
+    ) -> Any:
+        """The value of ``name``, which must be a ``kind``; ``expected`` says what the key
+        takes when the kind's own name would not (an array of what), ``hint`` how to
+        write a bare number where a string belongs."""
+        value = self.data[name]
+        # bool is an int in Python; TOML keeps them apart and so do we.
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            problem = f"expected {expected or _kind_name(kind)}, got {_describe(value)}"
+            if hint and not isinstance(value, bool) and isinstance(value, int | float):
+                if math.isfinite(value):
+                    problem += f"; write it as {hint.format(value)}"
+            raise self.error(name, problem)
+        return value
+
+    def table(self, name: str) -> _Table:
+        """The table ``name`` of this one (empty when it is not there)."""
+        data = self.get(name, dict) if name in self.data else {}
+        return _Table(self.path, self.key(name), data)
+
+    def finish(self, known: Collection[str]) -> None:
+        """Refuse the first key (in sorted order) that is none of ``known``."""
+        unknown = sorted(set(self.data).difference(known))
+        if unknown:
+            raise self.error(unknown[0], "unknown key" + _did_you_mean(unknown[0], known))
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {
+        str: "a string",
+        bool: "true or false",
+        int: "an integer",
+        dict: "a table",
+        list: "an array",
+    }
+    return names[kind] if isinstance(kind, type) else " or ".join(map(_kind_name, kind))
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()  # a TOML date or time, written back as TOML
+    return repr(value)
+
+
+def _did_you_mean(name: str, known: Collection[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+# How a bare number given for a size or a duration is written (TOML has no units).
+AS_DURATION = '"{}s"'
+AS_SIZE = '"{}MiB"'
+AS_FLOOR = '"{}MiB" (or a percentage such as "10%")'
+ARGV_EXAMPLE = '["/usr/bin/curl", "-fsS", URL]'
+
+
+def _as_is(value: Any) -> Any:
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Value:
+    """The value a key takes: its TOML type, then ``parse``, which checks its range and
+    converts it (units.UnitError says what is wrong)."""
+
+    kind: str  # what vramwatch.toml(5) calls it: "duration", "size", "boolean", ...
+    toml_type: type | tuple[type, ...]
+    parse: Callable[[Any], Any] = _as_is
+    expected: str = ""  # what it takes, where the type's own name would not say
+    number_as: str = ""  # AS_DURATION, ...: how a bare number would be written
+
+    def read(self, table: _Table, name: str) -> Any:
+        value = table.get(name, self.toml_type, self.expected, self.number_as)
+        try:
+            return self.parse(value)
+        except units.UnitError as exc:
+            raise table.error(name, str(exc)) from None
+
+
+def _text(kind: str, parse: Callable[[str], Any], number_as: str = "") -> Value:
+    """A string that ``parse`` reads."""
+    return Value(kind, str, parse, number_as=number_as)
+
+
+def _duration(bounds: tuple[int, int]) -> Value:
+    return _text("duration", _Duration(bounds), AS_DURATION)
+
+
+def _integer(low: int, high: int) -> Value:
+    return Value("integer", int, _between(low, high))
+
+
+def _between(low: int, high: int) -> Callable[[int], int]:
+    def parse(value: int) -> int:
+        if value < low:
+            raise units.UnitError(f"must be at least {low}, got {value}")
+        if value > high:
+            raise units.UnitError(f"must be at most {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _one_of(choices: tuple[str, ...], convert: Callable[[str], Any] = str) -> Callable[[str], Any]:
+    def parse(value: str) -> Any:
+        if value not in choices:
+            said = " or ".join(f'"{choice}"' for choice in choices)
+            raise units.UnitError(f'expected {said}, got "{value}"')
+        return convert(value)
+
+    return parse
+
+
+def _argv(value: list[Any]) -> tuple[str, ...]:
+    """An argv list: run without a shell, so its first word is an absolute path."""
+    if not value:
+        raise units.UnitError(f"expected a command as a list, e.g. {ARGV_EXAMPLE}")
+    if len(value) > ARGV_MAX or not all(isinstance(v, str) for v in value):
+        raise units.UnitError(f"expected a list of at most {ARGV_MAX} strings")
+    if any("\0" in v for v in value):
+        raise units.UnitError("a NUL character cannot be passed to a command")
+    if not value[0].startswith("/"):
+        problem = "the command must be an absolute path (no shell, no PATH search)"
+        raise units.UnitError(f'{problem}, got "{value[0]}"')
+    return tuple(value)
+
+
+def _gpu(value: int | str) -> int | str:
+    """An index (0..63) or a ``GPU-``/``MIG-`` UUID."""
+    if isinstance(value, int):
+        if not 0 <= value <= MAX_GPU_INDEX:
+            raise units.UnitError(f"expected an index from 0 to {MAX_GPU_INDEX}, got {value}")
+    elif not _GPU_UUID_RE.fullmatch(value):
+        raise units.UnitError(
+            f'expected a UUID such as "GPU-8f1c2a3e-..." or "MIG-...", got "{value}"'
+        )
+    return value
+
+
+def _tenant_name(kind: TenantKind) -> Callable[[str], str]:
+    """The name a tenant of this kind goes by -> the tenant's key (model.TenantId)."""
+
+    def parse(name: str) -> str:
+        problem = _tenant_name_problem(kind, name)
+        if problem:
+            raise units.UnitError(problem)
+        return TenantId(kind, name).key
+
+    return parse
+
+
+FLAG = Value("boolean", bool)
+SIZE = _text("size", _positive_size, AS_SIZE)
+FLOOR = _text("size or percentage", _floor, AS_FLOOR)
+COMMAND = Value(
+    "list of strings",
+    list,
+    _argv,
+    expected=f"a command as a list of strings such as {ARGV_EXAMPLE}",
+)
+GPU_REF = Value("integer or string", (int, str), _gpu, 'an index such as 0 or a UUID "GPU-..."')
+
+
+# A rule on a key and the keys read before it (values by field): what is wrong, or None.
+Rule = Callable[[Mapping[str, Any]], str | None]
+
+
+def _scope_restart(values: Mapping[str, Any]) -> str | None:
+    unit = values["unit"]
+    scope = unit.endswith(".scope") and TenantId.from_key(unit).kind is TenantKind.UNIT
+    if values["verb"] is Verb.RESTART and scope:
+        return 'a scope cannot be restarted by systemd; use action = "stop"'
+    return None
+
+
+def _reserve_needs_vram(values: Mapping[str, Any]) -> str | None:
+    if values["reserve"] and values["vram_bytes"] is None:
+        return "needs a vram budget: the unused part of it is reserved"
+    return None
+
+
+def _trend_window(values: Mapping[str, Any]) -> str | None:
+    if 0 < values["window_ns"] < TREND_WINDOW_MIN_NS:
+        return 'must be at least 10s, or "0s" to turn forecasts off'
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One key of vramwatch.toml, as systemd-oomd's ``ConfigTableItem`` declares one
+    (section, name, parser and its range, destination), with its default and help."""
+
+    table: str  # "daemon", ...; "tenant" for the keys of each [[tenant]]
+    name: str
+    field: str  # the attribute of the table's dataclass that it sets
+    value: Value  # the kind of value it takes; its parser holds the range
+    default: object  # as written in TOML ("2s", false, 3); None: it has none
+    help: str  # one line; vramwatch.toml(5) says the rest
+    then: Rule | None = None  # checked once it and the keys above it are read
+
+    @property
+    def path(self) -> str:
+        return f"{self.table}.{self.name}"
+
+
+# Every key, by table, in the order each table is read (a file with two mistakes is
+# told about the first). The dataclasses below take their defaults from here.
+# fmt: off
+KEYS: tuple[Key, ...] = (
+    # Key(table, name, field it sets, the value it takes (its parser holds the range),
+    #     default as TOML writes it, help[, a rule on it and the keys above it])
+    Key("daemon", "bus", "bus", _text("string", _one_of(BUSES)),
+        "system", "the systemd manager whose units are tenants"),
+    Key("daemon", "max_restarts", "max_restarts", _integer(1, MAX_RESTARTS_MAX),
+        3, "actions per unit within restart_window; past it, none (a restart storm)"),
+    Key("daemon", "interval", "interval_ns", _duration(INTERVAL_RANGE_NS),
+        "2s", "sampling period"),
+    Key("daemon", "dry_run", "dry_run", FLAG,
+        False, "decide and log would_restart or would_stop, never act"),
+    Key("daemon", "cooldown", "cooldown_ns", _duration(COOLDOWN_RANGE_NS),
+        "2m", "no second action on the same unit within this"),
+    Key("daemon", "restart_window", "restart_window_ns", _duration(RESTART_WINDOW_RANGE_NS),
+        "1h", "the window of max_restarts"),
+    Key("daemon", "reclaim_timeout", "reclaim_timeout_ns", _duration(RECLAIM_TIMEOUT_RANGE_NS),
+        "30s", "after an action, how long to wait for the memory to come back"),
+    Key("daemon", "record", "record", _text("path", _record_path),
+        None, "record every sample to this trace, for vramwatch replay"),
+    Key("daemon", "record_keep", "record_keep_ns", _duration(RECORD_KEEP_RANGE_NS),
+        "7d", "rotated trace segments older than this are deleted"),
+    Key("daemon", "record_max_size", "record_max_bytes", _text("size", _record_size, AS_SIZE),
+        "1GiB", "the most the trace and its rotated segments take on disk"),
+
+    # Floors in the spirit of earlyoom (10 % of RAM available) and of the incidents
+    # behind vramwatch: a 16 GB card with under 1.6 GB free cannot load another model.
+    Key("gpu", "nvml_timeout", "nvml_timeout_ns", _text("duration", _nvml_timeout, AS_DURATION),
+        "3s", "how long one sample waits for NVML"),
+    Key("gpu", "min_free_vram", "floor", FLOOR,
+        "10%", "floor on free VRAM, for every GPU"),
+    Key("gpu", "grace", "grace_ns", _duration(GRACE_RANGE_NS),
+        "10s", "the floor must be breached in every sample for this long"),
+
+    Key("host", "min_available_ram", "floor", FLOOR,
+        "10%", "floor on MemAvailable"),
+    Key("host", "grace", "grace_ns", _duration(GRACE_RANGE_NS),
+        "10s", "the floor must be breached in every sample for this long"),
+
+    Key("metrics", "listen", "listen", _text("address", _listen),
+        None, "serve /metrics over HTTP at this address"),
+    Key("metrics", "textfile", "textfile", _text("absolute path ending in .prom", _textfile),
+        None, "write the metrics to this file for node_exporter's textfile collector"),
+
+    Key("trend", "window", "window_ns", _duration(TREND_WINDOW_RANGE_NS),
+        "30m", 'how far back the trend looks; "0s" turns forecasts off', _trend_window),
+    Key("trend", "warn_within", "warn_within_ns", _duration(WARN_WITHIN_RANGE_NS),
+        "2h", "warn when a budget will be reached within this"),
+
+    Key("hooks", "after_action", "after_action", COMMAND,
+        None, "run after every action, release and growing entry"),
+    Key("hooks", "timeout", "timeout_ns", _duration(COMMAND_TIMEOUT_RANGE_NS),
+        "10s", "the hook's time limit"),
+
+    Key("containers", "socket", "socket", _text("string", _socket),
+        DEFAULT_ENGINE_SOCKET, "the Engine API socket (Docker's or Podman's)"),
+    Key("containers", "stop_timeout", "stop_timeout_ns", _duration(STOP_TIMEOUT_RANGE_NS),
+        "10s", "t= of restart and stop: how long a container may take to exit"),
+
+    # Each [[tenant]] is named by exactly one of unit, container, compose (TENANT_NAMES).
+    Key("tenant", "unit", "unit", _text("string", _tenant_name(TenantKind.UNIT)),
+        None, "the systemd unit it runs as, a .service or a .scope"),
+    Key("tenant", "container", "unit", _text("string", _tenant_name(TenantKind.CONTAINER)),
+        None, "a Docker or Podman container, by name"),
+    Key("tenant", "compose", "unit", _text("string", _tenant_name(TenantKind.COMPOSE)),
+        None, "every container of a docker compose service, as PROJECT/SERVICE"),
+    Key("tenant", "action", "verb", _text("string", _one_of(VERBS, Verb)),
+        "restart", "what is done to it: restart or stop", _scope_restart),
+    Key("tenant", "vram", "vram_bytes", SIZE,
+        None, "VRAM budget, summed over all GPUs"),
+    Key("tenant", "reserve", "reserve", FLAG,
+        False, "keep the unused part of its VRAM budget free on its GPU", _reserve_needs_vram),
+    Key("tenant", "ram", "ram_bytes", SIZE,
+        None, "RAM budget: anonymous and shared memory"),
+    Key("tenant", "protected", "protected", FLAG,
+        False, "watched and reported, never acted on"),
+    Key("tenant", "gpu", "gpu", GPU_REF,
+        None, "the GPU it runs on: an index or a GPU-/MIG- UUID"),
+    Key("tenant", "release", "release", COMMAND,
+        None, "run before a restart; no restart when the memory comes back"),
+    Key("tenant", "release_timeout", "release_timeout_ns", _duration(COMMAND_TIMEOUT_RANGE_NS),
+        "20s", "the time limit of the release command and of the wait for the memory"),
+)
+# fmt: on
+
+
+# The tables in the order they are read ("tenant": each [[tenant]]), and their keys.
+TABLES: dict[str, tuple[Key, ...]] = {
+    table: tuple(key for key in KEYS if key.table == table)
+    for table in dict.fromkeys(key.table for key in KEYS)
+}
+# A tenant is named by exactly one of these keys (the others are then not there).
+TENANT_NAMES = ("unit", "container", "compose")
+
+
+def _initial(key: Key) -> Any:
+    """The value a key has when the file does not set it: its default, read as if the
+    file said it (so a default is in its own range), or None (no command: ())."""
+    if key.default is None:
+        return () if key.value is COMMAND else None
+    return key.value.read(_Table("vramwatch.config.KEYS", "", {key.name: key.default}), key.name)
+
+
+# Each key's value when the file does not set it, by path ("daemon.interval"): the
+# dataclasses' defaults.
+DEFAULTS: dict[str, Any] = {key.path: _initial(key) for key in KEYS}
+
+
 @dataclass(frozen=True, slots=True)
 class DaemonConfig:
-    interval_ns: int = 2 * 10**9
-    dry_run: bool = False
-    bus: str = "system"
-    cooldown_ns: int = 120 * 10**9
-    max_restarts: int = 3
-    restart_window_ns: int = 3600 * 10**9
-    reclaim_timeout_ns: int = 30 * 10**9
+    """[daemon]; each default is its key's (DEFAULTS), as are those of the tables below."""
+
+    interval_ns: int = DEFAULTS["daemon.interval"]
+    dry_run: bool = DEFAULTS["daemon.dry_run"]
+    bus: str = DEFAULTS["daemon.bus"]
+    cooldown_ns: int = DEFAULTS["daemon.cooldown"]
+    max_restarts: int = DEFAULTS["daemon.max_restarts"]
+    restart_window_ns: int = DEFAULTS["daemon.restart_window"]
+    reclaim_timeout_ns: int = DEFAULTS["daemon.reclaim_timeout"]
     # Record and replay (vramwatch.trace): where the trace goes, how long and how much
     # of it is kept. None: not recording (unless `run --record FILE`).
-    record: str | None = None
-    record_keep_ns: int = 7 * 24 * 3600 * 10**9
-    record_max_bytes: int = 1024**3
+    record: str | None = DEFAULTS["daemon.record"]
+    record_keep_ns: int = DEFAULTS["daemon.record_keep"]
+    record_max_bytes: int = DEFAULTS["daemon.record_max_size"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,17 +672,17 @@ class Tenant:
     # The tenant's key: the unit name of a unit tenant, "container:NAME" or
     # "compose:PROJECT/SERVICE" (model.TenantId); the policy knows only this.
     unit: str
-    vram_bytes: int | None = None
-    ram_bytes: int | None = None
-    verb: Verb = Verb.RESTART
-    protected: bool = False
+    vram_bytes: int | None = DEFAULTS["tenant.vram"]
+    ram_bytes: int | None = DEFAULTS["tenant.ram"]
+    verb: Verb = DEFAULTS["tenant.action"]
+    protected: bool = DEFAULTS["tenant.protected"]
     # Keep the unused part of the VRAM budget free on its GPU (SPEC "Budgets that
     # are guarantees"); ``gpu`` pins the tenant, and its VRAM budget, to one GPU.
-    reserve: bool = False
-    gpu: int | str | None = None  # an index, or a GPU-/MIG- UUID
+    reserve: bool = DEFAULTS["tenant.reserve"]
+    gpu: int | str | None = DEFAULTS["tenant.gpu"]  # an index, or a GPU-/MIG- UUID
     # Release before restart: run this argv (no shell) and wait for the memory.
-    release: tuple[str, ...] = ()
-    release_timeout_ns: int = 20 * 10**9
+    release: tuple[str, ...] = DEFAULTS["tenant.release"]
+    release_timeout_ns: int = DEFAULTS["tenant.release_timeout"]
 
     def budget(self, resource: str) -> int | None:
         return self.vram_bytes if resource == "vram" else self.ram_bytes
@@ -181,8 +721,8 @@ class Tenant:
 class ContainersConfig:
     """How container tenants are reached: the Engine API (Docker or Podman)."""
 
-    socket: str = DEFAULT_ENGINE_SOCKET
-    stop_timeout_ns: int = 10 * 10**9
+    socket: str = DEFAULTS["containers.socket"]
+    stop_timeout_ns: int = DEFAULTS["containers.stop_timeout"]
 
     @property
     def stop_timeout_s(self) -> int:
@@ -190,11 +730,8 @@ class ContainersConfig:
         return -(-self.stop_timeout_ns // 10**9)
 
 
-# Sane defaults in the spirit of earlyoom (10 % of RAM available) and of the
-# incidents behind vramwatch: a 16 GB card with under 1.6 GB free cannot load
-# another model.
-DEFAULT_GPU = FloorConfig(Floor("10%", percent=10.0), 10 * 10**9)
-DEFAULT_HOST = FloorConfig(Floor("10%", percent=10.0), 10 * 10**9)
+DEFAULT_GPU = FloorConfig(DEFAULTS["gpu.min_free_vram"], DEFAULTS["gpu.grace"])
+DEFAULT_HOST = FloorConfig(DEFAULTS["host.min_available_ram"], DEFAULTS["host.grace"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +740,8 @@ class MetricsConfig:
 
     listen_host: str | None = None  # HTTP exporter address, e.g. "127.0.0.1"
     listen_port: int | None = None
-    textfile: str | None = None  # node_exporter textfile collector file (*.prom)
+    # node_exporter textfile collector file (*.prom)
+    textfile: str | None = DEFAULTS["metrics.textfile"]
 
     @property
     def listen(self) -> str | None:
@@ -217,16 +755,16 @@ class MetricsConfig:
 class TrendConfig:
     """[trend]: leak forecasts from the troughs of each tenant's usage (vramwatch.trend)."""
 
-    window_ns: int = 30 * 60 * 10**9  # how far back the trend looks; 0: off
-    warn_within_ns: int = 2 * 3600 * 10**9  # warn when a budget is reached within this
+    window_ns: int = DEFAULTS["trend.window"]
+    warn_within_ns: int = DEFAULTS["trend.warn_within"]
 
 
 @dataclass(frozen=True, slots=True)
 class HooksConfig:
     """[hooks]: a command run after every action, release and growing event."""
 
-    after_action: tuple[str, ...] = ()
-    timeout_ns: int = 10 * 10**9
+    after_action: tuple[str, ...] = DEFAULTS["hooks.after_action"]
+    timeout_ns: int = DEFAULTS["hooks.timeout"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +777,7 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     trend: TrendConfig = TrendConfig()
     hooks: HooksConfig = HooksConfig()
-    nvml_timeout_ns: int = 3 * 10**9  # [gpu] nvml_timeout (DEFAULT_NVML_TIMEOUT_NS)
+    nvml_timeout_ns: int = DEFAULTS["gpu.nvml_timeout"]
     containers: ContainersConfig = ContainersConfig()
 
     def tenant(self, unit: str) -> Tenant | None:
@@ -259,93 +797,47 @@ def default_path() -> Path:
     return Path(os.environ.get(CONFIG_ENV) or DEFAULT_PATH)
 
 
-T = TypeVar("T")
+def _read(table: _Table, keys: tuple[Key, ...]) -> dict[str, Any]:
+    """The table's values by field, each key read as the table declares it, in order;
+    then no key may be left that the table does not know."""
+    values: dict[str, Any] = {}
+    for key in keys:
+        if key.name in table.data:
+            values[key.field] = key.value.read(table, key.name)
+        else:
+            # setdefault: the tenant's name keys share one field, which the one given sets.
+            values.setdefault(key.field, DEFAULTS[key.path])
+        problem = key.then(values) if key.then else None
+        if problem:
+            raise table.error(key.name, problem)
+    table.finish([key.name for key in keys])
+    return values
 
 
-class _Table:
-    """One TOML table being read; remembers which keys were used."""
-
-    def __init__(self, path: Path, prefix: str, data: Mapping[str, Any]) -> None:
-        self.path = path
-        self.prefix = prefix
-        self.data = data
-        self.seen: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}.{name}" if self.prefix else name
-
-    def error(self, name: str, problem: str) -> ConfigError:
-        return ConfigError(self.path, self.key(name), problem)
-
-    def get(self, name: str, kind: type[T], default: T, expected: str = "") -> T:
-        """The value of ``name`` if it is a ``kind``; ``expected`` says what the key
-        takes when the kind's own name would not (an array of what)."""
-        self.seen.add(name)
-        if name not in self.data:
-            return default
-        value = self.data[name]
-        # bool is an int in Python; TOML keeps them apart and so do we.
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            wanted = expected or _kind_name(kind)
-            raise self.error(name, f"expected {wanted}, got {_describe(value)}")
-        return value
-
-    def parsed(self, name: str, parse: Callable[[str], T], default: T) -> T:
-        if name not in self.data:
-            self.seen.add(name)
-            return default
-        try:
-            text = self.get(name, str, "")
-        except ConfigError as exc:
-            hint = _number_hint(parse, self.data[name])
-            raise self.error(name, exc.problem + hint) if hint else exc from None
-        try:
-            return parse(text)
-        except units.UnitError as exc:
-            raise self.error(name, str(exc)) from None
-
-    def finish(self) -> None:
-        unknown = sorted(set(self.data) - self.seen)
-        if unknown:
-            raise self.error(unknown[0], "unknown key" + _did_you_mean(unknown[0], self.seen))
+def _section(root: _Table, name: str) -> dict[str, Any]:
+    return _read(root.table(name), TABLES[name])
 
 
-def _kind_name(kind: type) -> str:
-    names = {
-        str: "a string",
-        bool: "true or false",
-        int: "an integer",
-        dict: "a table",
-        list: "an array",
-    }
-    return names.get(kind, kind.__name__)
+def _metrics(values: dict[str, Any]) -> MetricsConfig:
+    host, port = values.pop("listen") or (None, None)
+    return MetricsConfig(host, port, **values)
 
 
-def _describe(value: object) -> str:
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, (datetime.date, datetime.time)):
-        return value.isoformat()  # a TOML date or time, written back as TOML
-    return repr(value)
-
-
-def _number_hint(parse: Callable[[str], object], value: object) -> str:
-    """How to write a bare number given for a size or a duration (TOML has no units)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return ""
-    if isinstance(parse, _Duration) or parse is _nvml_timeout:
-        return f'; write it as "{value}s"'
-    if parse is _floor:
-        return f'; write it as "{value}MiB" (or a percentage such as "10%")'
-    if parse in (_positive_size, _record_size):
-        return f'; write it as "{value}MiB"'
-    return ""
+def _tenant(table: _Table) -> Tenant:
+    named = [name for name in TENANT_NAMES if name in table.data]
+    if not named:
+        raise table.error(
+            "unit",
+            'missing: every tenant needs the systemd unit it runs as (or "container" or '
+            '"compose" for a container)',
+        )
+    if len(named) > 1:
+        raise table.error(
+            named[1],
+            f"a tenant is named by exactly one of unit, container, "
+            f'compose; this one has both "{named[0]}" and "{named[1]}"',
+        )
+    return Tenant(**_read(table, TABLES["tenant"]))
 
 
 def _toml_error(exc: tomllib.TOMLDecodeError) -> str:
@@ -367,394 +859,6 @@ _QUOTED = r"""(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")"""
 _KEY_TUPLE = rf"\({_QUOTED}(?:, {_QUOTED})*,?\)"
 _KEY_TUPLE_RE = re.compile(rf"(?P<key>{_KEY_TUPLE})")
 _DECLARE_TWICE_RE = re.compile(rf"Cannot declare (?P<key>{_KEY_TUPLE}) twice")
-
-
-def _did_you_mean(name: str, known: set[str]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(name, sorted(known), n=1)
-    return f' (did you mean "{close[0]}"?)' if close else ""
-
-
-def _size_ceiling(value: int, text: str) -> int:
-    if value > MAX_SIZE_BYTES:
-        raise units.UnitError(f'must be at most 1024TiB (1 PiB), got "{text}"')
-    return value
-
-
-def _positive_size(text: str) -> int:
-    value = units.parse_size(text)
-    if value <= 0:
-        raise units.UnitError(f'must be greater than zero, got "{text}"')
-    return _size_ceiling(value, text)
-
-
-class _Duration:
-    """A parser for a duration within ``bounds`` (ns, inclusive)."""
-
-    def __init__(self, bounds: tuple[int, int]) -> None:
-        self.bounds = bounds
-
-    def __call__(self, text: str) -> int:
-        low, high = self.bounds
-        value = units.parse_duration_ns(text)
-        if value < low or value > high:
-            if low == 0:
-                raise units.UnitError(f'must be at most {_span(high)}, got "{text}"')
-            if low == 1:
-                if value <= 0:
-                    raise units.UnitError(f'must be greater than zero, got "{text}"')
-                raise units.UnitError(f'must be at most {_span(high)}, got "{text}"')
-            raise units.UnitError(f'must be between {_span(low)} and {_span(high)}, got "{text}"')
-        return value
-
-
-def _duration_in(bounds: tuple[int, int]) -> _Duration:
-    return _Duration(bounds)
-
-
-def _span(ns: int) -> str:
-    """A bound for an error message, as the config and the man page write it: whole
-    days as days ("7d", "366d"), the rest as units.format_duration does ("1h")."""
-    if ns > DAY and ns % DAY == 0:  # "24h" reads better than "1d"
-        return f"{ns // DAY}d"
-    return units.format_duration(ns)
-
-
-def _floor(text: str) -> Floor:
-    percent = units.parse_percent(text)
-    if percent is not None:
-        if not 0 < percent < 100:
-            raise units.UnitError(f'a percentage must be above 0% and below 100%, got "{text}"')
-        return Floor(text, percent=percent)
-    try:
-        size = units.parse_size(text)
-    except units.UnitError:
-        raise units.UnitError(
-            f'expected a size such as "2GiB" or a percentage such as "10%", got "{text}"'
-        ) from None
-    if size <= 0:
-        raise units.UnitError(f'must be greater than zero, got "{text}"')
-    return Floor(text, bytes=_size_ceiling(size, text))
-
-
-# [gpu] nvml_timeout: long enough for a slow but healthy driver (the first call
-# after a GPU reset), short enough that a hung one costs one tick, not minutes.
-DEFAULT_NVML_TIMEOUT_NS = 3 * 10**9
-NVML_TIMEOUT_MIN_NS = 100 * 10**6
-NVML_TIMEOUT_MAX_NS = 60 * 10**9
-
-
-def _nvml_timeout(text: str) -> int:
-    value = units.parse_duration_ns(text)
-    if not NVML_TIMEOUT_MIN_NS <= value <= NVML_TIMEOUT_MAX_NS:
-        raise units.UnitError(f'must be between 100ms and 60s, got "{text}"')
-    return value
-
-
-def _table(parent: _Table, name: str) -> _Table:
-    data = parent.get(name, dict, {})
-    return _Table(parent.path, parent.key(name), data)
-
-
-def _daemon(table: _Table) -> DaemonConfig:
-    default = DaemonConfig()
-    bus = table.get("bus", str, default.bus)
-    if bus not in BUSES:
-        raise table.error("bus", f'expected "system" or "user", got "{bus}"')
-    max_restarts = table.get("max_restarts", int, default.max_restarts)
-    if max_restarts < 1:
-        raise table.error("max_restarts", f"must be at least 1, got {max_restarts}")
-    if max_restarts > MAX_RESTARTS_MAX:
-        raise table.error("max_restarts", f"must be at most {MAX_RESTARTS_MAX}, got {max_restarts}")
-    daemon = DaemonConfig(
-        interval_ns=table.parsed("interval", _duration_in(INTERVAL_RANGE_NS), default.interval_ns),
-        dry_run=table.get("dry_run", bool, default.dry_run),
-        bus=bus,
-        cooldown_ns=table.parsed("cooldown", _duration_in(COOLDOWN_RANGE_NS), default.cooldown_ns),
-        max_restarts=max_restarts,
-        restart_window_ns=table.parsed(
-            "restart_window", _duration_in(RESTART_WINDOW_RANGE_NS), default.restart_window_ns
-        ),
-        reclaim_timeout_ns=table.parsed(
-            "reclaim_timeout", _duration_in(RECLAIM_TIMEOUT_RANGE_NS), default.reclaim_timeout_ns
-        ),
-        record=table.parsed("record", _record_path, default.record),
-        record_keep_ns=table.parsed(
-            "record_keep", _duration_in(RECORD_KEEP_RANGE_NS), default.record_keep_ns
-        ),
-        record_max_bytes=table.parsed("record_max_size", _record_size, default.record_max_bytes),
-    )
-    table.finish()
-    return daemon
-
-
-def _record_path(text: str) -> str:
-    if not text.startswith("/"):
-        raise units.UnitError(
-            f'expected an absolute path such as "/var/lib/vramwatch/trace.jsonl.gz", got "{text}"'
-        )
-    if text.endswith("/") or "\0" in text:
-        raise units.UnitError(f'expected a file name, got "{text}"')
-    return text
-
-
-def _record_size(text: str) -> int:
-    size = _positive_size(text)
-    if size < RECORD_MAX_SIZE_MIN_BYTES:
-        raise units.UnitError(f'must be at least 1MiB, got "{text}"')
-    return size
-
-
-def _trend(table: _Table) -> TrendConfig:
-    default = TrendConfig()
-    window = table.parsed("window", _duration_in(TREND_WINDOW_RANGE_NS), default.window_ns)
-    if 0 < window < TREND_WINDOW_MIN_NS:
-        raise table.error("window", 'must be at least 10s, or "0s" to turn forecasts off')
-    trend = TrendConfig(
-        window_ns=window,
-        warn_within_ns=table.parsed(
-            "warn_within", _duration_in(WARN_WITHIN_RANGE_NS), default.warn_within_ns
-        ),
-    )
-    table.finish()
-    return trend
-
-
-def _floor_table(table: _Table, floor_key: str, default: FloorConfig) -> FloorConfig:
-    floor = FloorConfig(
-        floor=table.parsed(floor_key, _floor, default.floor),
-        grace_ns=table.parsed("grace", _duration_in(GRACE_RANGE_NS), default.grace_ns),
-    )
-    table.finish()
-    return floor
-
-
-def _listen(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:9835`` for IPv6) -> (host, port)."""
-    example = 'expected an address such as "127.0.0.1:9835" or "[::1]:9835"'
-    host, sep, port_text = text.rpartition(":")
-    # ASCII digits only: str.isdigit() accepts "²" and "٣", which int() then refuses.
-    if not sep or not host or not re.fullmatch(r"[0-9]+", port_text):
-        raise units.UnitError(f'{example}, got "{text}"')
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise units.UnitError(f'"{host}" is not an IPv6 address') from None
-    elif ":" in host or "[" in host or "]" in host:
-        raise units.UnitError(f'{example} (IPv6 in brackets), got "{text}"')
-    elif not re.fullmatch(r"[A-Za-z0-9.-]+", host):
-        raise units.UnitError(f'{example}, got "{text}"')
-    # Bounded before int(): Python refuses to convert more than 4300 digits.
-    port = int(port_text) if len(port_text) <= 5 else 0
-    if not 1 <= port <= 65535:
-        shown = port_text if len(port_text) <= 20 else port_text[:20] + "…"
-        raise units.UnitError(f"the port must be 1 to 65535, got {shown}")
-    return host, port
-
-
-def _textfile(text: str) -> str:
-    if not text.startswith("/"):
-        raise units.UnitError(f'expected an absolute path, got "{text}"')
-    if not text.endswith(TEXTFILE_SUFFIX) or text.endswith("/" + TEXTFILE_SUFFIX):
-        raise units.UnitError(
-            f'node_exporter reads only files named *{TEXTFILE_SUFFIX}, got "{text}"'
-        )
-    return text
-
-
-def _argv(table: _Table, name: str) -> tuple[str, ...]:
-    """An argv list: run without a shell, so its first word is an absolute path."""
-    value = table.get(
-        name,
-        list,
-        [],
-        expected='a command as a list of strings such as ["/usr/bin/curl", "-fsS", URL]',
-    )
-    if not value:
-        if name in table.data:
-            raise table.error(
-                name, 'expected a command as a list, e.g. ["/usr/bin/curl", "-fsS", URL]'
-            )
-        return ()
-    if len(value) > ARGV_MAX or not all(isinstance(v, str) for v in value):
-        raise table.error(name, f"expected a list of at most {ARGV_MAX} strings")
-    if any("\0" in v for v in value):
-        raise table.error(name, "a NUL character cannot be passed to a command")
-    if not value[0].startswith("/"):
-        raise table.error(
-            name,
-            f'the command must be an absolute path (no shell, no PATH search), got "{value[0]}"',
-        )
-    return tuple(value)
-
-
-def _hooks(table: _Table) -> HooksConfig:
-    default = HooksConfig()
-    hooks = HooksConfig(
-        after_action=_argv(table, "after_action"),
-        timeout_ns=table.parsed(
-            "timeout", _duration_in(COMMAND_TIMEOUT_RANGE_NS), default.timeout_ns
-        ),
-    )
-    table.finish()
-    return hooks
-
-
-def _metrics(table: _Table) -> MetricsConfig:
-    listen = table.parsed("listen", _listen, None)
-    metrics = MetricsConfig(
-        listen_host=listen[0] if listen else None,
-        listen_port=listen[1] if listen else None,
-        textfile=table.parsed("textfile", _textfile, None),
-    )
-    table.finish()
-    return metrics
-
-
-def _socket(text: str) -> str:
-    if not text.startswith("unix:///"):
-        raise units.UnitError(
-            'expected a Unix socket such as "unix:///run/docker.sock" or '
-            f'"unix:///run/podman/podman.sock", got "{text}"'
-        )
-    return text
-
-
-def _containers(table: _Table) -> ContainersConfig:
-    default = ContainersConfig()
-    containers = ContainersConfig(
-        socket=table.parsed("socket", _socket, default.socket),
-        stop_timeout_ns=table.parsed(
-            "stop_timeout", _duration_in(STOP_TIMEOUT_RANGE_NS), default.stop_timeout_ns
-        ),
-    )
-    table.finish()
-    return containers
-
-
-def validate_unit_name(unit: str) -> str | None:
-    """The problem with a unit name, or ``None`` when systemd would accept it."""
-    if len(unit.encode()) > UNIT_NAME_MAX or not UNIT_NAME_RE.fullmatch(unit):
-        return (
-            f'expected a systemd unit name such as "llama-server.service" or "job.scope", '
-            f'got "{unit}"'
-        )
-    if unit.startswith("@") or ".@" in unit or unit.split("@")[0].endswith("."):
-        return f'"{unit}" is not a valid unit name'
-    stem, _, suffix = unit.rpartition(".")
-    if stem.endswith("@"):
-        return f'"{unit}" is a template; name an instance such as "{stem}1.{suffix}"'
-    return None
-
-
-def validate_tenant_key(key: str) -> str | None:
-    """The problem with a tenant key (a unit name, ``container:NAME``,
-    ``compose:PROJECT/SERVICE``), or ``None`` when it is one."""
-    ident = TenantId.from_key(key)
-    if ident.kind is TenantKind.CONTAINER:
-        ok = CONTAINER_NAME_RE.fullmatch(ident.name) and len(ident.name) <= CONTAINER_NAME_MAX
-        return None if ok else f'"{key}" is not a container tenant'
-    if ident.kind is TenantKind.COMPOSE:
-        ok = COMPOSE_RE.fullmatch(ident.name) and len(ident.name) <= CONTAINER_NAME_MAX
-        return None if ok else f'"{key}" is not a compose tenant'
-    return validate_unit_name(key)
-
-
-def _tenant_key(table: _Table) -> str:
-    """The one of ``unit``, ``container``, ``compose`` that names the tenant, as its key."""
-    named = [k for k in ("unit", "container", "compose") if k in table.data]
-    if not named:
-        raise table.error(
-            "unit",
-            'missing: every tenant needs the systemd unit it runs as (or "container" or '
-            '"compose" for a container)',
-        )
-    if len(named) > 1:
-        raise table.error(
-            named[1],
-            f"a tenant is named by exactly one of unit, container, "
-            f'compose; this one has both "{named[0]}" and "{named[1]}"',
-        )
-    kind = named[0]
-    name = table.get(kind, str, "")
-    if kind == "unit":
-        problem = validate_unit_name(name)
-        if problem is None and any(name.startswith(p) for p in KEY_PREFIXES.values()):
-            problem = f'"{name}": the prefix "{name.split(":")[0]}:" is kept for container tenants'
-    elif kind == "container":
-        problem = (
-            None
-            if CONTAINER_NAME_RE.fullmatch(name) and len(name) <= CONTAINER_NAME_MAX
-            else f'expected a container name such as "immich_machine_learning", got "{name}"'
-        )
-    else:
-        problem = (
-            None
-            if COMPOSE_RE.fullmatch(name) and len(name) <= CONTAINER_NAME_MAX
-            else f'expected PROJECT/SERVICE such as "immich/immich-machine-learning", got "{name}"'
-        )
-    if problem:
-        raise table.error(kind, problem)
-    return TenantId(TenantKind(kind), name).key
-
-
-def _tenant(table: _Table) -> Tenant:
-    unit = _tenant_key(table)
-    action = table.get("action", str, "restart")
-    try:
-        verb = Verb(action)
-    except ValueError:
-        raise table.error("action", f'expected "restart" or "stop", got "{action}"') from None
-    if verb is Verb.RESTART and unit.endswith(".scope") and TenantId.from_key(unit).kind == "unit":
-        raise table.error("action", 'a scope cannot be restarted by systemd; use action = "stop"')
-    vram = table.parsed("vram", _positive_size, None)
-    reserve = table.get("reserve", bool, False)
-    if reserve and vram is None:
-        raise table.error("reserve", "needs a vram budget: the unused part of it is reserved")
-    tenant = Tenant(
-        unit=unit,
-        vram_bytes=vram,
-        ram_bytes=table.parsed("ram", _positive_size, None),
-        verb=verb,
-        protected=table.get("protected", bool, False),
-        reserve=reserve,
-        gpu=_gpu_ref(table),
-        release=_argv(table, "release"),
-        release_timeout_ns=table.parsed(
-            "release_timeout", _duration_in(COMMAND_TIMEOUT_RANGE_NS), 20 * 10**9
-        ),
-    )
-    table.finish()
-    return tenant
-
-
-# NVML UUIDs: "GPU-" or "MIG-" and hex digits, dashes (MIG-GPU-.../gi/ci on old drivers).
-_GPU_UUID_RE = re.compile(r"(GPU|MIG)-[0-9A-Za-z/-]{1,120}")
-MAX_GPU_INDEX = 63
-
-
-def _gpu_ref(table: _Table) -> int | str | None:
-    """``gpu``: an index (0..63) or a ``GPU-``/``MIG-`` UUID."""
-    table.seen.add("gpu")
-    if "gpu" not in table.data:
-        return None
-    value = table.data["gpu"]
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise table.error(
-            "gpu", f'expected an index such as 0 or a UUID "GPU-...", got {_describe(value)}'
-        )
-    if isinstance(value, int):
-        if not 0 <= value <= MAX_GPU_INDEX:
-            raise table.error("gpu", f"expected an index from 0 to {MAX_GPU_INDEX}, got {value}")
-        return value
-    if not _GPU_UUID_RE.fullmatch(value):
-        raise table.error(
-            "gpu", f'expected a UUID such as "GPU-8f1c2a3e-..." or "MIG-...", got "{value}"'
-        )
-    return value
 
 
 # The last line of defence, never expected to fire (the config fuzzer checks
@@ -781,16 +885,19 @@ def _parse(text: str, path: Path) -> Config:
     except RecursionError:
         raise ConfigError(path, None, "not valid TOML: nested too deeply") from None
     root = _Table(path, "", data)
-    daemon = _daemon(_table(root, "daemon"))
-    gpu_table = _table(root, "gpu")
-    nvml_timeout_ns = gpu_table.parsed("nvml_timeout", _nvml_timeout, DEFAULT_NVML_TIMEOUT_NS)
-    gpu = _floor_table(gpu_table, "min_free_vram", DEFAULT_GPU)
-    host = _floor_table(_table(root, "host"), "min_available_ram", DEFAULT_HOST)
-    metrics = _metrics(_table(root, "metrics"))
-    trend = _trend(_table(root, "trend"))
-    hooks = _hooks(_table(root, "hooks"))
-    containers = _containers(_table(root, "containers"))
-    raw_tenants = root.get("tenant", list, [], expected="an array of tables ([[tenant]])")
+    daemon = DaemonConfig(**_section(root, "daemon"))
+    gpu = _section(root, "gpu")
+    nvml_timeout_ns = gpu.pop("nvml_timeout_ns")
+    host = _section(root, "host")
+    metrics = _metrics(_section(root, "metrics"))
+    trend = TrendConfig(**_section(root, "trend"))
+    hooks = HooksConfig(**_section(root, "hooks"))
+    containers = ContainersConfig(**_section(root, "containers"))
+    raw_tenants = (
+        root.get("tenant", list, expected="an array of tables ([[tenant]])")
+        if "tenant" in data
+        else []
+    )
     tenants: list[Tenant] = []
     for i, raw in enumerate(raw_tenants):
         key = f"tenant[{i}]"
@@ -806,12 +913,12 @@ def _parse(text: str, path: Path) -> Config:
                     f'"{ident.name}" is already configured as tenant[{j}]',
                 )
         tenants.append(tenant)
-    root.finish()
+    root.finish(TABLES)
     return Config(
         str(path),
         daemon,
-        gpu,
-        host,
+        FloorConfig(**gpu),
+        FloorConfig(**host),
         tuple(tenants),
         metrics,
         trend,

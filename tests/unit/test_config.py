@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vramwatch import config
+from vramwatch import config, units
 from vramwatch.config import (
     DEFAULT_GPU,
     DEFAULT_HOST,
@@ -559,6 +559,61 @@ ERRORS = [
     ),
     (tenant_toml(unit='"@x.service"'), 'tenant[0].unit: "@x.service" is not a valid unit name'),
     (tenant_toml(unit='"x.@1.service"'), 'tenant[0].unit: "x.@1.service" is not a valid unit name'),
+    # [trend], [hooks] and release commands
+    ('[trend]\nwindow = "5s"', 'trend.window: must be at least 10s, or "0s" to turn forecasts off'),
+    ('[trend]\nwindow = "8d"', 'trend.window: must be at most 168h, got "8d"'),
+    ('[trend]\nwarn_within = "0s"', 'trend.warn_within: must be greater than zero, got "0s"'),
+    ('[hooks]\ntimeout = "500ms"', 'hooks.timeout: must be between 1s and 10m, got "500ms"'),
+    (
+        "[hooks]\nafter_action = []",
+        'hooks.after_action: expected a command as a list, e.g. ["/usr/bin/curl", "-fsS", URL]',
+    ),
+    (
+        tenant_toml(unit='"a.service"', release='["curl", "-fsS"]'),
+        (
+            "tenant[0].release: the command must be an absolute path (no shell, no PATH "
+            'search), got "curl"'
+        ),
+    ),
+    (
+        tenant_toml(unit='"a.service"', release='["/bin/x", 1]'),
+        "tenant[0].release: expected a list of at most 64 strings",
+    ),
+    (
+        tenant_toml(unit='"a.service"', release='["/bin/x\\u0000"]'),
+        "tenant[0].release: a NUL character cannot be passed to a command",
+    ),
+    (
+        tenant_toml(unit='"a.service"', release_timeout='"11m"'),
+        'tenant[0].release_timeout: must be between 1s and 10m, got "11m"',
+    ),
+    (
+        tenant_toml(unit='"a.service"', release_timeout="20"),
+        'tenant[0].release_timeout: expected a string, got 20; write it as "20s"',
+    ),
+    # two mistakes: the one told is the first key read (bus before interval; a rule on
+    # a tenant's keys as soon as they are read)
+    (
+        '[daemon]\ninterval = "0s"\nbus = "session"',
+        'daemon.bus: expected "system" or "user", got "session"',
+    ),
+    (
+        tenant_toml(unit='"job.scope"', vram='"8G"'),
+        'tenant[0].action: a scope cannot be restarted by systemd; use action = "stop"',
+    ),
+    (
+        tenant_toml(unit='"a.service"', reserve="true", ram='"8G"'),
+        "tenant[0].reserve: needs a vram budget: the unused part of it is reserved",
+    ),
+    # a tenant's name keys are among the suggestions, whichever names it
+    (
+        tenant_toml(unit='"a.service"', contaner='"ml"'),
+        'tenant[0].contaner: unknown key (did you mean "container"?)',
+    ),
+    (
+        tenant_toml(container='"ml"', unt='"a.service"'),
+        'tenant[0].unt: unknown key (did you mean "unit"?)',
+    ),
     # not TOML; its keys in TOML's words, not Python's ('daemon',)
     ("[daemon]\n[daemon]", "not valid TOML: Cannot declare [daemon] twice (at line 2, column 8)"),
     (
@@ -900,14 +955,16 @@ def test_load_returns_a_config_or_raises_config_error_for_any_bytes(
 def test_an_exception_a_validator_forgot_is_still_a_config_error_naming_the_file(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The last line of defence: check prints no traceback, run exits 78."""
+    """The last line of defence: check prints no traceback, run exits 78. A parser
+    raising something other than the UnitError its key turns into a message stands
+    for a validator that forgot a case."""
 
-    def forgot(_table: object) -> None:
+    def forgot(_text: str) -> int:
         raise ValueError("invalid literal for int() with base 10: '²'")
 
-    monkeypatch.setattr(config, "_daemon", forgot)
+    monkeypatch.setattr(units, "parse_duration_ns", forgot)
 
-    actual = parse_error("")
+    actual = parse_error('[daemon]\ninterval = "2s"')
 
     assert (
         f'{PATH}: cannot be read as a config: ValueError("invalid literal for int() with '
