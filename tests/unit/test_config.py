@@ -561,7 +561,7 @@ ERRORS = [
     (tenant_toml(unit='"x.@1.service"'), 'tenant[0].unit: "x.@1.service" is not a valid unit name'),
     # [trend], [hooks] and release commands
     ('[trend]\nwindow = "5s"', 'trend.window: must be at least 10s, or "0s" to turn forecasts off'),
-    ('[trend]\nwindow = "8d"', 'trend.window: must be at most 168h, got "8d"'),
+    ('[trend]\nwindow = "8d"', 'trend.window: must be at most 7d, got "8d"'),
     ('[trend]\nwarn_within = "0s"', 'trend.warn_within: must be greater than zero, got "0s"'),
     ('[hooks]\ntimeout = "500ms"', 'hooks.timeout: must be between 1s and 10m, got "500ms"'),
     (
