@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "polkit-rule":
             return cmd_polkit_rule(args)
         if args.command == "replay":
-            from vramwatch.replay import cmd_replay
+            from vramwatch.record.replay import cmd_replay
 
             return cmd_replay(args)
         return cmd_run(args)
@@ -336,7 +336,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from vramwatch.actuators.containers import ContainerActuator
     from vramwatch.daemon import Daemon
     from vramwatch.events import EventLog
-    from vramwatch.recording import RecordingDaemon
+    from vramwatch.record.recorder import RecordingDaemon
     from vramwatch.sampler import Sampler, raise_open_files_limit
     from vramwatch.sink import MetricsSink, NoMetrics, enabled
     from vramwatch.sources.nvml import NvmlSource

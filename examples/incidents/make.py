@@ -20,7 +20,7 @@ from pathlib import Path
 
 from vramwatch.config import Config, load
 from vramwatch.model import GpuProcess, GpuSample, HostSample, Owner, Snapshot, UnitUsage
-from vramwatch.trace import TraceWriter, config_record, encode_snapshot
+from vramwatch.record.trace import TraceWriter, config_record, encode_snapshot
 
 HERE = Path(__file__).resolve().parent
 MIB = 1024**2

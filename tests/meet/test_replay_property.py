@@ -16,10 +16,10 @@ from tests.meet.test_property import GPUS, OTHER, STEP, apply, config_text
 from tests.meet.world import GIB, Bed, Clock, World, WorldActuator, WorldGpus
 from vramwatch import config as cfg
 from vramwatch.events import EventLog
-from vramwatch.recording import RecordingDaemon
-from vramwatch.replay import replay
+from vramwatch.record.recorder import RecordingDaemon
+from vramwatch.record.replay import replay
+from vramwatch.record.trace import segments
 from vramwatch.sampler import Sampler
-from vramwatch.trace import segments
 
 # What the daemon logs about itself rather than about the host: not decisions.
 NOT_DECISIONS = frozenset(

@@ -9,8 +9,8 @@ import pytest
 
 from examples.incidents.make import HERE, INCIDENTS, make
 from vramwatch.config import load
-from vramwatch.replay import ACTION_EVENTS, replay
-from vramwatch.trace import segments
+from vramwatch.record.replay import ACTION_EVENTS, replay
+from vramwatch.record.trace import segments
 
 S = 10**9
 

@@ -222,7 +222,7 @@ def record_run(
     apart on which hog.service holds 12000 MiB with 1000 MiB free."""
     from tests.unit.builders import one_gpu
     from vramwatch.config import parse
-    from vramwatch.recording import Recorder
+    from vramwatch.record.recorder import Recorder
 
     config_path = tmp_path / "vramwatch.toml"
     text = f'[daemon]\nrecord = "{trace}"\n[[tenant]]\nunit = "hog.service"\nvram = "1GiB"\n'

@@ -15,8 +15,8 @@ from tests.unit.builders import MIB, S, one_gpu
 from vramwatch import model
 from vramwatch.config import ConfigError, parse
 from vramwatch.model import GpuProcess, GpuSample, HostSample, Owner, Snapshot, UnitUsage
-from vramwatch.recording import Recorder, RecordingSampler
-from vramwatch.trace import (
+from vramwatch.record.recorder import Recorder, RecordingSampler
+from vramwatch.record.trace import (
     GPU_FIELDS,
     GPU_OPTIONAL,
     HOST_FIELDS,

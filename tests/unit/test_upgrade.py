@@ -14,9 +14,9 @@ import pytest
 
 from vramwatch.cli import main
 from vramwatch.config import load
-from vramwatch.replay import replay
+from vramwatch.record.replay import replay
+from vramwatch.record.trace import segments
 from vramwatch.state import FILE_NAME, StateStore
-from vramwatch.trace import segments
 
 S = 10**9
 V1 = Path(__file__).resolve().parents[1] / "fixtures" / "upgrade"

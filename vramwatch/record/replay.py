@@ -47,10 +47,7 @@ from vramwatch.daemon import Daemon
 from vramwatch.events import EventLog
 from vramwatch.metrics import Metrics
 from vramwatch.model import RAM, VRAM, Action, Event, Snapshot, Verb
-from vramwatch.state import MAX_TIMES_PER_UNIT, restored_time
-from vramwatch.systemd import JobOutcome
-from vramwatch.tenants import tenant_fields
-from vramwatch.trace import (
+from vramwatch.record.trace import (
     VERSION,
     Damage,
     TraceError,
@@ -61,6 +58,9 @@ from vramwatch.trace import (
     recorded_config,
     segments,
 )
+from vramwatch.state import MAX_TIMES_PER_UNIT, restored_time
+from vramwatch.systemd import JobOutcome
+from vramwatch.tenants import tenant_fields
 from vramwatch.units import format_duration
 
 EXIT_OK = 0
@@ -885,7 +885,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_USAGE
-        from vramwatch import plot
+        from vramwatch.record import plot
 
         problem = plot.available()
         if problem is not None:
@@ -923,7 +923,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(f"vramwatch: replay: {damage}", file=sys.stderr)
         status = EXIT_FAILURE
     if args.plot is not None:
-        from vramwatch import plot
+        from vramwatch.record import plot
 
         try:
             plot.draw(results, Path(args.plot))

@@ -2,7 +2,7 @@
 
 :class:`RecordingDaemon` is the daemon ``vramwatch run`` builds, recording or
 not, since a reload may turn ``[daemon] record`` on. The trace format, its
-writer and its reader (:mod:`vramwatch.trace`) are imported once a trace is
+writer and its reader (:mod:`vramwatch.record.trace`) are imported once a trace is
 configured: a daemon that does not record does not carry them (issue 17).
 """
 
@@ -21,7 +21,7 @@ from vramwatch.state import read_boot_id
 from vramwatch.systemd import JobOutcome
 
 if TYPE_CHECKING:
-    from vramwatch.trace import TraceWriter
+    from vramwatch.record.trace import TraceWriter
 
 # After a failed write, try again this often (each retry sets the broken segment aside).
 RETRY_NS = 60 * 10**9
@@ -69,7 +69,7 @@ class Recorder:
             self.close()
             self.writer = None
             return
-        from vramwatch.trace import TraceError, TraceWriter, config_record
+        from vramwatch.record.trace import TraceError, TraceWriter, config_record
 
         target = os.path.abspath(target)  # `run --record trace.gz`: where it was started
         try:
@@ -123,7 +123,7 @@ class Recorder:
     def end_tick(self) -> None:
         self._in_tick = False
         if self.writer is not None and self.writer.is_open:
-            from vramwatch.trace import TraceError  # loaded with the writer
+            from vramwatch.record.trace import TraceError  # loaded with the writer
 
             try:
                 self.writer.end_tick()
@@ -134,7 +134,7 @@ class Recorder:
         first, self._in_tick = self._in_tick, False
         if self.writer is None:
             return
-        from vramwatch.trace import encode_snapshot  # loaded with the writer
+        from vramwatch.record.trace import encode_snapshot  # loaded with the writer
 
         try:
             record = encode_snapshot(snapshot)
@@ -204,7 +204,7 @@ class Recorder:
                 return
             if not tick:
                 return  # start again at a tick, not in the middle of one
-        from vramwatch.trace import TraceError  # loaded with the writer
+        from vramwatch.record.trace import TraceError  # loaded with the writer
 
         try:
             writer.write(record, tick=tick)
@@ -236,7 +236,7 @@ class Recorder:
     def close(self) -> None:
         if self.writer is None:
             return
-        from vramwatch.trace import TraceError  # loaded with the writer
+        from vramwatch.record.trace import TraceError  # loaded with the writer
 
         try:
             self.writer.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vramwatch.model import RAM, VRAM
-from vramwatch.replay import ACTION_EVENTS, Result
+from vramwatch.record.replay import ACTION_EVENTS, Result
 
 GIB = 1024**3
 # Colours that stay apart in print and for the colour-blind (Okabe-Ito).
