@@ -51,7 +51,8 @@ HEAVY = (
     "uuid",
     "fractions",  # units.py parses sizes in integers; fractions imports decimal
     "decimal",
-    "vramwatch.record.trace",  # the trace writer: only once [daemon] record or --record is set
+    "vramwatch.record.format",  # the trace: only once [daemon] record or --record is set
+    "vramwatch.record.trace",
     "traceback",  # the daemon formats a traceback on its first internal error only
     "matplotlib",  # `vramwatch replay --plot` only
     "vramwatch.record.plot",

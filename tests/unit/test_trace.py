@@ -15,8 +15,7 @@ from tests.unit.builders import MIB, S, one_gpu
 from vramwatch import model
 from vramwatch.config import ConfigError, parse
 from vramwatch.model import GpuProcess, GpuSample, HostSample, Owner, Snapshot, UnitUsage
-from vramwatch.record.recorder import Recorder, RecordingSampler
-from vramwatch.record.trace import (
+from vramwatch.record.format import (
     GPU_FIELDS,
     GPU_OPTIONAL,
     HOST_FIELDS,
@@ -25,15 +24,13 @@ from vramwatch.record.trace import (
     SNAPSHOT_FIELDS,
     UNIT_FIELDS,
     TraceError,
-    TraceReader,
-    TraceWriter,
     config_record,
     decode_snapshot,
     encode_snapshot,
     recorded_config,
-    rotated_segments,
-    segments,
 )
+from vramwatch.record.recorder import Recorder, RecordingSampler
+from vramwatch.record.trace import TraceReader, TraceWriter, rotated_segments, segments
 
 GIB = 1024 * MIB
 

@@ -47,17 +47,14 @@ from vramwatch.daemon import Daemon
 from vramwatch.events import EventLog
 from vramwatch.metrics import Metrics
 from vramwatch.model import RAM, VRAM, Action, Event, Snapshot, Verb
-from vramwatch.record.trace import (
+from vramwatch.record.format import (
     VERSION,
-    Damage,
     TraceError,
-    TraceReader,
     check_header,
     decode_snapshot,
-    is_rotated_name,
     recorded_config,
-    segments,
 )
+from vramwatch.record.trace import Damage, TraceReader, is_rotated_name, segments
 from vramwatch.state import MAX_TIMES_PER_UNIT, restored_time
 from vramwatch.systemd import JobOutcome
 from vramwatch.tenants import tenant_fields

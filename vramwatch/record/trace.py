@@ -1,32 +1,11 @@
-"""Record: every sample the daemon decides on, to a compact, rotated trace.
+"""The trace file: its segments, their rotation and pruning, and reading them back.
 
-Format: JSON lines, one record per line, gzip-compressed. gzip rather than
-zstd because Python 3.11's standard library has zlib and no zstd (that arrives
-in 3.14): no new dependency, and ``zcat trace.jsonl.gz | jq`` works on any
-host. The stream is sync-flushed after every tick, so a trace that is still
-being written, or whose writer was killed, reads up to its last complete tick.
-
-Records (``"k"`` says which):
-
-``h``   segment header: format version (``v``), run id (one per start of
-        vramwatch), segment number, wall time, the kernel's boot id (``boot``)
-``c``   the config in force: its TOML text as loaded, its path, whether
-        ``--dry-run`` forced dry run, when (``t``, and ``m`` at start and reload);
-        written at start, after each reload that changed it, and at the top of
-        every segment
-``st``  the restart history restored from the state file at start
-``s``   the sample a tick decided on (``m``: its monotonic ns, ``t``: wall ms)
-``sf``  a tick whose sample failed (``err``: the exception's repr)
-``x``   a further sample in the same tick: the re-check before an action, or a
-        release command's wait (``xf``: such a sample failed)
-``r``   a release command's result: the ``released`` or ``release_failed``
-        entry the daemon logged (``e``, ``lv``, ``msg``, ``f``: name, level,
-        message, fields)
-``a``   what the actuator answered to an action (or the exception it raised)
-
-Versions (SPEC "Files vramwatch writes"): format 2 added ``r``, ``boot`` and the
-start's ``t`` and ``m``. This version reads formats 1 and 2; a trace of a newer
-format is refused with a clear message (:func:`check_header`), never read wrongly.
+Format: JSON lines (:mod:`vramwatch.record.format` says what each record holds),
+gzip-compressed. gzip rather than zstd because Python 3.11's standard library has
+zlib and no zstd (that arrives in 3.14): no new dependency, and
+``zcat trace.jsonl.gz | jq`` works on any host. The stream is sync-flushed after
+every tick, so a trace that is still being written, or whose writer was killed,
+reads up to its last complete tick.
 
 Files (SPEC "Files vramwatch writes"): each segment is created with a random
 name (``O_CREAT|O_EXCL|O_NOFOLLOW``) in the target's directory, its header
@@ -40,32 +19,26 @@ them fit ``record_max_size``.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vramwatch.config import MAX_CONFIG_BYTES, Config, ConfigError, parse
 from vramwatch.files import Staged, UnsafeWrite
-from vramwatch.model import (
-    ContainerInfo,
-    GpuProcess,
-    GpuSample,
-    HostSample,
-    Owner,
-    Snapshot,
-    UnitUsage,
+from vramwatch.record.format import (
+    CONFIG,
+    TraceError,
+    carried_config,
+    decode_line,
+    encode_line,
+    header_record,
 )
 from vramwatch.state import read_boot_id
 
-VERSION = 2
-# The oldest format this version reads.
-OLDEST = 1
 # A segment spans at most this long, so record_keep deletes in steps of an hour.
 SEGMENT_AGE_NS = 3600 * 10**9
 # A segment is at most this share of record_max_size, so the size limit deletes in steps.
@@ -85,309 +58,6 @@ SMALL_STEP = 256
 # A line longer than this is not a record (a 4-GPU, 20-tenant sample is ~6 KiB).
 MAX_LINE_BYTES = 16 * 1024 * 1024
 _STAMP = "%Y%m%dT%H%M%SZ"
-# Records are trees of plain values: no cycle check (a third of json.dumps' time here).
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False)
-
-
-class TraceError(Exception):
-    """A trace that cannot be written or read; ``str()`` says which file and why."""
-
-
-# -- snapshots as JSON ------------------------------------------------------------
-#
-# Positional lists keep a 4-GPU, 20-tenant sample small before compression. The
-# fields each list holds are named here, and tests/unit/test_trace.py checks
-# that they are every field of the model, so a field added to the model and
-# forgotten here fails a test instead of replaying silently without it.
-
-GPU_FIELDS = ("index", "uuid", "name", "total_bytes", "used_bytes", "free_bytes", "processes")
-GPU_OPTIONAL = ("error", "lost", "parent_uuid", "mig_index")
-PROCESS_FIELDS = ("pid", "used_bytes", "kind", "name", "owner")
-OWNER_FIELDS = ("cgroup", "unit", "manager", "container_id", "container")
-HOST_FIELDS = (
-    "mem_total_bytes",
-    "mem_available_bytes",
-    "swap_total_bytes",
-    "swap_free_bytes",
-    "psi_some_avg10",
-    "psi_full_avg10",
-    "error",
-)
-UNIT_FIELDS = (
-    "unit",
-    "vram_bytes",
-    "vram_by_gpu",
-    "ram_bytes",
-    "pids",
-    "ram_source",
-    "containers",
-)
-SNAPSHOT_FIELDS = (
-    "now_ns",
-    "gpus",
-    "host",
-    "units",
-    "nvml_error",
-    "self_unit",
-    "ram_top",
-    "nvml_hung_ns",
-    "mps_units",
-    "engine_error",
-)
-
-
-def _container(info: ContainerInfo | None) -> list[Any] | None:
-    return None if info is None else [info.id, info.name, info.project, info.service]
-
-
-def _uncontainer(raw: Any) -> ContainerInfo | None:
-    if raw is None:
-        return None
-    cid, name, project, service = raw
-    return ContainerInfo(_str(cid), _str(name), _opt_str(project), _opt_str(service))
-
-
-def encode_snapshot(snap: Snapshot) -> dict[str, Any]:
-    """A snapshot as a JSON-ready dict (``now_ns`` goes in the record's ``m``).
-
-    Owners are listed once (``o``) and named by position; a tenant's VRAM per GPU
-    names the GPU by its position in ``g``: both would otherwise repeat the same
-    long strings many times a tick (bench/record.py: half the bytes and the CPU).
-    """
-    owners: dict[tuple[Any, ...], int] = {}
-    gpus = []
-    positions = {}
-    for n, g in enumerate(snap.gpus):
-        positions[g.uuid] = n
-        procs = []
-        for p in g.processes:
-            o = p.owner
-            if o is None:
-                ref = None
-            else:
-                key: tuple[Any, ...] = (o.cgroup, o.unit, o.manager)
-                if o.container_id is not None:
-                    key += (o.container_id, tuple(_container(o.container) or ()) or None)
-                ref = owners.get(key)
-                if ref is None:
-                    ref = owners[key] = len(owners)
-            procs.append([p.pid, p.used_bytes, p.kind, p.name, ref])
-        row: list[Any] = [g.index, g.uuid, g.name, g.total_bytes, g.used_bytes, g.free_bytes, procs]
-        extra = [g.error, g.lost, g.parent_uuid, g.mig_index]
-        while extra and extra[-1] in (None, False):
-            extra.pop()  # the usual case costs nothing
-        row.extend(extra)
-        gpus.append(row)
-    units = {}
-    for name, u in snap.units.items():
-        by_gpu = [[positions.get(uuid, uuid), n] for uuid, n in u.vram_by_gpu.items()]
-        row = [u.vram_bytes, by_gpu, u.ram_bytes, list(u.pids), u.ram_source]
-        if u.unit != name or u.containers:
-            row.append(u.unit)
-        if u.containers:
-            row.append([_container(c) for c in u.containers])
-        units[name] = row
-    h = snap.host
-    out: dict[str, Any] = {
-        "g": gpus,
-        "o": [
-            [*key[:3], *([key[3], list(key[4]) if key[4] else None] if len(key) > 3 else [])]
-            for key in owners
-        ],
-        "h": [
-            h.mem_total_bytes,
-            h.mem_available_bytes,
-            h.swap_total_bytes,
-            h.swap_free_bytes,
-            h.psi_some_avg10,
-            h.psi_full_avg10,
-            h.error,
-        ],
-        "u": units,
-    }
-    if snap.nvml_error is not None:
-        out["ne"] = snap.nvml_error
-    if snap.self_unit is not None:
-        out["su"] = snap.self_unit
-    if snap.ram_top:
-        out["rt"] = [[label, n] for label, n in snap.ram_top]
-    if snap.nvml_hung_ns is not None:
-        out["nh"] = snap.nvml_hung_ns
-    if snap.mps_units:
-        out["mps"] = sorted(snap.mps_units)
-    if snap.engine_error is not None:
-        out["ee"] = snap.engine_error
-    return out
-
-
-def _owner(raw: Any) -> Owner:
-    cgroup, unit, manager = raw[:3]
-    container_id = _opt_str(raw[3]) if len(raw) > 3 else None
-    container = _uncontainer(raw[4]) if len(raw) > 4 else None
-    return Owner(_str(cgroup), _opt_str(unit), _str(manager), container_id, container)
-
-
-def _int(value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"expected an integer, got {value!r}")
-    return value
-
-
-def _opt_int(value: Any) -> int | None:
-    return None if value is None else _int(value)
-
-
-def _str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"expected a string, got {value!r}")
-    return value
-
-
-def _opt_str(value: Any) -> str | None:
-    return None if value is None else _str(value)
-
-
-def _opt_float(value: Any) -> float | None:
-    if value is None:
-        return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise ValueError(f"expected a number, got {value!r}")
-    return float(value)
-
-
-def decode_snapshot(now_ns: int, raw: Mapping[str, Any]) -> Snapshot:
-    """The inverse of :func:`encode_snapshot`; ValueError (or TypeError) on a bad shape."""
-    owners = [_owner(o) for o in raw.get("o", ())]
-    gpus = []
-    for row in raw["g"]:
-        index, uuid, name, total, used, free, procs = row[:7]
-        error = row[7] if len(row) > 7 else None
-        lost = bool(row[8]) if len(row) > 8 else False
-        parent = _opt_str(row[9]) if len(row) > 9 else None
-        mig = _opt_int(row[10]) if len(row) > 10 else None
-        gpus.append(
-            GpuSample(
-                _int(index),
-                _str(uuid),
-                _str(name),
-                _opt_int(total),
-                _opt_int(used),
-                _opt_int(free),
-                tuple(
-                    GpuProcess(
-                        _int(pid),
-                        _opt_int(pu),
-                        _str(kind),
-                        _str(pname),
-                        None if ref is None else owners[_int(ref)],
-                    )
-                    for pid, pu, kind, pname, ref in procs
-                ),
-                _opt_str(error),
-                lost,
-                parent,
-                mig,
-            )
-        )
-    total, avail, swap_total, swap_free, psi_some, psi_full, herror = raw["h"]
-    host = HostSample(
-        _opt_int(total),
-        _opt_int(avail),
-        _opt_int(swap_total),
-        _opt_int(swap_free),
-        _opt_float(psi_some),
-        _opt_float(psi_full),
-        _opt_str(herror),
-    )
-    units = {}
-    for key, row in raw["u"].items():
-        vram, by_gpu, ram, pids, source = row[:5]
-        unit = row[5] if len(row) > 5 else key
-        members = tuple(c for c in (_uncontainer(r) for r in row[6]) if c) if len(row) > 6 else ()
-        units[_str(key)] = UnitUsage(
-            _str(unit),
-            _opt_int(vram),
-            {
-                (gpus[where].uuid if isinstance(where, int) else _str(where)): _int(n)
-                for where, n in by_gpu
-            },
-            _opt_int(ram),
-            tuple(_int(p) for p in pids),
-            _str(source),
-            members,
-        )
-    return Snapshot(
-        now_ns=now_ns,
-        gpus=tuple(gpus),
-        host=host,
-        units=units,
-        nvml_error=_opt_str(raw.get("ne")),
-        self_unit=_opt_str(raw.get("su")),
-        ram_top=tuple((_str(label), _int(n)) for label, n in raw.get("rt", ())),
-        nvml_hung_ns=_opt_int(raw.get("nh")),
-        mps_units=frozenset(_str(u) for u in raw.get("mps", ())),
-        engine_error=_opt_str(raw.get("ee")),
-    )
-
-
-def check_header(record: Mapping[str, Any], path: Path) -> int:
-    """The format version of a segment header; TraceError when it is newer than this
-    version reads (ValueError when it is not a version at all: damage)."""
-    version = record.get("v")
-    if not isinstance(version, int) or isinstance(version, bool) or version < OLDEST:
-        raise ValueError(f"a segment header with no format version ({version!r})")
-    if version > VERSION:
-        raise TraceError(
-            f"{path}: written by a newer vramwatch (trace format {version}; this version "
-            f"reads formats {OLDEST} to {VERSION}): replay it with that version or a newer one"
-        )
-    return version
-
-
-def config_record(
-    config: Config, why: str, forced_dry_run: bool, effective: Callable[[Config], Config]
-) -> dict[str, Any]:
-    """The config in force as a record: the file's text when it still parses to it.
-
-    The text is read again from ``config.path``; if the file changed since it was
-    loaded (it no longer gives the config in force), the record says so instead,
-    and replaying that stretch needs ``-c``.
-    """
-    record: dict[str, Any] = {"k": "c", "why": why, "path": config.path, "forced_dry_run": False}
-    record["forced_dry_run"] = forced_dry_run
-    try:
-        with open(config.path, "rb") as handle:
-            raw = handle.read(MAX_CONFIG_BYTES + 1)
-        text = raw.decode("utf-8")
-        same = effective(parse(text, config.path)) == config
-    except (OSError, UnicodeDecodeError, ConfigError) as exc:
-        record["text"] = None
-        record["problem"] = f"could not read the config again: {exc}"
-        return record
-    if not same:
-        record["text"] = None
-        record["problem"] = "the file changed after it was loaded"
-        return record
-    record["text"] = text
-    return record
-
-
-def recorded_config(record: Mapping[str, Any]) -> Config:
-    """The config a ``c`` record holds (with ``--dry-run`` applied when it was forced)."""
-    text = record.get("text")
-    path = str(record.get("path", "<trace>"))
-    if not isinstance(text, str):
-        raise ConfigError(
-            path,
-            None,
-            "the trace does not hold this config ("
-            + str(record.get("problem", "not recorded"))
-            + "); replay with -c FILE",
-        )
-    config = parse(text, path)
-    if record.get("forced_dry_run") and not config.daemon.dry_run:
-        config = replace(config, daemon=replace(config.daemon, dry_run=True))
-    return config
 
 
 # -- writing ------------------------------------------------------------------------
@@ -498,21 +168,10 @@ class TraceWriter:
         self._synced_ns = now
         self.segment += 1
         try:
-            self._put(
-                {
-                    "k": "h",
-                    "v": VERSION,
-                    "run": self.run,
-                    "seg": self.segment,
-                    "t": now // 10**6,
-                    "boot": self.boot,
-                }
-            )
+            self._put(header_record(self.run, self.segment, now // 10**6, self.boot))
             for record in self.preamble:
-                if record.get("k") == "c" and self.segment > 1:
-                    # The same config, carried on, at the segment's time.
-                    record = {k: v for k, v in record.items() if k != "m"}
-                    record.update(why="segment", t=now // 10**6)
+                if record.get("k") == CONFIG and self.segment > 1:
+                    record = carried_config(record, now // 10**6)
                 self._put(record)
             self._flush()
         except OSError as exc:
@@ -537,8 +196,7 @@ class TraceWriter:
         self._z = None
 
     def _put(self, record: Mapping[str, Any]) -> None:
-        line = _ENCODER.encode(record) + "\n"
-        self._write(self._z.compress(line.encode("utf-8")))
+        self._write(self._z.compress(encode_line(record)))
         self._pending = True
 
     def _flush(self) -> None:
@@ -753,17 +411,12 @@ class TraceReader:
                 self.unfinished = True
 
     def _record(self, raw: bytes, offset: int) -> dict[str, Any] | None:
-        self.lines += 1
         try:
-            record = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            self.lines -= 1
-            self._damaged(offset, "not a JSON record")
+            record = decode_line(raw)
+        except ValueError as exc:
+            self._damaged(offset, str(exc))
             return None
-        if not isinstance(record, dict) or not isinstance(record.get("k"), str):
-            self.lines -= 1
-            self._damaged(offset, "not a trace record")
-            return None
+        self.lines += 1
         return record
 
     def _damaged(self, offset: int, problem: str) -> None:
@@ -787,6 +440,3 @@ def segments(path: Path) -> list[Path]:
 
 def is_rotated_name(path: Path) -> bool:
     return re.search(r"-\d{8}T\d{6}Z(?:-\d+)?(\.|$)", path.name) is not None
-
-
-# -- recording from the daemon -----------------------------------------------------
