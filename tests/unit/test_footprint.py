@@ -57,6 +57,7 @@ HEAVY = (
     "matplotlib",  # `vramwatch replay --plot` only
     "vramwatch.record.plot",
     "vramwatch.record.replay",
+    "vramwatch.record.report",
 )
 
 CONFIG = """

@@ -9,7 +9,8 @@ import pytest
 
 from examples.incidents.make import HERE, INCIDENTS, make
 from vramwatch.config import load
-from vramwatch.record.replay import ACTION_EVENTS, replay
+from vramwatch.record.replay import replay
+from vramwatch.record.report import ACTION_EVENTS
 from vramwatch.record.trace import segments
 
 S = 10**9

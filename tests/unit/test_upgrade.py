@@ -15,6 +15,7 @@ import pytest
 from vramwatch.cli import main
 from vramwatch.config import load
 from vramwatch.record.replay import replay
+from vramwatch.record.report import summary
 from vramwatch.record.trace import segments
 from vramwatch.state import FILE_NAME, StateStore
 
@@ -199,7 +200,7 @@ def test_the_summary_of_a_format_2_trace_counts_each_breach_once() -> None:
         "cancelled": {},
         "breaches": {"GPU 0": 3},
         "under_floor_s": {"GPU 0": 12.0},
-    } == result.summary()
+    } == summary(result)
 
 
 ACTIONS = frozenset({"released", "restart"})

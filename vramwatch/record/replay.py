@@ -30,11 +30,8 @@ within one boot as they are, across a reboot by the wall clock
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
-import json
 import shlex
-import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -42,30 +39,22 @@ from pathlib import Path
 from typing import Any
 
 from vramwatch import policy
-from vramwatch.config import Config, ConfigError, load
+from vramwatch.config import Config
 from vramwatch.daemon import Daemon
 from vramwatch.events import EventLog
 from vramwatch.metrics import Metrics
 from vramwatch.model import RAM, VRAM, Action, Event, Snapshot, Verb
 from vramwatch.record.format import (
     VERSION,
-    TraceError,
     check_header,
     decode_snapshot,
     recorded_config,
 )
-from vramwatch.record.trace import Damage, TraceReader, is_rotated_name, segments
+from vramwatch.record.trace import Damage, TraceReader, is_rotated_name
 from vramwatch.state import MAX_TIMES_PER_UNIT, restored_time
 from vramwatch.systemd import JobOutcome
 from vramwatch.tenants import tenant_fields
-from vramwatch.units import format_duration
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_CONFIG = 78
-
-ACTION_EVENTS = frozenset({"restart", "stop", "would_restart", "would_stop", "released"})
 # A plot of more points than this shows nothing more: keep every n-th tick.
 MAX_PLOT_POINTS = 20_000
 # A gap between two ticks longer than this many intervals is vramwatch not running:
@@ -342,37 +331,6 @@ class Result:
     damage: list[Damage] = field(default_factory=list)
     unfinished: list[Path] = field(default_factory=list)
     series: Series | None = None
-
-    def summary(self) -> dict[str, Any]:
-        actions: dict[str, dict[str, int]] = {}
-        breaches: dict[str, int] = {}
-        cancelled: dict[str, int] = {}
-        for s in self.events:
-            e = s.event
-            unit = str(e.fields.get("unit", ""))
-            if e.name in ACTION_EVENTS:
-                per = actions.setdefault(unit, {})
-                per[e.name] = per.get(e.name, 0) + 1
-            elif e.name == "action_cancelled":
-                cancelled[unit] = cancelled.get(unit, 0) + 1
-            elif e.name == "floor_breached" and not e.message.startswith("still: "):
-                where = _where(e.fields)
-                breaches[where] = breaches.get(where, 0) + 1
-        return {
-            "ticks": self.ticks,
-            "from": iso(self.first_ms) if self.first_ms is not None else None,
-            "to": iso(self.last_ms) if self.last_ms is not None else None,
-            "actions": {u: dict(sorted(a.items())) for u, a in sorted(actions.items())},
-            "cancelled": dict(sorted(cancelled.items())),
-            "breaches": dict(sorted(breaches.items())),
-            "under_floor_s": {k: v / 1e9 for k, v in sorted(self.under_ns.items())},
-        }
-
-
-def _where(fields: Mapping[str, Any]) -> str:
-    if fields.get("resource") == VRAM and fields.get("gpu") is not None:
-        return f"GPU {fields['gpu']}"
-    return "host RAM" if fields.get("resource") == RAM else "GPU"
 
 
 class _Run:
@@ -713,222 +671,3 @@ def _tick(run: _Run, reader: TraceReader, group: list[Mapping[str, Any]], line: 
         run.tick(group)
     except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
         reader.damage = Damage(reader.path, line, 0, f"a record of the wrong shape ({exc!r})")
-
-
-# -- output -------------------------------------------------------------------------
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
-
-
-def event_json(s: Stamped, label: str | None = None) -> dict[str, Any]:
-    e = s.event
-    out: dict[str, Any] = {"timestamp": s.time_text(), "level": e.level, "event": e.name}
-    out["message"] = e.message
-    if label is not None:
-        out["config"] = label
-    out.update({k: _jsonable(v) for k, v in e.fields.items() if v is not None})
-    out["mono_ns"] = s.mono_ns
-    return out
-
-
-def summary_text(summaries: list[tuple[str, dict[str, Any]]]) -> list[str]:
-    """The summary as rows; one column per config."""
-    rows: list[tuple[str, list[str]]] = []
-    units = sorted({u for _, s in summaries for u in s["actions"]})
-    for unit in units:
-        cells = []
-        for _, s in summaries:
-            per = s["actions"].get(unit, {})
-            cells.append(", ".join(f"{n} {name}" for name, n in per.items()) or "0")
-        rows.append((f"actions on {unit}", cells))
-    cancelled = sorted({u for _, s in summaries for u in s["cancelled"]})
-    for unit in cancelled:
-        rows.append(
-            (f"cancelled on {unit}", [str(s["cancelled"].get(unit, 0)) for _, s in summaries])
-        )
-    wheres = sorted({w for _, s in summaries for w in (*s["breaches"], *s["under_floor_s"])})
-    for where in wheres:
-        rows.append(
-            (f"breaches of {where} floor", [str(s["breaches"].get(where, 0)) for _, s in summaries])
-        )
-    for where in wheres:
-        rows.append(
-            (
-                f"time under {where} floor",
-                [
-                    format_duration(int(s["under_floor_s"].get(where, 0) * 1e9))
-                    for _, s in summaries
-                ],
-            )
-        )
-    if not units:
-        rows.insert(0, ("actions", ["none"] * len(summaries)))
-    width = max([len(r[0]) for r in rows] + [7])
-    cols = [
-        max([len(label)] + [len(r[1][i]) for r in rows]) for i, (label, _) in enumerate(summaries)
-    ]
-    lines = []
-    first = summaries[0][1]
-    span = f"{first['ticks']} samples, {first['from']} .. {first['to']}"
-    lines.append(f"summary ({span}):")
-    if len(summaries) > 1:
-        lines.append(
-            "  "
-            + " " * width
-            + "  "
-            + "  ".join(n.ljust(c) for (n, _), c in zip(summaries, cols, strict=True))
-        )
-    for name, cells in rows:
-        lines.append(
-            "  "
-            + name.ljust(width)
-            + "  "
-            + "  ".join(v.ljust(c) for v, c in zip(cells, cols, strict=True))
-        )
-    return [line.rstrip() for line in lines]
-
-
-def print_one(result: Result, as_json: bool, out: Any) -> None:
-    for s in result.events:
-        if as_json:
-            print(json.dumps(event_json(s)), file=out)
-        else:
-            print(f"{s.time_text()} {s.event.name}: {s.event.message}", file=out)
-    if as_json:
-        print(json.dumps({"summary": result.summary()}), file=out)
-    else:
-        print("", file=out)
-        for line in summary_text([(result.label, result.summary())]):
-            print(line, file=out)
-
-
-def print_compare(a: Result, b: Result, as_json: bool, out: Any) -> None:
-    """Both configs' decisions in time order: once when they agree, each labelled when not."""
-    merged = _merge(a, b)
-    for _when, label, s in merged:
-        if as_json:
-            print(json.dumps(event_json(s, label)), file=out)
-        else:
-            print(f"{s.time_text()} [{label}] {s.event.name}: {s.event.message}", file=out)
-    summaries = [(a.label, a.summary()), (b.label, b.summary())]
-    if as_json:
-        print(json.dumps({"summary": dict(summaries)}), file=out)
-    else:
-        print("", file=out)
-        for line in summary_text(summaries):
-            print(line, file=out)
-
-
-def _merge(a: Result, b: Result) -> list[tuple[int, str, Stamped]]:
-    def key(s: Stamped) -> tuple[int, str, str]:
-        return (s.mono_ns, s.event.name, s.event.message)
-
-    rest: dict[tuple[int, str, str], list[Stamped]] = {}
-    for s in b.events:
-        rest.setdefault(key(s), []).append(s)
-    merged: list[tuple[int, int, str, Stamped]] = []
-    for i, s in enumerate(a.events):
-        same = rest.get(key(s))
-        if same:
-            same.pop(0)
-            merged.append((s.wall_ms, i, "both", s))
-        else:
-            merged.append((s.wall_ms, i, a.label, s))
-    left = [s for items in rest.values() for s in items]
-    order = {id(s): j for j, s in enumerate(b.events)}
-    for s in left:
-        merged.append((s.wall_ms, len(a.events) + order[id(s)], b.label, s))
-    merged.sort(key=lambda m: (m[0], m[1]))
-    return [(w, label, s) for w, _, label, s in merged]
-
-
-def parse_time(text: str) -> int:
-    """--from/--to: an ISO 8601 time (local time when no zone is given) -> wall ms."""
-    try:
-        when = dt.datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError(
-            f'expected a time such as "2026-12-02T06:00:00Z" or "2026-12-02 07:00", got "{text}"'
-        ) from None
-    if when.tzinfo is None:
-        when = when.astimezone()
-    return int(when.timestamp() * 1000)
-
-
-def cmd_replay(args: argparse.Namespace) -> int:
-    """``vramwatch replay``: exit 0, 1 (unreadable or damaged trace), 2 (usage), 78 (config)."""
-    try:
-        start = parse_time(args.start) if args.start else None
-        end = parse_time(args.end) if args.end else None
-    except ValueError as exc:
-        print(f"vramwatch: replay: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    configs: list[Path] = args.replay_configs or []
-    if len(configs) > 2:
-        print("vramwatch: replay: at most two configs (-c A -c B) to compare", file=sys.stderr)
-        return EXIT_USAGE
-    if args.plot is not None:
-        if Path(args.plot).suffix.lower() not in (".png", ".svg"):
-            print(
-                f"vramwatch: replay: --plot: expected a .png or .svg file, got {args.plot}",
-                file=sys.stderr,
-            )
-            return EXIT_USAGE
-        from vramwatch.record import plot
-
-        problem = plot.available()
-        if problem is not None:
-            print(f"vramwatch: replay: --plot: {problem}", file=sys.stderr)
-            return EXIT_FAILURE
-    try:
-        paths = segments(Path(args.trace))
-        loaded = [(p.name, load(p)) for p in configs]
-        if len({name for name, _ in loaded}) < len(loaded):
-            loaded = [(str(p), c) for p, (_, c) in zip(configs, loaded, strict=True)]
-        window = (start, end)
-        plotting = args.plot is not None
-        if not loaded:
-            results = [replay(paths, None, label="recorded", window=window, plot=plotting)]
-        else:
-            results = [replay(paths, c, label=n, window=window, plot=plotting) for n, c in loaded]
-    except TraceError as exc:
-        print(f"vramwatch: replay: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    except ConfigError as exc:
-        print(f"vramwatch: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    if len(results) == 1:
-        print_one(results[0], args.json, sys.stdout)
-    else:
-        print_compare(results[0], results[1], args.json, sys.stdout)
-    status = EXIT_OK
-    for path in results[0].unfinished:
-        print(
-            f"vramwatch: replay: note: {path} is still being written (or its writer was "
-            "stopped without closing it): replayed up to its last complete tick",
-            file=sys.stderr,
-        )
-    for damage in results[0].damage:
-        print(f"vramwatch: replay: {damage}", file=sys.stderr)
-        status = EXIT_FAILURE
-    if args.plot is not None:
-        from vramwatch.record import plot
-
-        try:
-            plot.draw(results, Path(args.plot))
-        except OSError as exc:
-            print(
-                f"vramwatch: replay: --plot: cannot write {args.plot}: {exc.strerror or exc}",
-                file=sys.stderr,
-            )
-            return EXIT_FAILURE
-        print(f"vramwatch: replay: plot written to {args.plot}", file=sys.stderr)
-    return status
