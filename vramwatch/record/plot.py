@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from vramwatch.model import RAM, VRAM
-from vramwatch.record.replay import Result
-from vramwatch.record.report import ACTION_EVENTS, floor_name
+from vramwatch.record.replay import Result, floor_name
+from vramwatch.record.report import ACTION_EVENTS
 
 GIB = 1024**3
 # Colours that stay apart in print and for the colour-blind (Okabe-Ito).

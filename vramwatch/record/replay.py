@@ -325,12 +325,35 @@ class Result:
     label: str
     events: list[Stamped] = field(default_factory=list)
     under_ns: dict[str, int] = field(default_factory=dict)  # "GPU 0", "host RAM" -> ns
+    breaches: dict[str, int] = field(default_factory=dict)  # floor -> breaches begun
     ticks: int = 0
     first_ms: int | None = None
     last_ms: int | None = None
     damage: list[Damage] = field(default_factory=list)
     unfinished: list[Path] = field(default_factory=list)
     series: Series | None = None
+
+
+HOST_FLOOR = "host RAM"
+
+
+def gpu_floor_name(index: int) -> str:
+    return f"GPU {index}"
+
+
+def floor_name(fields: Mapping[str, Any]) -> str:
+    """The floor an event is about, as the summary and the plot name it."""
+    if fields.get("resource") == VRAM and fields.get("gpu") is not None:
+        return gpu_floor_name(fields["gpu"])
+    return HOST_FLOOR if fields.get("resource") == RAM else "GPU"
+
+
+def _floor_key(fields: Mapping[str, Any]) -> str | None:
+    """The policy's key of the floor an event names (policy.History.episodes)."""
+    if fields.get("resource") == RAM:
+        return policy.RAM_KEY
+    uuid = fields.get("gpu_uuid")
+    return policy.gpu_key(uuid) if isinstance(uuid, str) else None
 
 
 class _Run:
@@ -359,6 +382,8 @@ class _Run:
         self.carry: tuple[Mapping[str, tuple[int, ...]], int, int, str | None] | None = None
         # The started entry, until the first tick tells its monotonic time: (index, wall ms).
         self.start: tuple[int, int] | None = None
+        # The floors whose breach the policy had announced before this tick.
+        self.announced: Mapping[str, int] = {}
 
     # events -------------------------------------------------------------------
 
@@ -370,6 +395,11 @@ class _Run:
         if self.daemon is None or not self._in_window(self.wall_ms):
             return
         self.result.events.append(Stamped(self.wall_ms, self.daemon.now_ns, event))
+        if event.name == "floor_breached" and _floor_key(event.fields) not in self.announced:
+            # A breach the policy had not announced before this tick: a new one (the
+            # others are its reminders while it lasts).
+            where = floor_name(event.fields)
+            self.result.breaches[where] = self.result.breaches.get(where, 0) + 1
 
     def _moved(self, wall_ms: int) -> None:
         self.wall_ms = wall_ms
@@ -534,6 +564,7 @@ class _Run:
         daemon.answers.answers = deque(answers)
         daemon.releases = releases
         daemon.now_ns = now
+        self.announced = daemon.history.episodes
         daemon.tick(now)
         self.wall_ms = wall_ms  # a release moved it on; the sample is the tick's
         if isinstance(tick, Snapshot):
@@ -551,14 +582,14 @@ class _Run:
             free = gpu.free_bytes if gpu.ok else None
             gpu_points[gpu.index] = (free, floor)
             if free is not None and floor is not None and free < floor:
-                under.append(f"GPU {gpu.index}")
+                under.append(gpu_floor_name(gpu.index))
         host = snap.host
         host_floor = None
         if host.ok and host.mem_total_bytes is not None:
             host_floor = config.host.floor.resolve(host.mem_total_bytes)
         avail = host.mem_available_bytes if host.ok else None
         if avail is not None and host_floor is not None and avail < host_floor:
-            under.append("host RAM")
+            under.append(HOST_FLOOR)
         in_window = self._in_window(self.wall_ms)
         if self.last_tick is not None and in_window:
             last_mono, last_interval = self.last_tick

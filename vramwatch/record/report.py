@@ -8,7 +8,6 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from vramwatch.model import RAM, VRAM
 from vramwatch.record.replay import Result, Stamped, iso
 from vramwatch.units import format_duration
 
@@ -20,7 +19,6 @@ ACTION_EVENTS = frozenset({"restart", "stop", "would_restart", "would_stop", "re
 def summary(result: Result) -> dict[str, Any]:
     """The summary of one replay, as ``--json`` prints it."""
     actions: dict[str, dict[str, int]] = {}
-    breaches: dict[str, int] = {}
     cancelled: dict[str, int] = {}
     for s in result.events:
         e = s.event
@@ -30,25 +28,15 @@ def summary(result: Result) -> dict[str, Any]:
             per[e.name] = per.get(e.name, 0) + 1
         elif e.name == "action_cancelled":
             cancelled[unit] = cancelled.get(unit, 0) + 1
-        elif e.name == "floor_breached" and not e.message.startswith("still: "):
-            where = floor_name(e.fields)
-            breaches[where] = breaches.get(where, 0) + 1
     return {
         "ticks": result.ticks,
         "from": iso(result.first_ms) if result.first_ms is not None else None,
         "to": iso(result.last_ms) if result.last_ms is not None else None,
         "actions": {u: dict(sorted(a.items())) for u, a in sorted(actions.items())},
         "cancelled": dict(sorted(cancelled.items())),
-        "breaches": dict(sorted(breaches.items())),
+        "breaches": dict(sorted(result.breaches.items())),
         "under_floor_s": {k: v / 1e9 for k, v in sorted(result.under_ns.items())},
     }
-
-
-def floor_name(fields: Mapping[str, Any]) -> str:
-    """The floor an event is about, as the summary and the plot name it."""
-    if fields.get("resource") == VRAM and fields.get("gpu") is not None:
-        return f"GPU {fields['gpu']}"
-    return "host RAM" if fields.get("resource") == RAM else "GPU"
 
 
 def one(result: Result, as_json: bool) -> list[str]:
