@@ -472,7 +472,7 @@ def test_a_segment_header_names_the_format_and_the_boot(tmp_path: Path) -> None:
 
     header = next(iter(TraceReader(path)))
 
-    assert {"k": "h", "v": 2, "seg": 1, "t": 1_764_655_200_000, "boot": "boot-a"} == {
+    assert {"k": "h", "v": 3, "seg": 1, "t": 1_764_655_200_000, "boot": "boot-a"} == {
         k: v for k, v in header.items() if k != "run"
     }
 

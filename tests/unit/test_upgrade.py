@@ -225,5 +225,5 @@ def test_a_trace_of_a_newer_format_is_refused_with_a_clear_message(
     assert (1, "") == (rc, out)
     assert (
         f"vramwatch: replay: {newer}: written by a newer vramwatch (trace format 99; this "
-        "version reads formats 1 to 2): replay it with that version or a newer one\n"
+        "version reads formats 1 to 3): replay it with that version or a newer one\n"
     ) == err

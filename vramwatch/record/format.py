@@ -12,16 +12,18 @@ record is a JSON object whose ``"k"`` says which:
 ``st``  the restart history restored from the state file at start
 ``s``   the sample a tick decided on (``m``: its monotonic ns, ``t``: wall ms)
 ``sf``  a tick whose sample failed (``err``: the exception's repr)
-``x``   a further sample in the same tick: the re-check before an action, or a
-        release command's wait (``xf``: such a sample failed)
+``x``   a further sample in the same tick (``xf``: such a sample failed): with
+        ``rc``, the re-check before an action; without, a release command's wait
 ``r``   a release command's result: the ``released`` or ``release_failed``
         entry the daemon logged (``e``, ``lv``, ``msg``, ``f``: name, level,
         message, fields)
 ``a``   what the actuator answered to an action (or the exception it raised)
 
 Versions (SPEC "Files vramwatch writes"): format 2 added ``r``, ``boot`` and the
-start's ``t`` and ``m``. This version reads formats 1 and 2; a trace of a newer
-format is refused with a clear message (:func:`check_header`), never read wrongly.
+start's ``t`` and ``m``; format 3 added ``rc``, the flag the daemon gives the
+sampler for its re-check (before it, an ``x`` was either, told apart by its place
+in the tick only). This version reads formats 1 to 3; a trace of a newer format
+is refused with a clear message (:func:`check_header`), never read wrongly.
 """
 
 from __future__ import annotations
@@ -47,9 +49,11 @@ from vramwatch.model import (
 if TYPE_CHECKING:
     from vramwatch.systemd import JobOutcome
 
-VERSION = 2
+VERSION = 3
 # The oldest format this version reads.
 OLDEST = 1
+# The first format whose x and xf records say which was the re-check (``rc``).
+RECHECK_SINCE = 3
 
 # Record kinds ("k").
 HEADER = "h"
@@ -113,19 +117,28 @@ def state_record(actions_ns: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
     return {"k": STATE, "a": {unit: list(times) for unit, times in actions_ns.items()}}
 
 
-def sample_record(snapshot: Snapshot, wall_ms: int, *, first: bool) -> dict[str, Any]:
-    """A tick's own sample (``first``), or a further one."""
+def sample_record(
+    snapshot: Snapshot, wall_ms: int, *, first: bool, recheck: bool = False
+) -> dict[str, Any]:
+    """A tick's own sample (``first``), or a further one: the re-check before an action
+    when ``recheck`` (what the daemon told the sampler)."""
     record = encode_snapshot(snapshot)
     record["k"] = SAMPLE if first else EXTRA
     record["m"] = snapshot.now_ns
     record["t"] = wall_ms
+    if recheck:
+        record["rc"] = True
     return record
 
 
-def failure_record(now_ns: int, wall_ms: int, exc: BaseException, *, first: bool) -> dict[str, Any]:
+def failure_record(
+    now_ns: int, wall_ms: int, exc: BaseException, *, first: bool, recheck: bool = False
+) -> dict[str, Any]:
     """A sample that failed: the tick's own (``first``) or a further one."""
     record: dict[str, Any] = {"k": SAMPLE_FAILED if first else EXTRA_FAILED}
     record.update(m=now_ns, t=wall_ms, err=repr(exc))
+    if recheck:
+        record["rc"] = True
     return record
 
 
@@ -156,6 +169,12 @@ def release_record(event: Event, mono_ns: int, wall_ms: int) -> dict[str, Any]:
         "msg": _plain(event.message),
         "f": _plain(dict(event.fields)),
     }
+
+
+def is_recheck(record: Mapping[str, Any]) -> bool:
+    """Whether an ``x`` or ``xf`` record was the re-check before an action (formats
+    from :data:`RECHECK_SINCE` on; before, no record says)."""
+    return record.get("rc") is True
 
 
 def _plain(value: Any) -> Any:

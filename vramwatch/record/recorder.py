@@ -139,26 +139,31 @@ class Recorder:
             except TraceError as exc:
                 self._fail(str(exc))
 
-    def sampled(self, snapshot: Snapshot) -> None:
-        first, self._in_tick = self._in_tick, False
+    def sampled(self, snapshot: Snapshot, *, recheck: bool = False) -> None:
+        """A sample the daemon took: the tick's own (the first since :meth:`begin_tick`),
+        or a further one, which ``recheck`` (the daemon's word to the sampler) says is the
+        re-check before an action rather than a release's wait."""
+        first, self._in_tick = self._in_tick and not recheck, False
         if self.writer is None:
             return
         from vramwatch.record.format import sample_record  # loaded with the writer
 
         try:
-            record = sample_record(snapshot, self.wall_ns() // 10**6, first=first)
+            wall_ms = self.wall_ns() // 10**6
+            record = sample_record(snapshot, wall_ms, first=first, recheck=recheck)
         except Exception as exc:  # noqa: BLE001
             self._fail(f"cannot encode a sample: {exc!r}")
             return
         self._write(record, tick=first)
 
-    def sample_failed(self, now_ns: int, exc: BaseException) -> None:
-        first, self._in_tick = self._in_tick, False
+    def sample_failed(self, now_ns: int, exc: BaseException, *, recheck: bool = False) -> None:
+        first, self._in_tick = self._in_tick and not recheck, False
         if self.writer is None:
             return
         from vramwatch.record.format import failure_record  # loaded with the writer
 
-        self._write(failure_record(now_ns, self.wall_ns() // 10**6, exc, first=first), tick=first)
+        wall_ms = self.wall_ns() // 10**6
+        self._write(failure_record(now_ns, wall_ms, exc, first=first, recheck=recheck), tick=first)
 
     def acted(
         self,
@@ -259,9 +264,9 @@ class RecordingSampler:
         try:
             snapshot = self.inner.sample(config, now_ns, recheck=recheck)
         except Exception as exc:
-            self.recorder.sample_failed(now_ns, exc)
+            self.recorder.sample_failed(now_ns, exc, recheck=recheck)
             raise
-        self.recorder.sampled(snapshot)
+        self.recorder.sampled(snapshot, recheck=recheck)
         return snapshot
 
     def close(self) -> None:

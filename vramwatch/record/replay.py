@@ -45,9 +45,15 @@ from vramwatch.events import EventLog
 from vramwatch.metrics import Metrics
 from vramwatch.model import RAM, VRAM, Action, Event, Snapshot, Verb
 from vramwatch.record.format import (
+    ANSWER,
+    EXTRA,
+    EXTRA_FAILED,
+    RECHECK_SINCE,
+    RELEASE,
     VERSION,
     check_header,
     decode_snapshot,
+    is_recheck,
     recorded_config,
 )
 from vramwatch.record.trace import Damage, TraceReader, is_rotated_name
@@ -131,33 +137,57 @@ class _Release:
         return fields.get("tenant") or fields.get("unit")
 
 
+@dataclass(frozen=True, slots=True)
+class _Extra:
+    """A further sample of the tick as the trace has it (an ``x`` or ``xf`` record):
+    the snapshot, or the failure's repr; ``recheck``: the daemon's re-check before an
+    action (format 3; before, never set)."""
+
+    sample: Snapshot | str
+    recheck: bool
+
+
 class _Source:
-    """The trace as the daemon's sampler: the tick's sample, then its re-check samples
+    """The trace as the daemon's sampler: the tick's sample, then its further samples
     (and, with the recorded config, the releases among them, in the order they came)."""
 
     def __init__(self) -> None:
         self.tick: Snapshot | str | None = None
-        self.extras: deque[Snapshot | str | _Release] = deque()
+        self.extras: deque[_Extra | _Release] = deque()
         self.served = False
+        self.by_flag = True  # the trace says which sample was the re-check (format 3)
 
-    def load(self, tick: Snapshot | str, extras: Iterable[Snapshot | str | _Release]) -> None:
-        self.tick, self.extras, self.served = tick, deque(extras), False
+    def load(
+        self, tick: Snapshot | str, extras: Iterable[_Extra | _Release], *, by_flag: bool
+    ) -> None:
+        self.tick, self.extras, self.served, self.by_flag = tick, deque(extras), False, by_flag
 
     def sample(self, config: Config, now_ns: int, *, recheck: bool = False) -> Snapshot:
-        item: Snapshot | str | _Release | None
+        item: Snapshot | str | None
         if not self.served:
             self.served = True
             item = self.tick
-        elif self.extras and not isinstance(self.extras[0], _Release):
-            item = self.extras.popleft()
+        elif recheck and self.by_flag:
+            item = self._recheck()
+        elif self.extras and isinstance(head := self.extras[0], _Extra):
+            # Formats 1 and 2 do not say: the next further sample, in the order taken.
+            self.extras.popleft()
+            item = head.sample
         else:
-            # No re-check sample in the trace (an action the daemon did not take):
-            # the tick's own sample, so the action goes ahead.
-            item = self.tick
+            item = self.tick  # none: as _recheck says
         if isinstance(item, str):
             raise RecordedError(item)
         assert isinstance(item, Snapshot)
         return item
+
+    def _recheck(self) -> Snapshot | str | None:
+        """The tick's next recorded re-check; with none in the trace (an action the
+        daemon did not take), the tick's own sample, so the action goes ahead."""
+        for n, extra in enumerate(self.extras):
+            if isinstance(extra, _Extra) and extra.recheck:
+                del self.extras[n]
+                return extra.sample
+        return self.tick
 
     def take_release(self, tenant: str) -> Mapping[str, Any] | None:
         """The tenant's next recorded release, with the samples its wait took before it."""
@@ -544,23 +574,23 @@ class _Run:
             tick = decode_snapshot(now, first)
         else:
             tick = str(first.get("err", "sampling failed"))
-        extras: list[Snapshot | str | _Release] = []
+        extras: list[_Extra | _Release] = []
         answers: list[Mapping[str, Any]] = []
         releases: list[_Release] = []
         for rec in group[1:]:
-            if rec["k"] == "r":
+            if rec["k"] == RELEASE:
                 releases.append(_Release(rec))
         if self.fixed is None:
             for rec in group[1:]:
-                if rec["k"] == "x":
-                    extras.append(decode_snapshot(int(rec["m"]), rec))
-                elif rec["k"] == "xf":
-                    extras.append(str(rec.get("err", "sampling failed")))
-                elif rec["k"] == "r":
+                if rec["k"] == EXTRA:
+                    extras.append(_Extra(decode_snapshot(int(rec["m"]), rec), is_recheck(rec)))
+                elif rec["k"] == EXTRA_FAILED:
+                    extras.append(_Extra(str(rec.get("err", "sampling failed")), is_recheck(rec)))
+                elif rec["k"] == RELEASE:
                     extras.append(_Release(rec))
-                elif rec["k"] == "a":
+                elif rec["k"] == ANSWER:
                     answers.append(rec)
-        daemon.source.load(tick, extras)
+        daemon.source.load(tick, extras, by_flag=self.version >= RECHECK_SINCE)
         daemon.answers.answers = deque(answers)
         daemon.releases = releases
         daemon.now_ns = now
