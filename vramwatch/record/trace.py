@@ -76,21 +76,32 @@ def rotated_pattern(path: Path) -> re.Pattern[str]:
 
 def rotated_segments(path: Path) -> list[Path]:
     """The rotated segments of the trace ``path``, oldest first."""
-    pattern = rotated_pattern(path)
-    found: list[tuple[str, int, Path]] = []
     try:
         names = os.listdir(path.parent)
     except OSError:
         return []
+    return [path.parent / name for name, _ in _rotated(path, names)]
+
+
+def _rotated(path: Path, names: list[str]) -> list[tuple[str, str]]:
+    """Which of ``names`` are rotated segments of the trace ``path``: (name, stamp),
+    oldest first."""
+    pattern = rotated_pattern(path)
+    found: list[tuple[str, int, str]] = []
     for name in names:
         match = pattern.fullmatch(name)
         if match is not None:
-            found.append((match[1], int(match[2] or 0), path.parent / name))
-    return [p for _, _, p in sorted(found)]
+            found.append((match[1], int(match[2] or 0), name))
+    return [(name, stamp) for stamp, _, name in sorted(found)]
 
 
 class TraceWriter:
-    """One trace file and its rotated segments; raises :class:`TraceError`."""
+    """One trace file and its rotated segments; raises :class:`TraceError`.
+
+    The directory is opened once, when the trace is: every segment is created, set
+    aside and pruned through that descriptor (SPEC "Files vramwatch writes"), so a
+    directory renamed or replaced by a link under a running writer redirects nothing.
+    """
 
     def __init__(
         self,
@@ -114,6 +125,7 @@ class TraceWriter:
         self.segment = 0
         self.preamble: list[dict[str, Any]] = []  # repeated at the top of every segment
         self._fd: int | None = None
+        self._dir_fd: int | None = None
         self._z: Any = None
         self._bytes = 0
         self._started_ns = 0
@@ -125,9 +137,24 @@ class TraceWriter:
         return self._fd is not None
 
     def open(self) -> None:
-        """Set aside what is at the target (a previous run's segment) and start a segment."""
+        """Open the directory, set aside what is at the target (a previous run's segment)
+        and start a segment. On failure nothing stays open: the next try opens the
+        directory again by its name (it may have been made anew)."""
         try:
-            info = os.lstat(self.path)
+            self._open()
+        except TraceError:
+            self._abandon()
+            raise
+
+    def _open(self) -> None:
+        try:
+            self._dir_fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise TraceError(
+                f"{self.path}: cannot create a segment: {exc.strerror or exc}"
+            ) from None
+        try:
+            info = os.stat(self.path.name, dir_fd=self._dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             info = None
         except OSError as exc:
@@ -144,20 +171,27 @@ class TraceWriter:
         n = 0
         while True:
             name = f"{stem}-{stamp}{'' if n == 0 else f'-{n}'}{rest}"
-            target = self.path.parent / name
-            if not os.path.lexists(target):
+            if not self._exists(name):
                 break
             n += 1
         try:
-            os.rename(self.path, target)  # renames a link itself, never what it points at
+            # Renames a link itself, never what it points at.
+            os.rename(self.path.name, name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
         except FileNotFoundError:
             pass
         except OSError as exc:
             raise TraceError(f"{self.path}: cannot rotate: {exc.strerror or exc}") from None
 
+    def _exists(self, name: str) -> bool:
+        try:
+            os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
+
     def _start_segment(self) -> None:
         try:
-            staged = Staged(self.path, 0o640)
+            staged = Staged(self.path, 0o640, dir_fd=self._dir_fd)
         except UnsafeWrite as exc:
             raise TraceError(f"{self.path}: cannot create a segment: {exc}") from None
         self._fd = staged.fd
@@ -186,7 +220,7 @@ class TraceWriter:
             self._z = None
             raise TraceError(f"{self.path}: cannot write: {exc}") from None
 
-    def _abandon(self) -> None:
+    def _close_segment(self) -> None:
         if self._fd is not None:
             try:
                 os.close(self._fd)
@@ -194,6 +228,17 @@ class TraceWriter:
                 pass
         self._fd = None
         self._z = None
+
+    def _abandon(self) -> None:
+        """Close the segment and the directory, which the next :meth:`open` opens again
+        by its name."""
+        self._close_segment()
+        if self._dir_fd is not None:
+            try:
+                os.close(self._dir_fd)
+            except OSError:
+                pass
+        self._dir_fd = None
 
     def _put(self, record: Mapping[str, Any]) -> None:
         self._write(self._z.compress(encode_line(record)))
@@ -245,10 +290,16 @@ class TraceWriter:
             raise TraceError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
 
     def rotate(self) -> None:
-        self._finish()
-        self._set_aside(self.wall_ns())
-        self._start_segment()
-        self.prune()
+        """End this segment, set it aside under its time and start the next; then prune.
+        A failure leaves nothing open."""
+        try:
+            self._finish()
+            self._set_aside(self.wall_ns())
+            self._start_segment()
+            self.prune()
+        except (OSError, TraceError):
+            self._abandon()
+            raise
 
     def _finish(self) -> None:
         if self._fd is None:
@@ -258,39 +309,39 @@ class TraceWriter:
             self._write(self._z.flush(zlib.Z_FINISH))
             os.fsync(self._fd)
         finally:
-            self._abandon()
+            self._close_segment()
 
     def close(self) -> None:
         try:
             self._finish()
         except OSError as exc:
             raise TraceError(f"{self.path}: cannot finish: {exc.strerror or exc}") from None
+        finally:
+            self._abandon()
 
     def prune(self) -> None:
         """Delete rotated segments older than keep, then the oldest beyond max_bytes."""
+        if self._dir_fd is None:
+            return  # not open: no directory to prune in
         now = self.wall_ns()
-        pattern = rotated_pattern(self.path)
         segments = []
-        for seg in rotated_segments(self.path):
-            match = pattern.fullmatch(seg.name)
-            assert match is not None
+        for name, stamp in _rotated(self.path, os.listdir(self._dir_fd)):
             try:
-                info = os.lstat(seg)
+                info = os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False)
             except OSError:
                 continue
             if not _is_regular(info):
                 continue
-            when = _stamp_ns(match[1])
-            segments.append((seg, when, info.st_size))
+            segments.append((name, _stamp_ns(stamp), info.st_size))
         try:
-            total = os.lstat(self.path).st_size
+            total = os.stat(self.path.name, dir_fd=self._dir_fd, follow_symlinks=False).st_size
         except OSError:
             total = 0
         total += sum(size for _, _, size in segments)
-        for seg, when, size in segments:  # oldest first
+        for name, when, size in segments:  # oldest first
             if now - when > self.keep_ns or total > self.max_bytes:
                 try:
-                    os.unlink(seg)  # unlinks a name, never follows it
+                    os.unlink(name, dir_fd=self._dir_fd)  # unlinks a name, never follows it
                 except FileNotFoundError:
                     pass
                 total -= size
