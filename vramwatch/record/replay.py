@@ -42,7 +42,6 @@ from vramwatch import policy
 from vramwatch.config import Config
 from vramwatch.daemon import Daemon
 from vramwatch.events import EventLog
-from vramwatch.metrics import Metrics
 from vramwatch.model import RAM, VRAM, Action, Event, Snapshot, Verb
 from vramwatch.record.format import (
     ANSWER,
@@ -57,6 +56,7 @@ from vramwatch.record.format import (
     recorded_config,
 )
 from vramwatch.record.trace import Damage, TraceReader, is_rotated_name
+from vramwatch.sink import NoMetrics
 from vramwatch.state import MAX_TIMES_PER_UNIT, restored_time
 from vramwatch.systemd import JobOutcome
 from vramwatch.tenants import tenant_fields
@@ -107,22 +107,6 @@ class _Sink(EventLog):
 
     def one(self, event: Event) -> None:
         self._out(event)
-
-
-class _QuietMetrics(Metrics):
-    """Metrics nobody reads: replay skips their cost."""
-
-    def observe_snapshot(self, config: Config, snapshot: Snapshot) -> None:
-        return None
-
-    def observe_events(self, events: Iterable[Event]) -> None:
-        return None
-
-    def observe_trends(self, estimates: Iterable[Any]) -> None:
-        return None
-
-    def flush(self) -> str | None:
-        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,7 +239,7 @@ class ReplayDaemon(Daemon):
             clock=lambda: self.now_ns,
             notifier=lambda _state: False,
             state=None,
-            metrics=_QuietMetrics(),
+            metrics=NoMetrics(),  # nobody reads them; nor is prometheus_client loaded
         )
 
     def _on_event(self, event: Event) -> None:
@@ -330,9 +314,6 @@ class ReplayDaemon(Daemon):
             **fields,
         )
         return False
-
-    def _flush_metrics(self) -> None:
-        return None
 
 
 @dataclass
