@@ -6,7 +6,8 @@ every decision comes out in the journal's own words and event names, stamped
 with the trace's times. Nothing is acted on and no command is run:
 
 * with the recorded config (no ``-c``), the re-check before each action uses
-  the re-check sample the daemon took, and each action's result is the one
+  the re-check sample the daemon took (marked as such since format 3; in formats
+  1 and 2, the tick's next further sample), and each action's result is the one
   systemd gave, so the replay logs what the daemon logged;
 * with another config (``-c FILE``), an action the daemon never took has no
   re-check sample and no result in the trace: it is taken as done, at once
@@ -45,10 +46,16 @@ from vramwatch.events import EventLog
 from vramwatch.model import RAM, VRAM, Action, Event, Snapshot, Verb
 from vramwatch.record.format import (
     ANSWER,
+    CONFIG,
     EXTRA,
     EXTRA_FAILED,
+    HEADER,
+    IN_TICK,
     RECHECK_SINCE,
     RELEASE,
+    SAMPLE,
+    SAMPLE_FAILED,
+    STATE,
     VERSION,
     check_header,
     decode_snapshot,
@@ -551,7 +558,7 @@ class _Run:
             self._carry_over(now)
         self.prev = (now, wall_ms, self.boot)
         tick: Snapshot | str
-        if first["k"] == "s":
+        if first["k"] == SAMPLE:
             tick = decode_snapshot(now, first)
         else:
             tick = str(first.get("err", "sampling failed"))
@@ -671,7 +678,7 @@ def replay(
         try:
             for record in reader:
                 kind = record["k"]
-                if kind in ("x", "xf", "r", "a"):
+                if kind in IN_TICK:
                     if group:
                         group.append(record)
                     continue
@@ -681,16 +688,16 @@ def replay(
                     if reader.damage is not None:
                         break
                 try:
-                    if kind in ("s", "sf"):
+                    if kind in (SAMPLE, SAMPLE_FAILED):
                         end = window[1]
                         if end is not None and int(record["t"]) > end:
                             return run.result  # past --to: nothing more is printed
                         group, group_line = [record], reader.lines
-                    elif kind == "h":
+                    elif kind == HEADER:
                         run.header(record, reader.path)
-                    elif kind == "c":
+                    elif kind == CONFIG:
                         run.config(record)
-                    elif kind == "st":
+                    elif kind == STATE:
                         run.state(record)
                 except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
                     reader.damage = Damage(
