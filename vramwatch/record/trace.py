@@ -221,11 +221,7 @@ class TraceWriter:
             raise TraceError(f"{self.path}: cannot write: {exc}") from None
 
     def _close_segment(self) -> None:
-        if self._fd is not None:
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
+        _close(self._fd)
         self._fd = None
         self._z = None
 
@@ -233,11 +229,7 @@ class TraceWriter:
         """Close the segment and the directory, which the next :meth:`open` opens again
         by its name."""
         self._close_segment()
-        if self._dir_fd is not None:
-            try:
-                os.close(self._dir_fd)
-            except OSError:
-                pass
+        _close(self._dir_fd)
         self._dir_fd = None
 
     def _put(self, record: Mapping[str, Any]) -> None:
@@ -345,6 +337,14 @@ class TraceWriter:
                 except FileNotFoundError:
                     pass
                 total -= size
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def _is_link(info: os.stat_result) -> bool:
