@@ -25,18 +25,12 @@ from vramwatch.record.replay import replay
 from vramwatch.record.trace import TraceReader, TraceWriter, segments
 from vramwatch.systemd import JobOutcome
 
-RELEASING = """
-[daemon]
-interval = "2s"
-[gpu]
-min_free_vram = "2GiB"
-grace = "2s"
-[[tenant]]
-unit = "a.service"
-vram = "3GiB"
-release = ["/usr/bin/touch", "{marker}"]
-release_timeout = "3s"
-"""
+# GPU 0 is breached when under 2 GiB free for 2 s: a tick after it is first seen.
+FLOOR = '[daemon]\ninterval = "2s"\n[gpu]\nmin_free_vram = "2GiB"\ngrace = "2s"\n'
+RELEASING = FLOOR + (
+    '[[tenant]]\nunit = "a.service"\nvram = "3GiB"\n'
+    'release = ["/usr/bin/touch", "{marker}"]\nrelease_timeout = "3s"\n'
+)
 
 
 def test_the_recheck_sample_is_recorded_as_the_recheck_and_a_releases_wait_is_not(
@@ -61,16 +55,7 @@ def test_the_recheck_sample_is_recorded_as_the_recheck_and_a_releases_wait_is_no
     ]
 
 
-HOG = """
-[daemon]
-interval = "2s"
-[gpu]
-min_free_vram = "2GiB"
-grace = "2s"
-[[tenant]]
-unit = "hog.service"
-vram = "3000MiB"
-"""
+HOG = FLOOR + '[[tenant]]\nunit = "hog.service"\nvram = "3000MiB"\n'
 
 
 def trace_with_a_sample_before_the_recheck(tmp_path: Path) -> Path:

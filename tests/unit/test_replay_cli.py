@@ -145,11 +145,10 @@ def test_a_trace_that_does_not_hold_its_config_exits_78_and_says_to_give_one(
     ) == err
 
 
-def test_a_plot_that_cannot_be_written_exits_1(tmp_path: Path) -> None:
-    """In a fresh interpreter, as test_plot_draws_the_trace says why."""
-    out_file = tmp_path / "missing" / "arena.png"
-
-    done = subprocess.run(
+def plot_arena(out_file: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """``replay --plot`` of the arena in a fresh interpreter: under pytest, tests/packaging
+    shadows the ``packaging`` module that matplotlib imports."""
+    return subprocess.run(
         [sys.executable, "-c", "import sys; from vramwatch.cli import main; sys.exit(main())"]
         + ["replay", str(ARENA), "-c", str(ARENA_TOML), "--plot", str(out_file)],
         cwd=ROOT,
@@ -159,6 +158,12 @@ def test_a_plot_that_cannot_be_written_exits_1(tmp_path: Path) -> None:
         timeout=120,
         check=False,
     )
+
+
+def test_a_plot_that_cannot_be_written_exits_1(tmp_path: Path) -> None:
+    out_file = tmp_path / "missing" / "arena.png"
+
+    done = plot_arena(out_file, tmp_path)
 
     assert (
         1,
@@ -188,20 +193,9 @@ def test_plot_without_matplotlib_says_how_to_install_it(
 
 @pytest.mark.parametrize("suffix", [".png", ".svg"])
 def test_plot_draws_the_trace(suffix: str, tmp_path: Path) -> None:
-    """In a fresh interpreter: under pytest, tests/packaging shadows the ``packaging``
-    module that matplotlib imports."""
     out_file = tmp_path / f"arena{suffix}"
 
-    done = subprocess.run(
-        [sys.executable, "-c", "import sys; from vramwatch.cli import main; sys.exit(main())"]
-        + ["replay", str(ARENA), "-c", str(ARENA_TOML), "--plot", str(out_file)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "MPLCONFIGDIR": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = plot_arena(out_file, tmp_path)
 
     assert 0 == done.returncode, done.stderr
     assert f"vramwatch: replay: plot written to {out_file}\n" == done.stderr
