@@ -32,8 +32,8 @@ from pathlib import Path
 
 from vramwatch.config import parse
 from vramwatch.model import GpuProcess, GpuSample, HostSample, Owner, Snapshot, UnitUsage
-from vramwatch.recording import Recorder
-from vramwatch.trace import rotated_segments
+from vramwatch.record.recorder import Recorder
+from vramwatch.record.trace import rotated_segments
 
 GIB = 1024**3
 MIB = 1024**2

@@ -234,8 +234,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "polkit-rule":
             return cmd_polkit_rule(args)
         if args.command == "replay":
-            from vramwatch.replay import cmd_replay
-
             return cmd_replay(args)
         return cmd_run(args)
     except ConfigError as exc:
@@ -336,7 +334,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from vramwatch.actuators.containers import ContainerActuator
     from vramwatch.daemon import Daemon
     from vramwatch.events import EventLog
-    from vramwatch.recording import RecordingDaemon
+    from vramwatch.record.recorder import RecordingDaemon
     from vramwatch.sampler import Sampler, raise_open_files_limit
     from vramwatch.sink import MetricsSink, NoMetrics, enabled
     from vramwatch.sources.nvml import NvmlSource
@@ -414,3 +412,95 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(render_text(report))
     return EXIT_OK
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """``vramwatch replay``: exit 0, 1 (unreadable or damaged trace, or no plot), 2 (usage),
+    78 (a config given or recorded that is not valid)."""
+    try:
+        start = _replay_time(args.start) if args.start else None
+        end = _replay_time(args.end) if args.end else None
+    except ValueError as exc:
+        print(f"vramwatch: replay: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    configs: list[Path] = args.replay_configs or []
+    if len(configs) > 2:
+        print("vramwatch: replay: at most two configs (-c A -c B) to compare", file=sys.stderr)
+        return EXIT_USAGE
+    if args.plot is not None:
+        if Path(args.plot).suffix.lower() not in (".png", ".svg"):
+            print(
+                f"vramwatch: replay: --plot: expected a .png or .svg file, got {args.plot}",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        from vramwatch.record import plot
+
+        problem = plot.available()
+        if problem is not None:
+            print(f"vramwatch: replay: --plot: {problem}", file=sys.stderr)
+            return EXIT_FAILURE
+    from vramwatch.record import report
+    from vramwatch.record.format import TraceError
+    from vramwatch.record.replay import replay
+    from vramwatch.record.trace import segments
+
+    try:
+        paths = segments(Path(args.trace))
+        loaded = [(p.name, load(p)) for p in configs]
+        if len({name for name, _ in loaded}) < len(loaded):
+            loaded = [(str(p), c) for p, (_, c) in zip(configs, loaded, strict=True)]
+        window = (start, end)
+        plotting = args.plot is not None
+        if not loaded:
+            results = [replay(paths, None, label="recorded", window=window, plot=plotting)]
+        else:
+            results = [replay(paths, c, label=n, window=window, plot=plotting) for n, c in loaded]
+    except TraceError as exc:
+        print(f"vramwatch: replay: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except ConfigError as exc:
+        print(f"vramwatch: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if len(results) == 1:
+        lines = report.one(results[0], args.json)
+    else:
+        lines = report.compare(results[0], results[1], args.json)
+    for line in lines:
+        print(line)
+    status = EXIT_OK
+    for path in results[0].unfinished:
+        print(
+            f"vramwatch: replay: note: {path} is still being written (or its writer was "
+            "stopped without closing it): replayed up to its last complete tick",
+            file=sys.stderr,
+        )
+    for damage in results[0].damage:
+        print(f"vramwatch: replay: {damage}", file=sys.stderr)
+        status = EXIT_FAILURE
+    if args.plot is not None:
+        try:
+            plot.draw(results, Path(args.plot))
+        except OSError as exc:
+            print(
+                f"vramwatch: replay: --plot: cannot write {args.plot}: {exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
+        print(f"vramwatch: replay: plot written to {args.plot}", file=sys.stderr)
+    return status
+
+
+def _replay_time(text: str) -> int:
+    """--from/--to: an ISO 8601 time (local time when no zone is given) -> wall ms."""
+    import datetime as dt
+
+    try:
+        when = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f'expected a time such as "2026-12-02T06:00:00Z" or "2026-12-02 07:00", got "{text}"'
+        ) from None
+    if when.tzinfo is None:
+        when = when.astimezone()
+    return int(when.timestamp() * 1000)

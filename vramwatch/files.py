@@ -43,16 +43,20 @@ class Staged:
     descriptor. Write to :attr:`fd`, then :meth:`publish` (fsync, rename over
     ``path``, fsync the directory) or :meth:`discard`. After ``publish`` the
     caller owns :attr:`fd` and may go on appending to it (the trace does).
-    Raises :class:`UnsafeWrite`.
+    ``dir_fd``: a descriptor of that directory the caller holds (the trace's), used
+    instead of opening it again by name. Raises :class:`UnsafeWrite`.
     """
 
-    def __init__(self, path: Path | str, mode: int = 0o644) -> None:
+    def __init__(self, path: Path | str, mode: int = 0o644, *, dir_fd: int | None = None) -> None:
         path = Path(path)
         self.directory = str(path.parent)
         self.name = path.name
         self.mode = mode
         try:
-            self.dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            if dir_fd is not None:
+                self.dir_fd = os.dup(dir_fd)  # its own copy, closed as this one is
+            else:
+                self.dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
             raise UnsafeWrite(str(exc.strerror or exc)) from None
         try:

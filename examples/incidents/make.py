@@ -20,7 +20,8 @@ from pathlib import Path
 
 from vramwatch.config import Config, load
 from vramwatch.model import GpuProcess, GpuSample, HostSample, Owner, Snapshot, UnitUsage
-from vramwatch.trace import TraceWriter, config_record, encode_snapshot
+from vramwatch.record.format import config_record, sample_record, state_record
+from vramwatch.record.trace import TraceWriter
 
 HERE = Path(__file__).resolve().parent
 MIB = 1024**2
@@ -98,13 +99,11 @@ def write(name: str, samples: Iterator[Snapshot], directory: Path = HERE) -> Pat
     record = config_record(dry, "start", True, _forced)
     record["path"] = f"examples/incidents/{name}.toml"
     record.update(t=wall[0] // 10**6, m=0)  # as the recorder writes it: when it started
-    writer.preamble = [record, {"k": "st", "a": {}}]
+    writer.preamble = [record, state_record({})]
     writer.open()
     for snap in samples:
         wall[0] = START_S[name] * S + snap.now_ns
-        rec = encode_snapshot(snap)
-        rec.update(k="s", m=snap.now_ns, t=wall[0] // 10**6)
-        writer.write(rec, tick=True)
+        writer.write(sample_record(snap, wall[0] // 10**6, first=True), tick=True)
         writer.end_tick()
     writer.close()
     return out

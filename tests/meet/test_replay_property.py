@@ -7,6 +7,7 @@ the same events, with the same messages, in the same order (SPEC "Record and rep
 from __future__ import annotations
 
 import io
+from collections import Counter
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -16,10 +17,11 @@ from tests.meet.test_property import GPUS, OTHER, STEP, apply, config_text
 from tests.meet.world import GIB, Bed, Clock, World, WorldActuator, WorldGpus
 from vramwatch import config as cfg
 from vramwatch.events import EventLog
-from vramwatch.recording import RecordingDaemon
-from vramwatch.replay import replay
+from vramwatch.record.recorder import RecordingDaemon
+from vramwatch.record.replay import floor_name, replay
+from vramwatch.record.report import summary
+from vramwatch.record.trace import segments
 from vramwatch.sampler import Sampler
-from vramwatch.trace import segments
 
 # What the daemon logs about itself rather than about the host: not decisions.
 NOT_DECISIONS = frozenset(
@@ -91,6 +93,13 @@ def test_property_replay_with_the_recorded_config_logs_what_the_daemon_logged(
 
     assert [] == result.damage
     assert logged == decisions([(s.event.name, s.event.message) for s in result.events])
+    # The summary's breaches are those the journal announced as new, not reminders.
+    announced = Counter(
+        floor_name(e)
+        for e in bed.named("floor_breached")
+        if not str(e["message"]).startswith("still: ")
+    )
+    assert dict(announced) == summary(result)["breaches"]
 
 
 def test_replay_gives_refusals_and_unseen_jobs_as_the_daemon_met_them(tmp_path: Path) -> None:

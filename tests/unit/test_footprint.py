@@ -51,11 +51,13 @@ HEAVY = (
     "uuid",
     "fractions",  # units.py parses sizes in integers; fractions imports decimal
     "decimal",
-    "vramwatch.trace",  # the trace writer: only once [daemon] record or --record is set
+    "vramwatch.record.format",  # the trace: only once [daemon] record or --record is set
+    "vramwatch.record.trace",
     "traceback",  # the daemon formats a traceback on its first internal error only
     "matplotlib",  # `vramwatch replay --plot` only
-    "vramwatch.plot",
-    "vramwatch.replay",
+    "vramwatch.record.plot",
+    "vramwatch.record.replay",
+    "vramwatch.record.report",
 )
 
 CONFIG = """

@@ -9,8 +9,9 @@ import pytest
 
 from examples.incidents.make import HERE, INCIDENTS, make
 from vramwatch.config import load
-from vramwatch.replay import ACTION_EVENTS, replay
-from vramwatch.trace import segments
+from vramwatch.record.replay import replay
+from vramwatch.record.report import ACTION_EVENTS
+from vramwatch.record.trace import segments
 
 S = 10**9
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -124,6 +125,55 @@ def test_replay_exit_codes(
     assert message in err
 
 
+def test_a_trace_that_does_not_hold_its_config_exits_78_and_says_to_give_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = gzip.decompress(ARENA.read_bytes()).splitlines()
+    records = [json.loads(line) for line in lines]
+    for record in records:
+        if record["k"] == "c":
+            record.update(text=None, problem="the file changed after it was loaded")
+    trace = tmp_path / "trace.jsonl.gz"
+    trace.write_bytes(gzip.compress(b"".join(json.dumps(r).encode() + b"\n" for r in records)))
+
+    rc, out, err = run(["replay", str(trace)], capsys)
+
+    assert (78, "") == (rc, out)
+    assert (
+        "vramwatch: examples/incidents/arena.toml: the trace does not hold this config (the "
+        "file changed after it was loaded); replay with -c FILE\n"
+    ) == err
+
+
+def plot_arena(out_file: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """``replay --plot`` of the arena in a fresh interpreter: under pytest, tests/packaging
+    shadows the ``packaging`` module that matplotlib imports."""
+    return subprocess.run(
+        [sys.executable, "-c", "import sys; from vramwatch.cli import main; sys.exit(main())"]
+        + ["replay", str(ARENA), "-c", str(ARENA_TOML), "--plot", str(out_file)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "MPLCONFIGDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_a_plot_that_cannot_be_written_exits_1(tmp_path: Path) -> None:
+    out_file = tmp_path / "missing" / "arena.png"
+
+    done = plot_arena(out_file, tmp_path)
+
+    assert (
+        1,
+        f"vramwatch: replay: --plot: cannot write {out_file}: No such file or directory\n",
+    ) == (
+        done.returncode,
+        done.stderr,
+    )
+
+
 def test_plot_without_matplotlib_says_how_to_install_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -143,20 +193,9 @@ def test_plot_without_matplotlib_says_how_to_install_it(
 
 @pytest.mark.parametrize("suffix", [".png", ".svg"])
 def test_plot_draws_the_trace(suffix: str, tmp_path: Path) -> None:
-    """In a fresh interpreter: under pytest, tests/packaging shadows the ``packaging``
-    module that matplotlib imports."""
     out_file = tmp_path / f"arena{suffix}"
 
-    done = subprocess.run(
-        [sys.executable, "-c", "import sys; from vramwatch.cli import main; sys.exit(main())"]
-        + ["replay", str(ARENA), "-c", str(ARENA_TOML), "--plot", str(out_file)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "MPLCONFIGDIR": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = plot_arena(out_file, tmp_path)
 
     assert 0 == done.returncode, done.stderr
     assert f"vramwatch: replay: plot written to {out_file}\n" == done.stderr
@@ -222,7 +261,7 @@ def record_run(
     apart on which hog.service holds 12000 MiB with 1000 MiB free."""
     from tests.unit.builders import one_gpu
     from vramwatch.config import parse
-    from vramwatch.recording import Recorder
+    from vramwatch.record.recorder import Recorder
 
     config_path = tmp_path / "vramwatch.toml"
     text = f'[daemon]\nrecord = "{trace}"\n[[tenant]]\nunit = "hog.service"\nvram = "1GiB"\n'

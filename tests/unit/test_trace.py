@@ -15,8 +15,7 @@ from tests.unit.builders import MIB, S, one_gpu
 from vramwatch import model
 from vramwatch.config import ConfigError, parse
 from vramwatch.model import GpuProcess, GpuSample, HostSample, Owner, Snapshot, UnitUsage
-from vramwatch.recording import Recorder, RecordingSampler
-from vramwatch.trace import (
+from vramwatch.record.format import (
     GPU_FIELDS,
     GPU_OPTIONAL,
     HOST_FIELDS,
@@ -25,15 +24,13 @@ from vramwatch.trace import (
     SNAPSHOT_FIELDS,
     UNIT_FIELDS,
     TraceError,
-    TraceReader,
-    TraceWriter,
     config_record,
     decode_snapshot,
     encode_snapshot,
     recorded_config,
-    rotated_segments,
-    segments,
 )
+from vramwatch.record.recorder import Recorder, RecordingSampler
+from vramwatch.record.trace import TraceReader, TraceWriter, rotated_segments, segments
 
 GIB = 1024 * MIB
 
@@ -268,6 +265,36 @@ def test_a_planted_link_at_the_target_is_replaced_never_followed(tmp_path: Path)
     assert 3 == len(list(TraceReader(path)))
 
 
+def test_rotation_and_pruning_stay_in_the_directory_the_trace_was_opened_in(
+    tmp_path: Path,
+) -> None:
+    """Rotation and pruning go through the directory's descriptor, as every write does:
+    a directory moved away under the writer, and a link to another one put in its place,
+    redirect nothing. The trace goes on where it was opened, and the other directory's
+    files, named like old segments, are neither pruned nor joined."""
+    opened = tmp_path / "traces"
+    opened.mkdir()
+    other = tmp_path / "other"
+    other.mkdir()
+    old = other / "trace-20250101T000000Z.jsonl.gz"  # older than record_keep
+    old.write_bytes(b"not ours")
+    path = opened / "trace.jsonl.gz"
+    wall = FakeWall()
+    writer = TraceWriter(path, 3 * 3600 * S, 1 << 30, wall_ns=wall)
+    writer.open()
+    write_ticks(writer, wall, 1)
+    moved = tmp_path / "moved"
+    opened.rename(moved)
+    opened.symlink_to(other)
+    wall.now += 3600 * S  # the next tick starts a new segment, and prunes
+    write_ticks(writer, wall, 1)
+    writer.close()
+
+    assert [old.name] == os.listdir(other)
+    assert b"not ours" == old.read_bytes()
+    assert 2 == len(segments(moved / "trace.jsonl.gz"))
+
+
 def test_the_trace_is_created_with_a_random_name_then_renamed(tmp_path: Path) -> None:
     """A predictable temporary name could be planted; none is left behind either."""
     path = tmp_path / "trace.jsonl.gz"
@@ -465,6 +492,26 @@ def test_a_trace_directory_others_may_write_is_refused_like_the_state_files(
     assert not writer.is_open
 
 
+def test_a_refused_or_closed_trace_holds_no_descriptor_of_its_directory(tmp_path: Path) -> None:
+    """The writer holds its directory open while the trace is; a refusal (retried every
+    minute by the recorder) or a close leaves nothing open."""
+    directory = tmp_path / "open"
+    directory.mkdir()
+    directory.chmod(0o777)
+    refused = TraceWriter(directory / "trace.jsonl.gz", 7 * 86400 * S, 1 << 30)
+    kept = tmp_path / "trace.jsonl.gz"
+    before = sorted(os.listdir("/proc/self/fd"))
+
+    for _ in range(3):
+        with pytest.raises(TraceError):
+            refused.open()
+    writer = TraceWriter(kept, 7 * 86400 * S, 1 << 30)
+    writer.open()
+    writer.close()
+
+    assert before == sorted(os.listdir("/proc/self/fd"))
+
+
 def test_a_segment_header_names_the_format_and_the_boot(tmp_path: Path) -> None:
     """The boot tells replay whether monotonic times of two runs can be compared."""
     path = tmp_path / "trace.jsonl.gz"
@@ -475,7 +522,7 @@ def test_a_segment_header_names_the_format_and_the_boot(tmp_path: Path) -> None:
 
     header = next(iter(TraceReader(path)))
 
-    assert {"k": "h", "v": 2, "seg": 1, "t": 1_764_655_200_000, "boot": "boot-a"} == {
+    assert {"k": "h", "v": 3, "seg": 1, "t": 1_764_655_200_000, "boot": "boot-a"} == {
         k: v for k, v in header.items() if k != "run"
     }
 

@@ -14,25 +14,29 @@ import pytest
 
 from vramwatch.cli import main
 from vramwatch.config import load
-from vramwatch.replay import replay
+from vramwatch.record.replay import replay
+from vramwatch.record.report import summary
+from vramwatch.record.trace import segments
 from vramwatch.state import FILE_NAME, StateStore
-from vramwatch.trace import segments
 
 S = 10**9
 V1 = Path(__file__).resolve().parents[1] / "fixtures" / "upgrade"
 TRACE = V1 / "trace.jsonl.gz"
+# Format 2, made by commit 3999db2's code (v2/make_v2.py): the same two runs.
+V2 = V1 / "v2"
 # What the daemon logs about itself rather than about the host: not decisions.
 NOT_DECISIONS = frozenset({"started", "state_restored"})
 
 
-def journal() -> list[tuple[str, str]]:
-    lines = (V1 / "journal.jsonl").read_text().splitlines()
+def journal(fixtures: Path = V1) -> list[tuple[str, str]]:
+    lines = (fixtures / "journal.jsonl").read_text().splitlines()
     return [(str(e["event"]), str(e["message"])) for e in map(json.loads, lines)]
 
 
-def replayed(config: Path | None = None) -> list[tuple[str, str, str]]:
-    """(time, event, message) of what replay logs for the format 1 trace."""
-    result = replay(segments(TRACE), None if config is None else load(config))
+def replayed(config: Path | None = None, fixtures: Path = V1) -> list[tuple[str, str, str]]:
+    """(time, event, message) of what replay logs for the format 1 (or 2) trace."""
+    trace = fixtures / "trace.jsonl.gz"
+    result = replay(segments(trace), None if config is None else load(config))
     assert [] == result.damage
     return [(s.time_text(), s.event.name, s.event.message) for s in result.events]
 
@@ -160,6 +164,52 @@ def test_replay_with_a_config_carries_action_times_over_a_reboot_by_the_wall_clo
     ] == [m for _, n, m in events if n == "release_failed"]
 
 
+def test_a_format_2_trace_replays_with_its_recorded_config_as_the_daemon_logged() -> None:
+    """Format 2 holds the release's own entry: replayed as it was logged, word for word;
+    the re-check samples are told apart from the release's wait by their order."""
+    logged = [(n, m) for n, m in journal(V2) if n not in NOT_DECISIONS]
+
+    events = [(n, m) for _, n, m in replayed(fixtures=V2) if n not in NOT_DECISIONS]
+
+    assert logged == events
+    assert ["released", "restart", "restart"] == [n for n, _ in events if n in ACTIONS]
+
+
+def test_a_format_2_trace_with_its_config_given_carries_times_over_the_recorded_reboot() -> None:
+    """Run 2's header names another boot than run 1's: b.service's restart an hour
+    before is carried by the wall clock, its 10m cooldown long over, so it is restarted
+    again. The release the daemon ran is the same command as the config's: replayed."""
+    events = replayed(V2 / "fixture.toml", V2)
+
+    assert [
+        ("2026-01-01T10:00:02.000Z", "released", "a.service"),
+        ("2026-01-01T10:00:10.000Z", "restart", "b.service"),
+        ("2026-01-01T11:00:20.000Z", "restart", "b.service"),
+    ] == [(t, n, _unit(m)) for t, n, m in events if n in ACTIONS]
+    assert [] == [m for _, n, m in events if n in ("skipped", "release_failed")]
+
+
+def test_the_summary_of_a_format_2_trace_counts_each_breach_once() -> None:
+    result = replay(segments(V2 / "trace.jsonl.gz"))
+
+    assert {
+        "ticks": 15,
+        "from": "2026-01-01T10:00:00.000Z",
+        "to": "2026-01-01T11:00:26.000Z",
+        "actions": {"a.service": {"released": 1}, "b.service": {"restart": 2}},
+        "cancelled": {},
+        "breaches": {"GPU 0": 3},
+        "under_floor_s": {"GPU 0": 12.0},
+    } == summary(result)
+
+
+ACTIONS = frozenset({"released", "restart"})
+
+
+def _unit(message: str) -> str:
+    return message.split(":")[0].split()[1]
+
+
 def test_a_trace_of_a_newer_format_is_refused_with_a_clear_message(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -175,5 +225,5 @@ def test_a_trace_of_a_newer_format_is_refused_with_a_clear_message(
     assert (1, "") == (rc, out)
     assert (
         f"vramwatch: replay: {newer}: written by a newer vramwatch (trace format 99; this "
-        "version reads formats 1 to 2): replay it with that version or a newer one\n"
+        "version reads formats 1 to 3): replay it with that version or a newer one\n"
     ) == err

@@ -6,7 +6,8 @@ every decision comes out in the journal's own words and event names, stamped
 with the trace's times. Nothing is acted on and no command is run:
 
 * with the recorded config (no ``-c``), the re-check before each action uses
-  the re-check sample the daemon took, and each action's result is the one
+  the re-check sample the daemon took (marked as such since format 3; in formats
+  1 and 2, the tick's next further sample), and each action's result is the one
   systemd gave, so the replay logs what the daemon logged;
 * with another config (``-c FILE``), an action the daemon never took has no
   re-check sample and no result in the trace: it is taken as done, at once
@@ -30,11 +31,8 @@ within one boot as they are, across a reboot by the wall clock
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
-import json
 import shlex
-import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -42,33 +40,34 @@ from pathlib import Path
 from typing import Any
 
 from vramwatch import policy
-from vramwatch.config import Config, ConfigError, load
+from vramwatch.config import Config
 from vramwatch.daemon import Daemon, started_sentence, tenants_text
 from vramwatch.events import EventLog
-from vramwatch.metrics import Metrics
 from vramwatch.model import RAM, VRAM, Action, Event, Snapshot, Verb
+from vramwatch.record.format import (
+    ANSWER,
+    CONFIG,
+    EXTRA,
+    EXTRA_FAILED,
+    HEADER,
+    IN_TICK,
+    RECHECK_SINCE,
+    RELEASE,
+    SAMPLE,
+    SAMPLE_FAILED,
+    STATE,
+    VERSION,
+    check_header,
+    decode_snapshot,
+    is_recheck,
+    recorded_config,
+)
+from vramwatch.record.trace import Damage, TraceReader, is_rotated_name
+from vramwatch.sink import NoMetrics
 from vramwatch.state import MAX_TIMES_PER_UNIT, restored_time
 from vramwatch.systemd import JobOutcome
 from vramwatch.tenants import tenant_fields
-from vramwatch.trace import (
-    VERSION,
-    Damage,
-    TraceError,
-    TraceReader,
-    check_header,
-    decode_snapshot,
-    is_rotated_name,
-    recorded_config,
-    segments,
-)
-from vramwatch.units import format_duration
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_CONFIG = 78
-
-ACTION_EVENTS = frozenset({"restart", "stop", "would_restart", "would_stop", "released"})
 # A plot of more points than this shows nothing more: keep every n-th tick.
 MAX_PLOT_POINTS = 20_000
 # A gap between two ticks longer than this many intervals is vramwatch not running:
@@ -117,22 +116,6 @@ class _Sink(EventLog):
         self._out(event)
 
 
-class _QuietMetrics(Metrics):
-    """Metrics nobody reads: replay skips their cost."""
-
-    def observe_snapshot(self, config: Config, snapshot: Snapshot) -> None:
-        return None
-
-    def observe_events(self, events: Iterable[Event]) -> None:
-        return None
-
-    def observe_trends(self, estimates: Iterable[Any]) -> None:
-        return None
-
-    def flush(self) -> str | None:
-        return None
-
-
 @dataclass(frozen=True, slots=True)
 class _Release:
     """A release's result as the trace has it (an ``r`` record)."""
@@ -145,33 +128,57 @@ class _Release:
         return fields.get("tenant") or fields.get("unit")
 
 
+@dataclass(frozen=True, slots=True)
+class _Extra:
+    """A further sample of the tick as the trace has it (an ``x`` or ``xf`` record):
+    the snapshot, or the failure's repr; ``recheck``: the daemon's re-check before an
+    action (format 3; before, never set)."""
+
+    sample: Snapshot | str
+    recheck: bool
+
+
 class _Source:
-    """The trace as the daemon's sampler: the tick's sample, then its re-check samples
+    """The trace as the daemon's sampler: the tick's sample, then its further samples
     (and, with the recorded config, the releases among them, in the order they came)."""
 
     def __init__(self) -> None:
         self.tick: Snapshot | str | None = None
-        self.extras: deque[Snapshot | str | _Release] = deque()
+        self.extras: deque[_Extra | _Release] = deque()
         self.served = False
+        self.by_flag = True  # the trace says which sample was the re-check (format 3)
 
-    def load(self, tick: Snapshot | str, extras: Iterable[Snapshot | str | _Release]) -> None:
-        self.tick, self.extras, self.served = tick, deque(extras), False
+    def load(
+        self, tick: Snapshot | str, extras: Iterable[_Extra | _Release], *, by_flag: bool
+    ) -> None:
+        self.tick, self.extras, self.served, self.by_flag = tick, deque(extras), False, by_flag
 
     def sample(self, config: Config, now_ns: int, *, recheck: bool = False) -> Snapshot:
-        item: Snapshot | str | _Release | None
+        item: Snapshot | str | None
         if not self.served:
             self.served = True
             item = self.tick
-        elif self.extras and not isinstance(self.extras[0], _Release):
-            item = self.extras.popleft()
+        elif recheck and self.by_flag:
+            item = self._recheck()
+        elif self.extras and isinstance(head := self.extras[0], _Extra):
+            # Formats 1 and 2 do not say: the next further sample, in the order taken.
+            self.extras.popleft()
+            item = head.sample
         else:
-            # No re-check sample in the trace (an action the daemon did not take):
-            # the tick's own sample, so the action goes ahead.
-            item = self.tick
+            item = self.tick  # none: as _recheck says
         if isinstance(item, str):
             raise RecordedError(item)
         assert isinstance(item, Snapshot)
         return item
+
+    def _recheck(self) -> Snapshot | str | None:
+        """The tick's next recorded re-check; with none in the trace (an action the
+        daemon did not take), the tick's own sample, so the action goes ahead."""
+        for n, extra in enumerate(self.extras):
+            if isinstance(extra, _Extra) and extra.recheck:
+                del self.extras[n]
+                return extra.sample
+        return self.tick
 
     def take_release(self, tenant: str) -> Mapping[str, Any] | None:
         """The tenant's next recorded release, with the samples its wait took before it."""
@@ -239,7 +246,7 @@ class ReplayDaemon(Daemon):
             clock=lambda: self.now_ns,
             notifier=lambda _state: False,
             state=None,
-            metrics=_QuietMetrics(),
+            metrics=NoMetrics(),  # nobody reads them; nor is prometheus_client loaded
         )
 
     def _on_event(self, event: Event) -> None:
@@ -315,9 +322,6 @@ class ReplayDaemon(Daemon):
         )
         return False
 
-    def _flush_metrics(self) -> None:
-        return None
-
 
 @dataclass
 class Series:
@@ -339,6 +343,7 @@ class Result:
     label: str
     events: list[Stamped] = field(default_factory=list)
     under_ns: dict[str, int] = field(default_factory=dict)  # "GPU 0", "host RAM" -> ns
+    breaches: dict[str, int] = field(default_factory=dict)  # floor -> breaches begun
     ticks: int = 0
     first_ms: int | None = None
     last_ms: int | None = None
@@ -346,36 +351,27 @@ class Result:
     unfinished: list[Path] = field(default_factory=list)
     series: Series | None = None
 
-    def summary(self) -> dict[str, Any]:
-        actions: dict[str, dict[str, int]] = {}
-        breaches: dict[str, int] = {}
-        cancelled: dict[str, int] = {}
-        for s in self.events:
-            e = s.event
-            unit = str(e.fields.get("unit", ""))
-            if e.name in ACTION_EVENTS:
-                per = actions.setdefault(unit, {})
-                per[e.name] = per.get(e.name, 0) + 1
-            elif e.name == "action_cancelled":
-                cancelled[unit] = cancelled.get(unit, 0) + 1
-            elif e.name == "floor_breached" and not e.message.startswith("still: "):
-                where = _where(e.fields)
-                breaches[where] = breaches.get(where, 0) + 1
-        return {
-            "ticks": self.ticks,
-            "from": iso(self.first_ms) if self.first_ms is not None else None,
-            "to": iso(self.last_ms) if self.last_ms is not None else None,
-            "actions": {u: dict(sorted(a.items())) for u, a in sorted(actions.items())},
-            "cancelled": dict(sorted(cancelled.items())),
-            "breaches": dict(sorted(breaches.items())),
-            "under_floor_s": {k: v / 1e9 for k, v in sorted(self.under_ns.items())},
-        }
+
+HOST_FLOOR = "host RAM"
 
 
-def _where(fields: Mapping[str, Any]) -> str:
+def gpu_floor_name(index: int) -> str:
+    return f"GPU {index}"
+
+
+def floor_name(fields: Mapping[str, Any]) -> str:
+    """The floor an event is about, as the summary and the plot name it."""
     if fields.get("resource") == VRAM and fields.get("gpu") is not None:
-        return f"GPU {fields['gpu']}"
-    return "host RAM" if fields.get("resource") == RAM else "GPU"
+        return gpu_floor_name(fields["gpu"])
+    return HOST_FLOOR if fields.get("resource") == RAM else "GPU"
+
+
+def _floor_key(fields: Mapping[str, Any]) -> str | None:
+    """The policy's key of the floor an event names (policy.History.episodes)."""
+    if fields.get("resource") == RAM:
+        return policy.RAM_KEY
+    uuid = fields.get("gpu_uuid")
+    return policy.gpu_key(uuid) if isinstance(uuid, str) else None
 
 
 class _Run:
@@ -404,6 +400,8 @@ class _Run:
         self.carry: tuple[Mapping[str, tuple[int, ...]], int, int, str | None] | None = None
         # The started entry, until the first tick tells its monotonic time: (index, wall ms).
         self.start: tuple[int, int] | None = None
+        # The floors whose breach the policy had announced before this tick.
+        self.announced: Mapping[str, int] = {}
 
     # events -------------------------------------------------------------------
 
@@ -415,6 +413,11 @@ class _Run:
         if self.daemon is None or not self._in_window(self.wall_ms):
             return
         self.result.events.append(Stamped(self.wall_ms, self.daemon.now_ns, event))
+        if event.name == "floor_breached" and _floor_key(event.fields) not in self.announced:
+            # A breach the policy had not announced before this tick: a new one (the
+            # others are its reminders while it lasts).
+            where = floor_name(event.fields)
+            self.result.breaches[where] = self.result.breaches.get(where, 0) + 1
 
     def _moved(self, wall_ms: int) -> None:
         self.wall_ms = wall_ms
@@ -553,30 +556,31 @@ class _Run:
             self._carry_over(now)
         self.prev = (now, wall_ms, self.boot)
         tick: Snapshot | str
-        if first["k"] == "s":
+        if first["k"] == SAMPLE:
             tick = decode_snapshot(now, first)
         else:
             tick = str(first.get("err", "sampling failed"))
-        extras: list[Snapshot | str | _Release] = []
+        extras: list[_Extra | _Release] = []
         answers: list[Mapping[str, Any]] = []
         releases: list[_Release] = []
         for rec in group[1:]:
-            if rec["k"] == "r":
+            if rec["k"] == RELEASE:
                 releases.append(_Release(rec))
         if self.fixed is None:
             for rec in group[1:]:
-                if rec["k"] == "x":
-                    extras.append(decode_snapshot(int(rec["m"]), rec))
-                elif rec["k"] == "xf":
-                    extras.append(str(rec.get("err", "sampling failed")))
-                elif rec["k"] == "r":
+                if rec["k"] == EXTRA:
+                    extras.append(_Extra(decode_snapshot(int(rec["m"]), rec), is_recheck(rec)))
+                elif rec["k"] == EXTRA_FAILED:
+                    extras.append(_Extra(str(rec.get("err", "sampling failed")), is_recheck(rec)))
+                elif rec["k"] == RELEASE:
                     extras.append(_Release(rec))
-                elif rec["k"] == "a":
+                elif rec["k"] == ANSWER:
                     answers.append(rec)
-        daemon.source.load(tick, extras)
+        daemon.source.load(tick, extras, by_flag=self.version >= RECHECK_SINCE)
         daemon.answers.answers = deque(answers)
         daemon.releases = releases
         daemon.now_ns = now
+        self.announced = daemon.history.episodes
         daemon.tick(now)
         self.wall_ms = wall_ms  # a release moved it on; the sample is the tick's
         if isinstance(tick, Snapshot):
@@ -594,14 +598,14 @@ class _Run:
             free = gpu.free_bytes if gpu.ok else None
             gpu_points[gpu.index] = (free, floor)
             if free is not None and floor is not None and free < floor:
-                under.append(f"GPU {gpu.index}")
+                under.append(gpu_floor_name(gpu.index))
         host = snap.host
         host_floor = None
         if host.ok and host.mem_total_bytes is not None:
             host_floor = config.host.floor.resolve(host.mem_total_bytes)
         avail = host.mem_available_bytes if host.ok else None
         if avail is not None and host_floor is not None and avail < host_floor:
-            under.append("host RAM")
+            under.append(HOST_FLOOR)
         in_window = self._in_window(self.wall_ms)
         if self.last_tick is not None and in_window:
             last_mono, last_interval = self.last_tick
@@ -672,7 +676,7 @@ def replay(
         try:
             for record in reader:
                 kind = record["k"]
-                if kind in ("x", "xf", "r", "a"):
+                if kind in IN_TICK:
                     if group:
                         group.append(record)
                     continue
@@ -682,16 +686,16 @@ def replay(
                     if reader.damage is not None:
                         break
                 try:
-                    if kind in ("s", "sf"):
+                    if kind in (SAMPLE, SAMPLE_FAILED):
                         end = window[1]
                         if end is not None and int(record["t"]) > end:
                             return run.result  # past --to: nothing more is printed
                         group, group_line = [record], reader.lines
-                    elif kind == "h":
+                    elif kind == HEADER:
                         run.header(record, reader.path)
-                    elif kind == "c":
+                    elif kind == CONFIG:
                         run.config(record)
-                    elif kind == "st":
+                    elif kind == STATE:
                         run.state(record)
                 except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
                     reader.damage = Damage(
@@ -714,226 +718,3 @@ def _tick(run: _Run, reader: TraceReader, group: list[Mapping[str, Any]], line: 
         run.tick(group)
     except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
         reader.damage = Damage(reader.path, line, 0, f"a record of the wrong shape ({exc!r})")
-
-
-# -- output -------------------------------------------------------------------------
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
-
-
-def event_json(s: Stamped, label: str | None = None) -> dict[str, Any]:
-    e = s.event
-    out: dict[str, Any] = {"timestamp": s.time_text(), "level": e.level, "event": e.name}
-    out["message"] = e.message
-    if label is not None:
-        out["config"] = label
-    out.update({k: _jsonable(v) for k, v in e.fields.items() if v is not None})
-    out["mono_ns"] = s.mono_ns
-    return out
-
-
-def summary_text(summaries: list[tuple[str, dict[str, Any]]]) -> list[str]:
-    """The summary as rows; one column per config."""
-    rows: list[tuple[str, list[str]]] = []
-    units = sorted({u for _, s in summaries for u in s["actions"]})
-    for unit in units:
-        cells = []
-        for _, s in summaries:
-            per = s["actions"].get(unit, {})
-            cells.append(", ".join(f"{n} {name}" for name, n in per.items()) or "0")
-        rows.append((f"actions on {unit}", cells))
-    cancelled = sorted({u for _, s in summaries for u in s["cancelled"]})
-    for unit in cancelled:
-        rows.append(
-            (f"cancelled on {unit}", [str(s["cancelled"].get(unit, 0)) for _, s in summaries])
-        )
-    wheres = sorted({w for _, s in summaries for w in (*s["breaches"], *s["under_floor_s"])})
-    for where in wheres:
-        rows.append(
-            (f"breaches of {where} floor", [str(s["breaches"].get(where, 0)) for _, s in summaries])
-        )
-    for where in wheres:
-        rows.append(
-            (
-                f"time under {where} floor",
-                [
-                    format_duration(int(s["under_floor_s"].get(where, 0) * 1e9))
-                    for _, s in summaries
-                ],
-            )
-        )
-    if not units:
-        rows.insert(0, ("actions", ["none"] * len(summaries)))
-    width = max([len(r[0]) for r in rows] + [7])
-    cols = [
-        max([len(label)] + [len(r[1][i]) for r in rows]) for i, (label, _) in enumerate(summaries)
-    ]
-    lines = []
-    first = summaries[0][1]
-    span = (
-        f"{first['ticks']} samples, {first['from']} .. {first['to']}"
-        if first["ticks"]
-        else "no samples"  # an empty trace has no first or last time
-    )
-    lines.append(f"summary ({span}):")
-    if len(summaries) > 1:
-        lines.append(
-            "  "
-            + " " * width
-            + "  "
-            + "  ".join(n.ljust(c) for (n, _), c in zip(summaries, cols, strict=True))
-        )
-    for name, cells in rows:
-        lines.append(
-            "  "
-            + name.ljust(width)
-            + "  "
-            + "  ".join(v.ljust(c) for v, c in zip(cells, cols, strict=True))
-        )
-    return [line.rstrip() for line in lines]
-
-
-def print_one(result: Result, as_json: bool, out: Any) -> None:
-    for s in result.events:
-        if as_json:
-            print(json.dumps(event_json(s)), file=out)
-        else:
-            print(f"{s.time_text()} {s.event.name}: {s.event.message}", file=out)
-    if as_json:
-        print(json.dumps({"summary": result.summary()}), file=out)
-    else:
-        print("", file=out)
-        for line in summary_text([(result.label, result.summary())]):
-            print(line, file=out)
-
-
-def print_compare(a: Result, b: Result, as_json: bool, out: Any) -> None:
-    """Both configs' decisions in time order: once when they agree, each labelled when not."""
-    merged = _merge(a, b)
-    for _when, label, s in merged:
-        if as_json:
-            print(json.dumps(event_json(s, label)), file=out)
-        else:
-            print(f"{s.time_text()} [{label}] {s.event.name}: {s.event.message}", file=out)
-    summaries = [(a.label, a.summary()), (b.label, b.summary())]
-    if as_json:
-        print(json.dumps({"summary": dict(summaries)}), file=out)
-    else:
-        print("", file=out)
-        for line in summary_text(summaries):
-            print(line, file=out)
-
-
-def _merge(a: Result, b: Result) -> list[tuple[int, str, Stamped]]:
-    def key(s: Stamped) -> tuple[int, str, str]:
-        return (s.mono_ns, s.event.name, s.event.message)
-
-    rest: dict[tuple[int, str, str], list[Stamped]] = {}
-    for s in b.events:
-        rest.setdefault(key(s), []).append(s)
-    merged: list[tuple[int, int, str, Stamped]] = []
-    for i, s in enumerate(a.events):
-        same = rest.get(key(s))
-        if same:
-            same.pop(0)
-            merged.append((s.wall_ms, i, "both", s))
-        else:
-            merged.append((s.wall_ms, i, a.label, s))
-    left = [s for items in rest.values() for s in items]
-    order = {id(s): j for j, s in enumerate(b.events)}
-    for s in left:
-        merged.append((s.wall_ms, len(a.events) + order[id(s)], b.label, s))
-    merged.sort(key=lambda m: (m[0], m[1]))
-    return [(w, label, s) for w, _, label, s in merged]
-
-
-def parse_time(text: str) -> int:
-    """--from/--to: an ISO 8601 time (local time when no zone is given) -> wall ms."""
-    try:
-        when = dt.datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError(
-            f'expected a time such as "2026-12-02T06:00:00Z" or "2026-12-02 07:00", got "{text}"'
-        ) from None
-    if when.tzinfo is None:
-        when = when.astimezone()
-    return int(when.timestamp() * 1000)
-
-
-def cmd_replay(args: argparse.Namespace) -> int:
-    """``vramwatch replay``: exit 0, 1 (unreadable or damaged trace), 2 (usage), 78 (config)."""
-    try:
-        start = parse_time(args.start) if args.start else None
-        end = parse_time(args.end) if args.end else None
-    except ValueError as exc:
-        print(f"vramwatch: replay: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    configs: list[Path] = args.replay_configs or []
-    if len(configs) > 2:
-        print("vramwatch: replay: at most two configs (-c A -c B) to compare", file=sys.stderr)
-        return EXIT_USAGE
-    if args.plot is not None:
-        if Path(args.plot).suffix.lower() not in (".png", ".svg"):
-            print(
-                f"vramwatch: replay: --plot: expected a .png or .svg file, got {args.plot}",
-                file=sys.stderr,
-            )
-            return EXIT_USAGE
-        from vramwatch import plot
-
-        problem = plot.available()
-        if problem is not None:
-            print(f"vramwatch: replay: --plot: {problem}", file=sys.stderr)
-            return EXIT_FAILURE
-    try:
-        paths = segments(Path(args.trace))
-        loaded = [(p.name, load(p)) for p in configs]
-        if len({name for name, _ in loaded}) < len(loaded):
-            loaded = [(str(p), c) for p, (_, c) in zip(configs, loaded, strict=True)]
-        window = (start, end)
-        plotting = args.plot is not None
-        if not loaded:
-            results = [replay(paths, None, label="recorded", window=window, plot=plotting)]
-        else:
-            results = [replay(paths, c, label=n, window=window, plot=plotting) for n, c in loaded]
-    except TraceError as exc:
-        print(f"vramwatch: replay: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    except ConfigError as exc:
-        print(f"vramwatch: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    if len(results) == 1:
-        print_one(results[0], args.json, sys.stdout)
-    else:
-        print_compare(results[0], results[1], args.json, sys.stdout)
-    status = EXIT_OK
-    for path in results[0].unfinished:
-        print(
-            f"vramwatch: replay: note: {path} is still being written (or its writer was "
-            "stopped without closing it): replayed up to its last complete tick",
-            file=sys.stderr,
-        )
-    for damage in results[0].damage:
-        print(f"vramwatch: replay: {damage}", file=sys.stderr)
-        status = EXIT_FAILURE
-    if args.plot is not None:
-        from vramwatch import plot
-
-        try:
-            plot.draw(results, Path(args.plot))
-        except OSError as exc:
-            print(
-                f"vramwatch: replay: --plot: cannot write {args.plot}: {exc.strerror or exc}",
-                file=sys.stderr,
-            )
-            return EXIT_FAILURE
-        print(f"vramwatch: replay: plot written to {args.plot}", file=sys.stderr)
-    return status

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from vramwatch.model import RAM, VRAM
-from vramwatch.replay import ACTION_EVENTS, Result
+from vramwatch.record.replay import Result, floor_name
+from vramwatch.record.report import ACTION_EVENTS
 
 GIB = 1024**3
 # Colours that stay apart in print and for the colour-blind (Okabe-Ito).
@@ -98,7 +99,7 @@ def draw(results: list[Result], out: Path) -> None:
                 e = s.event
                 if e.name not in ACTION_EVENTS:
                     continue
-                if _panel_of(e.fields) != title:
+                if floor_name(e.fields) != title:
                     continue
                 when = _times([s.wall_ms])[0]
                 ax.axvline(when, color=style, linewidth=1.2)
@@ -129,9 +130,3 @@ def draw(results: list[Result], out: Path) -> None:
     label = base.label if len(results) == 1 else " vs ".join(r.label for r in results)
     fig.suptitle(f"vramwatch replay: {label}", fontsize=11)
     fig.savefig(out, dpi=80)
-
-
-def _panel_of(fields: Any) -> str:
-    if fields.get("resource") == VRAM and fields.get("gpu") is not None:
-        return f"GPU {fields['gpu']}"
-    return "host RAM"

@@ -1,9 +1,10 @@
 """The daemon's side of recording: the :class:`Recorder` and what feeds it.
 
 :class:`RecordingDaemon` is the daemon ``vramwatch run`` builds, recording or
-not, since a reload may turn ``[daemon] record`` on. The trace format, its
-writer and its reader (:mod:`vramwatch.trace`) are imported once a trace is
-configured: a daemon that does not record does not carry them (issue 17).
+not, since a reload may turn ``[daemon] record`` on. The trace's records
+(:mod:`vramwatch.record.format`) and its file (:mod:`vramwatch.record.trace`) are
+imported once a trace is configured: a daemon that does not record does not carry
+them (issue 17).
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from vramwatch.state import read_boot_id
 from vramwatch.systemd import JobOutcome
 
 if TYPE_CHECKING:
-    from vramwatch.trace import TraceWriter
+    from vramwatch.record.trace import TraceWriter
 
 # After a failed write, try again this often (each retry sets the broken segment aside).
 RETRY_NS = 60 * 10**9
 # The daemon's entries the trace keeps (``r`` records): what a release command did,
-# which replay cannot run again.
+# which replay cannot run again (vramwatch.record.format.RELEASE_EVENTS, here
+# without importing the format).
 RELEASE_EVENTS = frozenset({"released", "release_failed"})
 
 
@@ -51,7 +53,7 @@ class Recorder:
         self.boot_id = boot_id
         self.writer: TraceWriter | None = None
         self._config: dict[str, Any] | None = None
-        self._state: dict[str, Any] | None = None
+        self._restored: dict[str, tuple[int, ...]] | None = None
         self._in_tick = False
         self._failed: str | None = None
         self._retry_ns = 0
@@ -69,7 +71,8 @@ class Recorder:
             self.close()
             self.writer = None
             return
-        from vramwatch.trace import TraceError, TraceWriter, config_record
+        from vramwatch.record.format import TraceError, config_record
+        from vramwatch.record.trace import TraceWriter
 
         target = os.path.abspath(target)  # `run --record trace.gz`: where it was started
         try:
@@ -108,14 +111,20 @@ class Recorder:
 
     def restored(self, actions_ns: Mapping[str, tuple[int, ...]]) -> None:
         """The restart history the daemon restored from its state file at start."""
-        self._state = {"k": "st", "a": {unit: list(times) for unit, times in actions_ns.items()}}
+        self._restored = dict(actions_ns)
         self._preamble()
         if self.writer is not None and self.writer.is_open:
-            self._write(self._state)
+            from vramwatch.record.format import state_record  # loaded with the writer
+
+            self._write(state_record(self._restored))
 
     def _preamble(self) -> None:
+        """The records every segment starts with: the config, and the history restored."""
         if self.writer is not None and self._config is not None:
-            self.writer.preamble = [self._config] + ([self._state] if self._state else [])
+            from vramwatch.record.format import state_record  # loaded with the writer
+
+            restored = [] if self._restored is None else [state_record(self._restored)]
+            self.writer.preamble = [self._config, *restored]
 
     def begin_tick(self) -> None:
         self._in_tick = True
@@ -123,36 +132,38 @@ class Recorder:
     def end_tick(self) -> None:
         self._in_tick = False
         if self.writer is not None and self.writer.is_open:
-            from vramwatch.trace import TraceError  # loaded with the writer
+            from vramwatch.record.format import TraceError  # loaded with the writer
 
             try:
                 self.writer.end_tick()
             except TraceError as exc:
                 self._fail(str(exc))
 
-    def sampled(self, snapshot: Snapshot) -> None:
-        first, self._in_tick = self._in_tick, False
+    def sampled(self, snapshot: Snapshot, *, recheck: bool = False) -> None:
+        """A sample the daemon took: the tick's own (the first since :meth:`begin_tick`),
+        or a further one, which ``recheck`` (the daemon's word to the sampler) says is the
+        re-check before an action rather than a release's wait."""
+        first, self._in_tick = self._in_tick and not recheck, False
         if self.writer is None:
             return
-        from vramwatch.trace import encode_snapshot  # loaded with the writer
+        from vramwatch.record.format import sample_record  # loaded with the writer
 
         try:
-            record = encode_snapshot(snapshot)
+            wall_ms = self.wall_ns() // 10**6
+            record = sample_record(snapshot, wall_ms, first=first, recheck=recheck)
         except Exception as exc:  # noqa: BLE001
             self._fail(f"cannot encode a sample: {exc!r}")
             return
-        record["k"] = "s" if first else "x"
-        record["m"] = snapshot.now_ns
-        record["t"] = self.wall_ns() // 10**6
         self._write(record, tick=first)
 
-    def sample_failed(self, now_ns: int, exc: BaseException) -> None:
-        first, self._in_tick = self._in_tick, False
+    def sample_failed(self, now_ns: int, exc: BaseException, *, recheck: bool = False) -> None:
+        first, self._in_tick = self._in_tick and not recheck, False
         if self.writer is None:
             return
-        record = {"k": "sf" if first else "xf", "m": now_ns, "t": self.wall_ns() // 10**6}
-        record["err"] = repr(exc)
-        self._write(record, tick=first)
+        from vramwatch.record.format import failure_record  # loaded with the writer
+
+        wall_ms = self.wall_ns() // 10**6
+        self._write(failure_record(now_ns, wall_ms, exc, first=first, recheck=recheck), tick=first)
 
     def acted(
         self,
@@ -163,33 +174,19 @@ class Recorder:
     ) -> None:
         if self.writer is None:
             return
-        record: dict[str, Any] = {"k": "a", "unit": unit, "verb": verb}
-        if exc is not None:
-            record["raise"] = repr(exc)
-        elif outcome is not None:
-            record.update(
-                ok=bool(outcome.ok),
-                result=str(outcome.result),
-                detail=str(outcome.detail),
-                accepted=bool(outcome.accepted),
-            )
-        self._write(record)
+        from vramwatch.record.format import answer_record  # loaded with the writer
+
+        self._write(answer_record(unit, verb, outcome, exc))
 
     def event(self, event: Event) -> None:
         """An event listener: a release's result (``released``, ``release_failed``) goes
         into the trace, with every field the daemon logged. Never raises."""
         if self.writer is None or event.name not in RELEASE_EVENTS:
             return
+        from vramwatch.record.format import release_record  # loaded with the writer
+
         try:
-            record = {
-                "k": "r",
-                "m": self.mono_ns(),
-                "t": self.wall_ns() // 10**6,
-                "e": event.name,
-                "lv": event.level,
-                "msg": _plain(event.message),
-                "f": _plain(dict(event.fields)),
-            }
+            record = release_record(event, self.mono_ns(), self.wall_ns() // 10**6)
         except Exception as exc:  # noqa: BLE001 - recording must never stop guarding
             self._fail(f"cannot record {event.name}: {exc!r}")
             return
@@ -204,7 +201,7 @@ class Recorder:
                 return
             if not tick:
                 return  # start again at a tick, not in the middle of one
-        from vramwatch.trace import TraceError  # loaded with the writer
+        from vramwatch.record.format import TraceError  # loaded with the writer
 
         try:
             writer.write(record, tick=tick)
@@ -236,26 +233,12 @@ class Recorder:
     def close(self) -> None:
         if self.writer is None:
             return
-        from vramwatch.trace import TraceError  # loaded with the writer
+        from vramwatch.record.format import TraceError  # loaded with the writer
 
         try:
             self.writer.close()
         except TraceError as exc:
             self._fail(str(exc))
-
-
-def _plain(value: Any) -> Any:
-    """``value`` as JSON that UTF-8 can carry: strings with their unencodable parts
-    replaced, anything that is not JSON as its ``str()``."""
-    if isinstance(value, str):
-        return value.encode("utf-8", "replace").decode("utf-8")
-    if value is None or isinstance(value, (bool, int, float)):
-        return value
-    if isinstance(value, Mapping):
-        return {_plain(str(k)): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_plain(v) for v in value]
-    return _plain(str(value))
 
 
 @runtime_checkable
@@ -281,9 +264,9 @@ class RecordingSampler:
         try:
             snapshot = self.inner.sample(config, now_ns, recheck=recheck)
         except Exception as exc:
-            self.recorder.sample_failed(now_ns, exc)
+            self.recorder.sample_failed(now_ns, exc, recheck=recheck)
             raise
-        self.recorder.sampled(snapshot)
+        self.recorder.sampled(snapshot, recheck=recheck)
         return snapshot
 
     def close(self) -> None:
