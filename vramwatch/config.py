@@ -654,7 +654,7 @@ class DaemonConfig:
     max_restarts: int = DEFAULTS["daemon.max_restarts"]
     restart_window_ns: int = DEFAULTS["daemon.restart_window"]
     reclaim_timeout_ns: int = DEFAULTS["daemon.reclaim_timeout"]
-    # Record and replay (vramwatch.trace): where the trace goes, how long and how much
+    # Record and replay (vramwatch.record): where the trace goes, how long and how much
     # of it is kept. None: not recording (unless `run --record FILE`).
     record: str | None = DEFAULTS["daemon.record"]
     record_keep_ns: int = DEFAULTS["daemon.record_keep"]
