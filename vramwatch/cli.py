@@ -299,8 +299,8 @@ def _mem_total() -> int | None:
 
 def _report_protections(config: Config) -> None:
     """Advise on tenants whose units lack kernel limits; an unreachable bus is only a note."""
+    from vramwatch.actuators.systemd import SystemdClient
     from vramwatch.protections import advice, read_states
-    from vramwatch.systemd import SystemdClient
 
     client = SystemdClient(config.daemon.bus)
     try:
@@ -334,6 +334,7 @@ def cmd_polkit_rule(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from vramwatch.actuators import Router
     from vramwatch.actuators.containers import ContainerActuator
+    from vramwatch.actuators.systemd import SystemdClient, notify, watchdog_interval_ns
     from vramwatch.daemon import Daemon
     from vramwatch.events import EventLog
     from vramwatch.recording import RecordingDaemon
@@ -343,7 +344,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from vramwatch.sources.procfs import ProcFs
     from vramwatch.sources.worker import KeepAlive
     from vramwatch.state import StateStore, default_dir
-    from vramwatch.systemd import SystemdClient, notify, watchdog_interval_ns
 
     # The config decides which services get restarted: run only trusts a file
     # that nobody but root (or vramwatch's own user) can change.

@@ -17,15 +17,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-from vramwatch import commands, policy
-from vramwatch.commands import Hooks
+from vramwatch import policy
+from vramwatch.actuators import commands
+from vramwatch.actuators.commands import Hooks
+from vramwatch.actuators.systemd import notify, watchdog_interval_ns
 from vramwatch.config import Config, ConfigError, load, run_warnings
 from vramwatch.events import EventLog, event_dict, journal_fields
-from vramwatch.model import Action, Event, Snapshot, Verb
+from vramwatch.model import Action, Actuator, Event, JobOutcome, Snapshot, Verb
 from vramwatch.once import Once
 from vramwatch.sink import WITHDRAWN, MetricsSink
 from vramwatch.state import StateError, StateStore
-from vramwatch.systemd import JobOutcome, notify, watchdog_interval_ns
 from vramwatch.tenants import tenant_fields, with_tenant
 from vramwatch.trend import Trends
 from vramwatch.units import format_duration, format_size
@@ -35,12 +36,8 @@ HOOK_EVENTS = frozenset({"restart", "stop", "released", "release_failed", "growi
 # How often the memory is looked at while a release command's effect is awaited.
 RELEASE_POLL_S = 0.5
 
-# Outcomes of an accepted job whose end vramwatch did not see (systemd.JobOutcome.result).
+# Outcomes of an accepted job whose end vramwatch did not see (JobOutcome.result).
 UNSEEN_RESULTS = frozenset({"timeout", "disconnected", "interrupted", "unknown"})
-
-
-class Actuator(Protocol):
-    def act(self, unit: str, verb: Verb, should_stop: Callable[[], bool]) -> JobOutcome: ...
 
 
 class SnapshotSource(Protocol):

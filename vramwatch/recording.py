@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from vramwatch.config import Config
-from vramwatch.daemon import Actuator, Daemon, SnapshotSource
-from vramwatch.model import Event, Snapshot, Verb
+from vramwatch.daemon import Daemon, SnapshotSource
+from vramwatch.model import Actuator, Event, JobOutcome, Snapshot, Verb
 from vramwatch.state import read_boot_id
-from vramwatch.systemd import JobOutcome
 
 if TYPE_CHECKING:
     from vramwatch.trace import TraceWriter

@@ -46,9 +46,8 @@ from vramwatch.config import Config, ConfigError, load
 from vramwatch.daemon import Daemon, started_sentence, tenants_text
 from vramwatch.events import EventLog
 from vramwatch.metrics import Metrics
-from vramwatch.model import RAM, VRAM, Action, Event, Snapshot, Verb
+from vramwatch.model import RAM, VRAM, Action, Event, JobOutcome, Snapshot, Verb
 from vramwatch.state import MAX_TIMES_PER_UNIT, restored_time
-from vramwatch.systemd import JobOutcome
 from vramwatch.tenants import tenant_fields
 from vramwatch.trace import (
     VERSION,

@@ -61,12 +61,11 @@ from vramwatch.actuators import Router
 from vramwatch.actuators.containers import ContainerActuator
 from vramwatch.daemon import Daemon
 from vramwatch.events import EventLog
-from vramwatch.model import Action, ContainerInfo, Snapshot, Verb
+from vramwatch.model import Action, ContainerInfo, JobOutcome, Snapshot, Verb
 from vramwatch.sampler import Sampler
 from vramwatch.sources import containers
 from vramwatch.sources.containers import EngineError
 from vramwatch.state import StateStore
-from vramwatch.systemd import JobOutcome
 
 # GPU 0 is whole (16 GiB); GPU 1 is in MIG mode, two 8 GiB slices.
 WHOLE = uuid_of(0)

@@ -27,10 +27,9 @@ from typing import Any
 from vramwatch import config as cfg
 from vramwatch.daemon import Daemon
 from vramwatch.events import EventLog
-from vramwatch.model import GpuProcess, GpuSample, Verb
+from vramwatch.model import GpuProcess, GpuSample, JobOutcome, Verb
 from vramwatch.sampler import Sampler
 from vramwatch.sources.procfs import CgroupLayout, ProcFs
-from vramwatch.systemd import JobOutcome
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB

@@ -21,13 +21,12 @@ from vramwatch.actuators import Router
 from vramwatch.actuators.containers import ContainerActuator
 from vramwatch.daemon import Daemon
 from vramwatch.events import EventLog
-from vramwatch.model import ContainerInfo, Verb
+from vramwatch.model import ContainerInfo, JobOutcome, Verb
 from vramwatch.sampler import Sampler
 from vramwatch.sources import containers
 from vramwatch.sources.containers import EngineError
 from vramwatch.sources.nvml import NvmlSource
 from vramwatch.sources.procfs import ProcFs
-from vramwatch.systemd import JobOutcome
 
 S = 10**9
 MIB = 2**20

@@ -59,7 +59,6 @@ OPTIONAL = {
 HOG = "immich-ml.service"  # 10700 MiB on a 3000 MiB budget in the fixture world
 
 
-
 def ticks(sampler: Sampler, start_s: int, n: int) -> list[policy.Decision]:
     history = policy.History()
     out = []

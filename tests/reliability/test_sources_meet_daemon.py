@@ -22,11 +22,10 @@ from tests.fakenvml import FakeGpu, FakeMig, FakeNvmlState, FakeProcess, gib, mi
 from vramwatch import config as cfg
 from vramwatch.daemon import Daemon
 from vramwatch.events import EventLog
-from vramwatch.model import Verb
+from vramwatch.model import JobOutcome, Verb
 from vramwatch.sampler import Sampler
 from vramwatch.sources.nvml import NvmlSource
 from vramwatch.sources.procfs import CgroupLayout, ProcFs
-from vramwatch.systemd import JobOutcome
 
 S = 10**9
 GIB = 2**30

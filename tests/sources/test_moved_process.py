@@ -20,11 +20,10 @@ from tests.sources.cgroups import Units
 from vramwatch import config as cfg
 from vramwatch.daemon import Daemon
 from vramwatch.events import EventLog
-from vramwatch.model import Snapshot, Verb
+from vramwatch.model import JobOutcome, Snapshot, Verb
 from vramwatch.sampler import IDENTITY_TTL_NS, Sampler
 from vramwatch.sources.nvml import NvmlSource
 from vramwatch.sources.procfs import ProcFs
-from vramwatch.systemd import JobOutcome
 
 UUID = "GPU-8f1c2a3e-0000-0000-0000-000000000000"
 S = 10**9

@@ -13,7 +13,7 @@ from tests.unit.test_daemon import CONFIG_TEXT, Clock, RecordingActuator, Script
 from vramwatch import config as cfg
 from vramwatch.daemon import Daemon
 from vramwatch.events import EventLog, journal_fields
-from vramwatch.systemd import JobOutcome
+from vramwatch.model import JobOutcome
 
 
 def action_entry(tmp_path: Path, dry_run: bool) -> dict[str, str]:

@@ -18,10 +18,9 @@ from vramwatch.actuators import Router
 from vramwatch.actuators.containers import ContainerActuator
 from vramwatch.daemon import Daemon
 from vramwatch.events import EventLog, journal_fields
-from vramwatch.model import ContainerInfo, Event, Snapshot, UnitUsage, Verb
+from vramwatch.model import ContainerInfo, Event, JobOutcome, Snapshot, UnitUsage, Verb
 from vramwatch.sources import containers
 from vramwatch.sources.containers import EngineError, _translate
-from vramwatch.systemd import JobOutcome
 from vramwatch.tenants import tenant_fields, with_tenant
 
 ML1 = ContainerInfo("a1" * 32, "immich_ml_1", "immich", "ml")

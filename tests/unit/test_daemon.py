@@ -19,8 +19,7 @@ from tests.unit.builders import MIB, S, notified, one_gpu
 from vramwatch import config as cfg
 from vramwatch.daemon import Daemon
 from vramwatch.events import EventLog
-from vramwatch.model import Snapshot, Verb
-from vramwatch.systemd import JobOutcome
+from vramwatch.model import JobOutcome, Snapshot, Verb
 
 CONFIG_TEXT = """
 [daemon]

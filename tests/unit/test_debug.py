@@ -12,7 +12,7 @@ from tests.unit.test_daemon import CONFIG_TEXT, Clock, RecordingActuator, Script
 from vramwatch import config as cfg
 from vramwatch.daemon import Daemon
 from vramwatch.events import EventLog
-from vramwatch.systemd import JobOutcome
+from vramwatch.model import JobOutcome
 
 MIB = 1024**2
 

@@ -17,7 +17,7 @@ from vramwatch import config as cfg
 from vramwatch import events as events_module
 from vramwatch.daemon import Daemon
 from vramwatch.events import EventLog
-from vramwatch.systemd import JobOutcome
+from vramwatch.model import JobOutcome
 
 
 class Journal:

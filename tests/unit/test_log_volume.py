@@ -15,8 +15,7 @@ from vramwatch import config as cfg
 from vramwatch import policy
 from vramwatch.daemon import Daemon
 from vramwatch.events import EventLog
-from vramwatch.model import Snapshot, Verb
-from vramwatch.systemd import JobOutcome
+from vramwatch.model import JobOutcome, Snapshot, Verb
 
 TICK_S = 2
 MINUTES = 12

@@ -28,12 +28,12 @@ from vramwatch.model import (
     GpuProcess,
     GpuSample,
     HostSample,
+    JobOutcome,
     Owner,
     Snapshot,
     UnitUsage,
     Verb,
 )
-from vramwatch.systemd import JobOutcome
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB

@@ -20,8 +20,7 @@ from tests.unit.test_daemon import RecordingActuator
 from vramwatch import config as cfg
 from vramwatch.daemon import Daemon
 from vramwatch.events import EventLog
-from vramwatch.model import GpuSample, HostSample, Snapshot
-from vramwatch.systemd import JobOutcome
+from vramwatch.model import GpuSample, HostSample, JobOutcome, Snapshot
 
 GPU_MIB = 16384
 MINUTE_USEC = 60 * 10**6  # WatchdogSec=1min, as in the packaged unit

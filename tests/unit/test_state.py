@@ -13,8 +13,8 @@ from tests.unit.test_daemon import CONFIG_TEXT, RecordingActuator, ScriptedSampl
 from vramwatch import config as cfg
 from vramwatch.daemon import Daemon
 from vramwatch.events import EventLog
+from vramwatch.model import JobOutcome
 from vramwatch.state import FILE_NAME, Restored, StateError, StateStore, default_dir
-from vramwatch.systemd import JobOutcome
 
 S = 10**9
 DAY = 86400 * S

@@ -14,9 +14,9 @@ from tests.unit.builders import S
 from tests.unit.test_daemon import ScriptedSampler, snapshot
 from vramwatch import cli
 from vramwatch import config as cfg
+from vramwatch.actuators.systemd import SystemdClient
 from vramwatch.daemon import Daemon
 from vramwatch.events import EventLog
-from vramwatch.systemd import SystemdClient
 
 CONFIG_TEXT = """
 [daemon]
