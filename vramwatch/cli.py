@@ -335,7 +335,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from vramwatch.actuators import Router
     from vramwatch.actuators.containers import ContainerActuator
     from vramwatch.actuators.systemd import SystemdClient, notify, watchdog_interval_ns
-    from vramwatch.daemon import Daemon
+    from vramwatch.daemon import Daemon, Ports
     from vramwatch.events import EventLog
     from vramwatch.recording import RecordingDaemon
     from vramwatch.sampler import Sampler, raise_open_files_limit
@@ -388,12 +388,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     daemon = RecordingDaemon(
         path,
         config,
-        sampler,
-        Router(systemd, containers),
-        events,
+        Ports(
+            sampler,
+            Router(systemd, containers),
+            events,
+            metrics=metrics,
+            state=StateStore(args.state_dir or default_dir()),
+        ),
         force_dry_run=args.dry_run,
-        state=StateStore(args.state_dir or default_dir()),
-        metrics=metrics,
         record=args.record,
     )
     running.append(daemon)

@@ -43,7 +43,7 @@ from typing import Any
 
 from vramwatch import policy
 from vramwatch.config import Config, ConfigError, load
-from vramwatch.daemon import Daemon, started_sentence, tenants_text
+from vramwatch.daemon import Daemon, Ports, started_sentence, tenants_text
 from vramwatch.events import EventLog
 from vramwatch.metrics import Metrics
 from vramwatch.model import RAM, VRAM, Action, Event, JobOutcome, Snapshot, Verb
@@ -231,14 +231,17 @@ class ReplayDaemon(Daemon):
         super().__init__(
             Path(config.path),
             config,
-            self.source,
-            self.answers,
-            _Sink(out),
+            Ports(
+                self.source,
+                self.answers,
+                _Sink(out),
+                metrics=_QuietMetrics(),
+                clock=lambda: self.now_ns,
+                notify=lambda _state: False,
+                state=None,
+                release=self._release,  # the trace's; release commands never run here
+            ),
             force_dry_run=forced_dry_run,
-            clock=lambda: self.now_ns,
-            notifier=lambda _state: False,
-            state=None,
-            metrics=_QuietMetrics(),
         )
 
     def _on_event(self, event: Event) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from vramwatch import config as cfg
-from vramwatch.daemon import Daemon
+from vramwatch.daemon import Daemon, Ports
 from vramwatch.events import EventLog
 from vramwatch.model import GpuProcess, GpuSample, JobOutcome, Verb
 from vramwatch.sampler import Sampler
@@ -451,12 +451,14 @@ def make_bed(
     daemon = Daemon(
         path,
         cfg.load(path),
-        sampler,
-        actuator,
-        EventLog("stderr", "json", stream=out),
-        clock=clock,
-        notifier=notifier,
-        state=state,  # type: ignore[arg-type]
+        Ports(
+            sampler,
+            actuator,
+            EventLog("stderr", "json", stream=out),
+            clock=clock,
+            notify=notifier,
+            state=state,  # type: ignore[arg-type]
+        ),
     )
     actuator.daemon = daemon
     return Bed(world, daemon, actuator, clock, out, path)

@@ -20,7 +20,7 @@ import pytest
 
 from tests.fakenvml import FakeGpu, FakeMig, FakeNvmlState, FakeProcess, gib, mib
 from vramwatch import config as cfg
-from vramwatch.daemon import Daemon
+from vramwatch.daemon import Daemon, Ports
 from vramwatch.events import EventLog
 from vramwatch.model import JobOutcome, Verb
 from vramwatch.sampler import Sampler
@@ -116,11 +116,13 @@ def daemon(
     d = Daemon(
         path,
         cfg.load(path),
-        sampler,
-        actuator,
-        EventLog("stderr", "json", stream=out),
-        clock=lambda: clock[0],
-        notifier=lambda state: False,
+        Ports(
+            sampler,
+            actuator,
+            EventLog("stderr", "json", stream=out),
+            clock=lambda: clock[0],
+            notify=lambda state: False,
+        ),
     )
 
     def run(seconds: list[int]) -> None:

@@ -16,7 +16,7 @@ from tests.unit.builders import one_gpu
 from vramwatch import config as cfg
 from vramwatch.actuators import Router
 from vramwatch.actuators.containers import ContainerActuator
-from vramwatch.daemon import Daemon
+from vramwatch.daemon import Daemon, Ports
 from vramwatch.events import EventLog, journal_fields
 from vramwatch.model import ContainerInfo, Event, JobOutcome, Snapshot, UnitUsage, Verb
 from vramwatch.sources import containers
@@ -284,11 +284,13 @@ def test_the_daemon_restarts_a_compose_tenant_through_the_engine_and_names_it_in
     daemon = Daemon(
         path,
         config,
-        Scripted(snap),
-        Router(Systemd(), ContainerActuator(lambda: config, engine=lambda _s: engine)),  # type: ignore[arg-type,return-value]
-        EventLog("stderr", "json", stream=out),
-        clock=lambda: 0,
-        notifier=lambda state: False,
+        Ports(
+            Scripted(snap),
+            Router(Systemd(), ContainerActuator(lambda: config, engine=lambda _s: engine)),  # type: ignore[arg-type,return-value]
+            EventLog("stderr", "json", stream=out),
+            clock=lambda: 0,
+            notify=lambda state: False,
+        ),
     )
 
     daemon.tick(0)
