@@ -46,8 +46,8 @@ from typing import Any
 from tests.fakenvml import STATE_ENV, FakeGpu, FakeNvmlState, FakeProcess, build, gib, mib, preload
 from vramwatch import config as cfg
 from vramwatch import policy
+from vramwatch.acting import SnapshotSource
 from vramwatch.config import Config
-from vramwatch.daemon import SnapshotSource
 from vramwatch.sampler import raise_open_files_limit
 from vramwatch.sources.procfs import ProcFs
 

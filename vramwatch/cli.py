@@ -297,8 +297,8 @@ def _mem_total() -> int | None:
 
 def _report_protections(config: Config) -> None:
     """Advise on tenants whose units lack kernel limits; an unreachable bus is only a note."""
+    from vramwatch.actuators.systemd import SystemdClient
     from vramwatch.protections import advice, read_states
-    from vramwatch.systemd import SystemdClient
 
     client = SystemdClient(config.daemon.bus)
     try:
@@ -332,7 +332,8 @@ def cmd_polkit_rule(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from vramwatch.actuators import Router
     from vramwatch.actuators.containers import ContainerActuator
-    from vramwatch.daemon import Daemon
+    from vramwatch.actuators.systemd import SystemdClient, notify, watchdog_interval_ns
+    from vramwatch.daemon import Daemon, Ports
     from vramwatch.events import EventLog
     from vramwatch.record.recorder import RecordingDaemon
     from vramwatch.sampler import Sampler, raise_open_files_limit
@@ -341,7 +342,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from vramwatch.sources.procfs import ProcFs
     from vramwatch.sources.worker import KeepAlive
     from vramwatch.state import StateStore, default_dir
-    from vramwatch.systemd import SystemdClient, notify, watchdog_interval_ns
 
     # The config decides which services get restarted: run only trusts a file
     # that nobody but root (or vramwatch's own user) can change.
@@ -386,12 +386,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     daemon = RecordingDaemon(
         path,
         config,
-        sampler,
-        Router(systemd, containers),
-        events,
+        Ports(
+            sampler,
+            Router(systemd, containers),
+            events,
+            metrics=metrics,
+            state=StateStore(args.state_dir or default_dir()),
+        ),
         force_dry_run=args.dry_run,
-        state=StateStore(args.state_dir or default_dir()),
-        metrics=metrics,
         record=args.record,
     )
     running.append(daemon)

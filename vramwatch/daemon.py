@@ -11,70 +11,61 @@ import signal
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any
 
-from vramwatch import commands, policy
-from vramwatch.commands import Hooks
+from vramwatch import policy
+from vramwatch.acting import Acting, Release, SnapshotSource
+from vramwatch.actuators import systemd
+from vramwatch.actuators.commands import Hooks
 from vramwatch.config import Config, ConfigError, load, run_warnings
 from vramwatch.events import EventLog, event_dict, journal_fields
-from vramwatch.model import Action, Event, Snapshot, Verb
+from vramwatch.model import Action, Actuator, Event, Snapshot
 from vramwatch.once import Once
-from vramwatch.sink import WITHDRAWN, MetricsSink
+from vramwatch.sink import MetricsSink, NoMetrics
 from vramwatch.state import StateError, StateStore
-from vramwatch.systemd import JobOutcome, notify, watchdog_interval_ns
-from vramwatch.tenants import tenant_fields, with_tenant
+from vramwatch.tenants import with_tenant
 from vramwatch.trend import Trends
-from vramwatch.units import format_duration, format_size
+from vramwatch.units import format_size
 
 # Events that start the [hooks] after_action command.
 HOOK_EVENTS = frozenset({"restart", "stop", "released", "release_failed", "growing"})
-# How often the memory is looked at while a release command's effect is awaited.
-RELEASE_POLL_S = 0.5
-
-# Outcomes of an accepted job whose end vramwatch did not see (systemd.JobOutcome.result).
-UNSEEN_RESULTS = frozenset({"timeout", "disconnected", "interrupted", "unknown"})
 
 
-class Actuator(Protocol):
-    def act(self, unit: str, verb: Verb, should_stop: Callable[[], bool]) -> JobOutcome: ...
+@dataclass(frozen=True, slots=True)
+class Ports:
+    """Everything the daemon reads from, acts through and reports to, as one bundle.
 
+    The defaults are the quiet ones: no metrics (the Prometheus exporter is built by
+    ``vramwatch run`` when ``[metrics]`` asks for it), no state file, the real release
+    commands (replay passes its trace's ``release``).
+    """
 
-class SnapshotSource(Protocol):
-    def sample(self, config: Config, now_ns: int, *, recheck: bool = False) -> Snapshot:
-        """One snapshot; ``recheck`` marks the sample right before an action, which must
-        not rest on anything remembered from before (who owns a GPU process)."""
-        ...
-
-    def close(self) -> None: ...
+    sampler: SnapshotSource
+    actuator: Actuator
+    events: EventLog
+    metrics: MetricsSink = field(default_factory=NoMetrics)
+    clock: Callable[[], int] = time.monotonic_ns
+    notify: Callable[[str], bool] = systemd.notify
+    # Restart history persisted across restarts of vramwatch (storm limit, cooldown).
+    state: StateStore | None = None
+    release: Release | None = None
 
 
 class Daemon:
     def __init__(
-        self,
-        config_path: Path,
-        config: Config,
-        sampler: SnapshotSource,
-        actuator: Actuator,
-        events: EventLog,
-        *,
-        force_dry_run: bool = False,
-        clock: Callable[[], int] = time.monotonic_ns,
-        notifier: Callable[[str], bool] = notify,
-        state: StateStore | None = None,
-        metrics: MetricsSink | None = None,
+        self, config_path: Path, config: Config, ports: Ports, *, force_dry_run: bool = False
     ) -> None:
         self.config_path = config_path
         self.force_dry_run = force_dry_run
         self.config = self._effective(config)
-        self.sampler = sampler
-        self.actuator = actuator
-        self.events = events
-        self.clock = clock
-        self.notify = notifier
+        self.sampler = ports.sampler
+        self.events = ports.events
+        self.clock = ports.clock
+        self.notify = ports.notify
         self.history = policy.History()
         self.trends = Trends()  # leak forecasts, fed the same snapshots as the policy
         self.hooks = Hooks()
@@ -82,21 +73,27 @@ class Daemon:
         # The loop's own steps (sampler, policy, act, trend, hook...): each failure said
         # when it starts or changes, then once per reminder period, not on every tick.
         self._failing: defaultdict[str, Once] = defaultdict(lambda: Once(policy.REMINDER_NS))
-        if metrics is None:  # imported here: prometheus_client only where metrics are used
-            from vramwatch.metrics import Metrics
-
-            metrics = Metrics()
-        self.metrics: MetricsSink = metrics
+        self.metrics = ports.metrics
         # SIGHUP re-applies the ownership check that `vramwatch run` made at start.
         self.trusted_config = True
-        # Restart history persisted across restarts of vramwatch (storm limit, cooldown).
-        self.state = state
+        self.state = ports.state
         self._saved_actions: object = None
         self._state_failing = Once(changes=False)  # one warning until a save works
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._wake = threading.Event()
-        self._watchdog_ns = watchdog_interval_ns()  # WatchdogSec= / 2, read once
+        # Re-check, release, act, outcome: one action at a time, fed the watchdog meanwhile.
+        self.acting = Acting(
+            ports.sampler,
+            ports.actuator,
+            ports.events,
+            ports.metrics,
+            ports.clock,
+            keepalive=self._keepalive,
+            stop=self._stop,
+            release=ports.release,
+        )
+        self._watchdog_ns = systemd.watchdog_interval_ns()  # WatchdogSec= / 2, read once
         self._last_keepalive_ns = 0
         self._ready = False
         # config_warning: said from the first sample (that read the GPUs) after the
@@ -172,18 +169,6 @@ class Daemon:
         if watchdog_ns is not None and now - self._last_keepalive_ns >= watchdog_ns:
             self._last_keepalive_ns = now
             self.notify("WATCHDOG=1")
-
-    def _waiting_for_job(self) -> bool:
-        """Polled while a restart job runs: keep the watchdog fed; say whether to give up."""
-        self._keepalive()
-        return self.stopping
-
-    def _waiting_for_release(self, deadline_ns: int) -> None:
-        """Polled while a release command runs and its memory is awaited: the watchdog is
-        fed within the release's own deadline only, so a wait stuck past it lets systemd
-        act (WatchdogSec= is 1 min; release_timeout allows 10)."""
-        if time.monotonic_ns() < deadline_ns:
-            self._keepalive()
 
     def _sleep_until(self, deadline_ns: int, watchdog_ns: int | None) -> None:
         while not self.stopping and not self._reload.is_set():
@@ -332,187 +317,14 @@ class Daemon:
                 output=output or None,
             )
 
-    def _release(
-        self,
-        action: Action,
-        argv: tuple[str, ...],
-        timeout_ns: int,
-        named: Mapping[str, Any],
-    ) -> bool:
-        """Run the tenant's release command and wait for the memory: every resource the
-        action holds (SPEC "Release before restart"). True when all of it came back."""
-        started = time.monotonic_ns()  # real time: the command and the wait are real
-        deadline = started + timeout_ns
-        result = commands.run(
-            argv, timeout_ns / 1e9, waiting=lambda: self._waiting_for_release(deadline)
-        )
-        fields: dict[str, Any] = dict(
-            named,
-            resource=action.resource,
-            gpu=action.gpu,
-            command=" ".join(argv),
-            returncode=result.returncode,
-            output=result.output or None,
-        )
-        if result.ok:
-            check: policy.Released | None = None
-            while True:
-                try:
-                    fresh = self.sampler.sample(self.config, self.clock())
-                    now_check = policy.released(self.config, fresh, action, self.history)
-                except Exception:  # noqa: BLE001 - unsure means not released
-                    now_check = None
-                if now_check is not None:
-                    check = now_check  # a failed sample does not forget the last answer
-                took = format_duration(time.monotonic_ns() - started)
-                if now_check is not None and now_check.released:
-                    self.events.say(
-                        "released",
-                        "warning",
-                        f"released {action.unit} without a restart: its release command "
-                        f"gave back {_listed(now_check.came_back_text)} within {took}",
-                        **fields,
-                        came_back=list(now_check.came_back),
-                        not_back=[],
-                    )
-                    return True
-                if time.monotonic_ns() >= deadline or self.stopping:
-                    break
-                self._waiting_for_release(deadline)
-                # Not self._wake: a SIGHUP leaves it set until the loop reloads, and the
-                # wait would spin through full samples (issue 22 item 13).
-                self._stop.wait(RELEASE_POLL_S)
-            if check is None:
-                problem = f"the memory could not be re-checked within {took}"
-            elif check.came_back:
-                problem = (
-                    f"not all the memory came back within {took}: "
-                    f"{_listed(check.came_back_text)} did, "
-                    f"{_listed(check.not_back_text)} did not"
-                )
-            else:
-                problem = (
-                    f"the memory did not come back within {took}: {_listed(check.not_back_text)}"
-                )
-            if check is not None:
-                fields.update(came_back=list(check.came_back), not_back=list(check.not_back))
-        else:
-            problem = result.problem
-        self.events.say(
-            "release_failed",
-            "warning",
-            f"release of {action.unit} did not free it ({problem}); "
-            f"{'stopping' if action.verb is Verb.STOP else 'restarting'} it instead"
-            + (f"; output: {result.output}" if result.output else ""),
-            error=problem,
-            **fields,
-        )
-        return False
-
     def _tell_ready(self) -> None:
         if not self._ready:
             self._ready = True
             self.notify("READY=1")
 
     def _apply(self, action: Action, snapshot: Snapshot) -> None:
-        # Samples go stale: re-read right before acting; the tenant may have shrunk.
-        # The fields naming the tenant: VRAMWATCH_TENANT, and UNIT or CONTAINER(_ID).
-        named = tenant_fields(action.unit, snapshot.units.get(action.unit))
-        try:
-            fresh = self.sampler.sample(self.config, self.clock(), recheck=True)
-            reason = policy.still_justified(self.config, fresh, action)
-        except Exception as exc:  # noqa: BLE001 - unsure means do not act
-            reason = f"could not re-check usage ({exc!r})"
-        if reason is not None:
-            self.history = policy.action_cancelled(self.history, action)
-            self.metrics.observe_action(action.unit, action.verb.value, WITHDRAWN)
-            self.events.say(
-                "action_cancelled",
-                "info",
-                f"not {'stopping' if action.verb is Verb.STOP else 'restarting'} "
-                f"{action.unit} after all: {reason}",
-                **named,
-                resource=action.resource,
-                gpu=action.gpu,
-                reason=reason,
-            )
-            return
-        tenant = self.config.tenant(action.unit)
-        if tenant is not None and tenant.release:
-            if self._release(action, tenant.release, tenant.release_timeout_ns, named):
-                self.metrics.observe_action(action.unit, "release", "released")
-                return
-        self.events.say(
-            action.verb.value,
-            "warning",
-            action.message,
-            **{  # the decision's fields (as its would_ twin has them), then the tenant's
-                **action.fields,
-                **named,
-                "resource": action.resource,
-                "gpu": action.gpu,
-                "used_bytes": action.used_bytes,
-                "budget_bytes": action.budget_bytes,
-                "free_bytes": action.free_bytes,
-                "floor_bytes": action.floor_bytes,
-                "action": action.verb.value,
-            },
-        )
-        try:
-            outcome = self.actuator.act(action.unit, action.verb, self._waiting_for_job)
-        except Exception as exc:  # noqa: BLE001 - an actuator bug must not kill the guard
-            # Whether systemd got the call is unknown: treat it as accepted, so no second
-            # tenant is acted on for this incident before it settles.
-            outcome = JobOutcome(
-                False, "unknown", f"{action.verb.value} raised {exc!r}", accepted=True
-            )
-        self.metrics.observe_action(action.unit, action.verb.value, outcome.result)
-        if outcome.ok:
-            return
-        fields = dict(
-            named,
-            resource=action.resource,
-            gpu=action.gpu,
-            action=action.verb.value,
-            result=outcome.result,
-            error=outcome.detail,
-        )
-        if outcome.accepted:
-            # The job exists (or may): it is in flight until reclaimed or reclaim_timeout.
-            still = (
-                "so it counts as in flight until the memory comes back or reclaim_timeout "
-                f"({format_duration(self.config.daemon.reclaim_timeout_ns)}) passes"
-            )
-            if outcome.result in UNSEEN_RESULTS:
-                self.events.say(
-                    "action_unconfirmed",
-                    "warning",
-                    f"{action.verb.value} {action.unit}: {outcome.detail}; the job was "
-                    f"accepted, {still}",
-                    **fields,
-                )
-            else:  # the job ran and ended badly (failed, canceled, dependency)
-                self.events.say(
-                    "action_failed",
-                    "error",
-                    f"{action.verb.value} {action.unit} failed: {outcome.detail}; the job ran, "
-                    f"{still}",
-                    **fields,
-                )
-            return
-        self.history = policy.action_failed(self.history, action, reached=outcome.reached)
-        unreached = (
-            f"; nothing was {'stopped' if action.verb is Verb.STOP else 'restarted'}, so this "
-            "attempt does not count toward max_restarts; the next one waits for cooldown "
-            f"({format_duration(self.config.daemon.cooldown_ns)})"
-        )
-        self.events.say(
-            "action_failed",
-            "error",
-            f"{action.verb.value} {action.unit} failed: {outcome.detail}"
-            + ("" if outcome.reached else unreached),
-            **fields,
-        )
+        """One of the tick's actions, carried out (acting.py): its history kept."""
+        self.history = self.acting.apply(self.config, self.history, action, snapshot)
 
     def _flush_metrics(self) -> None:
         problem = self.metrics.flush()  # the textfile; a message only when it starts failing
@@ -665,13 +477,6 @@ def status_line(snapshot: Snapshot) -> str:
     if snapshot.host.ok:
         parts.append(f"RAM available {format_size(snapshot.host.mem_available_bytes)}")
     return "; ".join(parts)
-
-
-def _listed(items: tuple[str, ...]) -> str:
-    """ "GPU 0", "GPU 0 and RAM", "GPU 0, GPU 1 and RAM"."""
-    if len(items) <= 1:
-        return "".join(items)
-    return ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def tick_readings(

@@ -6,10 +6,10 @@ unreadable), which the policy treats as "not proven over budget".
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 RAM = "ram"
 VRAM = "vram"
@@ -291,3 +291,42 @@ class Event:
     level: str  # "debug", "info", "warning", "error"
     message: str
     fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class JobOutcome:
+    """What became of one action (any actuator's answer).
+
+    ``accepted`` says whether systemd queued a job (``RestartUnit`` returned
+    a job path). An accepted job runs on in systemd whatever happens to
+    vramwatch's wait for it: with ``result`` "timeout" (still running after
+    the job timeout), "disconnected" (the bus dropped while waiting),
+    "interrupted" (vramwatch is stopping) or "unknown" (a bug while waiting),
+    the action is still in flight. ``accepted=False`` means systemd did not
+    confirm a job: refused ("org.freedesktop.systemd1.NoSuchUnit", ...), or
+    the bus dropped before the reply ("disconnected": it may or may not have
+    been queued). ``ok`` implies ``accepted``.
+    """
+
+    ok: bool
+    result: str  # the job result ("done", "failed", "timeout", ...) or an error name
+    detail: str  # one sentence for the journal
+    duration_s: float = 0.0
+    # systemd accepted the job (returned its path): it runs, or ran, even if waiting
+    # for its result timed out or the bus dropped.
+    accepted: bool = False
+    # The call reached the manager (False: "connect", the bus could not be reached, so
+    # nothing was sent): an attempt that never reached it is not a restart.
+    reached: bool = True
+
+    def __post_init__(self) -> None:
+        if self.ok and not self.accepted:
+            # A job that finished "done" was accepted; spares callers saying so twice.
+            object.__setattr__(self, "accepted", True)
+
+
+class Actuator(Protocol):
+    """Acts on one tenant, by its key: the systemd client, the container actuator and
+    the router between them (``vramwatch.actuators``) all take this call."""
+
+    def act(self, unit: str, verb: Verb, should_stop: Callable[[], bool]) -> JobOutcome: ...

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from vramwatch import units
+from vramwatch.actuators.systemd import BusError, UnitState
 from vramwatch.config import Config
-from vramwatch.systemd import BusError, UnitState
 
 # The suggested hard limit leaves the tenant room above its budget, so that
 # vramwatch (which restarts cleanly) acts before the kernel's OOM killer.

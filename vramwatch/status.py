@@ -15,13 +15,13 @@ from typing import Any
 
 import psutil
 
+from vramwatch.actuators.systemd import BusError, SystemdClient
 from vramwatch.config import Config
 from vramwatch.model import VRAM, Owner, Snapshot
 from vramwatch.policy import counted_usage, gpu_floor, reservations
 from vramwatch.sampler import Sampler, manager_for
 from vramwatch.sources.nvml import NvmlSource
 from vramwatch.sources.procfs import ProcFs
-from vramwatch.systemd import BusError, SystemdClient
 from vramwatch.units import format_size
 
 

@@ -131,7 +131,7 @@ def test_check_and_run_refuse_a_bad_config_with_exit_78(bed: Bed) -> None:
 CLIENT = textwrap.dedent("""
     import json, sys
     from vramwatch.model import Verb
-    from vramwatch.systemd import SystemdClient
+    from vramwatch.actuators.systemd import SystemdClient
     client = SystemdClient("user")
     out = {}
     for unit, verb in [("nosuch.service", Verb.RESTART), ("immich-ml.service", Verb.RESTART),

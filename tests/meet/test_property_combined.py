@@ -59,14 +59,13 @@ from tests.meet.world import (
 from vramwatch import config as cfg
 from vramwatch.actuators import Router
 from vramwatch.actuators.containers import ContainerActuator
-from vramwatch.daemon import Daemon
+from vramwatch.daemon import Daemon, Ports
 from vramwatch.events import EventLog
-from vramwatch.model import Action, ContainerInfo, Snapshot, Verb
+from vramwatch.model import Action, ContainerInfo, JobOutcome, Snapshot, Verb
 from vramwatch.sampler import Sampler
 from vramwatch.sources import containers
 from vramwatch.sources.containers import EngineError
 from vramwatch.state import StateStore
-from vramwatch.systemd import JobOutcome
 
 # GPU 0 is whole (16 GiB); GPU 1 is in MIG mode, two 8 GiB slices.
 WHOLE = uuid_of(0)
@@ -392,18 +391,20 @@ class Combined:
         self.daemon = Daemon(
             self.path,
             cfg.load(self.path),
-            sampler,
-            Router(
-                self.actuator,
-                ContainerActuator(
-                    lambda: self.daemon.config,
-                    engine=lambda _socket: self.engine,  # type: ignore[arg-type,return-value]
+            Ports(
+                sampler,
+                Router(
+                    self.actuator,
+                    ContainerActuator(
+                        lambda: self.daemon.config,
+                        engine=lambda _socket: self.engine,  # type: ignore[arg-type,return-value]
+                    ),
                 ),
+                EventLog("stderr", "json", stream=self.out),
+                clock=self.clock,
+                notify=lambda state: False,
+                state=self.state,
             ),
-            EventLog("stderr", "json", stream=self.out),
-            clock=self.clock,
-            notifier=lambda state: False,
-            state=self.state,
         )
         self.actuator.daemon = self.daemon
         self.bed = Bed(self.world, self.daemon, self.actuator, self.clock, self.out, self.path)

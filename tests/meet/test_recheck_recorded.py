@@ -15,6 +15,7 @@ from tests.meet.test_replay_property import recording_bed
 from tests.meet.world import GIB
 from tests.unit.builders import S, one_gpu
 from vramwatch.config import load
+from vramwatch.model import JobOutcome
 from vramwatch.record.format import (
     answer_record,
     config_record,
@@ -23,7 +24,6 @@ from vramwatch.record.format import (
 )
 from vramwatch.record.replay import replay
 from vramwatch.record.trace import TraceReader, TraceWriter, segments
-from vramwatch.systemd import JobOutcome
 
 # GPU 0 is breached when under 2 GiB free for 2 s: a tick after it is first seen.
 FLOOR = '[daemon]\ninterval = "2s"\n[gpu]\nmin_free_vram = "2GiB"\ngrace = "2s"\n'

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 from tests.meet.world import GIB, Bed, make_bed, uuid_of
+from vramwatch.acting import RELEASE_POLL_S
 from vramwatch.config import Config
-from vramwatch.daemon import RELEASE_POLL_S
 from vramwatch.model import Snapshot
 
 A = "a.service"
@@ -165,7 +165,7 @@ def test_a_reload_requested_during_a_release_wait_does_not_make_it_spin(
     bed.world.spawn(A, {0: 14 * GIB})
     bed.tick_at(0)
     counting = CountingSampler(bed)
-    bed.daemon.sampler = counting
+    bed.daemon.sampler = bed.daemon.acting.sampler = counting
 
     bed.daemon._on_reload(signal.SIGHUP, None)
     bed.tick_at(2)

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from tests.meet.test_property import GPUS, OTHER, STEP, apply, config_text
 from tests.meet.world import GIB, Bed, Clock, World, WorldActuator, WorldGpus
 from vramwatch import config as cfg
+from vramwatch.daemon import Ports
 from vramwatch.events import EventLog
 from vramwatch.record.recorder import RecordingDaemon
 from vramwatch.record.replay import floor_name, replay
@@ -39,11 +40,13 @@ def recording_bed(tmp: Path, text: str, trace: Path) -> Bed:
     daemon = RecordingDaemon(
         path,
         cfg.load(path),
-        Sampler(WorldGpus(world), world.procfs()),
-        actuator,
-        EventLog("stderr", "json", stream=out),
-        clock=clock,
-        notifier=lambda state: False,
+        Ports(
+            Sampler(WorldGpus(world), world.procfs()),
+            actuator,
+            EventLog("stderr", "json", stream=out),
+            clock=clock,
+            notify=lambda state: False,
+        ),
         record=str(trace),
     )
     actuator.daemon = daemon

@@ -14,9 +14,8 @@ from typing import Any
 
 from tests.meet.world import GIB, MIB, Bed, make_bed
 from tests.unit.builders import notified
-from vramwatch.model import Verb
+from vramwatch.model import JobOutcome, Verb
 from vramwatch.state import StateStore
-from vramwatch.systemd import JobOutcome
 
 BASE = """
 [daemon]

@@ -25,12 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from vramwatch import config as cfg
-from vramwatch.daemon import Daemon
+from vramwatch.daemon import Daemon, Ports
 from vramwatch.events import EventLog
-from vramwatch.model import GpuProcess, GpuSample, Verb
+from vramwatch.model import GpuProcess, GpuSample, JobOutcome, Verb
 from vramwatch.sampler import Sampler
 from vramwatch.sources.procfs import CgroupLayout, ProcFs
-from vramwatch.systemd import JobOutcome
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -452,12 +451,14 @@ def make_bed(
     daemon = Daemon(
         path,
         cfg.load(path),
-        sampler,
-        actuator,
-        EventLog("stderr", "json", stream=out),
-        clock=clock,
-        notifier=notifier,
-        state=state,  # type: ignore[arg-type]
+        Ports(
+            sampler,
+            actuator,
+            EventLog("stderr", "json", stream=out),
+            clock=clock,
+            notify=notifier,
+            state=state,  # type: ignore[arg-type]
+        ),
     )
     actuator.daemon = daemon
     return Bed(world, daemon, actuator, clock, out, path)

@@ -151,7 +151,7 @@ def test_the_oom_killer_takes_a_tenant_first_but_can_still_take_vramwatch() -> N
 def test_watchdog_outlasts_the_longest_silence_between_keepalives() -> None:
     """Keep-alives are sent during restart jobs; the longest silence is one tick that
     re-initialises NVML on 8 GPUs (3 s each) and waits out a D-Bus call."""
-    from vramwatch.systemd import CALL_TIMEOUT_S
+    from vramwatch.actuators.systemd import CALL_TIMEOUT_S
 
     (watchdog,) = directives(UNIT)["WatchdogSec"]
     seconds = int(watchdog.removesuffix("min")) * 60

@@ -28,8 +28,8 @@ from typing import Any
 from jeepney import HeaderFields, Message
 from jeepney.io.blocking import DBusConnection
 
+from vramwatch.actuators.systemd import SystemdClient
 from vramwatch.model import Verb
-from vramwatch.systemd import SystemdClient
 
 ACTIONS = {"RestartUnit", "StopUnit"}
 

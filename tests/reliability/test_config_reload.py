@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_daemon import RecordingActuator, ScriptedSampler, events, make, snapshot
-from vramwatch.systemd import JobOutcome
+from vramwatch.model import JobOutcome
 
 
 def garbage(path: Path) -> str:

@@ -19,15 +19,14 @@ from tests.reliability.test_sources_meet_daemon import USER, Host, events, one_g
 from vramwatch import config as cfg
 from vramwatch.actuators import Router
 from vramwatch.actuators.containers import ContainerActuator
-from vramwatch.daemon import Daemon
+from vramwatch.daemon import Daemon, Ports
 from vramwatch.events import EventLog
-from vramwatch.model import ContainerInfo, Verb
+from vramwatch.model import ContainerInfo, JobOutcome, Verb
 from vramwatch.sampler import Sampler
 from vramwatch.sources import containers
 from vramwatch.sources.containers import EngineError
 from vramwatch.sources.nvml import NvmlSource
 from vramwatch.sources.procfs import ProcFs
-from vramwatch.systemd import JobOutcome
 
 S = 10**9
 MIB = 2**20
@@ -106,11 +105,13 @@ def run(
     daemon = Daemon(
         path,
         config,
-        sampler,
-        Router(units, ContainerActuator(lambda: config, engine=lambda _s: engine)),  # type: ignore[arg-type,return-value]
-        EventLog("stderr", "json", stream=out),
-        clock=lambda: clock[0],
-        notifier=lambda state: False,
+        Ports(
+            sampler,
+            Router(units, ContainerActuator(lambda: config, engine=lambda _s: engine)),  # type: ignore[arg-type,return-value]
+            EventLog("stderr", "json", stream=out),
+            clock=lambda: clock[0],
+            notify=lambda state: False,
+        ),
     )
     for s in seconds:
         clock[0] = s * S

@@ -19,7 +19,7 @@ from tests.sources.test_sampler import CONFIG, UUID, gpus, proc, world
 from tests.unit.builders import notified
 from vramwatch import config as cfg
 from vramwatch import policy
-from vramwatch.daemon import Daemon
+from vramwatch.daemon import Daemon, Ports
 from vramwatch.events import EventLog
 from vramwatch.metrics import Metrics
 from vramwatch.model import Action, Event
@@ -57,7 +57,6 @@ OPTIONAL = {
     "nvmlDeviceGetMPSComputeRunningProcesses_v3",
 }
 HOG = "immich-ml.service"  # 10700 MiB on a 3000 MiB budget in the fixture world
-
 
 
 def ticks(sampler: Sampler, start_s: int, n: int) -> list[policy.Decision]:
@@ -460,11 +459,13 @@ def test_while_nvml_hangs_every_tick_feeds_the_watchdog_and_gpu_up_is_0(
     daemon = Daemon(
         path,
         cfg.load(path),
-        sampler,
-        actuator=None,  # type: ignore[arg-type]  # nothing is over budget: never called
-        events=EventLog("stderr", "json", stream=io.StringIO()),
-        notifier=notified(notes),
-        metrics=metrics,
+        Ports(
+            sampler,
+            actuator=None,  # type: ignore[arg-type]  # nothing is over budget: never called
+            events=EventLog("stderr", "json", stream=io.StringIO()),
+            notify=notified(notes),
+            metrics=metrics,
+        ),
     )
     daemon.tick()
     fake_nvml.write(gpus(), delays={"nvmlDeviceGetMemoryInfo_v2": 1500})

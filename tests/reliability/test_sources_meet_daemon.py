@@ -20,13 +20,12 @@ import pytest
 
 from tests.fakenvml import FakeGpu, FakeMig, FakeNvmlState, FakeProcess, gib, mib
 from vramwatch import config as cfg
-from vramwatch.daemon import Daemon
+from vramwatch.daemon import Daemon, Ports
 from vramwatch.events import EventLog
-from vramwatch.model import Verb
+from vramwatch.model import JobOutcome, Verb
 from vramwatch.sampler import Sampler
 from vramwatch.sources.nvml import NvmlSource
 from vramwatch.sources.procfs import CgroupLayout, ProcFs
-from vramwatch.systemd import JobOutcome
 
 S = 10**9
 GIB = 2**30
@@ -117,11 +116,13 @@ def daemon(
     d = Daemon(
         path,
         cfg.load(path),
-        sampler,
-        actuator,
-        EventLog("stderr", "json", stream=out),
-        clock=lambda: clock[0],
-        notifier=lambda state: False,
+        Ports(
+            sampler,
+            actuator,
+            EventLog("stderr", "json", stream=out),
+            clock=lambda: clock[0],
+            notify=lambda state: False,
+        ),
     )
 
     def run(seconds: list[int]) -> None:

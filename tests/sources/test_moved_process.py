@@ -18,13 +18,12 @@ from pathlib import Path
 from tests.fakenvml import FakeGpu, FakeNvmlState, FakeProcess, gib
 from tests.sources.cgroups import Units
 from vramwatch import config as cfg
-from vramwatch.daemon import Daemon
+from vramwatch.daemon import Daemon, Ports
 from vramwatch.events import EventLog
-from vramwatch.model import Snapshot, Verb
+from vramwatch.model import JobOutcome, Snapshot, Verb
 from vramwatch.sampler import IDENTITY_TTL_NS, Sampler
 from vramwatch.sources.nvml import NvmlSource
 from vramwatch.sources.procfs import ProcFs
-from vramwatch.systemd import JobOutcome
 
 UUID = "GPU-8f1c2a3e-0000-0000-0000-000000000000"
 S = 10**9
@@ -112,11 +111,13 @@ def test_the_daemon_does_not_restart_the_unit_a_hog_has_left(
     daemon = Daemon(
         path,
         cfg.load(path),
-        Sampler(NvmlSource(), ProcFs(layout=units.layout)),
-        actuator,
-        EventLog("stderr", "json", stream=out),
-        clock=lambda: now[0],
-        notifier=lambda _state: False,
+        Ports(
+            Sampler(NvmlSource(), ProcFs(layout=units.layout)),
+            actuator,
+            EventLog("stderr", "json", stream=out),
+            clock=lambda: now[0],
+            notify=lambda _state: False,
+        ),
     )
     try:
         daemon.tick()  # breached (1 GiB free < 4 GiB), grace starts; owner a.service read

@@ -329,8 +329,8 @@ def test_pids_wanted_are_read_and_a_cgroup_procs_that_cannot_be_is_unknown_ram(
 
 def test_status_lists_every_tenant_s_pids(fake_nvml: FakeNvmlState, tmp_path: Path) -> None:
     """`status` asks the sampler for PIDs, whatever sampler it is given."""
+    from vramwatch.actuators.systemd import BusError
     from vramwatch.status import collect
-    from vramwatch.systemd import BusError
 
     class NoBus:
         def unit_state(self, unit: str) -> Any:

@@ -11,9 +11,9 @@ from typing import Any
 from tests.unit.builders import MIB, S
 from tests.unit.test_daemon import CONFIG_TEXT, Clock, RecordingActuator, ScriptedSampler, snapshot
 from vramwatch import config as cfg
-from vramwatch.daemon import Daemon
+from vramwatch.daemon import Daemon, Ports
 from vramwatch.events import EventLog, journal_fields
-from vramwatch.systemd import JobOutcome
+from vramwatch.model import JobOutcome
 
 
 def action_entry(tmp_path: Path, dry_run: bool) -> dict[str, str]:
@@ -24,12 +24,14 @@ def action_entry(tmp_path: Path, dry_run: bool) -> dict[str, str]:
     daemon = Daemon(
         path,
         cfg.load(path),
-        ScriptedSampler(lambda _n, now: snapshot(now, 10700, 1000)),
-        RecordingActuator(JobOutcome(True, "done", "ok")),
-        EventLog("stderr", "json", stream=out),
+        Ports(
+            ScriptedSampler(lambda _n, now: snapshot(now, 10700, 1000)),
+            RecordingActuator(JobOutcome(True, "done", "ok")),
+            EventLog("stderr", "json", stream=out),
+            clock=clock,
+            notify=lambda _state: False,
+        ),
         force_dry_run=dry_run,
-        clock=clock,
-        notifier=lambda _state: False,
     )
     for s in (0, 1, 2):
         clock.now = s * S

@@ -8,8 +8,8 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from vramwatch import commands
-from vramwatch.commands import HOOKS_MAX, OUTPUT_MAX_BYTES, Hooks
+from vramwatch.actuators import commands
+from vramwatch.actuators.commands import HOOKS_MAX, OUTPUT_MAX_BYTES, Hooks
 
 MIB = 1024 * 1024
 

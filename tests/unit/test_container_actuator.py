@@ -16,12 +16,11 @@ from tests.unit.builders import one_gpu
 from vramwatch import config as cfg
 from vramwatch.actuators import Router
 from vramwatch.actuators.containers import ContainerActuator
-from vramwatch.daemon import Daemon
+from vramwatch.daemon import Daemon, Ports
 from vramwatch.events import EventLog, journal_fields
-from vramwatch.model import ContainerInfo, Event, Snapshot, UnitUsage, Verb
+from vramwatch.model import ContainerInfo, Event, JobOutcome, Snapshot, UnitUsage, Verb
 from vramwatch.sources import containers
 from vramwatch.sources.containers import EngineError, _translate
-from vramwatch.systemd import JobOutcome
 from vramwatch.tenants import tenant_fields, with_tenant
 
 ML1 = ContainerInfo("a1" * 32, "immich_ml_1", "immich", "ml")
@@ -285,11 +284,13 @@ def test_the_daemon_restarts_a_compose_tenant_through_the_engine_and_names_it_in
     daemon = Daemon(
         path,
         config,
-        Scripted(snap),
-        Router(Systemd(), ContainerActuator(lambda: config, engine=lambda _s: engine)),  # type: ignore[arg-type,return-value]
-        EventLog("stderr", "json", stream=out),
-        clock=lambda: 0,
-        notifier=lambda state: False,
+        Ports(
+            Scripted(snap),
+            Router(Systemd(), ContainerActuator(lambda: config, engine=lambda _s: engine)),  # type: ignore[arg-type,return-value]
+            EventLog("stderr", "json", stream=out),
+            clock=lambda: 0,
+            notify=lambda state: False,
+        ),
     )
 
     daemon.tick(0)

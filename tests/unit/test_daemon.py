@@ -17,10 +17,9 @@ import pytest
 
 from tests.unit.builders import MIB, S, notified, one_gpu
 from vramwatch import config as cfg
-from vramwatch.daemon import Daemon
+from vramwatch.daemon import Daemon, Ports
 from vramwatch.events import EventLog
-from vramwatch.model import Snapshot, Verb
-from vramwatch.systemd import JobOutcome
+from vramwatch.model import JobOutcome, Snapshot, Verb
 
 CONFIG_TEXT = """
 [daemon]
@@ -81,11 +80,13 @@ def make(
     daemon = Daemon(
         path,
         cfg.load(path),
-        sampler,
-        actuator,
-        EventLog("stderr", "json", stream=out),
-        clock=clock,
-        notifier=lambda state: False,
+        Ports(
+            sampler,
+            actuator,
+            EventLog("stderr", "json", stream=out),
+            clock=clock,
+            notify=lambda state: False,
+        ),
     )
     return daemon, out, clock
 
@@ -233,11 +234,13 @@ def test_dry_run_flag_survives_a_reload(tmp_path: Path) -> None:
     daemon = Daemon(
         path,
         cfg.load(path),
-        ScriptedSampler(lambda n, now: snapshot(now, 0, 9000)),
-        RecordingActuator(JobOutcome(True, "done", "")),
-        EventLog("stderr", "json", stream=io.StringIO()),
+        Ports(
+            ScriptedSampler(lambda n, now: snapshot(now, 0, 9000)),
+            RecordingActuator(JobOutcome(True, "done", "")),
+            EventLog("stderr", "json", stream=io.StringIO()),
+            notify=lambda state: False,
+        ),
         force_dry_run=True,
-        notifier=lambda state: False,
     )
 
     daemon.reload()
@@ -252,10 +255,12 @@ def test_run_returns_zero_soon_after_stop(tmp_path: Path) -> None:
     daemon = Daemon(
         path,
         cfg.load(path),
-        ScriptedSampler(lambda n, now: snapshot(now, 0, 9000)),
-        RecordingActuator(JobOutcome(True, "done", "")),
-        EventLog("stderr", "json", stream=io.StringIO()),
-        notifier=notified(states),
+        Ports(
+            ScriptedSampler(lambda n, now: snapshot(now, 0, 9000)),
+            RecordingActuator(JobOutcome(True, "done", "")),
+            EventLog("stderr", "json", stream=io.StringIO()),
+            notify=notified(states),
+        ),
     )
     result: list[int] = []
     thread = threading.Thread(target=lambda: result.append(daemon.run()))
@@ -290,11 +295,13 @@ def test_ticks_are_stamped_with_their_slot_so_late_wakeups_do_not_stretch_grace(
     daemon = Daemon(
         path,
         cfg.load(path),
-        ScriptedSampler(script),
-        actuator,
-        EventLog("stderr", "json", stream=io.StringIO()),
-        clock=clock,
-        notifier=lambda state: False,
+        Ports(
+            ScriptedSampler(script),
+            actuator,
+            EventLog("stderr", "json", stream=io.StringIO()),
+            clock=clock,
+            notify=lambda state: False,
+        ),
     )
 
     def fake_sleep_until(deadline_ns: int, watchdog_ns: int | None) -> None:
@@ -330,11 +337,13 @@ def test_the_watchdog_is_fed_while_a_restart_job_runs(
     daemon = Daemon(
         path,
         cfg.load(path),
-        ScriptedSampler(lambda n, now: snapshot(now, 10700, 1000)),
-        SlowActuator(),
-        EventLog("stderr", "json", stream=io.StringIO()),
-        clock=clock,
-        notifier=notified(states),
+        Ports(
+            ScriptedSampler(lambda n, now: snapshot(now, 10700, 1000)),
+            SlowActuator(),
+            EventLog("stderr", "json", stream=io.StringIO()),
+            clock=clock,
+            notify=notified(states),
+        ),
     )
 
     for s in (0, 2):
@@ -371,10 +380,12 @@ def test_the_watchdog_is_fed_while_a_release_command_runs(
     daemon = Daemon(
         path,
         cfg.load(path),
-        ScriptedSampler(script),
-        RecordingActuator(JobOutcome(True, "done", "")),
-        EventLog("stderr", "json", stream=io.StringIO()),
-        notifier=notify,
+        Ports(
+            ScriptedSampler(script),
+            RecordingActuator(JobOutcome(True, "done", "")),
+            EventLog("stderr", "json", stream=io.StringIO()),
+            notify=notify,
+        ),
     )
     daemon.tick()
     time.sleep(2.05)  # grace
@@ -410,10 +421,12 @@ def test_no_keepalive_once_a_release_wait_is_past_its_deadline(
     daemon = Daemon(
         path,
         cfg.load(path),
-        ScriptedSampler(slow),
-        RecordingActuator(JobOutcome(True, "done", "")),
-        EventLog("stderr", "json", stream=io.StringIO()),
-        notifier=notify,
+        Ports(
+            ScriptedSampler(slow),
+            RecordingActuator(JobOutcome(True, "done", "")),
+            EventLog("stderr", "json", stream=io.StringIO()),
+            notify=notify,
+        ),
     )
     daemon.tick()
     time.sleep(2.05)

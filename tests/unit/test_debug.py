@@ -10,9 +10,9 @@ from typing import Any
 from tests.unit.builders import S
 from tests.unit.test_daemon import CONFIG_TEXT, Clock, RecordingActuator, ScriptedSampler, snapshot
 from vramwatch import config as cfg
-from vramwatch.daemon import Daemon
+from vramwatch.daemon import Daemon, Ports
 from vramwatch.events import EventLog
-from vramwatch.systemd import JobOutcome
+from vramwatch.model import JobOutcome
 
 MIB = 1024**2
 
@@ -25,11 +25,13 @@ def run(tmp_path: Path, min_level: str, seconds: list[int]) -> list[dict[str, An
     daemon = Daemon(
         path,
         cfg.load(path),
-        ScriptedSampler(lambda _n, now: snapshot(now, 10700, 1000)),
-        RecordingActuator(JobOutcome(True, "done", "ok")),
-        EventLog("stderr", "json", stream=out, min_level=min_level),
-        clock=clock,
-        notifier=lambda _state: False,
+        Ports(
+            ScriptedSampler(lambda _n, now: snapshot(now, 10700, 1000)),
+            RecordingActuator(JobOutcome(True, "done", "ok")),
+            EventLog("stderr", "json", stream=out, min_level=min_level),
+            clock=clock,
+            notify=lambda _state: False,
+        ),
     )
     for s in seconds:
         clock.now = s * S

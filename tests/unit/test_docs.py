@@ -22,10 +22,10 @@ from tests.docs import INSTALL, README, ROOT, section, sh_blocks
 from tests.unit.builders import S, one_gpu
 from tests.unit.test_bootstrap import fresh_machine_packages
 from vramwatch import policy
+from vramwatch.actuators.systemd import notify
 from vramwatch.cli import main
 from vramwatch.config import ConfigError, parse
 from vramwatch.events import MESSAGE_IDS
-from vramwatch.systemd import notify
 
 
 def test_readme_names_every_package_bootstrap_installs(tmp_path: Path) -> None:

@@ -15,9 +15,9 @@ import pytest
 from tests.unit.test_daemon import CONFIG_TEXT, Clock, RecordingActuator, ScriptedSampler, snapshot
 from vramwatch import config as cfg
 from vramwatch import events as events_module
-from vramwatch.daemon import Daemon
+from vramwatch.daemon import Daemon, Ports
 from vramwatch.events import EventLog
-from vramwatch.systemd import JobOutcome
+from vramwatch.model import JobOutcome
 
 
 class Journal:
@@ -190,11 +190,13 @@ def test_a_tick_whose_logging_fails_everywhere_still_restarts_the_hog(
     daemon = Daemon(
         path,
         cfg.load(path),
-        ScriptedSampler(lambda _n, now: snapshot(now, 10700, 1000)),
-        actuator,
-        EventLog("journal", "json", stream=Broken()),
-        clock=clock,
-        notifier=lambda _state: False,
+        Ports(
+            ScriptedSampler(lambda _n, now: snapshot(now, 10700, 1000)),
+            actuator,
+            EventLog("journal", "json", stream=Broken()),
+            clock=clock,
+            notify=lambda _state: False,
+        ),
     )
 
     for s in range(5):

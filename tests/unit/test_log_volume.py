@@ -13,10 +13,9 @@ from pathlib import Path
 from tests.unit.builders import S, one_gpu
 from vramwatch import config as cfg
 from vramwatch import policy
-from vramwatch.daemon import Daemon
+from vramwatch.daemon import Daemon, Ports
 from vramwatch.events import EventLog
-from vramwatch.model import Snapshot, Verb
-from vramwatch.systemd import JobOutcome
+from vramwatch.model import JobOutcome, Snapshot, Verb
 
 TICK_S = 2
 MINUTES = 12
@@ -152,11 +151,13 @@ def test_a_sampler_that_keeps_raising_is_logged_every_5_minutes_not_every_tick(
     daemon = Daemon(
         path,
         cfg.load(path),
-        Sampler(),
-        Actuator(),
-        EventLog("stderr", "json", stream=out),
-        clock=lambda: clock[0],
-        notifier=lambda state: False,
+        Ports(
+            Sampler(),
+            Actuator(),
+            EventLog("stderr", "json", stream=out),
+            clock=lambda: clock[0],
+            notify=lambda state: False,
+        ),
     )
     for t in range(0, end + 4, TICK_S):
         clock[0] = t * S

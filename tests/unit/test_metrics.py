@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from vramwatch import __version__
 from vramwatch import config as cfg
 from vramwatch.config import MetricsConfig
-from vramwatch.daemon import Daemon
+from vramwatch.daemon import Daemon, Ports
 from vramwatch.events import EventLog
 from vramwatch.metrics import Metrics, start_exporter
 from vramwatch.model import (
@@ -28,12 +28,12 @@ from vramwatch.model import (
     GpuProcess,
     GpuSample,
     HostSample,
+    JobOutcome,
     Owner,
     Snapshot,
     UnitUsage,
     Verb,
 )
-from vramwatch.systemd import JobOutcome
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -604,12 +604,14 @@ def test_the_loop_feeds_gauges_breaches_and_the_restart_counter(tmp_path: Path) 
     daemon = Daemon(
         path,
         cfg.load(path),
-        sampler,
-        Actuator(sampler),
-        EventLog("stderr", "json", stream=io.StringIO()),
-        clock=lambda: clock[0],
-        notifier=lambda state: False,
-        metrics=m,
+        Ports(
+            sampler,
+            Actuator(sampler),
+            EventLog("stderr", "json", stream=io.StringIO()),
+            clock=lambda: clock[0],
+            notify=lambda state: False,
+            metrics=m,
+        ),
     )
     observed = []
     for second in (0, 1, 2, 3, 4):

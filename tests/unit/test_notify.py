@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vramwatch.systemd import notify
+from vramwatch.actuators.systemd import notify
 
 
 def receive(sock: socket.socket) -> bytes:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from vramwatch.actuators.systemd import BusError, UnitState
 from vramwatch.config import parse
 from vramwatch.protections import advice, read_states
-from vramwatch.systemd import BusError, UnitState
 
 GIB = 1024**3
 

@@ -18,10 +18,9 @@ import pytest
 from tests.unit.builders import MIB
 from tests.unit.test_daemon import RecordingActuator
 from vramwatch import config as cfg
-from vramwatch.daemon import Daemon
+from vramwatch.daemon import Daemon, Ports
 from vramwatch.events import EventLog
-from vramwatch.model import GpuSample, HostSample, Snapshot
-from vramwatch.systemd import JobOutcome
+from vramwatch.model import GpuSample, HostSample, JobOutcome, Snapshot
 
 GPU_MIB = 16384
 MINUTE_USEC = 60 * 10**6  # WatchdogSec=1min, as in the packaged unit
@@ -106,11 +105,13 @@ def run(tmp_path: Path, text: str, script: list[Snapshot]) -> tuple[int, list[di
     daemon = Daemon(
         path,
         cfg.load(path, trusted=True),
-        sampler,
-        RecordingActuator(JobOutcome(True, "done", "")),
-        EventLog("stderr", "json", stream=out),
-        clock=lambda: next(ticks) * 10 * 10**9,  # 10 s a look: no real sleeping
-        notifier=lambda _state: False,
+        Ports(
+            sampler,
+            RecordingActuator(JobOutcome(True, "done", "")),
+            EventLog("stderr", "json", stream=out),
+            clock=lambda: next(ticks) * 10 * 10**9,  # 10 s a look: no real sleeping
+            notify=lambda _state: False,
+        ),
     )
     sampler.daemon = daemon
     code = daemon.run()

@@ -11,10 +11,10 @@ import pytest
 
 from tests.unit.test_daemon import CONFIG_TEXT, RecordingActuator, ScriptedSampler, snapshot
 from vramwatch import config as cfg
-from vramwatch.daemon import Daemon
+from vramwatch.daemon import Daemon, Ports
 from vramwatch.events import EventLog
+from vramwatch.model import JobOutcome
 from vramwatch.state import FILE_NAME, Restored, StateError, StateStore, default_dir
-from vramwatch.systemd import JobOutcome
 
 S = 10**9
 DAY = 86400 * S
@@ -189,12 +189,14 @@ def daemon(tmp_path: Path, state_dir: Path, clock: list[int]) -> tuple[Daemon, i
     d = Daemon(
         path,
         cfg.load(path),
-        ScriptedSampler(lambda _n, now: snapshot(now, hog_vram_mib=12000, free_mib=1000)),
-        actuator,
-        EventLog("stderr", "json", stream=out),
-        clock=lambda: clock[0],
-        notifier=lambda state: False,
-        state=StateStore(state_dir, mono_ns=lambda: clock[0]),
+        Ports(
+            ScriptedSampler(lambda _n, now: snapshot(now, hog_vram_mib=12000, free_mib=1000)),
+            actuator,
+            EventLog("stderr", "json", stream=out),
+            clock=lambda: clock[0],
+            notify=lambda state: False,
+            state=StateStore(state_dir, mono_ns=lambda: clock[0]),
+        ),
     )
     d.restore_state()
     return d, out

@@ -14,9 +14,9 @@ from tests.unit.builders import S
 from tests.unit.test_daemon import ScriptedSampler, snapshot
 from vramwatch import cli
 from vramwatch import config as cfg
-from vramwatch.daemon import Daemon
+from vramwatch.actuators.systemd import SystemdClient
+from vramwatch.daemon import Daemon, Ports
 from vramwatch.events import EventLog
-from vramwatch.systemd import SystemdClient
 
 CONFIG_TEXT = """
 [daemon]
@@ -54,11 +54,13 @@ def test_attempts_that_never_reach_the_manager_are_spaced_but_are_no_storm(
     daemon = Daemon(
         path,
         cfg.load(path),
-        ScriptedSampler(lambda _n, now: snapshot(now, 10700, 1000)),
-        client,
-        EventLog("stderr", "json", stream=out),
-        clock=lambda: clock[0],
-        notifier=lambda _state: False,
+        Ports(
+            ScriptedSampler(lambda _n, now: snapshot(now, 10700, 1000)),
+            client,
+            EventLog("stderr", "json", stream=out),
+            clock=lambda: clock[0],
+            notify=lambda _state: False,
+        ),
     )
     for s in range(10):
         clock[0] = s * S

@@ -1,21 +1,17 @@
-"""Acting on tenants: one :class:`Actuator` protocol, an actuator per kind of tenant.
+"""Acting on tenants: an actuator per kind of tenant, behind :class:`vramwatch.model.Actuator`.
 
 The policy names a tenant by its key only; :class:`Router` sends a unit's
-action to systemd (``vramwatch.systemd``) and a container's or compose
-service's to the Engine API (:mod:`vramwatch.actuators.containers`).
+action to systemd (:mod:`vramwatch.actuators.systemd`) and a container's or
+compose service's to the Engine API (:mod:`vramwatch.actuators.containers`).
+Release commands and after_action hooks run through
+:mod:`vramwatch.actuators.commands`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
 
-from vramwatch.model import TenantId, Verb
-from vramwatch.systemd import JobOutcome
-
-
-class Actuator(Protocol):
-    def act(self, unit: str, verb: Verb, should_stop: Callable[[], bool]) -> JobOutcome: ...
+from vramwatch.model import Actuator, JobOutcome, TenantId, Verb
 
 
 class Router:

@@ -3,7 +3,7 @@
 A container tenant is one container by name; a compose tenant is every
 running container of a compose service that no other tenant names, each
 restarted in turn (never a container that is a tenant of its own). The API's
-answers become :class:`~vramwatch.systemd.JobOutcome` results: ``ok``,
+answers become :class:`~vramwatch.model.JobOutcome` results: ``ok``,
 ``no_such_container``, ``timeout``, ``api_error``, ``unreachable`` (and
 ``interrupted`` when vramwatch is stopping mid-call). Nothing raises.
 """
@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from vramwatch.config import Config
-from vramwatch.model import ContainerInfo, TenantId, TenantKind, Verb
+from vramwatch.model import ContainerInfo, JobOutcome, TenantId, TenantKind, Verb
 from vramwatch.sources.containers import (
     NO_SUCH_CONTAINER,
     OK,
@@ -25,7 +25,6 @@ from vramwatch.sources.containers import (
     Engine,
     EngineError,
 )
-from vramwatch.systemd import JobOutcome
 
 # How often a running restart call checks whether vramwatch is stopping (and
 # feeds the watchdog, through should_stop).

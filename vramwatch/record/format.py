@@ -47,7 +47,7 @@ from vramwatch.model import (
 )
 
 if TYPE_CHECKING:
-    from vramwatch.systemd import JobOutcome
+    from vramwatch.model import JobOutcome
 
 VERSION = 3
 # The oldest format this version reads.

@@ -12,14 +12,15 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from vramwatch.acting import SnapshotSource
 from vramwatch.config import Config
-from vramwatch.daemon import Actuator, Daemon, SnapshotSource
-from vramwatch.model import Event, Snapshot, Verb
+from vramwatch.daemon import Daemon, Ports
+from vramwatch.model import Actuator, Event, JobOutcome, Snapshot, Verb
 from vramwatch.state import read_boot_id
-from vramwatch.systemd import JobOutcome
 
 if TYPE_CHECKING:
     from vramwatch.record.trace import TraceWriter
@@ -298,14 +299,24 @@ class RecordingDaemon(Daemon):
     the config is recorded at start and after each reload that changed it.
     """
 
-    def __init__(self, *args: Any, record: str | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        config_path: Path,
+        config: Config,
+        ports: Ports,
+        *,
+        record: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         # The daemon's clock: the trace's monotonic times are the ones its samples carry.
-        self.recorder = Recorder(self.events.say, record, mono_ns=self.clock)
+        self.recorder = Recorder(ports.events.say, record, mono_ns=ports.clock)
+        sampler = RecordingSampler(ports.sampler, self.recorder)
+        actuator = RecordingActuator(ports.actuator, self.recorder)
+        super().__init__(
+            config_path, config, replace(ports, sampler=sampler, actuator=actuator), **kwargs
+        )
         # First: a listener after it (the after_action hook) cannot keep it from the trace.
         self.events.listeners.insert(0, self.recorder.event)
-        self.sampler = RecordingSampler(self.sampler, self.recorder)
-        self.actuator = RecordingActuator(self.actuator, self.recorder)
         self.recorder.configure(self.config, "start", self.force_dry_run, self._effective)
 
     def restore_state(self) -> None:

@@ -41,9 +41,9 @@ from typing import Any
 
 from vramwatch import policy
 from vramwatch.config import Config
-from vramwatch.daemon import Daemon, started_sentence, tenants_text
+from vramwatch.daemon import Daemon, Ports, started_sentence, tenants_text
 from vramwatch.events import EventLog
-from vramwatch.model import RAM, VRAM, Action, Event, Snapshot, Verb
+from vramwatch.model import RAM, VRAM, Action, Event, JobOutcome, Snapshot, Verb
 from vramwatch.record.format import (
     ANSWER,
     CONFIG,
@@ -65,7 +65,6 @@ from vramwatch.record.format import (
 from vramwatch.record.trace import Damage, TraceReader, is_rotated_name
 from vramwatch.sink import NoMetrics
 from vramwatch.state import MAX_TIMES_PER_UNIT, restored_time
-from vramwatch.systemd import JobOutcome
 from vramwatch.tenants import tenant_fields
 
 # A plot of more points than this shows nothing more: keep every n-th tick.
@@ -239,14 +238,17 @@ class ReplayDaemon(Daemon):
         super().__init__(
             Path(config.path),
             config,
-            self.source,
-            self.answers,
-            _Sink(out),
+            Ports(
+                self.source,
+                self.answers,
+                _Sink(out),
+                metrics=NoMetrics(),  # nobody reads them; nor is prometheus_client loaded
+                clock=lambda: self.now_ns,
+                notify=lambda _state: False,
+                state=None,
+                release=self._release,  # the trace's; release commands never run here
+            ),
             force_dry_run=forced_dry_run,
-            clock=lambda: self.now_ns,
-            notifier=lambda _state: False,
-            state=None,
-            metrics=NoMetrics(),  # nobody reads them; nor is prometheus_client loaded
         )
 
     def _on_event(self, event: Event) -> None:

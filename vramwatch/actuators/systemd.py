@@ -28,7 +28,7 @@ from jeepney.bus_messages import message_bus
 from jeepney.io.blocking import DBusConnection, open_dbus_connection
 from jeepney.wrappers import DBusErrorResponse, unwrap_msg
 
-from vramwatch.model import Verb
+from vramwatch.model import JobOutcome, Verb
 
 SYSTEMD = "org.freedesktop.systemd1"
 MANAGER = DBusAddress("/org/freedesktop/systemd1", SYSTEMD, f"{SYSTEMD}.Manager")
@@ -48,38 +48,6 @@ OWNER_WAIT_S = 5.0
 _METHODS = {Verb.RESTART: "RestartUnit", Verb.STOP: "StopUnit"}
 # The result of an action whose bus could not be reached: nothing was sent.
 CONNECT = "connect"
-
-
-@dataclass(frozen=True, slots=True)
-class JobOutcome:
-    """What became of one action.
-
-    ``accepted`` says whether systemd queued a job (``RestartUnit`` returned
-    a job path). An accepted job runs on in systemd whatever happens to
-    vramwatch's wait for it: with ``result`` "timeout" (still running after
-    the job timeout), "disconnected" (the bus dropped while waiting),
-    "interrupted" (vramwatch is stopping) or "unknown" (a bug while waiting),
-    the action is still in flight. ``accepted=False`` means systemd did not
-    confirm a job: refused ("org.freedesktop.systemd1.NoSuchUnit", ...), or
-    the bus dropped before the reply ("disconnected": it may or may not have
-    been queued). ``ok`` implies ``accepted``.
-    """
-
-    ok: bool
-    result: str  # the job result ("done", "failed", "timeout", ...) or an error name
-    detail: str  # one sentence for the journal
-    duration_s: float = 0.0
-    # systemd accepted the job (returned its path): it runs, or ran, even if waiting
-    # for its result timed out or the bus dropped.
-    accepted: bool = False
-    # The call reached the manager (False: "connect", the bus could not be reached, so
-    # nothing was sent): an attempt that never reached it is not a restart.
-    reached: bool = True
-
-    def __post_init__(self) -> None:
-        if self.ok and not self.accepted:
-            # A job that finished "done" was accepted; spares callers saying so twice.
-            object.__setattr__(self, "accepted", True)
 
 
 @dataclass(frozen=True, slots=True)
