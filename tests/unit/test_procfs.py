@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
 import errno
 import os
 from pathlib import Path
@@ -415,15 +414,16 @@ def test_host_with_psi_disabled_by_the_kernel_has_no_psi(
 ) -> None:
     """Kernels built with CONFIG_PSI_DEFAULT_DISABLED answer reads with EOPNOTSUPP."""
     write(tmp_path / "proc" / "meminfo", "MemTotal: 1000 kB\nMemAvailable: 500 kB\n")
-    write(tmp_path / "proc" / "pressure" / "memory", "")
-    real_open = builtins.open
+    write(tmp_path / "proc" / "pressure" / "memory", PSI)
+    real_read = os.read
+    psi = os.fspath(tmp_path / "proc" / "pressure" / "memory")
 
-    def psi_disabled_open(path: Any, *args: Any, **kwargs: Any) -> Any:
-        if str(path).endswith("pressure/memory"):
-            raise OSError(errno.EOPNOTSUPP, "Operation not supported", str(path))
-        return real_open(path, *args, **kwargs)
+    def psi_disabled_read(fd: int, n: int) -> bytes:
+        if os.readlink(f"/proc/self/fd/{fd}") == psi:
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+        return real_read(fd, n)
 
-    monkeypatch.setattr(procfs, "open", psi_disabled_open, raising=False)
+    monkeypatch.setattr(os, "read", psi_disabled_read)
 
     actual = v2_fs(tmp_path).host()
 
