@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from vramwatch import security, units
+from vramwatch import security, unitname, units
 from vramwatch.model import KEY_PREFIXES, GpuSample, TenantId, TenantKind, Verb
 
 DEFAULT_PATH = Path("/etc/vramwatch.toml")
@@ -26,11 +26,6 @@ CONFIG_ENV = "VRAMWATCH_CONFIG"
 # A config file is parsed whole; anything this big is not a config (and a
 # SIGHUP must not make the daemon read a runaway file into memory).
 MAX_CONFIG_BYTES = 1024 * 1024
-
-# systemd's unit name grammar (unit_name_is_valid): [a-zA-Z0-9:_.\-@]+, at most
-# 255 bytes, with a known suffix. vramwatch acts on services and scopes only.
-UNIT_NAME_RE = re.compile(r"[A-Za-z0-9:_.\\@-]+\.(service|scope)")
-UNIT_NAME_MAX = 255
 
 BUSES = ("system", "user")
 
@@ -632,21 +627,6 @@ def _containers(table: _Table) -> ContainersConfig:
     return containers
 
 
-def validate_unit_name(unit: str) -> str | None:
-    """The problem with a unit name, or ``None`` when systemd would accept it."""
-    if len(unit.encode()) > UNIT_NAME_MAX or not UNIT_NAME_RE.fullmatch(unit):
-        return (
-            f'expected a systemd unit name such as "llama-server.service" or "job.scope", '
-            f'got "{unit}"'
-        )
-    if unit.startswith("@") or ".@" in unit or unit.split("@")[0].endswith("."):
-        return f'"{unit}" is not a valid unit name'
-    stem, _, suffix = unit.rpartition(".")
-    if stem.endswith("@"):
-        return f'"{unit}" is a template; name an instance such as "{stem}1.{suffix}"'
-    return None
-
-
 def validate_tenant_key(key: str) -> str | None:
     """The problem with a tenant key (a unit name, ``container:NAME``,
     ``compose:PROJECT/SERVICE``), or ``None`` when it is one."""
@@ -657,7 +637,7 @@ def validate_tenant_key(key: str) -> str | None:
     if ident.kind is TenantKind.COMPOSE:
         ok = COMPOSE_RE.fullmatch(ident.name) and len(ident.name) <= CONTAINER_NAME_MAX
         return None if ok else f'"{key}" is not a compose tenant'
-    return validate_unit_name(key)
+    return unitname.tenant_problem(key)
 
 
 def _tenant_key(table: _Table) -> str:
@@ -678,7 +658,7 @@ def _tenant_key(table: _Table) -> str:
     kind = named[0]
     name = table.get(kind, str, "")
     if kind == "unit":
-        problem = validate_unit_name(name)
+        problem = unitname.tenant_problem(name)
         if problem is None and any(name.startswith(p) for p in KEY_PREFIXES.values()):
             problem = f'"{name}": the prefix "{name.split(":")[0]}:" is kept for container tenants'
     elif kind == "container":

@@ -286,27 +286,6 @@ def test_owner_unit_for_a_manager(owner: Owner, manager: str, expected: str | No
     assert expected == owner.unit_for(manager)
 
 
-@pytest.mark.parametrize(
-    ("name", "expected"),
-    [
-        ("foo.service", True),
-        ("a:b-c_d.e\\x2d.socket", True),
-        ("getty@tty1.service", True),
-        ("user@1000.service", True),
-        ("-.slice", True),
-        ("foo@.service", False),  # a template
-        ("@x.service", False),
-        ("foo.unknown", False),
-        ("foo", False),
-        (".service", False),
-        ("a b.service", False),
-        ("x" * 250 + ".service", False),  # longer than systemd's 255
-    ],
-)
-def test_unit_name_is_valid_as_systemd_says(name: str, expected: bool) -> None:
-    assert expected == procfs.unit_name_is_valid(name)
-
-
 # meminfo and PSI --------------------------------------------------------------------
 
 MEMINFO = """\

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from vramwatch import unitname
 from vramwatch.model import HostSample, Owner
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -25,25 +26,6 @@ RSS_SOURCE = "rss-anon+shmem"
 RSS_PARTIAL_SOURCE = "rss-anon+shmem (partial)"  # some of its processes were unreadable
 
 _USER_MANAGER_RE = re.compile(r"user@(\d+)\.service")
-# systemd's unit types (unit_type_from_string) and the characters a unit name
-# may hold (VALID_CHARS in unit-name.h), "@" once for a template instance.
-_UNIT_TYPES = frozenset(
-    (
-        "service",
-        "socket",
-        "target",
-        "device",
-        "mount",
-        "automount",
-        "swap",
-        "timer",
-        "path",
-        "slice",
-        "scope",
-    )
-)
-_UNIT_NAME_RE = re.compile(r"[A-Za-z0-9:_.\\-]+(?:@[A-Za-z0-9:_.\\@-]+)?\.([a-z]+)")
-_UNIT_NAME_MAX = 255
 
 # A container's cgroup, by runtime and cgroup driver (a path component):
 #   docker-<id>.scope   Docker, systemd driver (v1 and v2; rootless under user.slice)
@@ -270,15 +252,9 @@ def _stat_fields_slow(text: str, keys: tuple[str, ...]) -> list[int] | None:
     return [found[k] for k in keys]
 
 
-def unit_name_is_valid(name: str) -> bool:
-    """systemd's ``unit_name_is_valid()`` for a plain or instance name (no template)."""
-    match = _UNIT_NAME_RE.fullmatch(name)
-    return match is not None and match[1] in _UNIT_TYPES and len(name) <= _UNIT_NAME_MAX
-
-
 def _is_slice(component: str) -> bool:
     name = cg_unescape(component)
-    return name.endswith(".slice") and "@" not in name and unit_name_is_valid(name)
+    return name.endswith(".slice") and "@" not in name and unitname.is_valid(name)
 
 
 def _unit_of(parts: list[str]) -> tuple[str | None, int]:
@@ -292,7 +268,7 @@ def _unit_of(parts: list[str]) -> tuple[str | None, int]:
     if i == len(parts):
         return None, i
     name = cg_unescape(parts[i])
-    if not unit_name_is_valid(name) or name.endswith(".slice"):
+    if not unitname.is_valid(name) or name.endswith(".slice"):
         return None, i
     return name, i + 1
 
@@ -731,7 +707,7 @@ class ProcFs:
                 elif (
                     not inside
                     and want_manager is not None
-                    and not unit_name_is_valid(cg_unescape(name))
+                    and not unitname.is_valid(cg_unescape(name))
                 ):
                     # Test beds and containers put the user manager under a plain
                     # directory; keep looking for it there.
