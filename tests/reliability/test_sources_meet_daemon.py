@@ -24,8 +24,9 @@ from vramwatch.daemon import Daemon
 from vramwatch.events import EventLog
 from vramwatch.model import Verb
 from vramwatch.sampler import Sampler
+from vramwatch.sources.cgroups import CgroupLayout
 from vramwatch.sources.nvml import NvmlSource
-from vramwatch.sources.procfs import CgroupLayout, ProcFs
+from vramwatch.sources.procfs import ProcFs
 from vramwatch.systemd import JobOutcome
 
 S = 10**9
