@@ -42,7 +42,9 @@ class HeldCgroups:
         self._by_cgroup: dict[str, _Held] = {}
         self._fds = 0
         self._budget = 0
-        self._with_memory = False
+        # Whether a held cgroup's memory.stat is held too (the memory tree is the
+        # tracking tree): else memory_stat() never has one.
+        self.with_memory = False
 
     def enable(self, layout: CgroupLayout, fd_budget: int) -> None:
         """Hold located units' cgroups from now on, within ``fd_budget``
@@ -52,7 +54,7 @@ class HeldCgroups:
             return
         self._budget = fd_budget
         memory = layout.memory
-        self._with_memory = memory is not None and os.path.realpath(memory) == tracking
+        self.with_memory = memory is not None and os.path.realpath(memory) == tracking
 
     def hold(self, key: UnitKey, where: UnitCgroup) -> None:
         """Open a just-located unit's cgroup to be read again next ticks (best effort)."""
@@ -67,7 +69,7 @@ class HeldCgroups:
                 os.close(fd)
             return
         stat_fd = None
-        if self._with_memory:
+        if self.with_memory:
             try:
                 stat_fd = os.open(f"{where.path}/memory.stat", os.O_RDONLY | os.O_CLOEXEC)
             except OSError:  # no memory controller there: its RAM reads as before

@@ -233,17 +233,19 @@ class ProcFs:
 
     def cgroup_ram(self, cgroup: str | UnitCgroup) -> tuple[int | None, str] | None:
         """A unit's RAM from its memory cgroup (see unit_ram()), or None when it has none."""
-        where = self._where(cgroup)
-        text = where.memory_stat
-        try:
-            if text is None:
-                text = self._held.memory_stat(where.cgroup)
-        except OSError:  # removed since it was located: read as without a held one
-            text = None
+        if isinstance(cgroup, UnitCgroup):
+            name, text = cgroup.cgroup, cgroup.memory_stat
+        else:
+            name, text = cgroup, None
+        if text is None and self._held.with_memory:
+            try:
+                text = self._held.memory_stat(name)
+            except OSError:  # removed since it was located: read as without a held one
+                text = None
         if text is not None:
             ram = cgroups.stat_ram(text)
             return (None, "") if ram is None else (ram, cgroups.V2_SOURCE)
-        return cgroups.cgroup_ram(self.layout, where.cgroup)
+        return cgroups.cgroup_ram(self.layout, name)
 
     def rss_sum(self, pids: Iterable[int]) -> tuple[int, str]:
         """RAM summed over processes: RssAnon + RssShmem (see unit_ram())."""
