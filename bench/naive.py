@@ -14,7 +14,7 @@ import psutil
 from vramwatch.config import Config
 from vramwatch.model import GpuProcess, GpuSample, HostSample, Owner, Snapshot, UnitUsage
 from vramwatch.sampler import manager_for
-from vramwatch.sources.procfs import parse_proc_cgroup
+from vramwatch.sources.cgroups import parse_proc_cgroup
 from vramwatch.sources.worker import GpuSource
 
 

@@ -148,7 +148,7 @@ def v2_memory_tree(world: World, root: Path) -> None:
 
 
 def read_us(path: str, reads: int = 2000) -> float:
-    """Median CPU us of opening and reading a whole file (as procfs._read does)."""
+    """Median CPU us of opening and reading a whole file (as kernfs.read does)."""
     cpus: list[int] = []
     for _ in range(reads):
         c0 = time.thread_time_ns()
@@ -234,7 +234,8 @@ def run_layout(
     layout: str, work: Path, state: FakeNvmlState, args: argparse.Namespace
 ) -> list[str]:
     """The grid on one layout; returns the lines to print after the table."""
-    from vramwatch.sources.procfs import CgroupLayout, ProcFs
+    from vramwatch.sources.cgroups import CgroupLayout
+    from vramwatch.sources.procfs import ProcFs
 
     host_layout = CgroupLayout.detect()
     memory = work / f"memory-{layout}"

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from vramwatch.sources.procfs import CgroupLayout
+from vramwatch.sources.cgroups import CgroupLayout
 
 # Forks N children that sleep until killed; prints their PIDs, one a line.
 SPAWNER = r"""

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vramwatch import security, units
+from vramwatch import security, unitname, units
 from vramwatch.model import KEY_PREFIXES, GpuSample, TenantId, TenantKind, Verb
 
 DEFAULT_PATH = Path("/etc/vramwatch.toml")
@@ -35,10 +35,6 @@ CONFIG_ENV = "VRAMWATCH_CONFIG"
 # SIGHUP must not make the daemon read a runaway file into memory).
 MAX_CONFIG_BYTES = 1024 * 1024
 
-# systemd's unit name grammar (unit_name_is_valid): [a-zA-Z0-9:_.\-@]+, at most
-# 255 bytes, with a known suffix. vramwatch acts on services and scopes only.
-UNIT_NAME_RE = re.compile(r"[A-Za-z0-9:_.\\@-]+\.(service|scope)")
-UNIT_NAME_MAX = 255
 
 BUSES = ("system", "user")
 VERBS = tuple(verb.value for verb in Verb)
@@ -250,21 +246,6 @@ def _socket(text: str) -> str:
     return text
 
 
-def validate_unit_name(unit: str) -> str | None:
-    """The problem with a unit name, or ``None`` when systemd would accept it."""
-    if len(unit.encode()) > UNIT_NAME_MAX or not UNIT_NAME_RE.fullmatch(unit):
-        return (
-            f'expected a systemd unit name such as "llama-server.service" or "job.scope", '
-            f'got "{unit}"'
-        )
-    if unit.startswith("@") or ".@" in unit or unit.split("@")[0].endswith("."):
-        return f'"{unit}" is not a valid unit name'
-    stem, _, suffix = unit.rpartition(".")
-    if stem.endswith("@"):
-        return f'"{unit}" is a template; name an instance such as "{stem}1.{suffix}"'
-    return None
-
-
 def _is_container_name(name: str) -> bool:
     return bool(CONTAINER_NAME_RE.fullmatch(name)) and len(name) <= CONTAINER_NAME_MAX
 
@@ -281,7 +262,7 @@ def validate_tenant_key(key: str) -> str | None:
         return None if _is_container_name(ident.name) else f'"{key}" is not a container tenant'
     if ident.kind is TenantKind.COMPOSE:
         return None if _is_compose_name(ident.name) else f'"{key}" is not a compose tenant'
-    return validate_unit_name(key)
+    return unitname.tenant_problem(key)
 
 
 def _tenant_name_problem(kind: TenantKind, name: str) -> str | None:
@@ -294,7 +275,7 @@ def _tenant_name_problem(kind: TenantKind, name: str) -> str | None:
         if _is_compose_name(name):
             return None
         return f'expected PROJECT/SERVICE such as "immich/immich-machine-learning", got "{name}"'
-    problem = validate_unit_name(name)
+    problem = unitname.tenant_problem(name)
     if problem is None and any(name.startswith(p) for p in KEY_PREFIXES.values()):
         problem = f'"{name}": the prefix "{name.split(":")[0]}:" is kept for container tenants'
     return problem

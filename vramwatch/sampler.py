@@ -25,6 +25,7 @@ from vramwatch.model import (
     Snapshot,
     UnitUsage,
 )
+from vramwatch.sources.cgroups import UnitCgroup
 from vramwatch.sources.containers import Catalog, Engine, EngineError
 from vramwatch.sources.procfs import RSS_SOURCE, ProcFs
 from vramwatch.sources.worker import DeadlineGpuSource, GpuSource, KeepAlive
@@ -434,7 +435,7 @@ class Sampler:
         )
 
     def _unit_ram(
-        self, unit: str, cgroup: str, now_ns: int, relaxed: bool, want: bool
+        self, unit: str, cgroup: UnitCgroup, now_ns: int, relaxed: bool, want: bool
     ) -> tuple[tuple[int, ...], int | None, str]:
         """A located unit's PIDs (``()`` when not read), RAM and its source."""
         last = self._rss.get(unit)

@@ -41,7 +41,7 @@ def test_a_vram_hog_is_restarted_on_a_pure_cgroup_v2_layout(v2_bed: Bed) -> None
         [
             str(bed.vramwatch.parent / "python"),
             "-c",
-            "from vramwatch.sources.procfs import CgroupLayout; print(CgroupLayout.detect().mode)",
+            "from vramwatch.sources.cgroups import CgroupLayout; print(CgroupLayout.detect().mode)",
         ]
     )
     bed.gpu(total_mib=15360)

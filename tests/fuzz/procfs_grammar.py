@@ -28,7 +28,8 @@ from hypothesis import strategies as st
 from vramwatch import config as cfg
 from vramwatch.model import GpuProcess, GpuSample, Snapshot
 from vramwatch.sampler import Sampler
-from vramwatch.sources.procfs import CgroupLayout, ProcFs
+from vramwatch.sources.cgroups import CgroupLayout
+from vramwatch.sources.procfs import ProcFs
 
 # Above the kernel's pid_max (2**22): pidfd_open() can never reach a real process.
 PID_BASE = 5_000_000

@@ -16,8 +16,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from vramwatch.config import validate_unit_name
 from vramwatch.state import FILE_NAME, MAX_TIMES_PER_UNIT, StateStore
+from vramwatch.unitname import tenant_problem
 
 NOW_MONO = 5_000 * 10**9
 NOW_WALL = 1_700_000_000 * 10**9
@@ -106,7 +106,7 @@ def check_state(directory: Path, raw: bytes) -> str:
     )
     restored = store.load()
     for unit, times in restored.actions_ns.items():
-        assert validate_unit_name(unit) is None, unit
+        assert tenant_problem(unit) is None, unit
         assert 0 < len(times) <= MAX_TIMES_PER_UNIT, (unit, times)
         assert all(isinstance(t, int) and t <= NOW_MONO for t in times), (unit, times)
         assert list(times) == sorted(times)

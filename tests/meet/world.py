@@ -29,7 +29,8 @@ from vramwatch.daemon import Daemon, Ports
 from vramwatch.events import EventLog
 from vramwatch.model import GpuProcess, GpuSample, JobOutcome, Verb
 from vramwatch.sampler import Sampler
-from vramwatch.sources.procfs import CgroupLayout, ProcFs
+from vramwatch.sources.cgroups import CgroupLayout
+from vramwatch.sources.procfs import ProcFs
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB

@@ -17,8 +17,9 @@ from tests.fakenvml import FakeNvmlState
 from tests.sources.test_sampler import CONFIG, gpus, world
 from vramwatch.model import Snapshot
 from vramwatch.sampler import Sampler
+from vramwatch.sources.kernfs import CLK_TCK
 from vramwatch.sources.nvml import NvmlSource
-from vramwatch.sources.procfs import CLK_TCK, ProcFs
+from vramwatch.sources.procfs import ProcFs
 
 MIB = 1024 * 1024
 HOG = "immich-ml.service"  # pids 4242 (8000 MiB) and 4243 (2700 MiB)

@@ -24,8 +24,9 @@ from vramwatch.daemon import Daemon, Ports
 from vramwatch.events import EventLog
 from vramwatch.model import JobOutcome, Verb
 from vramwatch.sampler import Sampler
+from vramwatch.sources.cgroups import CgroupLayout
 from vramwatch.sources.nvml import NvmlSource
-from vramwatch.sources.procfs import CgroupLayout, ProcFs
+from vramwatch.sources.procfs import ProcFs
 
 S = 10**9
 GIB = 2**30

@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from vramwatch.sources.procfs import CgroupLayout
+from vramwatch.sources.cgroups import CgroupLayout
 
 
 def v2_root() -> Path:

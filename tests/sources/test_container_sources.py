@@ -17,9 +17,10 @@ from vramwatch.model import ContainerInfo, Owner
 from vramwatch.policy import biggest_users
 from vramwatch.sampler import Sampler
 from vramwatch.sources import containers
+from vramwatch.sources.cgroups import CgroupLayout, parse_proc_cgroup
 from vramwatch.sources.containers import Catalog, Engine, EngineError
 from vramwatch.sources.nvml import NvmlSource
-from vramwatch.sources.procfs import CgroupLayout, ProcFs, parse_proc_cgroup
+from vramwatch.sources.procfs import ProcFs
 
 UUID = "GPU-8f1c2a3e-0000-0000-0000-000000000000"
 ML = "a1" * 32  # immich/immich-machine-learning, systemd cgroup driver

@@ -21,9 +21,9 @@ from vramwatch import config as cfg
 from vramwatch import sampler as sampler_module
 from vramwatch.model import Snapshot
 from vramwatch.sampler import Sampler
-from vramwatch.sources import procfs
+from vramwatch.sources.cgroups import CgroupLayout
 from vramwatch.sources.nvml import NvmlSource
-from vramwatch.sources.procfs import CgroupLayout, ProcFs
+from vramwatch.sources.procfs import ProcFs
 
 UUID = "GPU-8f1c2a3e-0000-0000-0000-000000000000"
 S = 10**9
@@ -74,11 +74,31 @@ def test_a_held_unit_is_read_again_without_opening_or_stating_a_file(
     monkeypatch.setattr(os, "stat", stating)
 
     again = fs.locate_unit("a.service", "system", S)
-    pids = fs.unit_pids(cgroup)
+    assert again is not None
+    pids = fs.unit_pids(again)
     monkeypatch.undo()
     fs.close()
 
-    assert (cgroup, [first, second], []) == (again, sorted(pids), calls)
+    assert (cgroup.cgroup, [first, second], []) == (again.cgroup, sorted(pids), calls)
+
+
+def test_a_held_cgroup_asked_for_by_its_path_is_read_as_it_is_now(units: Units) -> None:
+    """Issue 24, item 6: a check through held descriptors read the unit's cgroup.procs
+    and left it for the next unit_pids() of that path, however much later: a process
+    that joined since was missed. Now the read travels in the value locate_unit()
+    returns; a cgroup asked for by its path is read as it is."""
+    first, second = units.spawn(), units.spawn()
+    units.place("a.service", first)
+    fs = ProcFs(layout=units.layout)
+    fs.hold(64)
+    fs.locate_unit("a.service", "system", 0)  # found by a walk, and held
+    fs.locate_unit("a.service", "system", S)  # its held cgroup.procs read
+    units.place("a.service", second)  # a process joins
+
+    actual = fs.unit_pids(f"/{units.slice.name}/a.service")
+    fs.close()
+
+    assert [first, second] == sorted(actual)
 
 
 def test_ticks_read_through_held_cgroups_are_what_reading_afresh_gives(
@@ -236,18 +256,18 @@ def test_without_pids_a_held_unit_is_checked_without_reading_its_cgroup_procs(
     sampler = Sampler(NvmlSource(), ProcFs(layout=CgroupLayout("v2", units.root, memory)))
     conf = config("a.service")
     reads: list[str] = []
-    real_read, real_pread = procfs._read, procfs._pread
+    real_open, real_pread = os.open, os.pread
 
-    def read(path: Path | str, short_is_whole: bool = True) -> str | None:
-        reads.append(str(path))
-        return real_read(path, short_is_whole)
+    def opening(path: Any, *args: Any, **kwargs: Any) -> int:
+        reads.append(os.fspath(path))
+        return real_open(path, *args, **kwargs)
 
-    def pread(fd: int) -> str:
+    def pread(fd: int, n: int, offset: int) -> bytes:
         reads.append(f"fd {fd}")
-        return real_pread(fd)
+        return real_pread(fd, n, offset)
 
-    monkeypatch.setattr(procfs, "_read", read)
-    monkeypatch.setattr(procfs, "_pread", pread)
+    monkeypatch.setattr(os, "open", opening)
+    monkeypatch.setattr(os, "pread", pread)
     try:
         sampler.sample(conf, 0)  # located and held
         reads.clear()

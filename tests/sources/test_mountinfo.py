@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = """
 import json, os, subprocess, sys
-from vramwatch.sources.procfs import _cgroup2_mounts
+from vramwatch.sources.kernfs import cgroup2_mounts
 
 base = sys.argv[1]
 
@@ -41,7 +41,7 @@ for name, length in (("long", 3900), ("medium", 1400), ("long2", 2900)):
 cg = os.path.join(base, "cg")
 os.makedirs(cg)
 subprocess.run(["mount", "-t", "cgroup2", "none", cg], check=True)
-print(json.dumps({"cg": cg, "found": sorted(_cgroup2_mounts())}))
+print(json.dumps({"cg": cg, "found": sorted(cgroup2_mounts())}))
 """
 
 

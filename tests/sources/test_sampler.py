@@ -13,9 +13,9 @@ from tests.fakenvml import FakeGpu, FakeNvmlState, FakeProcess, mib
 from vramwatch import config as cfg
 from vramwatch.model import Owner
 from vramwatch.sampler import Sampler
-from vramwatch.sources import procfs
+from vramwatch.sources.cgroups import CgroupLayout
 from vramwatch.sources.nvml import NvmlSource
-from vramwatch.sources.procfs import CgroupLayout, ProcFs
+from vramwatch.sources.procfs import ProcFs
 
 UUID = "GPU-8f1c2a3e-0000-0000-0000-000000000000"
 CONFIG = cfg.parse(
@@ -290,7 +290,7 @@ def test_a_tenant_s_pids_are_not_read_when_its_memory_cgroup_gives_its_ram(
     whether its cgroup is read afresh or through held descriptors."""
     cg = pids_world(tmp_path)
     if held:  # the fixture tree taken for a cgroup v2 mount: its files are held open
-        monkeypatch.setattr(procfs, "_cgroup2_mounts", lambda: frozenset({str(cg)}))
+        monkeypatch.setattr("vramwatch.sources.held.cgroup2_mounts", lambda: frozenset({str(cg)}))
     fake_nvml.write([FakeGpu(UUID, mib(15360))])
     sampler = Sampler(NvmlSource(), ProcFs(tmp_path / "proc", layout=CgroupLayout("v2", cg, cg)))
 

@@ -15,8 +15,10 @@ from tests.fakenvml import FakeGpu, FakeNvmlState, FakeProcess, mib
 from vramwatch import config as cfg
 from vramwatch import sampler as sampler_module
 from vramwatch.sampler import IDENTITY_TTL_NS, RSS_RELAXED_NS, Sampler
+from vramwatch.sources.cgroups import CgroupLayout, parse_proc_cgroup
+from vramwatch.sources.kernfs import PAGE_SIZE
 from vramwatch.sources.nvml import NvmlSource
-from vramwatch.sources.procfs import PAGE_SIZE, CgroupLayout, ProcFs, parse_proc_cgroup
+from vramwatch.sources.procfs import ProcFs
 
 UUID = "GPU-8f1c2a3e-0000-0000-0000-000000000000"
 S = 10**9

@@ -22,20 +22,21 @@ from hypothesis import strategies as st
 from tests.fakenvml import FakeGpu, FakeNvmlState, FakeProcess, mib
 from vramwatch import config as cfg
 from vramwatch.sampler import Sampler
-from vramwatch.sources import procfs
+from vramwatch.sources import cgroups, kernfs
+from vramwatch.sources.cgroups import CgroupLayout
 from vramwatch.sources.nvml import NvmlSource
-from vramwatch.sources.procfs import CgroupLayout, ProcFs
+from vramwatch.sources.procfs import ProcFs
 
 UUID = "GPU-8f1c2a3e-0000-0000-0000-000000000000"
 S = 10**9
 
 
 def reference_stat_fields(text: str, keys: tuple[str, ...]) -> list[int] | None:
-    """procfs._stat_fields before issue 17: every line split."""
+    """cgroups.stat_fields before issue 17: every line split."""
     found: dict[str, int] = {}
     for line in text.splitlines():
         name, _, value = line.partition(" ")
-        number = procfs._counter(value.strip()) if name in keys else None
+        number = kernfs.counter(value.strip()) if name in keys else None
         if number is not None:
             found[name] = number
     if len(found) != len(keys):
@@ -60,7 +61,7 @@ def test_memory_stat_fields_are_what_splitting_every_line_gives(
 ) -> None:
     expected = reference_stat_fields(text, keys)
 
-    actual = procfs._stat_fields(text, keys)
+    actual = cgroups.stat_fields(text, keys)
 
     assert expected == actual
 
@@ -79,9 +80,9 @@ _meminfo_text = st.lists(
 @given(_meminfo_text)
 def test_meminfo_restricted_to_keys_is_the_full_parse_restricted(text: str) -> None:
     keys = frozenset(("MemTotal", "MemAvailable", "SwapTotal", "SwapFree"))
-    expected = {k: v for k, v in procfs.parse_meminfo(text).items() if k in keys}
+    expected = {k: v for k, v in kernfs.parse_meminfo(text).items() if k in keys}
 
-    actual = procfs.parse_meminfo(text, keys)
+    actual = kernfs.parse_meminfo(text, keys)
 
     assert expected == actual
 
@@ -89,9 +90,9 @@ def test_meminfo_restricted_to_keys_is_the_full_parse_restricted(text: str) -> N
 @given(st.lists(st.sampled_from(["1", "42", "007", "²", "x", "", "123456789012345678901"])))
 def test_cgroup_procs_parse_skips_what_is_not_a_pid(tokens: list[str]) -> None:
     text = "".join(f"{t}\n" for t in tokens)
-    expected = tuple(p for t in text.split() if (p := procfs._counter(t)) is not None)
+    expected = tuple(p for t in text.split() if (p := kernfs.counter(t)) is not None)
 
-    actual = procfs._pids(text)
+    actual = cgroups.parse_procs(text)
 
     assert expected == actual
 

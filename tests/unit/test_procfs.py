@@ -1,8 +1,8 @@
-"""sources/procfs.py on fixture /proc and cgroup trees under tmp_path."""
+"""sources/procfs.py (ProcFs, what the sampler reads through) on fixture /proc and
+cgroup trees under tmp_path; the fixture helpers of tests/unit/test_cgroups.py too."""
 
 from __future__ import annotations
 
-import builtins
 import errno
 import os
 from pathlib import Path
@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
+from tests.unit.test_kernfs import MEMINFO, PSI
 from vramwatch.model import HostSample, Owner
-from vramwatch.sources import procfs
-from vramwatch.sources.procfs import PAGE_SIZE, CgroupLayout, ProcFs
+from vramwatch.sources.cgroups import CgroupLayout
+from vramwatch.sources.kernfs import PAGE_SIZE
+from vramwatch.sources.procfs import ProcFs
 
 KB = 1024
 SYSTEM_FOO = "/system.slice/foo.service"
@@ -99,268 +101,7 @@ def v1_fs(tmp_path: Path) -> ProcFs:
     return ProcFs(tmp_path / "proc", layout=CgroupLayout("v1", root / "systemd", None))
 
 
-# /proc/PID/cgroup ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        (v2(SYSTEM_FOO), Owner(SYSTEM_FOO, "foo.service", "system")),
-        (v1(SYSTEM_FOO), Owner(SYSTEM_FOO, "foo.service", "system")),
-        # hybrid: systemd tracks units in name=systemd; the v2 line is "/" or a mirror
-        (v1(SYSTEM_FOO, unified="/"), Owner(SYSTEM_FOO, "foo.service", "system")),
-        (v1(SYSTEM_FOO, unified=SYSTEM_FOO), Owner(SYSTEM_FOO, "foo.service", "system")),
-        (v2(USER_X), Owner(USER_X, "x.service", "user@1000")),
-        (v1(USER_X), Owner(USER_X, "x.service", "user@1000")),
-        (
-            v2("/user.slice/user-1000.slice/user@1000.service/init.scope"),
-            Owner(
-                "/user.slice/user-1000.slice/user@1000.service/init.scope",
-                "init.scope",
-                "user@1000",
-            ),
-        ),
-        # no user unit can be named: the process is the system unit user@1000.service's
-        (
-            v2("/user.slice/user-1000.slice/user@1000.service/app.slice"),
-            Owner(
-                "/user.slice/user-1000.slice/user@1000.service/app.slice",
-                "user@1000.service",
-                "system",
-            ),
-        ),
-        (
-            v2("/user.slice/user-1000.slice/user@1000.service/worker/3"),
-            Owner(
-                "/user.slice/user-1000.slice/user@1000.service/worker/3",
-                "user@1000.service",
-                "system",
-            ),
-        ),
-        # the user manager itself is a system unit
-        (
-            v2("/user.slice/user-1000.slice/user@1000.service"),
-            Owner("/user.slice/user-1000.slice/user@1000.service", "user@1000.service", "system"),
-        ),
-        (
-            v2("/user.slice/user-1000.slice/session-3.scope"),
-            Owner("/user.slice/user-1000.slice/session-3.scope", "session-3.scope", "system"),
-        ),
-        (
-            v2("/system.slice/docker-4f3c2a.scope"),
-            Owner("/system.slice/docker-4f3c2a.scope", "docker-4f3c2a.scope", "system"),
-        ),
-        # the first unit below the slices owns every cgroup below it, whatever its name
-        # (systemd's cg_path_get_unit): a Delegate=yes unit's payload is its own
-        (v2(SYSTEM_FOO + "/worker/3"), Owner(SYSTEM_FOO + "/worker/3", "foo.service", "system")),
-        (
-            v2(SYSTEM_FOO + "/payload.scope"),
-            Owner(SYSTEM_FOO + "/payload.scope", "foo.service", "system"),
-        ),
-        (
-            v2("/system.slice/batch.service/ollama.service"),
-            Owner("/system.slice/batch.service/ollama.service", "batch.service", "system"),
-        ),
-        (
-            v1("/system.slice/batch.service/ollama.service"),
-            Owner("/system.slice/batch.service/ollama.service", "batch.service", "system"),
-        ),
-        # a user manager below a delegated unit is that unit's payload, no user manager
-        (
-            v2("/system.slice/batch.service/user@1000.service/app.slice/x.service"),
-            Owner(
-                "/system.slice/batch.service/user@1000.service/app.slice/x.service",
-                "batch.service",
-                "system",
-            ),
-        ),
-        # an nspawn container's whole tree, its own slices and services included
-        (
-            v2("/machine.slice/systemd-nspawn@c1.service/payload/system.slice/ollama.service"),
-            Owner(
-                "/machine.slice/systemd-nspawn@c1.service/payload/system.slice/ollama.service",
-                "systemd-nspawn@c1.service",
-                "system",
-            ),
-        ),
-        # every unit type systemd puts processes in, not only services and scopes
-        (
-            v2("/system.slice/sshd.socket"),
-            Owner("/system.slice/sshd.socket", "sshd.socket", "system"),
-        ),
-        (
-            v2("/system.slice/mnt-data.mount"),
-            Owner("/system.slice/mnt-data.mount", "mnt-data.mount", "system"),
-        ),
-        (
-            v2("/system.slice/dev-sda2.swap"),
-            Owner("/system.slice/dev-sda2.swap", "dev-sda2.swap", "system"),
-        ),
-        # a user unit below its own delegated sub-cgroups and user slices
-        (
-            v2(
-                "/user.slice/user-1000.slice/user@1000.service/app.slice/"
-                "app-gnome.slice/llm.service/runner/ollama.service"
-            ),
-            Owner(
-                "/user.slice/user-1000.slice/user@1000.service/app.slice/"
-                "app-gnome.slice/llm.service/runner/ollama.service",
-                "llm.service",
-                "user@1000",
-            ),
-        ),
-        # a first component that is no slice and no unit: systemd names no unit
-        (v2("/kthreadd"), Owner("/kthreadd", None, "system")),
-        (
-            v2("/docker/4f3c2a/system.slice/foo.service"),
-            Owner("/docker/4f3c2a/system.slice/foo.service", None, "system"),
-        ),
-        (
-            v2("/system.slice/foo@.service"),  # a template is no unit
-            Owner("/system.slice/foo@.service", None, "system"),
-        ),
-        (
-            v2("/system.slice/worker@2.service"),
-            Owner("/system.slice/worker@2.service", "worker@2.service", "system"),
-        ),
-        (v2(SYSTEM_FOO + " (deleted)"), Owner(SYSTEM_FOO, "foo.service", "system")),
-        (v2("/"), Owner("/", None, "system")),
-        (v2("/init.scope"), Owner("/init.scope", "init.scope", "system")),
-        (
-            v2("/kubepods.slice/kubepods-pod1.slice"),
-            Owner("/kubepods.slice/kubepods-pod1.slice", None, "system"),
-        ),
-        # colons are legal in unit names and cgroup paths
-        (
-            v2("/system.slice/a:b.service"),
-            Owner("/system.slice/a:b.service", "a:b.service", "system"),
-        ),
-        ("", None),
-        ("12:memory:/system.slice/foo.service\n", None),
-    ],
-)
-def test_parse_proc_cgroup_finds_the_innermost_unit_and_its_manager(
-    text: str, expected: Owner | None
-) -> None:
-    actual = procfs.parse_proc_cgroup(text)
-
-    assert expected == actual
-
-
-@pytest.mark.parametrize(
-    ("owner", "expected"),
-    [
-        (Owner(SYSTEM_FOO, "foo.service", "system"), "foo.service"),
-        (Owner("/", None, "system"), "cgroup /"),
-    ],
-)
-def test_owner_label_is_the_unit_or_the_cgroup(owner: Owner, expected: str) -> None:
-    assert expected == owner.label()
-
-
-def test_parse_proc_cgroup_unescapes_systemd_cgroup_names() -> None:
-    """systemd escapes unit cgroups that start with "_" or "." or a controller name."""
-    actual = procfs.parse_proc_cgroup(v2("/system.slice/_cpu.service"))
-
-    assert "cpu.service" == actual.unit  # type: ignore[union-attr]
-
-
-def test_parse_proc_cgroup_unescapes_slices_before_skipping_them() -> None:
-    actual = procfs.parse_proc_cgroup(v2("/_cpu.slice/_io.service/x.service"))
-
-    assert Owner("/_cpu.slice/_io.service/x.service", "io.service", "system") == actual
-
-
-@pytest.mark.parametrize(
-    ("owner", "manager", "expected"),
-    [
-        (Owner(SYSTEM_FOO, "foo.service", "system"), "system", "foo.service"),
-        (Owner(SYSTEM_FOO, "foo.service", "system"), "user@1000", None),
-        # on the system manager every process of a user manager is user@UID.service's
-        (Owner(USER_X, "x.service", "user@1000"), "system", "user@1000.service"),
-        (Owner(USER_X, "x.service", "user@1000"), "user@1000", "x.service"),
-        (Owner(USER_X, "x.service", "user@1000"), "user@1001", None),
-        (Owner("/", None, "system"), "system", None),
-    ],
-)
-def test_owner_unit_for_a_manager(owner: Owner, manager: str, expected: str | None) -> None:
-    assert expected == owner.unit_for(manager)
-
-
-@pytest.mark.parametrize(
-    ("name", "expected"),
-    [
-        ("foo.service", True),
-        ("a:b-c_d.e\\x2d.socket", True),
-        ("getty@tty1.service", True),
-        ("user@1000.service", True),
-        ("-.slice", True),
-        ("foo@.service", False),  # a template
-        ("@x.service", False),
-        ("foo.unknown", False),
-        ("foo", False),
-        (".service", False),
-        ("a b.service", False),
-        ("x" * 250 + ".service", False),  # longer than systemd's 255
-    ],
-)
-def test_unit_name_is_valid_as_systemd_says(name: str, expected: bool) -> None:
-    assert expected == procfs.unit_name_is_valid(name)
-
-
-# meminfo and PSI --------------------------------------------------------------------
-
-MEMINFO = """\
-MemTotal:       65772132 kB
-MemFree:         1234567 kB
-MemAvailable:    3145728 kB
-Buffers:          123456 kB
-SwapTotal:       8388604 kB
-SwapFree:        8388000 kB
-HugePages_Total:       4
-Hugepagesize:       2048 kB
-Garbage line without a colon
-Weird:          notanumber kB
-"""
-
-PSI = """\
-some avg10=1.25 avg60=0.50 avg300=0.10 total=123456
-full avg10=0.40 avg60=0.20 avg300=0.05 total=65432
-"""
-
-
-def test_parse_meminfo_gives_bytes_by_field() -> None:
-    expected = {
-        "MemTotal": 65772132 * KB,
-        "MemFree": 1234567 * KB,
-        "MemAvailable": 3145728 * KB,
-        "Buffers": 123456 * KB,
-        "SwapTotal": 8388604 * KB,
-        "SwapFree": 8388000 * KB,
-        "HugePages_Total": 4,
-        "Hugepagesize": 2048 * KB,
-    }
-
-    actual = procfs.parse_meminfo(MEMINFO)
-
-    assert expected == actual
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        (PSI, (1.25, 0.40)),
-        ("some avg10=3.00 avg60=0.00 avg300=0.00 total=1\n", (3.0, None)),  # pre-5.x: no "full"
-        ("", (None, None)),
-        ("some total=1\n", (None, None)),
-    ],
-)
-def test_parse_psi_gives_some_and_full_avg10(
-    text: str, expected: tuple[float | None, float | None]
-) -> None:
-    actual = procfs.parse_psi(text)
-
-    assert expected == actual
+# host ------------------------------------------------------------------------------------
 
 
 def test_host_reads_meminfo_and_pressure(tmp_path: Path) -> None:
@@ -415,15 +156,16 @@ def test_host_with_psi_disabled_by_the_kernel_has_no_psi(
 ) -> None:
     """Kernels built with CONFIG_PSI_DEFAULT_DISABLED answer reads with EOPNOTSUPP."""
     write(tmp_path / "proc" / "meminfo", "MemTotal: 1000 kB\nMemAvailable: 500 kB\n")
-    write(tmp_path / "proc" / "pressure" / "memory", "")
-    real_open = builtins.open
+    write(tmp_path / "proc" / "pressure" / "memory", PSI)
+    real_read = os.read
+    psi = os.fspath(tmp_path / "proc" / "pressure" / "memory")
 
-    def psi_disabled_open(path: Any, *args: Any, **kwargs: Any) -> Any:
-        if str(path).endswith("pressure/memory"):
-            raise OSError(errno.EOPNOTSUPP, "Operation not supported", str(path))
-        return real_open(path, *args, **kwargs)
+    def psi_disabled_read(fd: int, n: int) -> bytes:
+        if os.readlink(f"/proc/self/fd/{fd}") == psi:
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+        return real_read(fd, n)
 
-    monkeypatch.setattr(procfs, "open", psi_disabled_open, raising=False)
+    monkeypatch.setattr(os, "read", psi_disabled_read)
 
     actual = v2_fs(tmp_path).host()
 
@@ -638,97 +380,6 @@ def unit_dir(root: Path, cgroup: str, procs: str = "", stat: str | None = None) 
 
 
 @pytest.mark.parametrize("make", [v2_fs, v1_fs], ids=["v2", "v1"])
-@pytest.mark.parametrize(
-    ("unit", "manager", "expected"),
-    [
-        ("foo.service", "system", SYSTEM_FOO),
-        ("x.service", "user@1000", USER_X),
-        ("init.scope", "system", "/init.scope"),
-        ("session-3.scope", "system", "/user.slice/user-1000.slice/session-3.scope"),
-        ("docker-4f3c2a.scope", "system", "/system.slice/docker-4f3c2a.scope"),
-        ("nested.service", "system", "/system.slice/a.slice/a-b.slice/nested.service"),
-        ("x.service", "system", None),  # only the user manager runs x.service
-        ("foo.service", "user@1000", None),  # only the system manager runs foo.service
-        ("x.service", "user@1001", None),
-        ("worker", "system", None),  # a sub-cgroup of foo.service, not a unit
-        ("absent.service", "system", None),
-        # a delegated unit's sub-cgroups are its payload, never a unit of their own
-        ("ollama.service", "system", None),
-        ("batch.service", "system", "/system.slice/batch.service"),
-        ("y.service", "user@1000", None),  # a user manager inside batch.service is no manager
-        # the user manager and a container are system units owning their whole tree
-        ("user@1000.service", "system", "/user.slice/user-1000.slice/user@1000.service"),
-        ("systemd-nspawn@c1.service", "system", "/machine.slice/systemd-nspawn@c1.service"),
-        ("inner.service", "system", None),
-        ("sshd.socket", "system", "/system.slice/sshd.socket"),
-    ],
-)
-def test_locate_unit_finds_system_and_user_units(
-    tmp_path: Path, make: Any, unit: str, manager: str, expected: str | None
-) -> None:
-    fs = make(tmp_path)
-    root = fs.layout.tracking
-    for cgroup in (
-        SYSTEM_FOO,
-        SYSTEM_FOO + "/worker",
-        USER_X,
-        "/init.scope",
-        "/user.slice/user-1000.slice/session-3.scope",
-        "/user.slice/user-1001.slice/user@1001.service/app.slice",
-        "/system.slice/docker-4f3c2a.scope",
-        "/system.slice/a.slice/a-b.slice/nested.service",
-        "/system.slice/batch.service/ollama.service",
-        "/system.slice/batch.service/user@1000.service/app.slice/y.service",
-        "/machine.slice/systemd-nspawn@c1.service/payload/system.slice/inner.service",
-        "/system.slice/sshd.socket",
-    ):
-        unit_dir(root, cgroup)
-
-    actual = fs.locate_unit(unit, manager, now_ns=0)
-
-    assert expected == actual
-
-
-def test_locate_unit_finds_a_user_manager_under_a_plain_directory(tmp_path: Path) -> None:
-    """Test beds and containers put user@UID.service below a directory that is no slice."""
-    fs = v2_fs(tmp_path)
-    unit_dir(fs.layout.tracking, "/sandbox/payload/user@1000.service/app.slice/x.service")
-
-    actual = fs.locate_unit("x.service", "user@1000", now_ns=0)
-
-    assert "/sandbox/payload/user@1000.service/app.slice/x.service" == actual
-
-
-def test_locate_unit_retries_a_missing_unit_only_every_ten_seconds(tmp_path: Path) -> None:
-    fs = v2_fs(tmp_path)
-    root = fs.layout.tracking
-    (root / "system.slice").mkdir()
-
-    first = fs.locate_unit("foo.service", "system", now_ns=0)
-    unit_dir(root, SYSTEM_FOO)  # the unit starts
-    soon = fs.locate_unit("foo.service", "system", now_ns=procfs.LOCATE_RETRY_NS - 1)
-    later = fs.locate_unit("foo.service", "system", now_ns=procfs.LOCATE_RETRY_NS)
-
-    assert (None, None, SYSTEM_FOO) == (first, soon, later)
-
-
-def test_locate_unit_follows_a_unit_that_moved_and_forget_drops_the_cache(tmp_path: Path) -> None:
-    fs = v2_fs(tmp_path)
-    root = fs.layout.tracking
-    old = unit_dir(root, SYSTEM_FOO)
-    assert SYSTEM_FOO == fs.locate_unit("foo.service", "system", now_ns=0)
-
-    old.joinpath("cgroup.procs").unlink()
-    old.rmdir()
-    unit_dir(root, "/system.slice/app.slice/foo.service")
-    moved = fs.locate_unit("foo.service", "system", now_ns=1)
-    fs.forget("foo.service", "system")
-    again = fs.locate_unit("foo.service", "system", now_ns=2)
-
-    assert ("/system.slice/app.slice/foo.service",) * 2 == (moved, again)
-
-
-@pytest.mark.parametrize("make", [v2_fs, v1_fs], ids=["v2", "v1"])
 def test_unit_pids_include_every_sub_cgroup(tmp_path: Path, make: Any) -> None:
     fs = make(tmp_path)
     root = fs.layout.tracking
@@ -747,6 +398,42 @@ def test_unit_pids_of_a_vanished_unit_is_empty(tmp_path: Path) -> None:
     actual = v2_fs(tmp_path).unit_pids(SYSTEM_FOO)
 
     assert () == actual
+
+
+def test_a_cgroup_s_pids_are_read_as_it_is_now_whatever_locate_unit_read_before(
+    tmp_path: Path,
+) -> None:
+    """Issue 24, item 6: locate_unit() kept what it read (the directory's link count:
+    no sub-cgroup) for the next unit_pids() of that path to take, whoever called it
+    and however much later. What it read is now in the value it returns; a cgroup
+    asked for by its path is read as it is."""
+    fs = v2_fs(tmp_path)
+    unit_dir(fs.layout.tracking, SYSTEM_FOO, "10\n")
+    fs.locate_unit("foo.service", "system", 0)  # found by a walk
+    fs.locate_unit("foo.service", "system", 1, pids=False)  # found where it was: one stat
+    unit_dir(fs.layout.tracking, SYSTEM_FOO + "/worker", "11\n")  # then a sub-cgroup
+
+    actual = fs.unit_pids(SYSTEM_FOO)
+
+    assert [10, 11] == sorted(actual)
+
+
+def test_a_located_cgroup_is_read_with_what_locating_it_read_in_any_order(
+    tmp_path: Path,
+) -> None:
+    """Two units located, then read the other way round: each value reads its own."""
+    fs = v2_fs(tmp_path)
+    unit_dir(fs.layout.tracking, SYSTEM_FOO, "10\n")
+    unit_dir(fs.layout.tracking, SYSTEM_FOO + "/worker", "11\n")
+    unit_dir(fs.layout.tracking, "/system.slice/bar.service", "20\n")
+    for now in (0, 1):  # the second time, each is found where it was
+        foo = fs.locate_unit("foo.service", "system", now)
+        bar = fs.locate_unit("bar.service", "system", now)
+    assert foo is not None and bar is not None
+
+    actual = (fs.unit_pids(bar), sorted(fs.unit_pids(foo)))
+
+    assert ((20,), [10, 11]) == actual
 
 
 def test_unit_ram_on_v2_is_anon_plus_shmem_of_memory_stat(tmp_path: Path) -> None:
@@ -882,43 +569,7 @@ def test_a_memory_stat_without_its_fields_is_unknown(tmp_path: Path) -> None:
     assert (None, "") == actual
 
 
-# CgroupLayout.detect ----------------------------------------------------------------------
-
-
-def test_detect_pure_v2(tmp_path: Path) -> None:
-    write(tmp_path / "cgroup.controllers", "cpuset cpu io memory pids\n")
-
-    actual = CgroupLayout.detect(tmp_path)
-
-    assert CgroupLayout("v2", tmp_path, tmp_path) == actual
-
-
-def test_detect_hybrid(tmp_path: Path) -> None:
-    (tmp_path / "systemd").mkdir()
-    (tmp_path / "memory").mkdir()
-    write(tmp_path / "unified" / "cgroup.controllers", "")
-
-    actual = CgroupLayout.detect(tmp_path)
-
-    expected = CgroupLayout(
-        "hybrid", tmp_path / "systemd", tmp_path / "unified", tmp_path / "memory"
-    )
-    assert expected == actual
-
-
-def test_detect_legacy_v1(tmp_path: Path) -> None:
-    (tmp_path / "systemd").mkdir()
-    (tmp_path / "memory").mkdir()
-
-    actual = CgroupLayout.detect(tmp_path)
-
-    assert CgroupLayout("v1", tmp_path / "systemd", None, tmp_path / "memory") == actual
-
-
-def test_detect_falls_back_to_v2_on_an_unknown_tree(tmp_path: Path) -> None:
-    actual = CgroupLayout.detect(tmp_path)
-
-    assert CgroupLayout("v2", tmp_path, tmp_path) == actual
+# the layout -----------------------------------------------------------------------------
 
 
 def test_procfs_detects_the_layout_of_its_cgroup_root(tmp_path: Path) -> None:
@@ -929,43 +580,7 @@ def test_procfs_detects_the_layout_of_its_cgroup_root(tmp_path: Path) -> None:
     assert CgroupLayout("v1", tmp_path / "systemd", None) == actual
 
 
-def test_on_a_v2_host_the_0_line_wins_over_a_stray_name_systemd_hierarchy() -> None:
-    """LXC and old systemd containers mount name=systemd on v2 hosts; it says "/" for all."""
-    text = "9:name=systemd:/\n0::/system.slice/llama.service\n"
-
-    unified = procfs.parse_proc_cgroup(text, unified=True)
-    hybrid = procfs.parse_proc_cgroup(text)
-
-    assert "llama.service" == unified.unit  # type: ignore[union-attr]
-    assert None is hybrid.unit  # type: ignore[union-attr]
-
-
 # hostile contents (found by tests/fuzz/procfs_grammar.py) --------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("MemTotal: ² kB\nMemAvailable: 5 kB\n", {"MemAvailable": 5 * KB}),  # isdigit() took it
-        ("MemTotal: ١٠ kB\n", {}),
-        ("MemTotal: " + "9" * 5000 + " kB\n", {}),  # int() refuses over 4300 digits
-        ("MemTotal: 18446744073709551615\n", {"MemTotal": 2**64 - 1}),
-    ],
-)
-def test_parse_meminfo_skips_what_is_not_a_counter(text: str, expected: dict[str, int]) -> None:
-    actual = procfs.parse_meminfo(text)
-
-    assert expected == actual
-
-
-@pytest.mark.parametrize(
-    "text",
-    ["some avg10=x avg60=0\nfull avg10= avg60=0\n", "some avg10=ýµ\n", "full avg10=1e\n"],
-)
-def test_parse_psi_skips_a_value_that_is_not_a_number(text: str) -> None:
-    actual = procfs.parse_psi(text)
-
-    assert (None, None) == actual
 
 
 def test_garbage_status_cgroup_procs_and_memory_stat_are_unknown_not_errors(
@@ -1021,37 +636,3 @@ def test_an_unreadable_process_costs_only_that_process_in_top_ram_owners(
     actual = fs.top_ram_owners()
 
     assert [("foo.service", 10 * PAGE_SIZE)] == actual
-
-
-def test_a_file_read_short_of_half_a_page_takes_one_read_and_a_longer_one_reads_on(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """seq_file stops a read short where its page-sized buffer filled with whole
-    records (cgroup.procs, PID by PID): such a read goes on to the end; a read
-    shorter than half a page is the whole file (issue 17: one syscall per file)."""
-    small = tmp_path / "memory.stat"
-    small.write_text("anon 4096\nshmem 0\n")
-    # A cgroup.procs as seq_file hands it out: a page less a partial record, the rest.
-    pids = "".join(f"{pid}\n" for pid in range(100_000, 100_000 + procfs.PAGE_SIZE // 7 + 10))
-    cut = pids.rfind("\n", 0, procfs.PAGE_SIZE) + 1
-    reads: list[int] = []
-    real_read, real_pread = os.read, os.pread
-
-    def read(fd: int, n: int) -> bytes:
-        reads.append(fd)
-        return real_read(fd, n)
-
-    def seq_pread(fd: int, n: int, offset: int) -> bytes:
-        reads.append(fd)
-        data = pids.encode()
-        return data[offset:cut] if offset < cut else data[offset : offset + n]
-
-    monkeypatch.setattr(os, "read", read)
-    text = procfs._read(small)
-    one = len(reads)
-    monkeypatch.setattr(os, "pread", seq_pread)
-    whole = procfs._pread(0)
-    monkeypatch.setattr(os, "pread", real_pread)
-
-    assert ("anon 4096\nshmem 0\n", 1) == (text, one)
-    assert (pids, 2) == (whole, len(reads) - one)  # a page cut at a record, then the rest

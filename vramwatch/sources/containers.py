@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
 from vramwatch.model import ContainerInfo, TenantId, TenantKind
-from vramwatch.sources.procfs import container_cgroup, user_manager_uid
+from vramwatch.sources.cgroups import container_cgroup, user_manager_uid
 
 # Outcomes of an Engine API call, as the journal and metrics name them.
 OK = "ok"
