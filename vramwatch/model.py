@@ -9,10 +9,58 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol, assert_never
 
-RAM = "ram"
-VRAM = "vram"
+
+class Budgeted(Protocol):
+    """What has a budget per resource: a tenant (config.Tenant)."""
+
+    @property
+    def vram_bytes(self) -> int | None: ...
+
+    @property
+    def ram_bytes(self) -> int | None: ...
+
+
+class Resource(StrEnum):
+    """What a floor guards and a budget bounds. Its value is the word the journal,
+    metrics and traces use ("vram", "ram"); each member says which usage and budget
+    fields are its own, so that a new resource cannot silently read as another."""
+
+    VRAM = "vram"
+    RAM = "ram"
+
+    def used(self, usage: UnitUsage) -> int | None:
+        """The unit's whole use of it, or None when not all of it could be read."""
+        match self:
+            case Resource.VRAM:
+                return usage.vram_bytes
+            case Resource.RAM:
+                return usage.ram_bytes
+        assert_never(self)
+
+    def lower_bound(self, usage: UnitUsage) -> int | None:
+        """What is known of a use that is not fully known: VRAM on the GPUs that
+        could be read (it can prove a unit over budget, never within); RAM, nothing."""
+        match self:
+            case Resource.VRAM:
+                return sum(usage.vram_by_gpu.values())
+            case Resource.RAM:
+                return None
+        assert_never(self)
+
+    def budget(self, tenant: Budgeted) -> int | None:
+        """The tenant's budget for it, or None when it has none."""
+        match self:
+            case Resource.VRAM:
+                return tenant.vram_bytes
+            case Resource.RAM:
+                return tenant.ram_bytes
+        assert_never(self)
+
+
+RAM = Resource.RAM
+VRAM = Resource.VRAM
 
 
 class TenantKind(StrEnum):
@@ -270,7 +318,7 @@ class Action:
 
     unit: str
     verb: Verb
-    resource: str  # "vram" or "ram"
+    resource: Resource
     resource_key: str  # "gpu:<uuid>" or "ram"
     gpu: int | None
     used_bytes: int

@@ -41,7 +41,17 @@ from types import MappingProxyType
 from typing import Any
 
 from vramwatch.config import Config, FloorConfig, Tenant
-from vramwatch.model import RAM, VRAM, Action, Event, GpuSample, Snapshot, UnitUsage, Verb
+from vramwatch.model import (
+    RAM,
+    VRAM,
+    Action,
+    Event,
+    GpuSample,
+    Resource,
+    Snapshot,
+    UnitUsage,
+    Verb,
+)
 from vramwatch.units import format_duration, format_size
 
 # A breach that lasts is re-announced this often, so a journal reader who
@@ -65,7 +75,7 @@ class InFlight:
     budget on; ``cause`` is the resource key whose breach chose it."""
 
     unit: str
-    resource: str
+    resource: Resource
     gpu: int | None
     started_ns: int
     used_before_bytes: int
@@ -150,7 +160,7 @@ class _Resource:
     """One floor to guard this tick: a GPU or host RAM."""
 
     key: str
-    resource: str
+    resource: Resource
     gpu: GpuSample | None
     free_bytes: int
     floor_bytes: int
@@ -471,7 +481,7 @@ def _where_key(snapshot: Snapshot, action: Action) -> str:
 
 
 def _tenant_used(
-    config: Config | Tenant | None, snapshot: Snapshot, unit: str, resource: str
+    config: Config | Tenant | None, snapshot: Snapshot, unit: str, resource: Resource
 ) -> tuple[int | None, bool]:
     """A tenant's usage as its budget counts it: a tenant pinned to one GPU (``gpu``)
     has its VRAM budget on that GPU alone. Pass the Tenant when it is at hand: finding
@@ -488,7 +498,7 @@ def _tenant_used(
     return used, usage.vram_bytes is not None and all(gpu.ok for gpu in devices)
 
 
-def counted_usage(tenant: Tenant, snapshot: Snapshot, resource: str) -> int | None:
+def counted_usage(tenant: Tenant, snapshot: Snapshot, resource: Resource) -> int | None:
     """A tenant's usage as its budget counts it (its GPU alone when pinned: on a GPU in
     MIG mode, summed over its MIG devices), or None when it is not fully known. For
     status, so that it shows what the policy compares with the budget."""
@@ -496,7 +506,7 @@ def counted_usage(tenant: Tenant, snapshot: Snapshot, resource: str) -> int | No
     return used if complete else None
 
 
-def _used(usage: UnitUsage | None, resource: str) -> tuple[int | None, bool]:
+def _used(usage: UnitUsage | None, resource: Resource) -> tuple[int | None, bool]:
     """A unit's usage of a resource, and whether it is complete.
 
     Incomplete VRAM (a GPU could not be read, or the driver could not say a
@@ -505,11 +515,10 @@ def _used(usage: UnitUsage | None, resource: str) -> tuple[int | None, bool]:
     """
     if usage is None:
         return None, False
-    if resource == VRAM:
-        if usage.vram_bytes is not None:
-            return usage.vram_bytes, True
-        return sum(usage.vram_by_gpu.values()), False
-    return usage.ram_bytes, usage.ram_bytes is not None
+    used = resource.used(usage)
+    if used is not None:
+        return used, True
+    return resource.lower_bound(usage), False
 
 
 def _usage_text(used: int, complete: bool) -> str:
@@ -977,7 +986,7 @@ def _candidates(
     found: list[_Candidate] = []
     unknown: list[str] = []
     for tenant in config.tenants:
-        budget = tenant.budget(res.resource)
+        budget = res.resource.budget(tenant)
         if budget is None:
             continue
         if res.gpu is not None and tenant.gpu is not None and not tenant.pinned_to(res.gpu):
@@ -998,13 +1007,13 @@ def _candidates(
 
 def _holds(
     config: Config, snapshot: Snapshot, tenant: Tenant
-) -> dict[str, tuple[str, int | None, int, int]]:
+) -> dict[str, tuple[Resource, int | None, int, int]]:
     """Every resource a tenant is proven over budget on: key -> (resource, gpu, used, budget).
 
     Acting on it frees all of them at once, so one action holds them all.
     """
     usage = snapshot.units.get(tenant.unit)
-    holds: dict[str, tuple[str, int | None, int, int]] = {}
+    holds: dict[str, tuple[Resource, int | None, int, int]] = {}
     if usage is None:
         return holds
     vram, _ = _tenant_used(tenant, snapshot, tenant.unit, VRAM)

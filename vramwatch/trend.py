@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vramwatch.config import Config, Tenant
-from vramwatch.model import RAM, VRAM, Event, Snapshot
+from vramwatch.model import Event, Resource, Snapshot
 from vramwatch.units import format_approximate, format_duration, format_size
 
 # Troughs per window: enough points for a robust slope, few enough to fit cheaply.
@@ -123,10 +123,8 @@ class Trends:
             del self._series[key]
         for tenant in config.tenants:
             usage = snapshot.units.get(tenant.unit)
-            for resource in (VRAM, RAM):
-                used = None
-                if usage is not None:
-                    used = usage.vram_bytes if resource == VRAM else usage.ram_bytes
+            for resource in Resource:
+                used = resource.used(usage) if usage is not None else None
                 if used is None:
                     continue  # unknown: no point, and no gap filled with a guess
                 series = self._series.setdefault((tenant.unit, resource), _Series())
