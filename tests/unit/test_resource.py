@@ -28,4 +28,4 @@ def test_each_resource_reads_its_own_budget_field() -> None:
 
 def test_the_journal_words_stay_the_strings_they_were() -> None:
     assert ["vram", "ram"] == [str(r) for r in Resource]
-    assert "vram" == Resource.VRAM
+    assert {"resource": "vram"} == {"resource": Resource.VRAM}
