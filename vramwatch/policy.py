@@ -127,6 +127,9 @@ class Decision:
     actions: tuple[Action, ...]
     events: tuple[Event, ...]
     history: History
+    # Each floor that could be read this tick, GPUs first, host RAM last: what metrics,
+    # the debug tick and status show, so none of them works a floor out again.
+    readings: tuple[Reading, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,28 +159,32 @@ def _reserved_sum(reserved: tuple[Reservation, ...]) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class _Resource:
-    """One floor to guard this tick: a GPU or host RAM."""
+class Floor:
+    """A floor's effective size: the configured floor plus the unused budgets reserved
+    on it (a GPU's). A lower bound while a reserving tenant's use is unknown: that
+    reserve is left out, and is its ``unproven`` part."""
 
-    key: str
-    resource: Resource
-    gpu: GpuSample | None
-    free_bytes: int
     floor_bytes: int
-    settings: FloorConfig
-    # The reserving tenants on this GPU; their unused budgets are in floor_bytes.
-    reserved: tuple[Reservation, ...] = ()
+    reserved: tuple[Reservation, ...] = ()  # the reserving tenants on that GPU
 
     @property
     def reserved_bytes(self) -> int:
         return _reserved_sum(self.reserved)
 
     @property
+    def reserved_for(self) -> list[str]:
+        return [r.unit for r in self.reserved if r.reserved_bytes]
+
+    @property
     def unproven_bytes(self) -> int:
         """Reserves left out of the floor because their tenants' use is unknown."""
         return sum(r.unproven_bytes for r in self.reserved)
 
-    def floor_text(self) -> str:
+    @property
+    def unproven_for(self) -> list[str]:
+        return [r.unit for r in self.reserved if r.unproven_bytes]
+
+    def text(self) -> str:
         """The floor, and what it is made of when budgets are reserved on it."""
         text = f"floor {format_size(self.floor_bytes)}"
         if not self.reserved_bytes:
@@ -192,6 +199,45 @@ class _Resource:
             f"{text} ({format_size(base)} + {format_size(self.reserved_bytes)} reserved for "
             f"{parts})"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One floor as the policy read it this tick: a GPU or host RAM, its free memory
+    and its effective floor; ``breached_since_ns`` when free has been under the floor
+    (in :attr:`Decision.readings`; None from :func:`readings`, which keeps no history)."""
+
+    key: str
+    resource: Resource
+    gpu: GpuSample | None
+    free_bytes: int
+    floor: Floor
+    settings: FloorConfig
+    breached_since_ns: int | None = None
+
+    @property
+    def floor_bytes(self) -> int:
+        return self.floor.floor_bytes
+
+    @property
+    def reserved(self) -> tuple[Reservation, ...]:
+        return self.floor.reserved
+
+    @property
+    def reserved_bytes(self) -> int:
+        return self.floor.reserved_bytes
+
+    @property
+    def unproven_bytes(self) -> int:
+        return self.floor.unproven_bytes
+
+    @property
+    def below(self) -> bool:
+        """Free is under the floor now (a breach once it lasts for grace)."""
+        return self.free_bytes < self.floor_bytes
+
+    def floor_text(self) -> str:
+        return self.floor.text()
 
     def where(self) -> str:
         return self.gpu.where if self.gpu is not None else "host MemAvailable"
@@ -210,10 +256,10 @@ class _Resource:
             fields.update(_gpu_fields(self.gpu))
         if self.reserved_bytes:
             fields["reserved_bytes"] = self.reserved_bytes
-            fields["reserved_for"] = [r.unit for r in self.reserved if r.reserved_bytes]
+            fields["reserved_for"] = self.floor.reserved_for
         if self.unproven_bytes:
             fields["unproven_bytes"] = self.unproven_bytes
-            fields["unproven_for"] = [r.unit for r in self.reserved if r.unproven_bytes]
+            fields["unproven_for"] = self.floor.unproven_for
         return fields
 
     def breach_text(self, since_ns: int, now_ns: int) -> str:
@@ -252,7 +298,7 @@ class _Builder:
         self.errors_told = dict(history.errors_told_ns)
         self.unproven_since = dict(history.unproven_since_ns)
         self.acted: set[str] = set()  # units acted on this tick
-        self.readable: dict[str, _Resource] = {}  # resource key -> this tick's reading
+        self.readable: dict[str, Reading] = {}  # resource key -> this tick's reading
         self.actions: list[Action] = []
         self.events: list[Event] = []
 
@@ -297,7 +343,10 @@ def decide(config: Config, snapshot: Snapshot, history: History) -> Decision:
     _settle_in_flight(b, config, snapshot)
     for res in resources:
         _guard(b, config, snapshot, res)
-    return Decision(tuple(b.actions), tuple(b.events), b.history())
+    published = tuple(
+        replace(res, breached_since_ns=b.breach_since.get(res.key)) for res in resources
+    )
+    return Decision(tuple(b.actions), tuple(b.events), b.history(), published)
 
 
 def sample_failed(history: History) -> History:
@@ -689,7 +738,7 @@ def _prune_actions(b: _Builder, config: Config, now: int) -> None:
             del b.unreached[unit]
 
 
-def _came_back(flight: InFlight, res: _Resource) -> int | None:
+def _came_back(flight: InFlight, res: Reading) -> int | None:
     """How far the resource came back since the action, or None while it has not.
 
     Back above the floor, or the unit's overage visible as free memory: the
@@ -732,7 +781,7 @@ def _settle_in_flight(b: _Builder, config: Config, snapshot: Snapshot) -> None:
 def _settled_event(
     b: _Builder,
     flight: InFlight,
-    res: _Resource | None,
+    res: Reading | None,
     used: int | None,
     complete: bool,
     settled: bool,
@@ -813,65 +862,89 @@ def reservations(config: Config, snapshot: Snapshot, gpu: GpuSample) -> tuple[Re
     return tuple(found)
 
 
+def gpu_floor_of(
+    config: Config,
+    snapshot: Snapshot,
+    gpu: GpuSample,
+    reserved: tuple[Reservation, ...] | None = None,
+) -> Floor | None:
+    """A GPU's effective floor: min_free_vram plus the budgets reserved on it
+    (``reserved``: :func:`reservations`, when the caller has them already); None while
+    its total is unknown. A lower bound while a reserving tenant's use is unknown."""
+    if gpu.total_bytes is None:
+        return None
+    if reserved is None:
+        reserved = reservations(config, snapshot, gpu)
+    return Floor(config.gpu.floor.resolve(gpu.total_bytes) + _reserved_sum(reserved), reserved)
+
+
 def gpu_floor(
     config: Config,
     snapshot: Snapshot,
     gpu: GpuSample,
     reserved: tuple[Reservation, ...] | None = None,
 ) -> int | None:
-    """A GPU's effective floor: min_free_vram plus the budgets reserved on it
-    (``reserved``: :func:`reservations`, when the caller has them already). A lower
-    bound while a reserving tenant's use is unknown."""
-    if gpu.total_bytes is None:
-        return None
-    if reserved is None:
-        reserved = reservations(config, snapshot, gpu)
-    return config.gpu.floor.resolve(gpu.total_bytes) + _reserved_sum(reserved)
+    """:func:`gpu_floor_of` in bytes."""
+    floor = gpu_floor_of(config, snapshot, gpu, reserved)
+    return floor.floor_bytes if floor is not None else None
 
 
-def _gpu_resource(config: Config, snapshot: Snapshot, gpu: GpuSample) -> _Resource | None:
+def host_floor_of(config: Config, snapshot: Snapshot) -> Floor | None:
+    """Host RAM's floor (min_available_ram), or None while MemTotal is unknown."""
+    total = snapshot.host.mem_total_bytes
+    return Floor(config.host.floor.resolve(total)) if total is not None else None
+
+
+def _gpu_reading(config: Config, snapshot: Snapshot, gpu: GpuSample) -> Reading | None:
     if not gpu.ok:
         return None
-    assert gpu.total_bytes is not None and gpu.free_bytes is not None
-    reserved = reservations(config, snapshot, gpu)
-    floor = gpu_floor(config, snapshot, gpu, reserved)
+    assert gpu.free_bytes is not None
+    floor = gpu_floor_of(config, snapshot, gpu)
     assert floor is not None
-    return _Resource(gpu_key(gpu.uuid), VRAM, gpu, gpu.free_bytes, floor, config.gpu, reserved)
+    return Reading(gpu_key(gpu.uuid), VRAM, gpu, gpu.free_bytes, floor, config.gpu)
 
 
-def _host_resource(config: Config, snapshot: Snapshot) -> _Resource | None:
+def _host_reading(config: Config, snapshot: Snapshot) -> Reading | None:
     host = snapshot.host
     if not host.ok:
         return None
-    assert host.mem_total_bytes is not None and host.mem_available_bytes is not None
-    floor = config.host.floor.resolve(host.mem_total_bytes)
-    return _Resource(RAM_KEY, RAM, None, host.mem_available_bytes, floor, config.host)
+    assert host.mem_available_bytes is not None
+    floor = host_floor_of(config, snapshot)
+    assert floor is not None
+    return Reading(RAM_KEY, RAM, None, host.mem_available_bytes, floor, config.host)
 
 
-def _reading(config: Config, snapshot: Snapshot, key: str) -> _Resource | None:
+def _reading(config: Config, snapshot: Snapshot, key: str) -> Reading | None:
     """One resource's reading in a snapshot, or None when it cannot be read."""
     if key == RAM_KEY:
-        return _host_resource(config, snapshot)
+        return _host_reading(config, snapshot)
     if snapshot.nvml_error is not None:
         return None
     for gpu in snapshot.gpus:
         if gpu_key(gpu.uuid) == key:
-            return _gpu_resource(config, snapshot, gpu)
+            return _gpu_reading(config, snapshot, gpu)
     return None
 
 
-def _resources(config: Config, snapshot: Snapshot, b: _Builder) -> list[_Resource]:
-    """The floors to guard this tick; a resource that cannot be read ends its streak."""
-    readable: list[_Resource] = []
-    known_keys: set[str] = {RAM_KEY}
-    for gpu in snapshot.gpus:
-        known_keys.add(gpu_key(gpu.uuid))
-        res = _gpu_resource(config, snapshot, gpu) if snapshot.nvml_error is None else None
-        if res is not None:
-            readable.append(res)
-    host = _host_resource(config, snapshot)
+def readings(config: Config, snapshot: Snapshot) -> tuple[Reading, ...]:
+    """Each floor that can be read in a snapshot, GPUs first and host RAM last, without
+    its breach's start (that needs the history: :attr:`Decision.readings` has it)."""
+    found: list[Reading] = []
+    if snapshot.nvml_error is None:
+        for gpu in snapshot.gpus:
+            res = _gpu_reading(config, snapshot, gpu)
+            if res is not None:
+                found.append(res)
+    host = _host_reading(config, snapshot)
     if host is not None:
-        readable.append(host)
+        found.append(host)
+    return tuple(found)
+
+
+def _resources(config: Config, snapshot: Snapshot, b: _Builder) -> tuple[Reading, ...]:
+    """The floors to guard this tick; a resource that cannot be read ends its streak."""
+    readable = readings(config, snapshot)
+    known_keys = {RAM_KEY, *(gpu_key(gpu.uuid) for gpu in snapshot.gpus)}
     readable_keys = {r.key for r in readable}
     for key in list(b.breach_since):
         if key not in readable_keys:
@@ -891,7 +964,7 @@ def _end_episode(b: _Builder, key: str) -> None:
     b.told = {t for t in b.told if t[0] != key}
 
 
-def _guard(b: _Builder, config: Config, snapshot: Snapshot, res: _Resource) -> None:
+def _guard(b: _Builder, config: Config, snapshot: Snapshot, res: Reading) -> None:
     now = snapshot.now_ns
     _unproven(b, res, now)
     if res.free_bytes >= res.floor_bytes:
@@ -946,7 +1019,7 @@ def _guard(b: _Builder, config: Config, snapshot: Snapshot, res: _Resource) -> N
 UNPROVEN = "unprovable"  # the told token of a breach only an unknown reserve would make
 
 
-def _unproven(b: _Builder, res: _Resource, now: int) -> None:
+def _unproven(b: _Builder, res: Reading, now: int) -> None:
     """floor_unprovable, once per episode: free VRAM stays (for grace) under the floor
     that the reserves of tenants of unknown use would make, but not under the floor
     that is proven. No action: the breach cannot be proven (SPEC "Budgets that are
@@ -979,7 +1052,7 @@ def _end_unproven(b: _Builder, key: str) -> None:
 
 
 def _candidates(
-    config: Config, snapshot: Snapshot, res: _Resource
+    config: Config, snapshot: Snapshot, res: Reading
 ) -> tuple[list[_Candidate], list[str]]:
     """Tenants proven over their budget for this resource, most over first; and the
     tenants with a budget whose usage is not fully known and not proven over."""
@@ -1031,7 +1104,7 @@ def _holds(
 
 
 def _refusal(
-    b: _Builder, config: Config, snapshot: Snapshot, cand: _Candidate, res: _Resource
+    b: _Builder, config: Config, snapshot: Snapshot, cand: _Candidate, res: Reading
 ) -> str | None:
     """Why this over-budget tenant may not be acted on (and log it once), or None."""
     unit = cand.tenant.unit
@@ -1125,7 +1198,7 @@ def _key_text(snapshot: Snapshot, key: str) -> str:
 
 
 def _act(
-    b: _Builder, config: Config, snapshot: Snapshot, res: _Resource, cand: _Candidate, since: int
+    b: _Builder, config: Config, snapshot: Snapshot, res: Reading, cand: _Candidate, since: int
 ) -> None:
     now = snapshot.now_ns
     tenant = cand.tenant
@@ -1223,7 +1296,7 @@ def _no_candidate(
     b: _Builder,
     config: Config,
     snapshot: Snapshot,
-    res: _Resource,
+    res: Reading,
     refused: list[_Candidate],
     unknown: list[str],
     since: int,
