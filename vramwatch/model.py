@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol, assert_never
+from typing import Any, Protocol, TypeVar, assert_never
+
+_T = TypeVar("_T")
 
 
 class Budgeted(Protocol):
@@ -32,30 +34,26 @@ class Resource(StrEnum):
 
     def used(self, usage: UnitUsage) -> int | None:
         """The unit's whole use of it, or None when not all of it could be read."""
-        match self:
-            case Resource.VRAM:
-                return usage.vram_bytes
-            case Resource.RAM:
-                return usage.ram_bytes
-        assert_never(self)
+        return self.pick(vram=usage.vram_bytes, ram=usage.ram_bytes)
 
     def lower_bound(self, usage: UnitUsage) -> int | None:
         """What is known of a use that is not fully known: VRAM on the GPUs that
-        could be read (it can prove a unit over budget, never within); RAM, nothing."""
-        match self:
-            case Resource.VRAM:
-                return sum(usage.vram_by_gpu.values())
-            case Resource.RAM:
-                return None
-        assert_never(self)
+        could be read (it can prove a unit over budget, never within); of any other
+        resource, nothing (unknown is never a guess)."""
+        return sum(usage.vram_by_gpu.values()) if self is Resource.VRAM else None
 
     def budget(self, tenant: Budgeted) -> int | None:
         """The tenant's budget for it, or None when it has none."""
+        return self.pick(vram=tenant.vram_bytes, ram=tenant.ram_bytes)
+
+    def pick(self, *, vram: _T, ram: _T) -> _T:
+        """Its own of one value per resource. A new resource is a new argument, so
+        mypy names every place that has not said what it is for that resource."""
         match self:
             case Resource.VRAM:
-                return tenant.vram_bytes
+                return vram
             case Resource.RAM:
-                return tenant.ram_bytes
+                return ram
         assert_never(self)
 
 
