@@ -141,7 +141,7 @@ class Trends:
         return events
 
     def _forecast(
-        self, config: Config, tenant: Tenant, resource: str, series: _Series, bucket: int
+        self, config: Config, tenant: Tenant, resource: Resource, series: _Series, bucket: int
     ) -> Event | None:
         # The bucket in progress is not a trough yet: fit the closed ones.
         closed = sorted(v for b, v in series.troughs.items() if b < bucket)
@@ -152,7 +152,7 @@ class Trends:
         points = [((t - t0) / S, float(v)) for t, v in closed]
         slope, intercept = theil_sen(points)
         level = int(intercept + slope * points[-1][0])
-        budget = tenant.budget(resource)
+        budget = resource.budget(tenant)
         window_s = config.trend.window_ns / S
         rise = slope * window_s
         floor = max(MIN_RISE_BYTES, MIN_RISE_SHARE * budget if budget else 0)
