@@ -219,6 +219,7 @@ class Daemon:
             return
         self._failing["policy"].worked()
         self.history = decision.history
+        self.metrics.observe_readings(decision.readings)
         if self.events.debug:  # --debug: what this tick read and decided
             message, readings = tick_readings(self.config, snapshot, decision)
             self.events.say("tick", "debug", message, **readings)
@@ -486,8 +487,10 @@ def tick_readings(
     tenant's usage, the actions decided."""
     parts: list[str] = []
     gpus: list[dict[str, Any]] = []
+    read = {r.key: r for r in decision.readings}
     for gpu in snapshot.gpus:
-        floor = policy.gpu_floor(config, snapshot, gpu) if gpu.ok else None
+        reading = read.get(policy.gpu_key(gpu.uuid))
+        floor = reading.floor_bytes if reading is not None else None
         gpus.append({"gpu": gpu.label, "free_bytes": gpu.free_bytes, "floor_bytes": floor})
         if floor is None:
             parts.append(f"{gpu.where} {gpu.error or 'unknown'}")
@@ -499,9 +502,8 @@ def tick_readings(
         parts.append(f"no GPU telemetry: {snapshot.nvml_error}")
     host = snapshot.host
     host_floor = None
-    if host.ok:
-        assert host.mem_total_bytes is not None
-        host_floor = config.host.floor.resolve(host.mem_total_bytes)
+    if (host_reading := read.get(policy.RAM_KEY)) is not None:
+        host_floor = host_reading.floor_bytes
         parts.append(
             f"RAM available {format_size(host.mem_available_bytes)}, "
             f"floor {format_size(host_floor)}"

@@ -18,7 +18,7 @@ import socket
 import socketserver
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -33,7 +33,7 @@ from vramwatch.config import Config, MetricsConfig
 from vramwatch.files import UnsafeWrite, write_atomically
 from vramwatch.model import Event, Snapshot
 from vramwatch.once import Once
-from vramwatch.policy import gpu_floor, reservations
+from vramwatch.policy import RAM_KEY, Reading, gpu_key, readings
 from vramwatch.sink import WITHDRAWN as WITHDRAWN  # the daemon's name, kept importable here
 from vramwatch.trend import Estimate
 
@@ -154,6 +154,13 @@ class Metrics:
         if clean:
             self._last_good_s = now
         self._view = _View(config, snapshot)
+
+    def observe_readings(self, read: Sequence[Reading]) -> None:
+        """The floors of the last sample as the policy read them (``Decision.readings``):
+        the floor gauges show them. A scrape before they come reads them itself."""
+        view = self._view
+        if view is not None:
+            view.readings = {r.key: r for r in read}
 
     def observe_trends(self, estimates: Iterable[Estimate]) -> None:
         """The leak forecasts (vramwatch.trend) as of the last closed bucket."""
@@ -336,9 +343,13 @@ class _View:
     def __init__(self, config: Config, snapshot: Snapshot) -> None:
         self.config = config
         self.snapshot = snapshot
+        self.readings: dict[str, Reading] | None = None  # the decision's, once it is made
 
     def families(self) -> Iterator[GaugeMetricFamily]:
         config, snap = self.config, self.snapshot
+        floors = self.readings
+        if floors is None:  # scraped before the decision (or the policy failed)
+            floors = {r.key: r for r in readings(config, snap)}
 
         def family(name: str, doc: str, labels: tuple[str, ...] = ()) -> GaugeMetricFamily:
             return GaugeMetricFamily(name, doc, labels=labels)
@@ -387,11 +398,10 @@ class _View:
             assert gpu.total_bytes is not None and gpu.free_bytes is not None
             total.add_metric(labels, gpu.total_bytes)
             free.add_metric(labels, gpu.free_bytes)
-            kept = reservations(config, snap, gpu)
-            effective = gpu_floor(config, snap, gpu, kept)
-            assert effective is not None  # total_bytes is known: the GPU read cleanly
-            floor.add_metric(labels, effective)
-            reserved.add_metric(labels, sum(r.reserved_bytes for r in kept))
+            reading = floors.get(gpu_key(gpu.uuid))
+            if reading is not None:  # the GPU read cleanly: the policy read its floor
+                floor.add_metric(labels, reading.floor_bytes)
+                reserved.add_metric(labels, reading.reserved_bytes)
             if gpu.used_bytes is not None and gpu.unattributed_bytes is not None:
                 used.add_metric(labels, gpu.used_bytes)
                 rest.add_metric(labels, gpu.unattributed_bytes)
@@ -400,6 +410,7 @@ class _View:
         host = snap.host
         available = host.mem_available_bytes if host.ok else None
         host_total = host.mem_total_bytes if host.ok else None
+        host_floor = floors.get(RAM_KEY)
         yield _scalar(
             "vramwatch_host_memory_available_bytes", "MemAvailable (/proc/meminfo).", available
         )
@@ -407,7 +418,7 @@ class _View:
         yield _scalar(
             "vramwatch_host_memory_floor_bytes",
             "[host] min_available_ram: MemAvailable below it for grace, vramwatch acts.",
-            None if host_total is None else config.host.floor.resolve(host_total),
+            None if host_floor is None else host_floor.floor_bytes,
         )
 
         vram = family(

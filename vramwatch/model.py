@@ -9,10 +9,56 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, assert_never
 
-RAM = "ram"
-VRAM = "vram"
+_T = TypeVar("_T")
+
+
+class Budgeted(Protocol):
+    """What has a budget per resource: a tenant (config.Tenant)."""
+
+    @property
+    def vram_bytes(self) -> int | None: ...
+
+    @property
+    def ram_bytes(self) -> int | None: ...
+
+
+class Resource(StrEnum):
+    """What a floor guards and a budget bounds. Its value is the word the journal,
+    metrics and traces use ("vram", "ram"); each member says which usage and budget
+    fields are its own, so that a new resource cannot silently read as another."""
+
+    VRAM = "vram"
+    RAM = "ram"
+
+    def used(self, usage: UnitUsage) -> int | None:
+        """The unit's whole use of it, or None when not all of it could be read."""
+        return self.pick(vram=usage.vram_bytes, ram=usage.ram_bytes)
+
+    def lower_bound(self, usage: UnitUsage) -> int | None:
+        """What is known of a use that is not fully known: VRAM on the GPUs that
+        could be read (it can prove a unit over budget, never within); of any other
+        resource, nothing (unknown is never a guess)."""
+        return sum(usage.vram_by_gpu.values()) if self is Resource.VRAM else None
+
+    def budget(self, tenant: Budgeted) -> int | None:
+        """The tenant's budget for it, or None when it has none."""
+        return self.pick(vram=tenant.vram_bytes, ram=tenant.ram_bytes)
+
+    def pick(self, *, vram: _T, ram: _T) -> _T:
+        """Its own of one value per resource. A new resource is a new argument, so
+        mypy names every place that has not said what it is for that resource."""
+        match self:
+            case Resource.VRAM:
+                return vram
+            case Resource.RAM:
+                return ram
+        assert_never(self)
+
+
+RAM = Resource.RAM
+VRAM = Resource.VRAM
 
 
 class TenantKind(StrEnum):
@@ -270,7 +316,7 @@ class Action:
 
     unit: str
     verb: Verb
-    resource: str  # "vram" or "ram"
+    resource: Resource
     resource_key: str  # "gpu:<uuid>" or "ram"
     gpu: int | None
     used_bytes: int

@@ -8,11 +8,12 @@ exactly when memory is short). Both take the same calls from the loop.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from vramwatch.config import Config, MetricsConfig
 from vramwatch.model import Event, Snapshot
+from vramwatch.policy import Reading
 from vramwatch.trend import Estimate
 
 # The action result for an action dropped by the re-check right before acting
@@ -24,6 +25,7 @@ WITHDRAWN = "withdrawn"
 
 class MetricsSink(Protocol):
     def observe_snapshot(self, config: Config, snapshot: Snapshot) -> None: ...
+    def observe_readings(self, read: Sequence[Reading]) -> None: ...
     def observe_trends(self, estimates: Iterable[Estimate]) -> None: ...
     def sampling_failed(self) -> None: ...
     def observe_events(self, events: Iterable[Event]) -> None: ...
@@ -40,6 +42,9 @@ class NoMetrics:
     """Metrics off: every observation is dropped, nothing is imported."""
 
     def observe_snapshot(self, config: Config, snapshot: Snapshot) -> None:
+        pass
+
+    def observe_readings(self, read: Sequence[Reading]) -> None:
         pass
 
     def observe_trends(self, estimates: Iterable[Estimate]) -> None:

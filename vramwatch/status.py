@@ -18,7 +18,7 @@ import psutil
 from vramwatch.actuators.systemd import BusError, SystemdClient
 from vramwatch.config import Config
 from vramwatch.model import VRAM, Owner, Snapshot
-from vramwatch.policy import counted_usage, gpu_floor, reservations
+from vramwatch.policy import Floor, counted_usage, gpu_floor_of, host_floor_of, reservations
 from vramwatch.sampler import Sampler, manager_for
 from vramwatch.sources.nvml import NvmlSource
 from vramwatch.sources.procfs import ProcFs
@@ -89,8 +89,12 @@ def report(
 
     gpus = []
     for gpu in snapshot.gpus:
+        # The floor the policy reads (with reserves), shown even while the GPU reads
+        # partly (its total known, its processes not); its reserves even without a total.
         kept = reservations(config, snapshot, gpu)
-        floor = gpu_floor(config, snapshot, gpu, kept) if gpu.total_bytes else None
+        effective = gpu_floor_of(config, snapshot, gpu, kept) if gpu.total_bytes else None
+        floor = effective.floor_bytes if effective is not None else None
+        parts = effective or Floor(0, kept)
         others = [
             {
                 "pid": p.pid,
@@ -115,11 +119,11 @@ def report(
                 "used_bytes": gpu.used_bytes,
                 "free_bytes": gpu.free_bytes,
                 "floor_bytes": floor,
-                "reserved_bytes": sum(r.reserved_bytes for r in kept),
-                "reserved_for": [r.unit for r in kept if r.reserved_bytes],
+                "reserved_bytes": parts.reserved_bytes,
+                "reserved_for": parts.reserved_for,
                 # Reserves left out of the floor: their tenants' VRAM use is unknown.
-                "unproven_bytes": sum(r.unproven_bytes for r in kept),
-                "unproven_for": [r.unit for r in kept if r.unproven_bytes],
+                "unproven_bytes": parts.unproven_bytes,
+                "unproven_for": parts.unproven_for,
                 "below_floor": (
                     gpu.free_bytes < floor if gpu.free_bytes is not None and floor else None
                 ),
@@ -132,7 +136,8 @@ def report(
             }
         )
     host = snapshot.host
-    host_floor = config.host.floor.resolve(host.mem_total_bytes) if host.mem_total_bytes else None
+    host_effective = host_floor_of(config, snapshot) if host.mem_total_bytes else None
+    host_floor = host_effective.floor_bytes if host_effective is not None else None
     tenants = []
     for tenant in config.tenants:
         usage = snapshot.units.get(tenant.unit)

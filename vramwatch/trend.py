@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vramwatch.config import Config, Tenant
-from vramwatch.model import RAM, VRAM, Event, Snapshot
+from vramwatch.model import Event, Resource, Snapshot
 from vramwatch.units import format_approximate, format_duration, format_size
 
 # Troughs per window: enough points for a robust slope, few enough to fit cheaply.
@@ -123,10 +123,8 @@ class Trends:
             del self._series[key]
         for tenant in config.tenants:
             usage = snapshot.units.get(tenant.unit)
-            for resource in (VRAM, RAM):
-                used = None
-                if usage is not None:
-                    used = usage.vram_bytes if resource == VRAM else usage.ram_bytes
+            for resource in Resource:
+                used = resource.used(usage) if usage is not None else None
                 if used is None:
                     continue  # unknown: no point, and no gap filled with a guess
                 series = self._series.setdefault((tenant.unit, resource), _Series())
@@ -143,7 +141,7 @@ class Trends:
         return events
 
     def _forecast(
-        self, config: Config, tenant: Tenant, resource: str, series: _Series, bucket: int
+        self, config: Config, tenant: Tenant, resource: Resource, series: _Series, bucket: int
     ) -> Event | None:
         # The bucket in progress is not a trough yet: fit the closed ones.
         closed = sorted(v for b, v in series.troughs.items() if b < bucket)
@@ -154,7 +152,7 @@ class Trends:
         points = [((t - t0) / S, float(v)) for t, v in closed]
         slope, intercept = theil_sen(points)
         level = int(intercept + slope * points[-1][0])
-        budget = tenant.budget(resource)
+        budget = resource.budget(tenant)
         window_s = config.trend.window_ns / S
         rise = slope * window_s
         floor = max(MIN_RISE_BYTES, MIN_RISE_SHARE * budget if budget else 0)

@@ -83,8 +83,23 @@ def test_the_package_has_the_modules_the_rules_talk_about() -> None:
     assert expected <= set(MODULES)
 
 
-def test_policy_imports_no_io_module() -> None:
-    found = imports(MODULES["vramwatch.policy"])
+POLICY = sorted(name for name in MODULES if is_under(name, {"vramwatch.policy"}))
+
+
+def test_the_policy_is_a_package_of_its_concerns() -> None:
+    expected = [
+        "vramwatch.policy",
+        "vramwatch.policy.health",
+        "vramwatch.policy.history",
+        "vramwatch.policy.inflight",
+        "vramwatch.policy.readings",
+    ]
+    assert expected == POLICY
+
+
+@pytest.mark.parametrize("module", POLICY)
+def test_policy_imports_no_io_module(module: str) -> None:
+    found = imports(MODULES[module])
 
     actual = sorted(name for name in found if is_under(name, IO_MODULES) or name == "__import__")
 

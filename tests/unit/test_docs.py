@@ -318,7 +318,7 @@ def test_readme_layout_names_every_module() -> None:
 
     test_dirs = sorted(p.name for p in (ROOT / "tests").iterdir() if (p / "__init__.py").exists())
 
-    assert {"policy.py", "sources/nvml.py", "actuators/containers.py"} <= set(modules)
+    assert {"policy/readings.py", "sources/nvml.py", "actuators/containers.py"} <= set(modules)
     assert [] == sorted(m for m in modules if not named(m))
     assert [] == [d for d in test_dirs if not re.search(rf"^  {d}/ ", layout, re.M)]
 

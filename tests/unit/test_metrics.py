@@ -656,3 +656,33 @@ def test_trend_metrics_label_the_tenant_tenant_as_every_tenant_metric_does() -> 
         ),
         value(m, "vramwatch_tenant_seconds_to_budget", tenant="compose:ml/worker", resource="ram"),
     )
+
+
+def test_the_loop_shows_the_floor_with_its_reserve_as_the_policy_read_it(tmp_path: Path) -> None:
+    """The floor gauges come from the decision's readings: an idle reserve is in the floor."""
+    path = tmp_path / "vramwatch.toml"
+    path.write_text(
+        '[gpu]\nmin_free_vram = "2GiB"\n[host]\nmin_available_ram = "4GiB"\n'
+        '[[tenant]]\nunit = "immich-ml.service"\nvram = "3000MiB"\nreserve = true\n'
+    )
+    sampler = Sampler(500)
+    m = metrics()
+    daemon = Daemon(
+        path,
+        cfg.load(path),
+        Ports(
+            sampler,
+            Actuator(sampler),
+            EventLog("stderr", "json", stream=io.StringIO()),
+            metrics=m,
+            clock=lambda: 0,
+            notify=lambda state: False,
+        ),
+    )
+    daemon.tick()
+
+    assert (2 * GIB + 2500 * MIB, 2500 * MIB, 4 * GIB) == (
+        value(m, "vramwatch_gpu_memory_floor_bytes", **GPU0),
+        value(m, "vramwatch_gpu_memory_reserved_bytes", **GPU0),
+        value(m, "vramwatch_host_memory_floor_bytes"),
+    )

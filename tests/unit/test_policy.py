@@ -17,6 +17,7 @@ from vramwatch.model import (
     GpuSample,
     HostSample,
     Owner,
+    Resource,
     Snapshot,
     UnitUsage,
     Verb,
@@ -189,7 +190,7 @@ def test_spec_example_restarts_the_over_budget_tenant_with_a_readable_message() 
     expected = Action(
         unit=IMMICH,
         verb=Verb.RESTART,
-        resource="vram",
+        resource=Resource.VRAM,
         resource_key=KEY0,
         gpu=0,
         used_bytes=int(10.5 * GIB),

@@ -25,6 +25,7 @@ from tests.unit.test_policy import (
     usage,
 )
 from vramwatch import config as config_mod
+from vramwatch import policy
 from vramwatch.config import Config, Tenant
 from vramwatch.model import GpuProcess, GpuSample, Snapshot
 from vramwatch.policy import gpu_floor
@@ -399,3 +400,40 @@ def test_check_refuses_a_reserve_on_a_whole_mig_gpu_and_fits_one_on_its_mig_devi
     present = a100(SLICE, SLICE, [], [])
 
     assert expected == config_mod.reserve_fit_errors(config, present)
+
+
+def test_the_decision_publishes_each_floor_as_it_read_it() -> None:
+    """Metrics, status and the debug tick read these instead of working a floor out."""
+    config = incident_config(True)
+    decisions = run(config, t4_snap(0, 10700), t4_snap(10, 10700))
+
+    used = BASE + (10700 + 1500) * MIB
+    assert [
+        ("gpu:" + UUID0, T4 - used, 1 * GIB + 5000 * MIB, 5000 * MIB, [LLAMA], 0, 0),
+        ("ram", 32 * GIB, 4 * GIB, 0, [], 0, None),
+    ] == [
+        (
+            r.key,
+            r.free_bytes,
+            r.floor_bytes,
+            r.reserved_bytes,
+            r.floor.reserved_for,
+            r.unproven_bytes,
+            r.breached_since_ns,
+        )
+        for r in decisions[-1].readings
+    ]
+
+
+def test_a_reserve_of_unknown_use_is_published_as_unproven_not_reserved() -> None:
+    config = incident_config(True)
+    s = t4_snap(0, 1000)
+    blind = replace(s, units={**s.units, LLAMA: replace(s.units[LLAMA], vram_bytes=None)})
+
+    (reading,) = [r for r in policy.readings(config, blind) if r.gpu is not None]
+    assert (1 * GIB, 0, 5000 * MIB, [LLAMA]) == (
+        reading.floor_bytes,
+        reading.reserved_bytes,
+        reading.unproven_bytes,
+        reading.floor.unproven_for,
+    )
