@@ -337,34 +337,25 @@ class Daemon:
         if self.state is None:
             return
         restored = self.state.load()
+        problem: tuple[str, str, str] | None = None  # event, level, sentence
         if restored.problem is not None and restored.newer:  # a downgrade: not corruption
-            self.events.say(
-                "state_too_new",
-                "error",
-                f"restart history not read: {restored.problem}",
-                state=str(self.state.path),
-                error=restored.problem,
-            )
+            problem = ("state_too_new", "error", f"restart history not read: {restored.problem}")
         elif restored.unavailable:
             # Permissions, not damage: the file is left as it is; one warning covers
             # this and the saves that will fail for the same reason.
             self._state_failing.failed(str(restored.problem))
-            self.events.say(
+            problem = (
                 "state_unavailable",
                 "warning",
-                f"{restored.problem}; the restart history was not restored and will not "
-                "survive a restart of vramwatch",
-                state=str(self.state.path),
-                error=restored.problem,
+                (
+                    f"{restored.problem}; the restart history was not restored and will not "
+                    "survive a restart of vramwatch"
+                ),
             )
         elif restored.problem is not None:
-            self.events.say(
-                "state_corrupt",
-                "error",
-                f"restart history unusable: {restored.problem}",
-                state=str(self.state.path),
-                error=restored.problem,
-            )
+            problem = ("state_corrupt", "error", f"restart history unusable: {restored.problem}")
+        if problem is not None:
+            self.events.say(*problem, state=str(self.state.path), error=restored.problem)
         if restored.actions_ns:
             self.history = replace(self.history, actions_ns=dict(restored.actions_ns))
             self.events.say(

@@ -3,7 +3,7 @@
 No I/O and no clock: time is ``snapshot.now_ns`` (monotonic), and everything
 remembered between ticks lives in the frozen :class:`History` that ``decide``
 returns. This package must not import ``vramwatch.sources`` or
-``vramwatch.systemd`` (a test enforces it).
+``vramwatch.actuators`` (a test enforces it).
 
 Rules (SPEC.md "Decision rules"):
 
