@@ -396,6 +396,39 @@ def test_a_recording_error_is_logged_once_and_recording_never_raises(tmp_path: P
     assert "guarding goes on without recording" in said[0][1]
 
 
+def test_a_recording_error_is_said_again_only_when_it_changes_and_its_end_once(
+    tmp_path: Path,
+) -> None:
+    """The trace follows the one log-once rule (vramwatch/once.py): the same failure is
+    said once, a failure of another kind again, and recording working again once."""
+    said: list[str] = []
+    clock = [0]
+    target = tmp_path / "traces"
+    text = CONFIG.replace('interval = "2s"', f'record = "{target}/trace.gz"')
+    config = parse(text, tmp_path / "vramwatch.toml")
+    recorder = Recorder(
+        lambda name, level, message, **f: said.append(name), mono_ns=lambda: clock[0]
+    )
+
+    def ticks(first_s: int) -> None:
+        for i in range(3):
+            clock[0] = (first_s + i) * S
+            recorder.begin_tick()
+            recorder.sampled(one_gpu(clock[0]))
+            recorder.end_tick()
+
+    recorder.configure(config, "start", False, lambda c: c)  # no directory: an error
+    ticks(0)
+    target.write_text("not a directory")  # still failing, another way
+    ticks(100)
+    target.unlink()
+    target.mkdir()  # works again
+    ticks(200)
+    ticks(300)
+
+    assert ["record_error", "record_error", "record_resumed"] == said
+
+
 def test_a_reload_that_turns_recording_on_records_from_then_with_the_reloaded_config(
     tmp_path: Path,
 ) -> None:

@@ -20,6 +20,7 @@ from vramwatch.acting import SnapshotSource
 from vramwatch.config import Config
 from vramwatch.daemon import Daemon, Ports
 from vramwatch.model import Actuator, Event, JobOutcome, Snapshot, Verb
+from vramwatch.once import Once
 from vramwatch.state import read_boot_id
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ class Recorder:
         self._config: dict[str, Any] | None = None
         self._restored: dict[str, tuple[int, ...]] | None = None
         self._in_tick = False
-        self._failed: str | None = None
+        self._failing = Once()  # record_error when it starts or changes; record_resumed
         self._retry_ns = 0
 
     def configure(
@@ -98,11 +99,11 @@ class Recorder:
                 wall_ns=self.wall_ns,
                 boot_id=self.boot_id,
             )
-            self._failed = None
+            self._failing.worked()  # a new writer: its failures are news again
         self._preamble()
         if self.writer.is_open:
             self._write(self._config)
-        elif self._failed is None:
+        elif not self._failing.failing:
             # Open now: a reload before the first tick is in the trace, and a directory
             # that cannot be written is reported at start.
             try:
@@ -197,7 +198,7 @@ class Recorder:
         writer = self.writer
         if writer is None:
             return
-        if self._failed is not None and not writer.is_open:
+        if self._failing.failing and not writer.is_open:
             if self.mono_ns() < self._retry_ns:
                 return
             if not tick:
@@ -209,8 +210,7 @@ class Recorder:
         except TraceError as exc:
             self._fail(str(exc))
             return
-        if self._failed is not None:
-            self._failed = None
+        if self._failing.worked():
             self.say(
                 "record_resumed",
                 "info",
@@ -219,10 +219,9 @@ class Recorder:
             )
 
     def _fail(self, problem: str) -> None:
-        self._retry_ns = self.mono_ns() + RETRY_NS
-        if problem == self._failed:
+        self._retry_ns = self.mono_ns() + RETRY_NS  # a retry schedule, not a reminder
+        if not self._failing.failed(problem):
             return
-        self._failed = problem
         self.say(
             "record_error",
             "error",
